@@ -1,0 +1,171 @@
+"""Imaging ingest: NIfTI image/mask pairs per patient into a patients x radiomics-features AnnData."""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from pathlib import Path
+
+import anndata
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError, SpatialImage
+from tqdm import tqdm
+
+from multimodal.errors import MultimodalError
+from multimodal.ingest.radiomics import FEATURE_CLASSES, extract_radiomics
+
+logger = logging.getLogger(__name__)
+
+EXTRACTOR = "multimodal.radiomics v1"
+
+# Largest absolute difference allowed between the image's and the mask's voxel sizes and affines.
+GEOMETRY_TOLERANCE = 1e-3
+
+# What nibabel, gzip and the file system raise for a damaged or unreadable NIfTI file.
+_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
+
+
+def read_image_and_mask(
+    image_path: str | os.PathLike[str], mask_path: str | os.PathLike[str]
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Read a NIfTI image and its ROI mask, checked to be usable together.
+
+    Returns the image as float64, the mask as bool (voxels > 0) and the voxel spacing in mm from the
+    image header. A 4D file whose extra dimensions have size 1 counts as 3D. Raises
+    :class:`MultimodalError` naming the file when a file is missing or unreadable, the image is not
+    3D, the mask's shape, voxel size or affine differs from the image's, the mask is empty, or the
+    image has non-finite intensities inside the mask.
+    """
+    image_img, image = _read_nifti(image_path, "image", np.float64)
+    mask_img, mask_raw = _read_nifti(mask_path, "mask", None)
+    if mask_raw.shape != image.shape:
+        raise MultimodalError(
+            f"{mask_path}: mask shape {mask_raw.shape} differs from image shape {image.shape} of {image_path}"
+        )
+    image_zooms = np.asarray(image_img.header.get_zooms()[:3], dtype=np.float64)
+    mask_zooms = np.asarray(mask_img.header.get_zooms()[:3], dtype=np.float64)
+    if np.max(np.abs(image_zooms - mask_zooms)) > GEOMETRY_TOLERANCE:
+        raise MultimodalError(
+            f"{mask_path}: mask voxel spacing {tuple(mask_zooms.tolist())} differs from image spacing "
+            f"{tuple(image_zooms.tolist())} of {image_path} (tolerance {GEOMETRY_TOLERANCE})"
+        )
+    affine_diff = float(np.max(np.abs(np.asarray(image_img.affine) - np.asarray(mask_img.affine))))
+    if affine_diff > GEOMETRY_TOLERANCE:
+        raise MultimodalError(
+            f"{mask_path}: mask affine differs from the affine of image {image_path} "
+            f"(largest difference {affine_diff:.4g} > {GEOMETRY_TOLERANCE})"
+        )
+    mask = np.asarray(mask_raw) > 0
+    if not mask.any():
+        raise MultimodalError(f"{mask_path}: mask is empty (no voxel > 0)")
+    n_bad = int(np.count_nonzero(~np.isfinite(image[mask])))
+    if n_bad:
+        raise MultimodalError(
+            f"{image_path}: {n_bad} non-finite intensities (NaN or inf) inside the mask {mask_path}"
+        )
+    spacing = (float(image_zooms[0]), float(image_zooms[1]), float(image_zooms[2]))
+    return image, mask, spacing
+
+
+def imaging_matrix(samples: pd.DataFrame, *, bin_count: int = 32, progress: bool = True) -> anndata.AnnData:
+    """Radiomics features of every patient with imaging, as a patients x features AnnData.
+
+    ``samples`` is indexed by patient ID with columns ``image`` and ``mask`` (NIfTI paths, relative
+    to the working directory). A patient whose image and mask are both empty or NaN has no imaging:
+    it is left out and counted in ``uns["ingest"]["exclusions"]["patients_without_imaging"]``. Any
+    unusable file, or an image without a mask or a mask without an image, raises
+    :class:`MultimodalError`.
+    """
+    missing = [col for col in ("image", "mask") if col not in samples.columns]
+    if missing:
+        raise MultimodalError(f"imaging samples table has no column {', '.join(map(repr, missing))}")
+    patient_ids = [str(pid) for pid in samples.index]
+    index = pd.Index(patient_ids)
+    duplicated = sorted(set(index[index.duplicated()]))
+    if duplicated:
+        raise MultimodalError(f"imaging samples table lists patients more than once: {duplicated[:10]}")
+
+    todo: list[tuple[str, str, str]] = []
+    n_without = 0
+    for pid, image_path, mask_path in zip(patient_ids, samples["image"], samples["mask"], strict=True):
+        has_image = not _blank(image_path)
+        has_mask = not _blank(mask_path)
+        if not has_image and not has_mask:
+            n_without += 1
+        elif not has_mask:
+            raise MultimodalError(f"{image_path}: patient {pid} has an image but no mask")
+        elif not has_image:
+            raise MultimodalError(f"{mask_path}: patient {pid} has a mask but no image")
+        else:
+            # Missing files fail here, before any (slow) feature extraction.
+            for path, what in ((image_path, "image"), (mask_path, "mask")):
+                if not Path(str(path)).is_file():
+                    raise MultimodalError(f"{path}: {what} file not found (patient {pid})")
+            todo.append((pid, str(image_path), str(mask_path)))
+    if n_without:
+        logger.info("%d of %d patients have no imaging and are left out", n_without, len(patient_ids))
+
+    names = list(FEATURE_CLASSES)
+    rows = np.empty((len(todo), len(names)), dtype=np.float32)
+    for row, (pid, image_path, mask_path) in enumerate(
+        tqdm(todo, desc="radiomics", unit="patient", disable=not progress)
+    ):
+        image, mask, spacing = read_image_and_mask(image_path, mask_path)
+        try:
+            features = extract_radiomics(image, mask, spacing=spacing, bin_count=bin_count)
+        except MultimodalError as err:
+            raise MultimodalError(f"{image_path} (mask {mask_path}, patient {pid}): {err}") from err
+        rows[row] = [features[name] for name in names]
+    logger.info("extracted %d radiomics features for %d patients", len(names), len(todo))
+
+    obs = pd.DataFrame(
+        {"image": [t[1] for t in todo], "mask": [t[2] for t in todo]},
+        index=pd.Index([t[0] for t in todo], name="patient_id"),
+    )
+    var = pd.DataFrame(
+        {"feature_class": [FEATURE_CLASSES[name] for name in names], "source": "radiomics"},
+        index=pd.Index(names, name="feature"),
+    )
+    uns = {
+        "ingest": {
+            "modality": "imaging",
+            "params": {"bin_count": int(bin_count), "extractor": EXTRACTOR},
+            "exclusions": {"patients_without_imaging": int(n_without)},
+            "n_patients_in": len(patient_ids),
+        }
+    }
+    return anndata.AnnData(X=rows, obs=obs, var=var, uns=uns)
+
+
+def _blank(value: object) -> bool:
+    """Whether a path cell is empty: NaN/None or a blank string."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _read_nifti(
+    path: str | os.PathLike[str], what: str, dtype: type | None
+) -> tuple[SpatialImage, np.ndarray]:
+    """Load a NIfTI file and its 3D data (scaled as float ``dtype``, or stored values when None)."""
+    if not Path(path).is_file():
+        raise MultimodalError(f"{path}: {what} file not found")
+    try:
+        img = nib.load(path)
+        data = img.get_fdata(dtype=dtype) if dtype is not None else np.asanyarray(img.dataobj)
+    except _READ_ERRORS as err:
+        raise MultimodalError(f"{path}: cannot read {what} as NIfTI ({type(err).__name__}: {err})") from err
+    if data.ndim > 3 and all(n == 1 for n in data.shape[3:]):
+        data = data.reshape(data.shape[:3])
+    if data.ndim != 3:
+        raise MultimodalError(f"{path}: {what} must be 3D, got {data.ndim}D with shape {data.shape}")
+    return img, data

@@ -1,0 +1,203 @@
+"""Somatic variant calls (VCF/BCF with VEP ``CSQ`` or SnpEff ``ANN``) to a patients x genes matrix.
+
+A record counts for a gene when it passed every filter (FILTER=PASS, or ``.`` meaning no filters
+were applied) and at least one of its annotations for that gene has a protein-altering
+consequence (the HIGH and MODERATE impact terms below). Each record counts once per gene, however
+many transcripts it hits. Everything not counted is tallied by reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from multimodal.errors import MultimodalError
+
+log = logging.getLogger(__name__)
+
+#: Sequence Ontology terms that change the protein: Ensembl VEP's HIGH and MODERATE impact classes
+#: (https://www.ensembl.org/info/genome/variation/prediction/predicted_data.html). LOW (synonymous,
+#: splice_region, ...) and MODIFIER (intronic, UTR, intergenic, ...) terms are not counted.
+HIGH_IMPACT = frozenset(
+    {
+        "transcript_ablation", "splice_acceptor_variant", "splice_donor_variant", "stop_gained",
+        "frameshift_variant", "stop_lost", "start_lost", "transcript_amplification",
+        "feature_elongation", "feature_truncation",
+    }
+)
+MODERATE_IMPACT = frozenset(
+    {"inframe_insertion", "inframe_deletion", "missense_variant", "protein_altering_variant"}
+)
+PROTEIN_ALTERING = HIGH_IMPACT | MODERATE_IMPACT
+
+#: SnpEff ANN is a fixed layout: Allele | Annotation | Annotation_Impact | Gene_Name | ...
+SNPEFF_FIELDS = ("Allele", "Consequence", "IMPACT", "SYMBOL")
+MUTATION_SUFFIX = "_mut"
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+
+
+@dataclass
+class PatientVariants:
+    """What one patient's call set contributes: protein-altering counts per gene and tallies."""
+
+    gene_counts: Counter = field(default_factory=Counter)
+    n_records: int = 0
+    n_pass: int = 0
+    excluded: Counter = field(default_factory=Counter)
+
+
+def check_bgzf_complete(path: Path) -> None:
+    """Raise if a bgzipped file lacks the BGZF end-of-file block (a truncated copy)."""
+    with open(path, "rb") as handle:
+        magic = handle.read(2)
+        if magic != b"\x1f\x8b":
+            return
+        handle.seek(0, 2)
+        size = handle.tell()
+        handle.seek(max(0, size - len(BGZF_EOF)))
+        if handle.read() != BGZF_EOF:
+            raise MultimodalError(f"{path}: truncated file (no BGZF end-of-file block); re-copy or re-compress it")
+
+
+def _annotation_layout(header, path: Path) -> tuple[str, list[str]]:
+    """Which INFO key holds consequence annotations and the field names inside it."""
+    info = header.info
+    if "CSQ" in info:
+        description = info["CSQ"].description or ""
+        if "Format:" not in description:
+            raise MultimodalError(f"{path}: CSQ header has no 'Format:' field list")
+        fields = description.split("Format:", 1)[1].strip().strip('"').split("|")
+        fields = [f.strip() for f in fields]
+        for needed in ("Consequence", "SYMBOL"):
+            if needed not in fields:
+                raise MultimodalError(f"{path}: CSQ Format lacks the {needed} field")
+        return "CSQ", fields
+    if "ANN" in info:
+        return "ANN", list(SNPEFF_FIELDS)
+    raise MultimodalError(f"{path}: no consequence annotation (INFO/CSQ from VEP or INFO/ANN from SnpEff)")
+
+
+def read_patient_variants(path: str | Path) -> PatientVariants:
+    """Count PASS protein-altering variants per gene in one VCF/BCF (plain, bgzipped or BCF)."""
+    import pysam
+
+    path = Path(path)
+    if not path.is_file():
+        raise MultimodalError(f"{path}: variant file not found")
+    check_bgzf_complete(path)
+    result = PatientVariants()
+    try:
+        with pysam.VariantFile(str(path)) as vcf:
+            key, fields = _annotation_layout(vcf.header, path)
+            consequence_at, symbol_at = fields.index("Consequence"), fields.index("SYMBOL")
+            for record in vcf:
+                result.n_records += 1
+                filters = list(record.filter.keys())
+                if filters and filters != ["PASS"]:
+                    result.excluded["filter_not_pass"] += 1
+                    continue
+                result.n_pass += 1
+                annotations = record.info.get(key)
+                if not annotations:
+                    result.excluded["no_annotation"] += 1
+                    continue
+                if isinstance(annotations, str):
+                    annotations = (annotations,)
+                genes_hit: set[str] = set()
+                genes_seen: set[str] = set()
+                for annotation in annotations:
+                    parts = annotation.split("|")
+                    if len(parts) <= max(consequence_at, symbol_at):
+                        raise MultimodalError(
+                            f"{path}: {record.chrom}:{record.pos}: {key} entry has {len(parts)} fields, "
+                            f"header declares {len(fields)}"
+                        )
+                    gene = parts[symbol_at].strip()
+                    if not gene:
+                        continue
+                    genes_seen.add(gene)
+                    if PROTEIN_ALTERING.intersection(parts[consequence_at].split("&")):
+                        genes_hit.add(gene)
+                if not genes_seen:
+                    result.excluded["no_gene_symbol"] += 1
+                elif not genes_hit:
+                    result.excluded["not_protein_altering"] += 1
+                for gene in genes_hit:
+                    result.gene_counts[gene] += 1
+    except MultimodalError:
+        raise
+    except (OSError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        where = f"record {result.n_records + 1}"
+        raise MultimodalError(f"{path}: cannot read variant calls at {where}: {message}") from exc
+    return result
+
+
+def mutation_matrix(
+    samples: pd.DataFrame, *, territory_mb: float = 38.0, progress: bool = True
+) -> anndata.AnnData:  # noqa: F821
+    """Patients x genes counts of PASS protein-altering variants, plus tumour mutational burden.
+
+    ``samples``: index patient_id, column ``vcf`` (empty = no variant calls; counted, not dropped).
+    Writes ``obs['tmb']`` (protein-altering PASS variants per Mb of ``territory_mb``),
+    ``obs['n_records']``, ``obs['n_pass']``, ``layers['counts']`` and ``uns['ingest']`` with the
+    parameters and every exclusion by reason.
+    """
+    import anndata as ad
+    from tqdm.auto import tqdm
+
+    if territory_mb <= 0:
+        raise MultimodalError(f"territory_mb must be positive, got {territory_mb}")
+    with_calls = samples[samples["vcf"].astype(str).str.len() > 0]
+    per_patient: dict[str, PatientVariants] = {}
+    for pid, path in tqdm(
+        with_calls["vcf"].items(), total=len(with_calls), desc="variants", unit="patient", disable=not progress
+    ):
+        per_patient[str(pid)] = read_patient_variants(path)
+
+    genes = sorted({g for pv in per_patient.values() for g in pv.gene_counts})
+    patients = list(per_patient)
+    counts = np.zeros((len(patients), len(genes)), dtype=np.float32)
+    gene_at = {g: j for j, g in enumerate(genes)}
+    excluded: Counter = Counter()
+    for i, pv in enumerate(per_patient.values()):
+        for gene, n in pv.gene_counts.items():
+            counts[i, gene_at[gene]] = n
+        excluded.update(pv.excluded)
+    obs = pd.DataFrame(
+        {
+            "n_records": [pv.n_records for pv in per_patient.values()],
+            "n_pass": [pv.n_pass for pv in per_patient.values()],
+            "n_protein_altering": [int(sum(pv.gene_counts.values())) for pv in per_patient.values()],
+        },
+        index=pd.Index(patients, name="patient_id"),
+    )
+    obs["tmb"] = obs["n_protein_altering"] / territory_mb
+    # Feature names carry a suffix so they stay unique beside expression genes in the MuData store.
+    var = pd.DataFrame(
+        {"gene_symbol": genes, "feature_class": "gene_mutation_count", "source": "variant_calls"},
+        index=pd.Index([f"{g}{MUTATION_SUFFIX}" for g in genes], name="feature"),
+    )
+    adata = ad.AnnData(X=counts, obs=obs, var=var)
+    adata.layers["counts"] = counts.copy()
+    adata.uns["ingest"] = {
+        "modality": "variants",
+        "params": {
+            "territory_mb": float(territory_mb),
+            "filter": "FILTER in {PASS, .}",
+            "protein_altering_terms": sorted(PROTEIN_ALTERING),
+        },
+        "n_patients_in": int(len(samples)),
+        "model_obs_features": ["tmb"],
+        "exclusions": {
+            "patients_without_variant_calls": int(len(samples) - len(with_calls)),
+            **{f"records_{k}": int(v) for k, v in sorted(excluded.items())},
+        },
+    }
+    log.info("variants: %d patients x %d genes", len(patients), len(genes))
+    return adata

@@ -1,0 +1,1 @@
+"""The fusion model: data module, encoders and fusion, losses, metrics, cross-validation."""

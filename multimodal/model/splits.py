@@ -1,0 +1,33 @@
+"""Cross-validation folds: stratified by event status and site, seeded, written to disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from multimodal.errors import MultimodalError
+
+
+def assign_folds(obs: pd.DataFrame, *, n_folds: int, seed: int) -> pd.Series:
+    """A fold number (0..n_folds-1) for every patient, balanced over event status and site.
+
+    Patients without a survival outcome still get a fold: they are scored when held out, though
+    they cannot be evaluated or trained on.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    if n_folds < 2:
+        raise MultimodalError(f"need at least 2 folds, got {n_folds}")
+    if len(obs) < n_folds:
+        raise MultimodalError(f"{len(obs)} patients cannot fill {n_folds} folds")
+    event = obs["event"].fillna(-1).astype(int).astype(str)
+    site = obs["site"].astype(str) if "site" in obs else pd.Series("all", index=obs.index)
+    strata = event + "|" + site
+    counts = strata.value_counts()
+    strata = strata.where(strata.map(counts) >= n_folds, event)  # rare combinations: event only
+    strata = strata.where(strata.map(strata.value_counts()) >= n_folds, "all")
+    folds = np.zeros(len(obs), dtype=int)
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, test) in enumerate(splitter.split(np.zeros(len(obs)), strata)):
+        folds[test] = k
+    return pd.Series(folds, index=obs.index, name="fold")

@@ -1,0 +1,184 @@
+"""k-fold cross-validation of the fusion model on a cohort store.
+
+Writes one model directory (atomically):
+
+- ``folds.tsv``: patient_id -> fold;
+- ``predictions.tsv``: every patient scored once, by the model that did not see it
+  (``risk``, ``response_prob``, observed outcome, fold);
+- ``metrics.json``: Harrell's C and AUROC per fold, their mean and SD, and pooled out-of-fold;
+- ``fold_<k>/model.ckpt`` (Lightning checkpoint), ``fold_<k>/preprocessing.npz``, ``fold_<k>/metrics.csv``;
+- ``params.json``: the training parameters and the store it read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from multimodal.errors import MultimodalError
+from multimodal.fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainParams:
+    """Cross-validation and model settings (``model:`` in config.yaml)."""
+
+    folds: int = 5
+    seed: int = 7
+    epochs: int = 100
+    hidden_dim: int = 16
+    dropout: float = 0.2
+    input_dropout: float = 0.2
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-3
+    response_weight: float = 0.3
+    modalities: list[str] | None = None
+    max_features: dict[str, int] = field(default_factory=lambda: {"expression": 20, "variants": 20})
+    screening: str = "cox"
+    max_correlation: float = 0.95
+    accelerator: str = "auto"
+
+    @classmethod
+    def from_config(cls, section: dict | None) -> TrainParams:
+        """Build from a config mapping, rejecting unknown keys."""
+        section = dict(section or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise MultimodalError(f"model config: unknown setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**section)
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.seed", "lightning.pytorch.trainer.connectors.data_connector"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def cross_validate(
+    mdata: mudata.MuData,  # noqa: F821
+    out_dir: str | Path,
+    *,
+    params: TrainParams | None = None,
+    store_path: str = "",
+    progress: bool = True,
+) -> dict:
+    """Train one model per fold, score its held-out patients, and write the model directory."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.loggers import CSVLogger
+
+    from multimodal.model.data import CohortDataModule, cohort_arrays
+    from multimodal.model.fusion import FusionSurvivalModel
+    from multimodal.model.metrics import auroc, harrell_c
+    from multimodal.model.splits import assign_folds
+
+    params = params or TrainParams()
+    _quiet_lightning()
+    arrays = cohort_arrays(mdata, modalities=params.modalities)
+    n_outcome = int((~(np.isnan(arrays.time) | np.isnan(arrays.event))).sum())
+    if n_outcome < 2 * params.folds:
+        raise MultimodalError(f"{store_path or 'store'}: only {n_outcome} patients have a survival outcome")
+    folds = assign_folds(mdata.obs, n_folds=params.folds, seed=params.seed)
+    predictions = []
+    fold_metrics = []
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for k in range(params.folds):
+            L.seed_everything(params.seed + k, workers=True, verbose=False)
+            test_rows = np.flatnonzero(folds.to_numpy() == k)
+            train_rows = np.flatnonzero(folds.to_numpy() != k)
+            data = CohortDataModule(arrays, train_rows=train_rows, test_rows=test_rows,
+                                    max_features=params.max_features, screening=params.screening,
+                                    max_correlation=params.max_correlation)
+            model = FusionSurvivalModel(
+                data.input_dims,
+                hidden_dim=params.hidden_dim,
+                dropout=params.dropout,
+                input_dropout=params.input_dropout,
+                learning_rate=params.learning_rate,
+                weight_decay=params.weight_decay,
+                response_weight=params.response_weight,
+            )
+            fold_dir = tmp / f"fold_{k}"
+            trainer = L.Trainer(
+                max_epochs=params.epochs,
+                accelerator=params.accelerator,
+                devices=1,
+                deterministic=True,
+                logger=CSVLogger(str(tmp), name=f"fold_{k}", version="log"),
+                enable_checkpointing=False,
+                enable_progress_bar=progress,
+                enable_model_summary=False,
+                log_every_n_steps=1,
+            )
+            if progress:
+                log.info("fold %d/%d: %d training, %d held-out patients", k + 1, params.folds,
+                         len(data.train_rows), len(test_rows))
+            trainer.fit(model, datamodule=data)
+            trainer.save_checkpoint(str(fold_dir / "model.ckpt"))
+            data.preprocessor.save(fold_dir / "preprocessing.npz")
+            model.eval()
+            with torch.no_grad():
+                inputs, mask = data.preprocessor.transform(arrays, test_rows)
+                device = next(model.parameters()).device
+                risk, logit = model(*[t.to(device) for t in inputs], mask=mask.to(device))
+            fold_pred = pd.DataFrame(
+                {
+                    "patient_id": [arrays.patients[i] for i in test_rows],
+                    "fold": k,
+                    "risk": risk.cpu().numpy().astype(float),
+                    "response_prob": torch.sigmoid(logit).cpu().numpy().astype(float),
+                    "time": arrays.time[test_rows],
+                    "event": arrays.event[test_rows],
+                    "response": arrays.response[test_rows],
+                }
+            )
+            for name, m in zip(arrays.modalities, mask.T.numpy(), strict=True):
+                fold_pred[f"has_{name}"] = m
+            predictions.append(fold_pred)
+            fold_metrics.append(_metrics(fold_pred, harrell_c, auroc) | {"fold": k, "n_train": len(data.train_rows)})
+            log.info("fold %d: C-index %.3f, AUROC %.3f", k, fold_metrics[-1]["c_index"], fold_metrics[-1]["auroc"])
+
+        pred = pd.concat(predictions, ignore_index=True)
+        pooled = _metrics(pred, harrell_c, auroc)
+        per_fold = pd.DataFrame(fold_metrics)
+        metrics = {
+            "folds": fold_metrics,
+            "mean": {m: float(per_fold[m].mean()) for m in ("c_index", "auroc")},
+            "sd": {m: float(per_fold[m].std(ddof=1)) for m in ("c_index", "auroc")},
+            "pooled_out_of_fold": pooled,
+            "n_patients": len(pred),
+            "n_patients_scored": int(pred["risk"].notna().sum()),
+            "n_patients_with_survival_outcome": n_outcome,
+        }
+        folds.rename_axis("patient_id").reset_index().to_csv(tmp / "folds.tsv", sep="\t", index=False)
+        pred.to_csv(tmp / "predictions.tsv", sep="\t", index=False)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        (tmp / "params.json").write_text(
+            json.dumps({"train": asdict(params), "store": str(store_path), "modalities": arrays.modalities},
+                       indent=1)
+        )
+    log.info("cross-validated C-index %.3f (mean over folds), pooled %.3f",
+             metrics["mean"]["c_index"], pooled["c_index"])
+    return metrics
+
+
+def _metrics(pred: pd.DataFrame, harrell_c, auroc) -> dict:
+    return {
+        "c_index": harrell_c(pred["time"].to_numpy(float), pred["event"].to_numpy(float), pred["risk"].to_numpy(float)),
+        "auroc": auroc(pred["response"].to_numpy(float), pred["response_prob"].to_numpy(float)),
+        "n_test": int(len(pred)),
+        "n_events": int(np.nansum(pred["event"].to_numpy(float))),
+    }

@@ -1,0 +1,229 @@
+"""The cohort store: one Zarr v3 store in the MuData layout per cohort (spec: docs/cohort-store.md).
+
+- ``obs``: one row per patient (union over modalities): outcome (``time``, ``event``, ``response``),
+  clinical covariates, ``site``;
+- ``mod/<name>``: one AnnData per modality (``clinical``, ``variants``, ``expression``, ``imaging``);
+- ``obsmap/<name>``: 1-based row into ``mod/<name>``, 0 = the patient lacks the modality;
+- ``uns/provenance``: inputs with sha256, package versions, resolved config, command, exclusions.
+
+Written atomically: built beside the final path, then renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+from collections import Counter
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from multimodal import __version__
+from multimodal.errors import MultimodalError
+from multimodal.fileio import atomic_path, sha256sum
+
+log = logging.getLogger(__name__)
+
+STORE_SPEC_VERSION = "0.1.0"
+MODALITY_ORDER = ("clinical", "variants", "expression", "imaging")
+TRACKED_PACKAGES = (
+    "anndata", "mudata", "zarr", "scanpy", "numpy", "pandas", "scipy", "pysam", "nibabel", "torch",
+    "lightning", "captum", "scikit-survival", "scikit-learn", "snakemake",
+)
+
+
+def configure_zarr_v3() -> None:
+    """Make anndata/mudata write Zarr format 3 without per-array sharding warnings."""
+    import anndata as ad
+    import mudata as md
+
+    ad.settings.zarr_write_format = 3
+    ad.settings.auto_shard_zarr_v3 = False
+    md.set_options(pull_on_update=False)
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages whose behaviour shapes the results."""
+    versions = {"python": platform.python_version(), "multimodal": __version__}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def read_chunks(paths: list[str | Path]) -> anndata.AnnData | None:  # noqa: F821
+    """Concatenate per-chunk AnnData files of one modality; exclusion tallies are summed.
+
+    Features absent from a chunk are zero there (a gene with no counted variant in those
+    patients), which is right for counts; feature tables must have identical columns.
+    """
+    import anndata as ad
+
+    parts = []
+    for p in paths:
+        try:
+            parts.append(ad.read_h5ad(p))
+        except (OSError, KeyError) as exc:
+            raise MultimodalError(f"{p}: cannot read intermediate AnnData: {exc}") from exc
+    if not parts:
+        return None
+    ingest = dict(parts[0].uns.get("ingest", {}))
+    exclusions: Counter = Counter()
+    n_in = 0
+    for part in parts:
+        exclusions.update({k: int(v) for k, v in part.uns.get("ingest", {}).get("exclusions", {}).items()})
+        n_in += int(part.uns.get("ingest", {}).get("n_patients_in", part.n_obs))
+    merged = ad.concat(parts, join="outer", fill_value=0, merge="first", uns_merge=None)
+    if merged.obs_names.has_duplicates:
+        raise MultimodalError(f"patient {merged.obs_names[merged.obs_names.duplicated()][0]} occurs in two chunks")
+    merged.var = pd.concat([p.var for p in parts]).groupby(level=0).first().reindex(merged.var_names)
+    ingest["exclusions"] = dict(exclusions)
+    ingest["n_patients_in"] = n_in
+    merged.uns["ingest"] = ingest
+    return merged
+
+
+def assemble_cohort(
+    *,
+    clinical: pd.DataFrame,
+    clinical_modality: anndata.AnnData,  # noqa: F821
+    modalities: dict[str, anndata.AnnData],  # noqa: F821
+    samples: pd.DataFrame,
+    clinical_path: str | Path = "clinical table",
+    samples_path: str | Path = "samples sheet",
+) -> mudata.MuData:  # noqa: F821
+    """Join the clinical table and per-modality AnnData into one MuData keyed by patient.
+
+    Every patient of the samples sheet must be in the clinical table; every modality row must be a
+    patient of the samples sheet. Patients in the clinical table alone are kept (clinical data only).
+    """
+    import mudata as md
+
+    configure_zarr_v3()
+    in_clinical = set(clinical.index)
+    for line, pid in enumerate(samples.index, start=2):
+        if pid not in in_clinical:
+            raise MultimodalError(
+                f"{samples_path}: line {line}: patient {pid} is not in the clinical table {clinical_path}"
+            )
+    for name, adata in modalities.items():
+        unknown = [p for p in adata.obs_names if p not in samples.index]
+        if unknown:
+            raise MultimodalError(f"{name}: patient {unknown[0]} is not in the samples sheet {samples_path}")
+
+    mods = {"clinical": clinical_modality}
+    for name in MODALITY_ORDER[1:]:
+        if name in modalities and modalities[name] is not None:
+            mods[name] = modalities[name]
+    for name, adata in modalities.items():
+        if name not in mods and adata is not None:
+            mods[name] = adata
+    mdata = md.MuData(mods)
+    mdata.uns["model_obs_features"] = {
+        name: list(adata.uns["ingest"]["model_obs_features"])
+        for name, adata in mods.items()
+        if "model_obs_features" in adata.uns.get("ingest", {})
+    }
+    mdata.obs = clinical.reindex(mdata.obs_names).copy()
+    for name, adata in mods.items():
+        mdata.obs[f"has_{name}"] = np.isin(mdata.obs_names, adata.obs_names)
+    return mdata
+
+
+def cohort_exclusions(mdata: mudata.MuData, *, samples: pd.DataFrame) -> dict[str, dict[str, int]]:  # noqa: F821
+    """Every count of what was left out, per modality and for the cohort, by reason."""
+    out: dict[str, dict[str, int]] = {}
+    for name, adata in mdata.mod.items():
+        out[name] = {k: int(v) for k, v in adata.uns.get("ingest", {}).get("exclusions", {}).items()}
+    obs = mdata.obs
+    out["cohort"] = {
+        "patients_in_clinical_not_in_samples_sheet": int((~obs.index.isin(samples.index)).sum()),
+        "patients_without_survival_outcome": int((obs["time"].isna() | obs["event"].isna()).sum()),
+        "patients_without_response_outcome": int(obs["response"].isna().sum()),
+    }
+    return out
+
+
+def build_provenance(
+    *,
+    inputs: list[str | Path],
+    config: dict | None,
+    exclusions: dict[str, dict[str, int]],
+    command: list[str] | None = None,
+) -> dict:
+    """Input files with sha256, package versions, the resolved config, the command and exclusions."""
+    paths = list(dict.fromkeys(str(p) for p in inputs if p))
+    files = pd.DataFrame({"path": paths, "sha256": [sha256sum(p) for p in paths]})
+    return {
+        "store_spec_version": STORE_SPEC_VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(command if command is not None else sys.argv),
+        "versions": package_versions(),
+        "inputs": files,
+        "config_json": json.dumps(config or {}, sort_keys=True, default=str),
+        "exclusions": exclusions,
+    }
+
+
+def write_cohort_store(mdata: mudata.MuData, path: str | Path, *, provenance: dict) -> Path:  # noqa: F821
+    """Write ``mdata`` to ``path`` as a Zarr v3 MuData store, atomically."""
+    configure_zarr_v3()
+    mdata.uns["provenance"] = provenance
+    for adata in mdata.mod.values():
+        adata.uns.pop("ingest", None)  # folded into provenance; keep modality uns lean
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        mdata.write_zarr(str(tmp))
+    log.info("wrote cohort store %s (%d patients)", path, mdata.n_obs)
+    return path
+
+
+def read_cohort_store(path: str | Path) -> mudata.MuData:  # noqa: F821
+    """Open a cohort store written by :func:`write_cohort_store`."""
+    import mudata as md
+
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise MultimodalError(f"{path}: not a Zarr v3 cohort store (no zarr.json)")
+    configure_zarr_v3()
+    try:
+        return md.read_zarr(str(path))
+    except Exception as exc:  # zarr/anndata raise many types for a damaged store
+        raise MultimodalError(f"{path}: cannot read cohort store: {type(exc).__name__}: {exc}") from exc
+
+
+def summarize_store(mdata: mudata.MuData, *, path: str | Path = "") -> str:  # noqa: F821
+    """A human-readable summary: patients, modalities, coverage, outcomes, exclusions, provenance."""
+    obs = mdata.obs
+    lines = [f"cohort store {path}".rstrip(), f"patients: {mdata.n_obs}"]
+    if "site" in obs:
+        lines.append("sites: " + ", ".join(f"{k} {v}" for k, v in obs["site"].value_counts().sort_index().items()))
+    events = obs["event"].dropna()
+    lines.append(
+        f"survival: {int(events.sum())} events / {len(events)} patients with outcome, "
+        f"median follow-up {obs['time'].median():.1f}"
+    )
+    if obs["response"].notna().any():
+        lines.append(f"response: {int(obs['response'].sum())} responders / {int(obs['response'].notna().sum())}")
+    lines.append("modalities:")
+    for name, adata in mdata.mod.items():
+        lines.append(f"  {name:<11} {adata.n_obs:>6} patients x {adata.n_vars:>6} features")
+    prov = mdata.uns.get("provenance", {})
+    exclusions = prov.get("exclusions", {})
+    if exclusions:
+        lines.append("exclusions:")
+        for group, counts in exclusions.items():
+            for reason, n in counts.items():
+                if int(n):
+                    lines.append(f"  {group}: {reason} = {int(n)}")
+    if prov:
+        lines.append(f"created {prov.get('created', '?')} by multimodal {prov.get('versions', {}).get('multimodal', '?')}"
+                     f", {len(prov.get('inputs', []))} input files fingerprinted")
+    return "\n".join(lines)

@@ -1,0 +1,193 @@
+"""Tests of the imaging ingest: NIfTI image/mask pairs per patient into a radiomics AnnData."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from multimodal.errors import MultimodalError
+from multimodal.ingest.imaging import imaging_matrix, read_image_and_mask
+from multimodal.ingest.radiomics import FEATURE_CLASSES, extract_radiomics
+
+IBSI_DIR = Path(__file__).parent / "data" / "ibsi"
+
+
+def _write(
+    path: Path, data: np.ndarray, zooms: tuple[float, ...] = (1.0, 1.0, 1.0), shift: float = 0.0
+) -> str:
+    affine = np.diag([*zooms[:3], 1.0])
+    affine[:3, 3] = shift
+    img = nib.Nifti1Image(np.asarray(data), affine)
+    img.header.set_zooms(zooms[: np.asarray(data).ndim])
+    nib.save(img, path)
+    return path.name
+
+
+def _blob(shape: tuple[int, int, int] = (12, 12, 8), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    image = rng.normal(50.0, 10.0, size=shape).astype(np.float32)
+    mask = np.zeros(shape, dtype=np.uint8)
+    mask[3:9, 2:10, 2:6] = 1
+    return image, mask
+
+
+def _plain(value: object) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return type(value) in (int, float, str, bool)
+
+
+@pytest.fixture()
+def cohort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> pd.DataFrame:
+    """Two patients with imaging and one without; paths relative to the working directory."""
+    monkeypatch.chdir(tmp_path)
+    image1, mask1 = _blob(seed=1)
+    image2, mask2 = _blob(shape=(10, 14, 9), seed=2)
+    mask2[:] = 0
+    mask2[2:7, 3:12, 1:8] = 1
+    zooms2 = (0.8, 0.8, 2.5)
+    rows = {
+        "P1": (_write(tmp_path / "p1.nii.gz", image1), _write(tmp_path / "p1_mask.nii.gz", mask1)),
+        "P2": (_write(tmp_path / "p2.nii", image2, zooms2), _write(tmp_path / "p2_mask.nii", mask2, zooms2)),
+        "P3": ("", np.nan),
+    }
+    samples = pd.DataFrame.from_dict(rows, orient="index", columns=["image", "mask"])
+    samples.index.name = "patient_id"
+    return samples
+
+
+def test_imaging_matrix_two_patients_and_one_without_imaging(cohort: pd.DataFrame, tmp_path: Path) -> None:
+    adata = imaging_matrix(cohort, bin_count=16, progress=False)
+
+    assert adata.obs_names.tolist() == ["P1", "P2"]
+    assert adata.var_names.tolist() == list(FEATURE_CLASSES)
+    assert adata.X.dtype == np.float32
+    assert adata.var["feature_class"].tolist() == list(FEATURE_CLASSES.values())
+    assert set(adata.var["source"]) == {"radiomics"}
+    assert adata.obs["image"].tolist() == ["p1.nii.gz", "p2.nii"]
+
+    image2, mask2, spacing2 = read_image_and_mask("p2.nii", "p2_mask.nii")
+    assert spacing2 == pytest.approx((0.8, 0.8, 2.5))
+    expected = extract_radiomics(image2, mask2, spacing=spacing2, bin_count=16)
+    np.testing.assert_allclose(adata["P2"].X[0], np.array(list(expected.values()), dtype=np.float32))
+    # The voxel size comes from the header: 5 x 9 x 7 voxels of 0.8 x 0.8 x 2.5 mm.
+    volume = adata["P2", "shape_voxel_volume"].X[0, 0]
+    assert volume == pytest.approx(5 * 9 * 7 * 0.8 * 0.8 * 2.5, rel=1e-5)
+    assert adata["P1", "shape_voxel_volume"].X[0, 0] == pytest.approx(6 * 8 * 4)
+
+    ingest = adata.uns["ingest"]
+    assert ingest == {
+        "modality": "imaging",
+        "params": {"bin_count": 16, "extractor": "multimodal.radiomics v1"},
+        "exclusions": {"patients_without_imaging": 1},
+        "n_patients_in": 3,
+    }
+    assert _plain(ingest)
+    adata.write_h5ad(tmp_path / "imaging.h5ad")
+    back = anndata.read_h5ad(tmp_path / "imaging.h5ad")
+    assert back.uns["ingest"]["exclusions"]["patients_without_imaging"] == 1
+
+
+def test_no_patient_with_imaging_gives_empty_matrix() -> None:
+    samples = pd.DataFrame({"image": ["", None], "mask": [np.nan, " "]}, index=["A", "B"])
+    adata = imaging_matrix(samples, progress=False)
+    assert adata.shape == (0, len(FEATURE_CLASSES))
+    assert adata.uns["ingest"]["exclusions"]["patients_without_imaging"] == 2
+
+
+def test_missing_column_raises() -> None:
+    with pytest.raises(MultimodalError, match="'mask'"):
+        imaging_matrix(pd.DataFrame({"image": ["a.nii"]}, index=["A"]), progress=False)
+
+
+def test_ibsi_phantom_reads_with_its_spacing() -> None:
+    image, mask, spacing = read_image_and_mask(IBSI_DIR / "phantom.nii.gz", IBSI_DIR / "mask.nii.gz")
+    assert image.dtype == np.float64 and mask.dtype == bool
+    assert image.shape == (5, 4, 4) and int(mask.sum()) == 74
+    assert spacing == (2.0, 2.0, 2.0)
+
+
+def _case(tmp_path: Path, case: str) -> tuple[str, str, str, str]:
+    """Write one broken patient; return (image cell, mask cell, file the message names, problem words)."""
+    image, mask = _blob()
+    img = _write(tmp_path / "img.nii.gz", image)
+    msk = _write(tmp_path / "msk.nii.gz", mask)
+    if case == "image missing":
+        return "nothere.nii.gz", msk, "nothere.nii.gz", "not found"
+    if case == "mask missing":
+        return img, "nomask.nii.gz", "nomask.nii.gz", "not found"
+    if case == "corrupt":
+        (tmp_path / "bad.nii.gz").write_bytes(b"this is not a NIfTI file")
+        return "bad.nii.gz", msk, "bad.nii.gz", "cannot read"
+    if case == "truncated":
+        (tmp_path / "cut.nii.gz").write_bytes((tmp_path / "img.nii.gz").read_bytes()[:-200])
+        return "cut.nii.gz", msk, "cut.nii.gz", "cannot read"
+    if case == "not 3D":
+        return _write(tmp_path / "flat.nii.gz", image[:, :, 0]), msk, "flat.nii.gz", "3D"
+    if case == "4D":
+        four = _write(tmp_path / "four.nii.gz", np.stack([image, image], axis=-1), (1.0, 1.0, 1.0, 1.0))
+        return four, msk, "four.nii.gz", "3D"
+    if case == "shape mismatch":
+        return img, _write(tmp_path / "small.nii.gz", mask[:-1]), "small.nii.gz", "shape (11, 12, 8) differs"
+    if case == "spacing mismatch":
+        return img, _write(tmp_path / "sp.nii.gz", mask, (1.0, 1.0, 1.5)), "sp.nii.gz", "spacing"
+    if case == "affine mismatch":
+        return img, _write(tmp_path / "moved.nii.gz", mask, shift=2.0), "moved.nii.gz", "affine"
+    if case == "empty mask":
+        return img, _write(tmp_path / "empty.nii.gz", np.zeros_like(mask)), "empty.nii.gz", "empty"
+    if case == "nan in roi":
+        image[5, 5, 3] = np.nan
+        return _write(tmp_path / "nan.nii.gz", image), msk, "nan.nii.gz", "non-finite"
+    if case == "image without mask":
+        return img, "", "img.nii.gz", "no mask"
+    if case == "mask without image":
+        return np.nan, msk, "msk.nii.gz", "no image"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "image missing",
+        "mask missing",
+        "corrupt",
+        "truncated",
+        "not 3D",
+        "4D",
+        "shape mismatch",
+        "spacing mismatch",
+        "affine mismatch",
+        "empty mask",
+        "nan in roi",
+        "image without mask",
+        "mask without image",
+    ],
+)
+def test_errors_name_the_file_and_the_problem(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    image_cell, mask_cell, named_file, problem = _case(tmp_path, case)
+    good_image, good_mask = _blob(seed=5)
+    samples = pd.DataFrame(
+        {
+            "image": [_write(tmp_path / "ok.nii.gz", good_image), image_cell],
+            "mask": [_write(tmp_path / "ok_mask.nii.gz", good_mask), mask_cell],
+        },
+        index=pd.Index(["OK", "BAD"], name="patient_id"),
+    )
+    with pytest.raises(MultimodalError) as excinfo:
+        imaging_matrix(samples, progress=False)
+    message = str(excinfo.value)
+    assert named_file in message
+    assert problem in message
+    assert "\n" not in message
+    if case == "shape mismatch":
+        assert "(12, 12, 8)" in message  # both shapes are given
