@@ -104,8 +104,9 @@ def explain_cohort(
     n_folds = int(fold_of.max()) + 1
     for k in tqdm(range(n_folds), desc="explain", unit="fold", disable=not progress):
         fold_dir = model_dir / f"fold_{k}"
-        model = FusionSurvivalModel.load_from_checkpoint(str(fold_dir / "model.ckpt"), map_location="cpu",
-                                                         weights_only=False)
+        model = FusionSurvivalModel.load_from_checkpoint(
+            str(fold_dir / "model.ckpt"), map_location="cpu", weights_only=False
+        )
         prep = FoldPreprocessor.load(fold_dir / "preprocessing.npz")
         rows = np.flatnonzero(fold_of == k)
         inputs, mask = prep.transform(arrays, rows)
@@ -148,8 +149,9 @@ def explain_cohort(
         mods[name] = ad.AnnData(
             X=values[has].astype(np.float32),
             obs=pd.DataFrame({"fold": fold_of[has]}, index=patient_index[has]),
-            var=pd.DataFrame({"mean_abs_attribution": mean_abs, "rank": ranks},
-                             index=pd.Index(arrays.features[name], name="feature")),
+            var=pd.DataFrame(
+                {"mean_abs_attribution": mean_abs, "rank": ranks}, index=pd.Index(arrays.features[name], name="feature")
+            ),
         )
     importance = pd.DataFrame(importance_rows).sort_values(["modality", "rank"], kind="stable")
     contributions["convergence_delta"] = deltas

@@ -46,11 +46,56 @@ AGE_HAZARD_PER_DECADE = 0.2
 ARM_HAZARD = -0.4
 
 KNOWN_GENES = (
-    "EGFR", "BRAF", "PIK3CA", "PTEN", "APC", "SMAD4", "CDKN2A", "NF1", "ARID1A", "KMT2D", "KEAP1",
-    "RB1", "ATM", "BRCA1", "BRCA2", "ERBB2", "MET", "ALK", "ROS1", "NRAS", "HRAS", "IDH1", "IDH2",
-    "FBXW7", "CTNNB1", "NOTCH1", "MYC", "CDH1", "GATA3", "FGFR1", "FGFR3", "SMARCA4", "KMT2C",
-    "CREBBP", "EP300", "SETD2", "BAP1", "PBRM1", "VHL", "NFE2L2", "RBM10", "U2AF1", "ERBB3",
-    "MAP2K1", "TSC1", "TSC2", "STAG2", "ZFHX3", "SPOP", "FOXA1",
+    "EGFR",
+    "BRAF",
+    "PIK3CA",
+    "PTEN",
+    "APC",
+    "SMAD4",
+    "CDKN2A",
+    "NF1",
+    "ARID1A",
+    "KMT2D",
+    "KEAP1",
+    "RB1",
+    "ATM",
+    "BRCA1",
+    "BRCA2",
+    "ERBB2",
+    "MET",
+    "ALK",
+    "ROS1",
+    "NRAS",
+    "HRAS",
+    "IDH1",
+    "IDH2",
+    "FBXW7",
+    "CTNNB1",
+    "NOTCH1",
+    "MYC",
+    "CDH1",
+    "GATA3",
+    "FGFR1",
+    "FGFR3",
+    "SMARCA4",
+    "KMT2C",
+    "CREBBP",
+    "EP300",
+    "SETD2",
+    "BAP1",
+    "PBRM1",
+    "VHL",
+    "NFE2L2",
+    "RBM10",
+    "U2AF1",
+    "ERBB3",
+    "MAP2K1",
+    "TSC1",
+    "TSC2",
+    "STAG2",
+    "ZFHX3",
+    "SPOP",
+    "FOXA1",
 )
 CHROM_LENGTHS = {f"chr{i}": 248_000_000 - (i - 1) * 9_000_000 for i in range(1, 23)}
 
@@ -168,9 +213,14 @@ def simulate_cohort(outdir: str | Path, *, params: SimulationParams | None = Non
             continue
         image_path, mask_path = img_dir / f"{pid}_image.nii.gz", img_dir / f"{pid}_mask.nii.gz"
         _write_patient_image(
-            image_path, mask_path, size=params.image_size, size_latent=size_latent[i],
-            intensity_latent=intensity_latent[i], texture_latent=texture_latent[i],
-            site=site[i], rng=rng,
+            image_path,
+            mask_path,
+            size=params.image_size,
+            size_latent=size_latent[i],
+            intensity_latent=intensity_latent[i],
+            texture_latent=texture_latent[i],
+            site=site[i],
+            rng=rng,
         )
         image_paths.append(str(image_path))
         mask_paths.append(str(mask_path))
@@ -292,15 +342,21 @@ def _write_patient_vcf(
         while (chrom, pos) in seen:
             pos += 1
         seen.add((chrom, pos))
-        ref, alt = ("AG", "A") if "frameshift" in term or "deletion" in term else tuple(
-            rng.choice(list("ACGT"), size=2, replace=False)
+        ref, alt = (
+            ("AG", "A")
+            if "frameshift" in term or "deletion" in term
+            else tuple(rng.choice(list("ACGT"), size=2, replace=False))
         )
         transcript = f"ENST{zlib.crc32(gene.encode()):011d}"
-        csq = [f"{alt if len(alt) == len(ref) else '-'}|{term}|{impact}|{gene}|ENSG_{gene}|Transcript|"
-               f"{transcript}|protein_coding"]
+        csq = [
+            f"{alt if len(alt) == len(ref) else '-'}|{term}|{impact}|{gene}|ENSG_{gene}|Transcript|"
+            f"{transcript}|protein_coding"
+        ]
         if rng.random() < 0.3:  # a second, non-coding transcript of the same gene
-            csq.append(f"{alt if len(alt) == len(ref) else '-'}|intron_variant|MODIFIER|{gene}|ENSG_{gene}|"
-                       f"Transcript|{transcript}.2|retained_intron")
+            csq.append(
+                f"{alt if len(alt) == len(ref) else '-'}|intron_variant|MODIFIER|{gene}|ENSG_{gene}|"
+                f"Transcript|{transcript}.2|retained_intron"
+            )
         depth = int(rng.integers(30, 200))
         alt_reads = int(rng.integers(4, max(5, depth // 2)))
         lines.append(

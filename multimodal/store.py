@@ -32,8 +32,21 @@ log = logging.getLogger(__name__)
 STORE_SPEC_VERSION = "0.1.0"
 MODALITY_ORDER = ("clinical", "variants", "expression", "imaging")
 TRACKED_PACKAGES = (
-    "anndata", "mudata", "zarr", "scanpy", "numpy", "pandas", "scipy", "pysam", "nibabel", "torch",
-    "lightning", "captum", "scikit-survival", "scikit-learn", "snakemake",
+    "anndata",
+    "mudata",
+    "zarr",
+    "scanpy",
+    "numpy",
+    "pandas",
+    "scipy",
+    "pysam",
+    "nibabel",
+    "torch",
+    "lightning",
+    "captum",
+    "scikit-survival",
+    "scikit-learn",
+    "snakemake",
 )
 
 
@@ -208,7 +221,7 @@ def summarize_store(mdata: mudata.MuData, *, path: str | Path = "") -> str:  # n
     events = obs["event"].dropna()
     lines.append(
         f"survival: {int(events.sum())} events / {len(events)} patients with outcome, "
-        f"median follow-up {obs['time'].median():.1f}"
+        f"median observed time {obs['time'].median():.1f}"
     )
     if obs["response"].notna().any():
         lines.append(f"response: {int(obs['response'].sum())} responders / {int(obs['response'].notna().sum())}")
@@ -224,6 +237,46 @@ def summarize_store(mdata: mudata.MuData, *, path: str | Path = "") -> str:  # n
                 if int(n):
                     lines.append(f"  {group}: {reason} = {int(n)}")
     if prov:
-        lines.append(f"created {prov.get('created', '?')} by multimodal {prov.get('versions', {}).get('multimodal', '?')}"
-                     f", {len(prov.get('inputs', []))} input files fingerprinted")
+        lines.append(
+            f"created {prov.get('created', '?')} by multimodal {prov.get('versions', {}).get('multimodal', '?')}"
+            f", {len(prov.get('inputs', []))} input files fingerprinted"
+        )
     return "\n".join(lines)
+
+
+def build_cohort_store(
+    out: str | Path,
+    *,
+    clinical_path: str | Path,
+    samples_path: str | Path,
+    modality_chunks: dict[str, list[str | Path]],
+    clinical_spec: "ClinicalSpec | None" = None,  # noqa: F821
+    counts_path: str | Path | None = None,
+    config: dict | None = None,
+) -> Path:
+    """Read the clinical table, samples sheet and per-modality chunk files; write the cohort store.
+
+    Every input file (clinical table, samples sheet, counts table, each VCF and image/mask the
+    sheet names) is fingerprinted into the provenance.
+    """
+    from multimodal.ingest.clinical import clinical_features, read_clinical
+    from multimodal.ingest.samples import read_samples
+
+    samples = read_samples(samples_path)
+    clinical = read_clinical(clinical_path, spec=clinical_spec)
+    modalities = {name: read_chunks(paths) for name, paths in modality_chunks.items() if paths}
+    mdata = assemble_cohort(
+        clinical=clinical,
+        clinical_modality=clinical_features(clinical, spec=clinical_spec),
+        modalities={k: v for k, v in modalities.items() if v is not None},
+        samples=samples,
+        clinical_path=clinical_path,
+        samples_path=samples_path,
+    )
+    inputs: list[str | Path] = [clinical_path, samples_path]
+    if counts_path:
+        inputs.append(counts_path)
+    for column in ("vcf", "image", "mask"):
+        inputs.extend(p for p in samples[column] if p)
+    provenance = build_provenance(inputs=inputs, config=config, exclusions=cohort_exclusions(mdata, samples=samples))
+    return write_cohort_store(mdata, out, provenance=provenance)

@@ -17,9 +17,7 @@ from multimodal.ingest.radiomics import FEATURE_CLASSES, extract_radiomics
 IBSI_DIR = Path(__file__).parent / "data" / "ibsi"
 
 
-def _write(
-    path: Path, data: np.ndarray, zooms: tuple[float, ...] = (1.0, 1.0, 1.0), shift: float = 0.0
-) -> str:
+def _write(path: Path, data: np.ndarray, zooms: tuple[float, ...] = (1.0, 1.0, 1.0), shift: float = 0.0) -> str:
     affine = np.diag([*zooms[:3], 1.0])
     affine[:3, 3] = shift
     img = nib.Nifti1Image(np.asarray(data), affine)
@@ -170,9 +168,7 @@ def _case(tmp_path: Path, case: str) -> tuple[str, str, str, str]:
         "mask without image",
     ],
 )
-def test_errors_name_the_file_and_the_problem(
-    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_errors_name_the_file_and_the_problem(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     image_cell, mask_cell, named_file, problem = _case(tmp_path, case)
     good_image, good_mask = _blob(seed=5)

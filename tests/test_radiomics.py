@@ -124,9 +124,7 @@ def test_first_order_matches_numpy_and_scipy() -> None:
     assert f["firstorder_mean_absolute_deviation"] == pytest.approx(np.mean(np.abs(x - x.mean())))
     lo, hi = np.percentile(x, [10, 90])
     robust = x[(x >= lo) & (x <= hi)]
-    assert f["firstorder_robust_mean_absolute_deviation"] == pytest.approx(
-        np.mean(np.abs(robust - robust.mean()))
-    )
+    assert f["firstorder_robust_mean_absolute_deviation"] == pytest.approx(np.mean(np.abs(robust - robust.mean())))
     assert f["firstorder_root_mean_squared"] == pytest.approx(np.sqrt(np.mean(x**2)))
     assert f["firstorder_energy"] == pytest.approx(np.sum(x**2))
     counts, _ = np.histogram(x, bins=16, range=(x.min(), x.max()))

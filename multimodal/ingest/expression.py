@@ -47,8 +47,7 @@ def read_counts_table(path: str | Path) -> pd.DataFrame:
     if negative.any():
         r, c = np.argwhere(negative)[0]
         raise MultimodalError(
-            f"{path}: line {r + 2}: gene {raw.index[r]!r}, sample {raw.columns[c]!r}: "
-            f"negative count {raw.iat[r, c]}"
+            f"{path}: line {r + 2}: gene {raw.index[r]!r}, sample {raw.columns[c]!r}: negative count {raw.iat[r, c]}"
         )
     duplicated = raw.columns[raw.columns.duplicated()]
     if len(duplicated):

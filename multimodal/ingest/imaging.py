@@ -64,9 +64,7 @@ def read_image_and_mask(
         raise MultimodalError(f"{mask_path}: mask is empty (no voxel > 0)")
     n_bad = int(np.count_nonzero(~np.isfinite(image[mask])))
     if n_bad:
-        raise MultimodalError(
-            f"{image_path}: {n_bad} non-finite intensities (NaN or inf) inside the mask {mask_path}"
-        )
+        raise MultimodalError(f"{image_path}: {n_bad} non-finite intensities (NaN or inf) inside the mask {mask_path}")
     spacing = (float(image_zooms[0]), float(image_zooms[1]), float(image_zooms[2]))
     return image, mask, spacing
 
@@ -153,9 +151,7 @@ def _blank(value: object) -> bool:
         return False
 
 
-def _read_nifti(
-    path: str | os.PathLike[str], what: str, dtype: type | None
-) -> tuple[SpatialImage, np.ndarray]:
+def _read_nifti(path: str | os.PathLike[str], what: str, dtype: type | None) -> tuple[SpatialImage, np.ndarray]:
     """Load a NIfTI file and its 3D data (scaled as float ``dtype``, or stored values when None)."""
     if not Path(path).is_file():
         raise MultimodalError(f"{path}: {what} file not found")

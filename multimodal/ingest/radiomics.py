@@ -179,15 +179,11 @@ def extract_radiomics(
     features.update(_glrlm_features(levels, n_levels, n_voxels))
     undefined = [name for name, value in features.items() if not math.isfinite(value)]
     if undefined:
-        logger.warning(
-            "%d radiomics features are undefined for this ROI (NaN): %s", len(undefined), undefined
-        )
+        logger.warning("%d radiomics features are undefined for this ROI (NaN): %s", len(undefined), undefined)
     return {name: float(features[name]) for name in FEATURE_CLASSES}
 
 
-def discretise(
-    values: np.ndarray, *, bin_count: int = 32, bin_width: float | None = None
-) -> tuple[np.ndarray, int]:
+def discretise(values: np.ndarray, *, bin_count: int = 32, bin_width: float | None = None) -> tuple[np.ndarray, int]:
     """Grey levels 1..Ng of ``values`` and the number of levels Ng.
 
     Fixed bin number (IBSI FBN): ``floor(Ng * (x - min) / (max - min)) + 1``, the maximum going to

@@ -37,9 +37,7 @@ def check_unique_ids(ids: pd.Series, *, path: str | Path, column: str) -> None:
     if len(duplicated):
         value = duplicated.iloc[0]
         lines = [int(i) + 2 for i in duplicated.index[duplicated == value]]
-        raise MultimodalError(
-            f"{path}: duplicate {column} {value!r} on lines {', '.join(map(str, lines))}"
-        )
+        raise MultimodalError(f"{path}: duplicate {column} {value!r} on lines {', '.join(map(str, lines))}")
     empty = ids[ids.str.strip() == ""]
     if len(empty):
         raise MultimodalError(f"{path}: line {int(empty.index[0]) + 2}: empty {column}")

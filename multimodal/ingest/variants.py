@@ -25,14 +25,19 @@ log = logging.getLogger(__name__)
 #: splice_region, ...) and MODIFIER (intronic, UTR, intergenic, ...) terms are not counted.
 HIGH_IMPACT = frozenset(
     {
-        "transcript_ablation", "splice_acceptor_variant", "splice_donor_variant", "stop_gained",
-        "frameshift_variant", "stop_lost", "start_lost", "transcript_amplification",
-        "feature_elongation", "feature_truncation",
+        "transcript_ablation",
+        "splice_acceptor_variant",
+        "splice_donor_variant",
+        "stop_gained",
+        "frameshift_variant",
+        "stop_lost",
+        "start_lost",
+        "transcript_amplification",
+        "feature_elongation",
+        "feature_truncation",
     }
 )
-MODERATE_IMPACT = frozenset(
-    {"inframe_insertion", "inframe_deletion", "missense_variant", "protein_altering_variant"}
-)
+MODERATE_IMPACT = frozenset({"inframe_insertion", "inframe_deletion", "missense_variant", "protein_altering_variant"})
 PROTEIN_ALTERING = HIGH_IMPACT | MODERATE_IMPACT
 
 #: SnpEff ANN is a fixed layout: Allele | Annotation | Annotation_Impact | Gene_Name | ...
@@ -138,9 +143,7 @@ def read_patient_variants(path: str | Path) -> PatientVariants:
     return result
 
 
-def mutation_matrix(
-    samples: pd.DataFrame, *, territory_mb: float = 38.0, progress: bool = True
-) -> anndata.AnnData:  # noqa: F821
+def mutation_matrix(samples: pd.DataFrame, *, territory_mb: float = 38.0, progress: bool = True) -> anndata.AnnData:  # noqa: F821
     """Patients x genes counts of PASS protein-altering variants, plus tumour mutational burden.
 
     ``samples``: index patient_id, column ``vcf`` (empty = no variant calls; counted, not dropped).

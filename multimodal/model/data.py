@@ -158,7 +158,9 @@ class FoldPreprocessor:
             limit = self.max_features.get(name)
             if limit and len(candidates) > limit:
                 if self.screening == "cox":
-                    ranking = -np.abs(cox_score_statistics(filled[:, candidates], arrays.time[rows], arrays.event[rows]))
+                    ranking = -np.abs(
+                        cox_score_statistics(filled[:, candidates], arrays.time[rows], arrays.event[rows])
+                    )
                 elif self.screening == "variance":
                     ranking = -std[candidates]
                 else:

@@ -113,8 +113,13 @@ class FusionSurvivalModel(L.LightningModule):
         cox = cox_partial_likelihood(risk, time, event)
         bce = masked_bce(logit, response)
         loss = cox + self.hparams.response_weight * bce
-        self.log_dict({"train_cox": cox, "train_bce": bce, "train_loss": loss}, prog_bar=False, on_epoch=True,
-                      on_step=False, batch_size=len(time))
+        self.log_dict(
+            {"train_cox": cox, "train_bce": bce, "train_loss": loss},
+            prog_bar=False,
+            on_epoch=True,
+            on_step=False,
+            batch_size=len(time),
+        )
         return loss
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:

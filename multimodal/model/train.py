@@ -58,8 +58,13 @@ class TrainParams:
 
 
 def _quiet_lightning() -> None:
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
-                 "lightning.fabric.utilities.seed", "lightning.pytorch.trainer.connectors.data_connector"):
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+        "lightning.fabric.utilities.seed",
+        "lightning.pytorch.trainer.connectors.checkpoint_connector",
+        "lightning.pytorch.trainer.connectors.data_connector",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
@@ -99,9 +104,14 @@ def cross_validate(
             L.seed_everything(params.seed + k, workers=True, verbose=False)
             test_rows = np.flatnonzero(folds.to_numpy() == k)
             train_rows = np.flatnonzero(folds.to_numpy() != k)
-            data = CohortDataModule(arrays, train_rows=train_rows, test_rows=test_rows,
-                                    max_features=params.max_features, screening=params.screening,
-                                    max_correlation=params.max_correlation)
+            data = CohortDataModule(
+                arrays,
+                train_rows=train_rows,
+                test_rows=test_rows,
+                max_features=params.max_features,
+                screening=params.screening,
+                max_correlation=params.max_correlation,
+            )
             model = FusionSurvivalModel(
                 data.input_dims,
                 hidden_dim=params.hidden_dim,
@@ -124,8 +134,13 @@ def cross_validate(
                 log_every_n_steps=1,
             )
             if progress:
-                log.info("fold %d/%d: %d training, %d held-out patients", k + 1, params.folds,
-                         len(data.train_rows), len(test_rows))
+                log.info(
+                    "fold %d/%d: %d training, %d held-out patients",
+                    k + 1,
+                    params.folds,
+                    len(data.train_rows),
+                    len(test_rows),
+                )
             trainer.fit(model, datamodule=data)
             trainer.save_checkpoint(str(fold_dir / "model.ckpt"))
             data.preprocessor.save(fold_dir / "preprocessing.npz")
@@ -167,11 +182,11 @@ def cross_validate(
         pred.to_csv(tmp / "predictions.tsv", sep="\t", index=False)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
         (tmp / "params.json").write_text(
-            json.dumps({"train": asdict(params), "store": str(store_path), "modalities": arrays.modalities},
-                       indent=1)
+            json.dumps({"train": asdict(params), "store": str(store_path), "modalities": arrays.modalities}, indent=1)
         )
-    log.info("cross-validated C-index %.3f (mean over folds), pooled %.3f",
-             metrics["mean"]["c_index"], pooled["c_index"])
+    log.info(
+        "cross-validated C-index %.3f (mean over folds), pooled %.3f", metrics["mean"]["c_index"], pooled["c_index"]
+    )
     return metrics
 
 

@@ -1,0 +1,27 @@
+# multimodal workflow: raw inputs -> cohort.zarr -> cross-validated fusion model -> attributions -> report.
+# Run with `multimodal run --config config/config.yaml --cores 2`, or
+# `snakemake --cores 2 --configfile config/config.yaml`.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/simulate.smk"
+include: "rules/ingest.smk"
+include: "rules/assemble.smk"
+include: "rules/train.smk"
+include: "rules/explain.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        f"{OUT}/report.html",
+        f"{OUT}/cohort_summary.txt",

@@ -1,0 +1,338 @@
+"""``multimodal <verb>``: one thin command line over the library.
+
+Each verb parses and checks its arguments, then calls one library function. Problems the user can
+fix are :class:`~multimodal.errors.MultimodalError`: printed as one line, non-zero exit code.
+Heavy libraries are imported inside the verbs, so ``--help`` and light verbs start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from multimodal import __version__
+from multimodal.errors import MultimodalError
+
+log = logging.getLogger("multimodal")
+
+
+def _existing_file(value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{value}: file not found")
+    return path
+
+
+def _existing_dir(value: str) -> Path:
+    path = Path(value)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: directory not found")
+    return path
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return number
+
+
+def _load_config(path: Path | None) -> dict:
+    from multimodal.config import load_config, validate_config
+
+    if path is None:
+        return validate_config({"samples": "", "clinical": ""}, source="defaults")
+    return load_config(path)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and not os.environ.get("MULTIMODAL_NO_PROGRESS")
+
+
+# --- verbs ---------------------------------------------------------------------------------------
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from multimodal.simulate import SimulationParams, simulate_cohort
+
+    section = _load_config(args.config)["simulate"] if args.config else {}
+    params = SimulationParams(
+        n_patients=args.patients or section.get("n_patients", 300),
+        seed=args.seed if args.seed is not None else section.get("seed", 7),
+        image_size=args.image_size or section.get("image_size", 40),
+    )
+    out = args.out or Path(section.get("outdir", "demo"))
+    simulate_cohort(out, params=params)
+    log.info("wrote %d patients to %s (truth in %s)", params.n_patients, out, out / "truth.json")
+
+
+def _write_h5ad(adata, out: Path) -> None:
+    from multimodal.fileio import atomic_path
+
+    with atomic_path(out) as tmp:
+        adata.write_h5ad(tmp)
+
+
+def _samples_chunk(args: argparse.Namespace):
+    from multimodal.ingest.samples import chunk, read_samples
+
+    samples = read_samples(args.samples)
+    return chunk(samples, index=args.chunk, n_chunks=args.n_chunks) if args.n_chunks > 1 else samples
+
+
+def cmd_ingest_variants(args: argparse.Namespace) -> None:
+    from multimodal.ingest.variants import mutation_matrix
+
+    adata = mutation_matrix(_samples_chunk(args), territory_mb=args.territory_mb, progress=_progress(args))
+    _write_h5ad(adata, args.out)
+
+
+def cmd_ingest_expression(args: argparse.Namespace) -> None:
+    from multimodal.ingest.expression import expression_matrix, read_counts_table
+    from multimodal.ingest.samples import read_samples
+
+    samples = read_samples(args.samples)
+    adata = expression_matrix(read_counts_table(args.counts), samples, source=str(args.counts))
+    _write_h5ad(adata, args.out)
+
+
+def cmd_ingest_imaging(args: argparse.Namespace) -> None:
+    from multimodal.ingest.imaging import imaging_matrix
+
+    adata = imaging_matrix(_samples_chunk(args), bin_count=args.bin_count, progress=_progress(args))
+    _write_h5ad(adata, args.out)
+
+
+def cmd_assemble(args: argparse.Namespace) -> None:
+    from multimodal.ingest.clinical import ClinicalSpec
+    from multimodal.store import build_cohort_store
+
+    config = _load_config(args.config)
+    columns = config["clinical_columns"]
+    spec = ClinicalSpec(
+        id_column=columns["id_column"],
+        time_column=columns["time_column"],
+        event_column=columns["event_column"],
+        response_column=columns["response_column"],
+        site_column=columns["site_column"],
+        covariates=tuple(columns["covariates"]),
+        categorical=tuple(columns["categorical"]),
+    )
+    build_cohort_store(
+        args.out,
+        clinical_path=args.clinical,
+        samples_path=args.samples,
+        modality_chunks={"variants": args.variants, "expression": args.expression, "imaging": args.imaging},
+        clinical_spec=spec,
+        counts_path=args.counts,
+        config=config if args.config else None,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from multimodal.model.train import TrainParams, cross_validate
+    from multimodal.store import read_cohort_store
+
+    section = dict(_load_config(args.config)["model"]) if args.config else {}
+    for key in ("folds", "epochs", "seed"):
+        if getattr(args, key) is not None:
+            section[key] = getattr(args, key)
+    if args.accelerator:
+        section["accelerator"] = args.accelerator
+    mdata = read_cohort_store(args.store)
+    metrics = cross_validate(
+        mdata, args.out, params=TrainParams.from_config(section), store_path=str(args.store), progress=_progress(args)
+    )
+    print(
+        f"C-index {metrics['mean']['c_index']:.3f} ± {metrics['sd']['c_index']:.3f} over {len(metrics['folds'])} "
+        f"folds (pooled {metrics['pooled_out_of_fold']['c_index']:.3f}); AUROC {metrics['mean']['auroc']:.3f}"
+    )
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from multimodal.explain import explain_cohort
+    from multimodal.store import read_cohort_store
+
+    section = _load_config(args.config)["explain"] if args.config else {}
+    n_steps = args.n_steps or section.get("n_steps", 64)
+    explain_cohort(
+        read_cohort_store(args.store),
+        args.model,
+        args.out,
+        method=section.get("method", "integrated_gradients"),
+        n_steps=n_steps,
+        progress=_progress(args),
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from multimodal.report.html import build_report
+
+    section = _load_config(args.config)["report"] if args.config else {}
+    build_report(
+        store=args.store,
+        model_dir=args.model,
+        explain_dir=args.explain,
+        out=args.out,
+        title=args.title or section.get("title", "multimodal report"),
+        top_n=section.get("top_n", 10),
+    )
+    log.info("wrote %s", args.out)
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from multimodal.store import read_cohort_store, summarize_store
+
+    print(summarize_store(read_cohort_store(args.store), path=args.store))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from multimodal.workflow import run_workflow
+
+    return run_workflow(
+        config=args.config,
+        cores=args.cores,
+        snakefile=args.snakefile,
+        dry_run=args.dry_run,
+        extra=args.snakemake_args,
+    )
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every verb."""
+    parser = argparse.ArgumentParser(
+        prog="multimodal",
+        description="Integrate variant calls, expression and imaging phenomics into a Zarr cohort store, "
+        "predict treatment outcomes with a cross-validated fusion model, and explain them.",
+    )
+    parser.add_argument("--version", action="version", version=f"multimodal {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
+    common.add_argument("--debug", action="store_true", help="show the full traceback of unexpected errors")
+    verbs = parser.add_subparsers(dest="verb", metavar="<verb>", required=True)
+
+    p = verbs.add_parser("simulate", parents=[common], help="write the synthetic demo cohort in real file formats")
+    p.add_argument("--out", type=Path, help="output directory (default: config simulate.outdir, else demo)")
+    p.add_argument("--config", type=_existing_file, help="take defaults from this config's simulate section")
+    p.add_argument("--patients", type=_positive_int, help="number of patients (default 300)")
+    p.add_argument("--seed", type=int, help="random seed (default 7)")
+    p.add_argument("--image-size", type=_positive_int, help="image edge length in voxels (default 40)")
+    p.set_defaults(func=cmd_simulate)
+
+    ingest = verbs.add_parser("ingest", help="read one modality's raw files into AnnData (.h5ad)")
+    kinds = ingest.add_subparsers(dest="modality", metavar="<modality>", required=True)
+    chunking = argparse.ArgumentParser(add_help=False)
+    chunking.add_argument("--chunk", type=int, default=0, help="which chunk of patients (0-based)")
+    chunking.add_argument("--n-chunks", type=_positive_int, default=1, help="split the samples sheet in this many")
+    io = argparse.ArgumentParser(add_help=False)
+    io.add_argument("--samples", type=_existing_file, required=True, help="samples sheet (TSV)")
+    io.add_argument("--out", type=Path, required=True, help="output .h5ad")
+
+    p = kinds.add_parser("variants", parents=[common, io, chunking], help="VCF/BCF (VEP CSQ or SnpEff ANN)")
+    p.add_argument("--territory-mb", type=float, default=38.0, help="TMB denominator in Mb (default 38)")
+    p.set_defaults(func=cmd_ingest_variants)
+    p = kinds.add_parser("expression", parents=[common, io], help="raw counts table, genes x samples")
+    p.add_argument("--counts", type=_existing_file, required=True, help="counts table (TSV/CSV)")
+    p.set_defaults(func=cmd_ingest_expression)
+    p = kinds.add_parser("imaging", parents=[common, io, chunking], help="radiomics from NIfTI image + mask")
+    p.add_argument("--bin-count", type=_positive_int, default=32, help="grey levels for texture (default 32)")
+    p.set_defaults(func=cmd_ingest_imaging)
+
+    p = verbs.add_parser("assemble", parents=[common], help="join modalities and clinical data into cohort.zarr")
+    p.add_argument("--clinical", type=_existing_file, required=True, help="clinical/outcome table")
+    p.add_argument("--samples", type=_existing_file, required=True, help="samples sheet")
+    p.add_argument("--variants", type=_existing_file, nargs="*", default=[], help="variant .h5ad chunks")
+    p.add_argument("--expression", type=_existing_file, nargs="*", default=[], help="expression .h5ad")
+    p.add_argument("--imaging", type=_existing_file, nargs="*", default=[], help="imaging .h5ad chunks")
+    p.add_argument("--counts", type=_existing_file, help="the counts table (fingerprinted in provenance)")
+    p.add_argument("--config", type=_existing_file, help="config (clinical column names; kept in provenance)")
+    p.add_argument("--out", type=Path, required=True, help="output cohort store (.zarr directory)")
+    p.set_defaults(func=cmd_assemble)
+
+    p = verbs.add_parser("train", parents=[common], help="k-fold cross-validation of the fusion model")
+    p.add_argument("--store", type=_existing_dir, required=True, help="cohort store")
+    p.add_argument("--out", type=Path, required=True, help="output model directory")
+    p.add_argument("--config", type=_existing_file, help="config (model section)")
+    p.add_argument("--folds", type=_positive_int)
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--accelerator", choices=["auto", "cpu", "gpu", "cuda", "mps"])
+    p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser("explain", parents=[common], help="Captum attributions for held-out patients")
+    p.add_argument("--store", type=_existing_dir, required=True)
+    p.add_argument("--model", type=_existing_dir, required=True, help="model directory from `train`")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--config", type=_existing_file, help="config (explain section)")
+    p.add_argument("--n-steps", type=_positive_int, help="integration steps (default 64)")
+    p.set_defaults(func=cmd_explain)
+
+    p = verbs.add_parser("report", parents=[common], help="self-contained HTML report")
+    p.add_argument("--store", type=_existing_dir, required=True)
+    p.add_argument("--model", type=_existing_dir, required=True)
+    p.add_argument("--explain", type=_existing_dir, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output .html")
+    p.add_argument("--config", type=_existing_file, help="config (report section)")
+    p.add_argument("--title")
+    p.set_defaults(func=cmd_report)
+
+    p = verbs.add_parser("inspect", parents=[common], help="print a summary of a cohort store")
+    p.add_argument("store", type=_existing_dir)
+    p.set_defaults(func=cmd_inspect)
+
+    p = verbs.add_parser("run", parents=[common], help="run the Snakemake workflow with a config")
+    p.add_argument(
+        "--config",
+        type=_existing_file,
+        default=Path("config/config.yaml"),
+        help="workflow config (default config/config.yaml)",
+    )
+    p.add_argument("--cores", type=_positive_int, default=2, help="cores for Snakemake (default 2)")
+    p.add_argument("--snakefile", type=_existing_file, help="Snakefile (default: the one beside the package)")
+    p.add_argument("-n", "--dry-run", action="store_true", help="show the jobs without running them")
+    p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after --, passed to Snakemake as is")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        result = args.func(args)
+    except MultimodalError as exc:
+        print(f"multimodal {args.verb}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"multimodal {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure: one line, traceback only on request
+        if getattr(args, "debug", False):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(
+            f"multimodal {args.verb}: unexpected error: {type(exc).__name__}: {first} (rerun with --debug)",
+            file=sys.stderr,
+        )
+        return 1
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

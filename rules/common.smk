@@ -1,0 +1,46 @@
+# Look-ups shared by the rules: the samples sheet, chunks of patients, and which modalities exist.
+import math
+
+import pandas as pd
+
+from multimodal.ingest.samples import chunk as _chunk
+
+
+SAMPLES = pd.read_csv(config["samples"], sep="\t", dtype=str, keep_default_na=False)
+validate(SAMPLES, "../config/samples.schema.yaml")
+for _column in ("vcf", "rna_sample", "image", "mask"):
+    if _column not in SAMPLES.columns:
+        SAMPLES[_column] = ""
+SAMPLES = SAMPLES.set_index("patient_id", drop=False)
+
+OUT = config["outdir"]
+LOGS = f"{OUT}/logs"
+N_CHUNKS = max(1, math.ceil(len(SAMPLES) / config["ingest"]["chunk_size"]))
+CHUNKS = list(range(N_CHUNKS))
+HAS_VARIANTS = bool((SAMPLES["vcf"] != "").any())
+HAS_IMAGING = bool((SAMPLES["image"] != "").any())
+HAS_EXPRESSION = bool(config.get("expression")) and bool((SAMPLES["rna_sample"] != "").any())
+
+wildcard_constraints:
+    chunk=r"\d+",
+
+
+def chunk_files(chunk, columns):
+    """Input files of the patients in one chunk."""
+    rows = _chunk(SAMPLES, index=int(chunk), n_chunks=N_CHUNKS)
+    return [path for column in columns for path in rows[column] if path]
+
+
+def simulated_files():
+    """Every file the simulator writes that the workflow reads."""
+    files = [config["clinical"], config["expression"], f"{config['simulate']['outdir']}/truth.json"]
+    for vcf in SAMPLES["vcf"]:
+        if vcf:
+            files += [vcf, f"{vcf}.tbi"]
+    files += [p for column in ("image", "mask") for p in SAMPLES[column] if p]
+    return files
+
+
+def modality_chunks(name):
+    present = {"variants": HAS_VARIANTS, "imaging": HAS_IMAGING}[name]
+    return expand(f"{OUT}/interim/{name}/chunk_{{chunk}}.h5ad", chunk=CHUNKS) if present else []

@@ -1,0 +1,23 @@
+# Captum attributions for every held-out patient, by the fold model that did not see it.
+
+
+rule explain:
+    input:
+        store=f"{OUT}/cohort.zarr",
+        model=f"{OUT}/model",
+        config=workflow.configfiles[-1] if workflow.configfiles else [],
+    output:
+        directory(f"{OUT}/explain"),
+    params:
+        config=lambda wc, input: f"--config {input.config}" if input.config else "",
+    log:
+        f"{LOGS}/explain.log",
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/multimodal.yaml"
+    shell:
+        "multimodal explain -q --store {input.store} --model {input.model} {params.config} --out {output}"
+        " > {log} 2>&1"

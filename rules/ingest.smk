@@ -1,0 +1,65 @@
+# Per-modality ingest. Variants and imaging run in chunks of patients (ingest.chunk_size), not one job
+# per patient; expression is one cohort-level table.
+
+
+rule ingest_variants:
+    input:
+        samples=config["samples"],
+        calls=lambda wc: chunk_files(wc.chunk, ["vcf"]),
+    output:
+        f"{OUT}/interim/variants/chunk_{{chunk}}.h5ad",
+    params:
+        n_chunks=N_CHUNKS,
+        territory_mb=config["ingest"]["territory_mb"],
+    log:
+        f"{LOGS}/ingest_variants/chunk_{{chunk}}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        "../envs/multimodal.yaml"
+    shell:
+        "multimodal ingest variants -q --samples {input.samples} --chunk {wildcards.chunk}"
+        " --n-chunks {params.n_chunks} --territory-mb {params.territory_mb} --out {output} > {log} 2>&1"
+
+
+rule ingest_expression:
+    input:
+        samples=config["samples"],
+        counts=config["expression"] or [],
+    output:
+        f"{OUT}/interim/expression/expression.h5ad",
+    log:
+        f"{LOGS}/ingest_expression.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/multimodal.yaml"
+    shell:
+        "multimodal ingest expression -q --samples {input.samples} --counts {input.counts} --out {output}"
+        " > {log} 2>&1"
+
+
+rule ingest_imaging:
+    input:
+        samples=config["samples"],
+        images=lambda wc: chunk_files(wc.chunk, ["image", "mask"]),
+    output:
+        f"{OUT}/interim/imaging/chunk_{{chunk}}.h5ad",
+    params:
+        n_chunks=N_CHUNKS,
+        bin_count=config["ingest"]["bin_count"],
+    log:
+        f"{LOGS}/ingest_imaging/chunk_{{chunk}}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        "../envs/multimodal.yaml"
+    shell:
+        "multimodal ingest imaging -q --samples {input.samples} --chunk {wildcards.chunk}"
+        " --n-chunks {params.n_chunks} --bin-count {params.bin_count} --out {output} > {log} 2>&1"

@@ -1,0 +1,22 @@
+# The demo cohort: written in real file formats when simulate.enabled (the shipped config).
+if config["simulate"]["enabled"]:
+
+    rule simulate:
+        output:
+            simulated_files(),
+        params:
+            outdir=config["simulate"]["outdir"],
+            patients=config["simulate"]["n_patients"],
+            seed=config["simulate"]["seed"],
+            image_size=config["simulate"]["image_size"],
+        log:
+            f"{LOGS}/simulate.log",
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=20,
+        conda:
+            "../envs/multimodal.yaml"
+        shell:
+            "multimodal simulate --out {params.outdir} --patients {params.patients} --seed {params.seed}"
+            " --image-size {params.image_size} > {log} 2>&1"
