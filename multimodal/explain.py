@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -28,15 +29,21 @@ import pandas as pd
 from multimodal.errors import MultimodalError
 from multimodal.fileio import atomic_path
 
+if TYPE_CHECKING:
+    import mudata
+    import torch
+
+    from multimodal.model.fusion import FusionSurvivalModel
+
 log = logging.getLogger(__name__)
 
 METHODS = ("integrated_gradients",)
 
 
 def attribute_fold(
-    model: FusionSurvivalModel,  # noqa: F821
-    inputs: list[torch.Tensor],  # noqa: F821
-    mask: torch.Tensor,  # noqa: F821
+    model: FusionSurvivalModel,
+    inputs: list[torch.Tensor],
+    mask: torch.Tensor,
     *,
     n_steps: int = 64,
 ) -> tuple[list[np.ndarray], np.ndarray]:
@@ -65,7 +72,7 @@ def attribute_fold(
 
 
 def explain_cohort(
-    mdata: mudata.MuData,  # noqa: F821
+    mdata: mudata.MuData,
     model_dir: str | Path,
     out_dir: str | Path,
     *,

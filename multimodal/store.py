@@ -19,6 +19,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,12 @@ import pandas as pd
 from multimodal import __version__
 from multimodal.errors import MultimodalError
 from multimodal.fileio import atomic_path, sha256sum
+
+if TYPE_CHECKING:
+    import anndata
+    import mudata
+
+    from multimodal.ingest.clinical import ClinicalSpec
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +78,7 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def read_chunks(paths: list[str | Path]) -> anndata.AnnData | None:  # noqa: F821
+def read_chunks(paths: list[str | Path]) -> anndata.AnnData | None:
     """Concatenate per-chunk AnnData files of one modality; exclusion tallies are summed.
 
     Features absent from a chunk are zero there (a gene with no counted variant in those
@@ -106,12 +113,12 @@ def read_chunks(paths: list[str | Path]) -> anndata.AnnData | None:  # noqa: F82
 def assemble_cohort(
     *,
     clinical: pd.DataFrame,
-    clinical_modality: anndata.AnnData,  # noqa: F821
-    modalities: dict[str, anndata.AnnData],  # noqa: F821
+    clinical_modality: anndata.AnnData,
+    modalities: dict[str, anndata.AnnData],
     samples: pd.DataFrame,
     clinical_path: str | Path = "clinical table",
     samples_path: str | Path = "samples sheet",
-) -> mudata.MuData:  # noqa: F821
+) -> mudata.MuData:
     """Join the clinical table and per-modality AnnData into one MuData keyed by patient.
 
     Every patient of the samples sheet must be in the clinical table; every modality row must be a
@@ -150,7 +157,7 @@ def assemble_cohort(
     return mdata
 
 
-def cohort_exclusions(mdata: mudata.MuData, *, samples: pd.DataFrame) -> dict[str, dict[str, int]]:  # noqa: F821
+def cohort_exclusions(mdata: mudata.MuData, *, samples: pd.DataFrame) -> dict[str, dict[str, int]]:
     """Every count of what was left out, per modality and for the cohort, by reason."""
     out: dict[str, dict[str, int]] = {}
     for name, adata in mdata.mod.items():
@@ -185,7 +192,7 @@ def build_provenance(
     }
 
 
-def write_cohort_store(mdata: mudata.MuData, path: str | Path, *, provenance: dict) -> Path:  # noqa: F821
+def write_cohort_store(mdata: mudata.MuData, path: str | Path, *, provenance: dict) -> Path:
     """Write ``mdata`` to ``path`` as a Zarr v3 MuData store, atomically."""
     configure_zarr_v3()
     mdata.uns["provenance"] = provenance
@@ -198,7 +205,7 @@ def write_cohort_store(mdata: mudata.MuData, path: str | Path, *, provenance: di
     return path
 
 
-def read_cohort_store(path: str | Path) -> mudata.MuData:  # noqa: F821
+def read_cohort_store(path: str | Path) -> mudata.MuData:
     """Open a cohort store written by :func:`write_cohort_store`."""
     import mudata as md
 
@@ -212,7 +219,7 @@ def read_cohort_store(path: str | Path) -> mudata.MuData:  # noqa: F821
         raise MultimodalError(f"{path}: cannot read cohort store: {type(exc).__name__}: {exc}") from exc
 
 
-def summarize_store(mdata: mudata.MuData, *, path: str | Path = "") -> str:  # noqa: F821
+def summarize_store(mdata: mudata.MuData, *, path: str | Path = "") -> str:
     """A human-readable summary: patients, modalities, coverage, outcomes, exclusions, provenance."""
     obs = mdata.obs
     lines = [f"cohort store {path}".rstrip(), f"patients: {mdata.n_obs}"]
@@ -250,7 +257,7 @@ def build_cohort_store(
     clinical_path: str | Path,
     samples_path: str | Path,
     modality_chunks: dict[str, list[str | Path]],
-    clinical_spec: "ClinicalSpec | None" = None,  # noqa: F821
+    clinical_spec: ClinicalSpec | None = None,
     counts_path: str | Path | None = None,
     config: dict | None = None,
 ) -> Path:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from multimodal.errors import MultimodalError
 from multimodal.ingest.samples import check_unique_ids, read_table
+
+if TYPE_CHECKING:
+    import anndata
 
 MISSING = {"", "na", "nan", "n/a", "none", "null", "[not available]", "[not applicable]", "[unknown]", "--"}
 TRUE_WORDS = {"1", "yes", "true", "responder", "response", "cr", "pr", "dead", "deceased"}
@@ -104,7 +108,7 @@ def read_clinical(path: str | Path, *, spec: ClinicalSpec | None = None) -> pd.D
     return out
 
 
-def clinical_features(clinical: pd.DataFrame, *, spec: ClinicalSpec | None = None) -> anndata.AnnData:  # noqa: F821
+def clinical_features(clinical: pd.DataFrame, *, spec: ClinicalSpec | None = None) -> anndata.AnnData:
     """The clinical covariates as a model modality: numeric as given, categorical one-hot (``col=level``).
 
     Missing numeric values stay NaN (imputed inside each training fold by the model).

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from multimodal.errors import MultimodalError
+
+if TYPE_CHECKING:
+    import anndata
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +65,7 @@ def expression_matrix(
     *,
     source: str = "counts table",
     target_sum: float = 1e6,
-) -> anndata.AnnData:  # noqa: F821
+) -> anndata.AnnData:
     """Patients x genes AnnData from a genes x samples counts frame and the samples sheet.
 
     ``samples``: index patient_id, column ``rna_sample`` naming the counts column of each patient

@@ -12,11 +12,15 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from multimodal.errors import MultimodalError
+
+if TYPE_CHECKING:
+    import anndata
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +147,7 @@ def read_patient_variants(path: str | Path) -> PatientVariants:
     return result
 
 
-def mutation_matrix(samples: pd.DataFrame, *, territory_mb: float = 38.0, progress: bool = True) -> anndata.AnnData:  # noqa: F821
+def mutation_matrix(samples: pd.DataFrame, *, territory_mb: float = 38.0, progress: bool = True) -> anndata.AnnData:
     """Patients x genes counts of PASS protein-altering variants, plus tumour mutational burden.
 
     ``samples``: index patient_id, column ``vcf`` (empty = no variant calls; counted, not dropped).

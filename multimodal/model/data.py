@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
@@ -18,6 +19,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from multimodal.errors import MultimodalError
+
+if TYPE_CHECKING:
+    import mudata
 
 LOG1P_FEATURE_CLASSES = {"gene_mutation_count"}
 
@@ -37,7 +41,7 @@ class CohortArrays:
     site: np.ndarray
 
 
-def cohort_arrays(mdata: mudata.MuData, *, modalities: list[str] | None = None) -> CohortArrays:  # noqa: F821
+def cohort_arrays(mdata: mudata.MuData, *, modalities: list[str] | None = None) -> CohortArrays:
     """Dense arrays per modality from a cohort MuData; modality obs columns listed in
     ``uns['model_obs_features']`` (e.g. ``tmb``) become extra features."""
     patients = list(mdata.obs_names)

@@ -17,12 +17,16 @@ import logging
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from multimodal.errors import MultimodalError
 from multimodal.fileio import atomic_path
+
+if TYPE_CHECKING:
+    import mudata
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ def _quiet_lightning() -> None:
 
 
 def cross_validate(
-    mdata: mudata.MuData,  # noqa: F821
+    mdata: mudata.MuData,
     out_dir: str | Path,
     *,
     params: TrainParams | None = None,
