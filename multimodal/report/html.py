@@ -1,0 +1,957 @@
+"""One self-contained, offline HTML report of a cohort run: cohort, exclusions, metrics, risk groups, attributions.
+
+The report reads three outputs of the pipeline and writes a single HTML file (inline CSS, plots as
+base64 PNG, no scripts and no external URLs), atomically:
+
+- the cohort store (``obs``, modality shapes and ``uns["provenance"]``);
+- the model directory (``metrics.json``, ``predictions.tsv``, ``params.json``);
+- the explain directory (``feature_importance.tsv``, ``modality_contributions.tsv``,
+  ``uns["attribution"]`` of ``attributions.zarr``).
+
+Sections: cohort summary, exclusions (every recorded count, zeros included), cross-validated
+metrics, Kaplan-Meier curves of out-of-fold risk groups (high risk = risk above the median of the
+patient's own fold's held-out patients), top features per modality, modality contributions with
+the attribution method and its convergence, and provenance.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import math
+import re
+import string
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from multimodal import __version__
+from multimodal.errors import MultimodalError
+from multimodal.fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+MODALITY_ORDER = ("clinical", "variants", "expression", "imaging")
+SECTIONS = (
+    ("cohort", "Cohort"),
+    ("exclusions", "Exclusions"),
+    ("metrics", "Cross-validated metrics"),
+    ("risk-groups", "Risk groups"),
+    ("features", "Top features"),
+    ("contributions", "Modality contributions"),
+    ("provenance", "Provenance"),
+)
+HIGH, LOW = "high risk", "low risk"
+GROUP_COLOURS = {HIGH: "#c0392b", LOW: "#2e6fa8"}
+BAR_COLOUR = "#5b7a99"
+KEY_PACKAGES = (
+    "multimodal",
+    "python",
+    "torch",
+    "lightning",
+    "captum",
+    "anndata",
+    "mudata",
+    "zarr",
+    "scikit-survival",
+    "scikit-learn",
+    "numpy",
+    "pandas",
+    "scipy",
+)
+MAX_INPUT_ROWS = 500
+_MISSING_TOKENS = {"", "na", "nan", "n/a", "null", "none"}
+
+
+class _Html(str):
+    """A string that is already HTML: table and list helpers insert it as is instead of escaping it."""
+
+
+def _esc(value: Any) -> str:
+    """Escape ``value`` for HTML unless it is :class:`_Html`."""
+    if isinstance(value, _Html):
+        return str(value)
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: Any, spec: str = ".3f") -> str:
+    """Format a number; ``n/a`` for None, NaN, infinities and anything not numeric."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return format(v, spec) if math.isfinite(v) else "n/a"
+
+
+def _count(value: Any) -> str:
+    """Format a count as an integer; ``n/a`` when missing."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return str(int(v)) if math.isfinite(v) else "n/a"
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "n/a"
+
+
+def _pvalue(p: float | None) -> str:
+    """A p-value to three significant digits (``n/a`` when not computed)."""
+    return _num(p, ".3g")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9_-]+", "-", str(name).lower()).strip("-") or "x"
+
+
+# --------------------------------------------------------------------------------------------------
+# HTML building blocks
+
+
+def _table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    numeric: Sequence[bool] | None = None,
+    table_id: str | None = None,
+    caption: str | None = None,
+    row_classes: Sequence[str | None] | None = None,
+) -> str:
+    """An HTML table; every cell is escaped unless it is :class:`_Html`."""
+    numeric = list(numeric) if numeric is not None else [False] * len(headers)
+    rows = [list(r) for r in rows]
+    row_classes = list(row_classes) if row_classes is not None else [None] * len(rows)
+    out = [f'<table id="{_esc(table_id)}">' if table_id else "<table>"]
+    if caption:
+        out.append(f"<caption>{_esc(caption)}</caption>")
+    out.append("<thead><tr>")
+    for head, is_num in zip(headers, numeric, strict=True):
+        out.append(f'<th class="num">{_esc(head)}</th>' if is_num else f"<th>{_esc(head)}</th>")
+    out.append("</tr></thead>")
+    out.append("<tbody>")
+    for row, cls in zip(rows, row_classes, strict=True):
+        out.append(f'<tr class="{_esc(cls)}">' if cls else "<tr>")
+        for cell, is_num in zip(row, numeric, strict=True):
+            out.append(f'<td class="num">{_esc(cell)}</td>' if is_num else f"<td>{_esc(cell)}</td>")
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def _kv(pairs: Iterable[tuple[str, Any]], *, dl_id: str | None = None) -> str:
+    """A definition list of label/value pairs (values escaped unless :class:`_Html`)."""
+    out = [f'<dl class="kv" id="{_esc(dl_id)}">' if dl_id else '<dl class="kv">']
+    for key, value in pairs:
+        out.append(f"<dt>{_esc(key)}</dt><dd>{_esc(value)}</dd>")
+    out.append("</dl>")
+    return "\n".join(out)
+
+
+def _figure(fig: Any, *, alt: str, caption: str) -> str:
+    """Render a matplotlib figure as an inline base64 PNG inside ``<figure>``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
+        f"<figcaption>{_esc(caption)}</figcaption></figure>"
+    )
+
+
+def _new_figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading inputs
+
+
+@dataclass
+class _Inputs:
+    store: Path
+    model_dir: Path
+    explain_dir: Path
+    obs: pd.DataFrame
+    mod_shapes: dict[str, tuple[int, int]]
+    provenance: dict
+    metrics: dict
+    params: dict
+    predictions: pd.DataFrame
+    importance: pd.DataFrame
+    contributions: pd.DataFrame
+    attribution: dict
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        log.warning("%s", message)
+        self.warnings.append(message)
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise MultimodalError(f"{path}: missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MultimodalError(f"{path}: cannot read as JSON: {exc}") from exc
+
+
+def _read_tsv(
+    path: Path, *, required: Sequence[str], numeric: Sequence[str], index_col: str | None = None
+) -> pd.DataFrame:
+    """Read a tab-separated table as text, check its columns and parse ``numeric`` columns strictly.
+
+    Empty cells and NA/NaN tokens become NaN; any other non-numeric value in a numeric column is an
+    error naming the line.
+    """
+    if not path.is_file():
+        raise MultimodalError(f"{path}: missing")
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise MultimodalError(f"{path}: cannot read as a tab-separated table: {exc}") from exc
+    absent = [c for c in [*required, *([index_col] if index_col else [])] if c not in table.columns]
+    if absent:
+        raise MultimodalError(f"{path}: missing column(s) {', '.join(absent)}")
+    for col in numeric:
+        if col not in table.columns:
+            continue
+        text = table[col].str.strip()
+        missing = text.str.lower().isin(_MISSING_TOKENS)
+        values = pd.to_numeric(text.where(~missing), errors="coerce")
+        bad = values.isna() & ~missing
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise MultimodalError(f"{path}: line {row + 2}: column {col}: not a number: {table[col].iloc[row]!r}")
+        table[col] = values.astype(float)
+    if index_col:
+        table = table.set_index(index_col)
+    return table
+
+
+def _read_store(path: Path) -> tuple[pd.DataFrame, dict[str, tuple[int, int]], dict]:
+    from multimodal.store import read_cohort_store
+
+    mdata = read_cohort_store(path)
+    obs = mdata.obs.copy()
+    absent = [c for c in ("time", "event") if c not in obs.columns]
+    if absent:
+        raise MultimodalError(f"{path}: obs lacks column(s) {', '.join(absent)}")
+    for name, adata in mdata.mod.items():
+        if f"has_{name}" not in obs.columns:
+            obs[f"has_{name}"] = np.isin(obs.index, adata.obs_names)
+    shapes = {name: (int(adata.n_obs), int(adata.n_vars)) for name, adata in mdata.mod.items()}
+    provenance = mdata.uns.get("provenance", {})
+    return obs, shapes, dict(provenance) if isinstance(provenance, dict) else {}
+
+
+def _read_attribution(path: Path) -> dict:
+    """``uns["attribution"]`` of the attributions store, read without loading the attribution matrices."""
+    from multimodal.store import configure_zarr_v3
+
+    if not (path / "zarr.json").is_file():
+        raise MultimodalError(f"{path}: missing (no zarr.json)")
+    configure_zarr_v3()
+    try:
+        import zarr
+        from anndata.io import read_elem
+
+        group = zarr.open_group(str(path), mode="r")
+        uns = read_elem(group["uns"]) if "uns" in group else {}
+    except Exception as exc:  # zarr/anndata raise many types for a damaged store
+        raise MultimodalError(f"{path}: cannot read attribution store: {type(exc).__name__}: {exc}") from exc
+    record = uns.get("attribution") if isinstance(uns, dict) else None
+    if not isinstance(record, dict):
+        raise MultimodalError(f"{path}: no uns['attribution'] record")
+    return record
+
+
+def _load(store: Path, model_dir: Path, explain_dir: Path) -> _Inputs:
+    for label, directory in (("model directory", model_dir), ("explain directory", explain_dir)):
+        if not directory.is_dir():
+            raise MultimodalError(f"{directory}: {label} not found")
+    metrics_path = model_dir / "metrics.json"
+    metrics = _read_json(metrics_path)
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("folds"), list):
+        raise MultimodalError(f"{metrics_path}: no 'folds' list of per-fold metrics")
+    params_path = model_dir / "params.json"
+    params = _read_json(params_path) if params_path.is_file() else {}
+    predictions = _read_tsv(
+        model_dir / "predictions.tsv",
+        required=("patient_id", "fold", "risk", "time", "event"),
+        numeric=("fold", "risk", "response_prob", "time", "event", "response"),
+    )
+    importance = _read_tsv(
+        explain_dir / "feature_importance.tsv",
+        required=("modality", "feature", "mean_abs_attribution", "mean_attribution", "rank"),
+        numeric=("mean_abs_attribution", "mean_attribution", "rank", "n_patients"),
+    )
+    contributions_path = explain_dir / "modality_contributions.tsv"
+    with_header = _read_tsv(contributions_path, required=(), numeric=(), index_col="patient_id")
+    mod_cols = [c for c in with_header.columns if c not in ("fold", "risk", "convergence_delta")]
+    contributions = _read_tsv(
+        contributions_path,
+        required=(),
+        numeric=["fold", "risk", "convergence_delta", *mod_cols],
+        index_col="patient_id",
+    )
+    attribution = _read_attribution(explain_dir / "attributions.zarr")
+    obs, shapes, provenance = _read_store(store)
+    inputs = _Inputs(
+        store=store,
+        model_dir=model_dir,
+        explain_dir=explain_dir,
+        obs=obs,
+        mod_shapes=shapes,
+        provenance=provenance,
+        metrics=metrics,
+        params=params if isinstance(params, dict) else {},
+        predictions=predictions,
+        importance=importance,
+        contributions=contributions,
+        attribution=attribution,
+    )
+    if not params_path.is_file():
+        inputs.warn(f"{params_path}: missing; model settings are not shown")
+    _check_consistency(inputs)
+    return inputs
+
+
+def _check_consistency(inp: _Inputs) -> None:
+    """Record (never hide) disagreements between the store, the model run and the attributions."""
+    n_store = len(inp.obs)
+    n_model = inp.metrics.get("n_patients")
+    if n_model is not None and _count(n_model) != str(n_store):
+        inp.warn(f"the model run covers {_count(n_model)} patients but the cohort store has {n_store}")
+    unknown = ~inp.predictions["patient_id"].isin(inp.obs.index)
+    if unknown.any():
+        inp.warn(
+            f"{int(unknown.sum())} patient(s) in {inp.model_dir / 'predictions.tsv'} are not in the cohort store, "
+            f"e.g. {inp.predictions['patient_id'][unknown].iloc[0]}"
+        )
+    n_scored = int(np.isfinite(inp.predictions["risk"]).sum())
+    recorded = inp.metrics.get("n_patients_scored")
+    if recorded is not None and _count(recorded) != str(n_scored):
+        inp.warn(f"metrics.json records {_count(recorded)} patients scored but predictions.tsv has {n_scored} risks")
+    explained = set(inp.contributions.index)
+    scored = set(inp.predictions.loc[np.isfinite(inp.predictions["risk"]), "patient_id"])
+    if explained != scored:
+        inp.warn(
+            f"attributions cover {len(explained)} patients, predictions score {len(scored)}; "
+            f"{len(scored - explained)} scored patient(s) have no attribution"
+        )
+    recorded_dir = inp.attribution.get("model_dir")
+    if recorded_dir:
+        try:
+            same = Path(str(recorded_dir)).resolve() == inp.model_dir.resolve()
+        except OSError:
+            same = False
+        if not same:
+            inp.warn(f"attributions were computed from model directory {recorded_dir}, not {inp.model_dir}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+
+
+def _modalities(inp: _Inputs) -> list[str]:
+    """Modalities in the store, in the canonical order, then any others by name."""
+    names = [c.removeprefix("has_") for c in inp.obs.columns if c.startswith("has_")]
+    return [m for m in MODALITY_ORDER if m in names] + sorted(m for m in names if m not in MODALITY_ORDER)
+
+
+def _survival_arrays(time: pd.Series, event: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(usable mask, time, event as bool) for rows with a finite time and a 0/1 event."""
+    t = pd.to_numeric(time, errors="coerce").to_numpy(float)
+    e = pd.to_numeric(event, errors="coerce").to_numpy(float)
+    ok = np.isfinite(t) & np.isfinite(e)
+    return ok, t[ok], e[ok] > 0
+
+
+def _km_median(t: np.ndarray, s: np.ndarray) -> float:
+    """First time at which a Kaplan-Meier curve reaches 0.5 or below; NaN when it never does."""
+    below = np.flatnonzero(s <= 0.5)
+    return float(t[below[0]]) if below.size else float("nan")
+
+
+def _median_follow_up(time: np.ndarray, event: np.ndarray) -> float:
+    """Median follow-up by the reverse Kaplan-Meier method (censoring is the event)."""
+    from sksurv.nonparametric import kaplan_meier_estimator
+
+    if time.size == 0 or event.all():
+        return float("nan")
+    t, s = kaplan_meier_estimator(~event, time)
+    return _km_median(np.asarray(t), np.asarray(s))
+
+
+def _group_table(obs: pd.DataFrame, column: str, *, table_id: str, label: str) -> str:
+    values = obs[column].astype(object).where(obs[column].notna(), "(missing)").astype(str)
+    ok, _, _ = _survival_arrays(obs["time"], obs["event"])
+    event = pd.to_numeric(obs["event"], errors="coerce")
+    response = pd.to_numeric(obs["response"], errors="coerce") if "response" in obs else None
+    rows = []
+    for level in sorted(values.unique()):
+        sel = (values == level).to_numpy()
+        row = [level, str(int(sel.sum())), _pct(sel.sum(), len(obs)), str(int((sel & ok).sum()))]
+        row.append(_count(np.nansum(event[sel])))
+        if response is not None:
+            row.append(f"{int(np.nansum(response[sel]))} / {int(response[sel].notna().sum())}")
+        rows.append(row)
+    headers = [label, "patients", "% of cohort", "with survival outcome", "events"]
+    if response is not None:
+        headers.append("responders / with response")
+    return _table(headers, rows, numeric=[False] + [True] * (len(headers) - 1), table_id=table_id)
+
+
+def _cohort_section(inp: _Inputs) -> str:
+    obs = inp.obs
+    n = len(obs)
+    ok, time, event = _survival_arrays(obs["time"], obs["event"])
+    n_events = int(event.sum())
+    parts = [
+        _kv(
+            [
+                ("patients", str(n)),
+                ("with survival outcome", f"{int(ok.sum())} ({_pct(ok.sum(), n)})"),
+                ("events", str(n_events)),
+                ("censored", str(int(ok.sum()) - n_events)),
+                ("without survival outcome", str(n - int(ok.sum()))),
+                ("median follow-up (reverse Kaplan-Meier)", _num(_median_follow_up(time, event), ".1f")),
+                ("median observed time", _num(np.median(time) if time.size else float("nan"), ".1f")),
+            ]
+            + _response_pairs(obs),
+            dl_id="cohort-outcomes",
+        ),
+        '<p class="note">Times are in the unit of the clinical table.</p>',
+    ]
+    rows = []
+    for name in _modalities(inp):
+        has = obs[f"has_{name}"].fillna(False).astype(bool)
+        n_features = inp.mod_shapes.get(name, (0, float("nan")))[1]
+        rows.append([name, str(int(has.sum())), _pct(has.sum(), n), _count(n_features)])
+    parts.append("<h3>Patients per modality</h3>")
+    parts.append(
+        _table(
+            ["modality", "patients", "% of cohort", "features"],
+            rows,
+            numeric=[False, True, True, True],
+            table_id="cohort-modalities",
+        )
+    )
+    for column, label, table_id in (("site", "site", "cohort-sites"), ("arm", "arm", "cohort-arms")):
+        if column in obs.columns:
+            parts.append(f"<h3>Patients per {label}</h3>")
+            parts.append(_group_table(obs, column, table_id=table_id, label=label))
+    return "\n".join(parts)
+
+
+def _response_pairs(obs: pd.DataFrame) -> list[tuple[str, str]]:
+    if "response" not in obs.columns:
+        return [("responders", "n/a (no response column)")]
+    response = pd.to_numeric(obs["response"], errors="coerce")
+    known = response.notna()
+    responders = int((response[known] > 0).sum())
+    return [
+        ("responders", f"{responders} of {int(known.sum())} with response ({_pct(responders, known.sum())})"),
+        ("non-responders", str(int(known.sum()) - responders)),
+        ("without response outcome", str(int((~known).sum()))),
+    ]
+
+
+def _exclusions_section(inp: _Inputs) -> str:
+    exclusions = inp.provenance.get("exclusions")
+    if not isinstance(exclusions, dict) or not exclusions:
+        inp.warn(f"{inp.store}: provenance records no exclusions")
+        return '<p class="warnings">The cohort store records no exclusion counts.</p>'
+    order = ["cohort", *MODALITY_ORDER]
+    groups = [g for g in order if g in exclusions] + sorted(g for g in exclusions if g not in order)
+    rows, classes = [], []
+    for group in groups:
+        counts = exclusions[group]
+        if not isinstance(counts, dict) or not counts:
+            rows.append([group, "(none recorded)", "n/a"])
+            classes.append("zero")
+            continue
+        for reason, value in sorted(counts.items()):
+            text = _count(value)
+            rows.append([group, _Html(f"<code>{_esc(reason)}</code>"), text])
+            classes.append("zero" if text == "0" else None)
+    return _table(
+        ["group", "reason", "count"],
+        rows,
+        numeric=[False, False, True],
+        table_id="exclusions-table",
+        caption="Every count recorded at ingest, zeros included. Counts name what they count "
+        "(patients, records, samples or genes).",
+        row_classes=classes,
+    )
+
+
+def _metrics_section(inp: _Inputs) -> str:
+    m = inp.metrics
+    rows, classes = [], []
+    for fold in m["folds"]:
+        rows.append(
+            [
+                _count(fold.get("fold")),
+                _count(fold.get("n_train")),
+                _count(fold.get("n_test")),
+                _count(fold.get("n_events")),
+                _num(fold.get("c_index")),
+                _num(fold.get("auroc")),
+            ]
+        )
+        classes.append(None)
+    mean, sd = m.get("mean") or {}, m.get("sd") or {}
+    rows.append(
+        [
+            "mean ± SD",
+            "",
+            "",
+            "",
+            f"{_num(mean.get('c_index'))} ± {_num(sd.get('c_index'))}",
+            f"{_num(mean.get('auroc'))} ± {_num(sd.get('auroc'))}",
+        ]
+    )
+    classes.append("summary")
+    pooled = m.get("pooled_out_of_fold") or {}
+    rows.append(
+        [
+            "pooled out-of-fold",
+            "",
+            _count(pooled.get("n_test")),
+            _count(pooled.get("n_events")),
+            _num(pooled.get("c_index")),
+            _num(pooled.get("auroc")),
+        ]
+    )
+    classes.append("summary")
+    parts = [
+        _table(
+            ["fold", "n train", "n test", "n events", "C-index", "AUROC"],
+            rows,
+            numeric=[False, True, True, True, True, True],
+            table_id="fold-metrics",
+            caption="Harrell's C-index of the predicted risk (survival) and AUROC of the predicted response "
+            "probability, on each fold's held-out patients; pooled = all out-of-fold predictions together.",
+            row_classes=classes,
+        ),
+        _kv(
+            [
+                ("patients in cohort store", str(len(inp.obs))),
+                ("patients in model run", _count(m.get("n_patients"))),
+                ("patients scored out-of-fold", _count(m.get("n_patients_scored"))),
+                ("scored patients with survival outcome", _count(m.get("n_patients_with_survival_outcome"))),
+            ],
+            dl_id="metrics-patients",
+        ),
+    ]
+    parts.append(_params_block(inp))
+    return "\n".join(parts)
+
+
+def _params_block(inp: _Inputs) -> str:
+    train = inp.params.get("train")
+    if not isinstance(train, dict):
+        return ""
+    rows = [[key, json.dumps(value, sort_keys=True, default=str)] for key, value in train.items()]
+    modalities = inp.params.get("modalities")
+    if modalities:
+        rows.append(["modalities used", ", ".join(str(x) for x in modalities)])
+    return (
+        "<details><summary>Model settings (params.json)</summary>\n"
+        + _table(["setting", "value"], rows, table_id="model-params")
+        + "\n</details>"
+    )
+
+
+def _risk_groups(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Split scored patients into high/low risk at the median risk of their own fold's held-out patients.
+
+    ``predictions`` needs ``fold`` and ``risk``; rows without a finite risk are dropped. Returns the
+    scored rows with ``fold_median_risk`` and ``group`` (``"high risk"`` when risk > the fold median,
+    else ``"low risk"``) added.
+    """
+    scored = predictions[np.isfinite(predictions["risk"].to_numpy(float))].copy()
+    if scored["fold"].isna().any():
+        raise ValueError("a patient with a risk score has no fold")
+    scored["fold_median_risk"] = scored.groupby("fold")["risk"].transform("median")
+    scored["group"] = np.where(scored["risk"] > scored["fold_median_risk"], HIGH, LOW)
+    return scored
+
+
+def _logrank(time: np.ndarray, event: np.ndarray, group: np.ndarray) -> tuple[float, float, str]:
+    """(chi-square, p, note) of the log-rank test between groups; NaN with a reason when not computable."""
+    from sksurv.compare import compare_survival
+
+    if len(np.unique(group)) < 2:
+        return float("nan"), float("nan"), "only one group has patients with a survival outcome"
+    if not event.any():
+        return float("nan"), float("nan"), "no events"
+    y = np.empty(len(time), dtype=[("event", bool), ("time", float)])
+    y["event"], y["time"] = event, time
+    try:
+        chisq, p = compare_survival(y, group)
+    except (ValueError, ZeroDivisionError) as exc:
+        return float("nan"), float("nan"), f"not computable: {exc}"
+    return float(chisq), float(p), ""
+
+
+def _risk_group_section(inp: _Inputs) -> str:
+    from sksurv.nonparametric import kaplan_meier_estimator
+
+    try:
+        scored = _risk_groups(inp.predictions)
+    except ValueError as exc:
+        raise MultimodalError(f"{inp.model_dir / 'predictions.tsv'}: {exc}") from exc
+    if scored.empty:
+        inp.warn(f"{inp.model_dir / 'predictions.tsv'}: no patient has a risk score")
+        return '<p class="warnings">No patient has an out-of-fold risk score.</p>'
+    ok, time, event = _survival_arrays(scored["time"], scored["event"])
+    groups = scored["group"].to_numpy()[ok]
+    fig = _new_figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    rows = []
+    for name in (HIGH, LOW):
+        n_group = int((scored["group"] == name).sum())
+        sel = groups == name
+        median = float("nan")
+        if sel.any():
+            t, s = kaplan_meier_estimator(event[sel], time[sel])
+            t, s = np.asarray(t), np.asarray(s)
+            median = _km_median(t, s)
+            label = f"{name} (n = {int(sel.sum())})"
+            ax.step(np.r_[0.0, t], np.r_[1.0, s], where="post", color=GROUP_COLOURS[name], label=label)
+            censored = time[sel][~event[sel]]
+            if censored.size:
+                at = np.searchsorted(t, censored, side="right") - 1
+                ax.plot(censored, np.where(at >= 0, s[np.clip(at, 0, None)], 1.0), "|", color=GROUP_COLOURS[name])
+        median_text = _num(median, ".1f") if math.isfinite(median) or not sel.any() else "not reached"
+        rows.append([name, str(n_group), str(int(sel.sum())), str(int(event[sel].sum())), median_text])
+    rows.append(["total", str(len(scored)), str(int(ok.sum())), str(int(event.sum())), ""])
+    chisq, p, note = _logrank(time, event, groups)
+    ax.set_xlabel("time")
+    ax.set_ylabel("survival probability")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlim(left=0)
+    ax.legend(loc="lower left", frameon=False)
+    ax.set_title(f"log-rank p = {_pvalue(p)}", fontsize=10)
+    rule = (
+        "Each held-out patient is high risk if its predicted risk exceeds the median risk of the held-out "
+        "patients of its own cross-validation fold, else low risk (ties at the median are low risk)."
+    )
+    caption = (
+        f"Kaplan-Meier curves of the out-of-fold risk groups; ticks mark censored patients. {rule} "
+        f"Log-rank test: chi-square {_num(chisq, '.2f')}, p = {_pvalue(p)}" + (f" ({note})." if note else ".")
+    )
+    splits = scored.groupby("fold").agg(
+        median=("fold_median_risk", "first"),
+        high=("group", lambda g: int((g == HIGH).sum())),
+        low=("group", lambda g: int((g == LOW).sum())),
+    )
+    split_rows = [
+        [_count(fold), _num(median, ".4g"), str(int(high)), str(int(low))]
+        for fold, median, high, low in splits.itertuples(name=None)
+    ]
+    parts = [
+        _figure(fig, alt="Kaplan-Meier curves of high and low predicted risk groups", caption=caption),
+        _table(
+            ["group", "patients scored", "with survival outcome", "events", "median survival (KM)"],
+            rows,
+            numeric=[False, True, True, True, True],
+            table_id="risk-groups-table",
+            caption=rule,
+            row_classes=[None, None, "summary"],
+        ),
+        _kv(
+            [("log-rank chi-square", _num(chisq, ".2f")), ("log-rank p", _pvalue(p))]
+            + ([("note", note)] if note else []),
+            dl_id="logrank",
+        ),
+        "<details><summary>Per-fold split</summary>\n"
+        + _table(
+            ["fold", "median held-out risk", "high risk", "low risk"],
+            split_rows,
+            numeric=[False, True, True, True],
+            table_id="risk-group-splits",
+        )
+        + "\n</details>",
+    ]
+    return "\n".join(parts)
+
+
+def _ordered(names: Iterable[str], inp: _Inputs) -> list[str]:
+    names = list(dict.fromkeys(names))
+    preferred = [str(m) for m in (inp.params.get("modalities") or [])] + list(MODALITY_ORDER)
+    first = [m for m in dict.fromkeys(preferred) if m in names]
+    return first + sorted(m for m in names if m not in first)
+
+
+def _feature_label(feature: str, gene: str, width: int = 40) -> str:
+    label = f"{feature} ({gene})" if gene and gene != feature else feature
+    return label if len(label) <= width else label[: width - 1] + "…"
+
+
+def _features_section(inp: _Inputs, top_n: int) -> str:
+    imp = inp.importance
+    if imp.empty:
+        inp.warn(f"{inp.explain_dir / 'feature_importance.tsv'}: no rows")
+        return '<p class="warnings">feature_importance.tsv has no rows.</p>'
+    gene_col = imp["gene_symbol"] if "gene_symbol" in imp.columns else pd.Series("", index=imp.index)
+    parts = [
+        f'<p class="note">The {top_n} features of each modality with the largest mean |attribution| over the '
+        "held-out patients who have that modality. The signed mean attribution is also shown; with a training-mean "
+        "baseline it is near zero for a feature that raises the risk of some patients and lowers it for others, "
+        "so it is not a direction of effect.</p>"
+    ]
+    for name in _ordered(imp["modality"], inp):
+        sub = imp[imp["modality"] == name].assign(_gene=gene_col[imp["modality"] == name])
+        sub = sub.sort_values(["rank", "mean_abs_attribution"], ascending=[True, False], kind="stable")
+        top = sub.head(top_n)
+        n_patients = _count(top["n_patients"].iloc[0]) if "n_patients" in top.columns and len(top) else "n/a"
+        rows = [
+            [
+                _count(r["rank"]),
+                r["feature"],
+                r["_gene"],
+                _num(r["mean_abs_attribution"], ".3g"),
+                _num(r["mean_attribution"], ".3g"),
+            ]
+            for _, r in top.iterrows()
+        ]
+        table = _table(
+            ["rank", "feature", "gene symbol", "mean |attribution|", "mean attribution"],
+            rows,
+            numeric=[True, False, False, True, True],
+            table_id=f"top-features-{_slug(name)}",
+            caption=f"top {len(top)} of {len(sub)} features; {n_patients} patients",
+        )
+        fig = _new_figure(5.2, 0.26 * max(len(top), 1) + 0.9)
+        ax = fig.add_subplot()
+        values = top["mean_abs_attribution"].to_numpy(float)[::-1]
+        labels = [_feature_label(f, g) for f, g in zip(top["feature"], top["_gene"], strict=True)][::-1]
+        ax.barh(np.arange(len(values)), np.nan_to_num(values), color=BAR_COLOUR)
+        ax.set_yticks(np.arange(len(values)), labels, fontsize=8)
+        ax.set_xlabel("mean |attribution|")
+        ax.set_title(name, fontsize=10)
+        figure = _figure(
+            fig,
+            alt=f"bar chart of the top {len(top)} {name} features by mean absolute attribution",
+            caption=f"{name}: the top {len(top)} features by mean |attribution|.",
+        )
+        parts.append(f'<h3 id="features-{_esc(_slug(name))}">{_esc(name)}</h3>')
+        parts.append(f'<div class="grid">\n{table}\n{figure}\n</div>')
+    return "\n".join(parts)
+
+
+def _contributions_section(inp: _Inputs) -> str:
+    contrib = inp.contributions
+    mod_cols = _ordered([c for c in contrib.columns if c not in ("fold", "risk", "convergence_delta")], inp)
+    rows, names, means = [], [], []
+    for name in mod_cols:
+        values = contrib[name].to_numpy(float)
+        present = values[np.isfinite(values)]
+        mean_abs = float(np.mean(np.abs(present))) if present.size else float("nan")
+        mean_signed = float(np.mean(present)) if present.size else float("nan")
+        rows.append([name, str(present.size), _num(mean_abs, ".3g"), _num(mean_signed, ".3g")])
+        names.append(name)
+        means.append(mean_abs)
+    parts = [
+        _table(
+            ["modality", "patients with modality", "mean |summed attribution|", "mean summed attribution"],
+            rows,
+            numeric=[False, True, True, True],
+            table_id="modality-contributions",
+            caption="Per patient, the attributions of a modality's features are summed; the mean of its absolute "
+            "value is taken over the patients who have that modality.",
+        )
+    ]
+    if names:
+        fig = _new_figure(5.2, 0.35 * len(names) + 0.9)
+        ax = fig.add_subplot()
+        ax.barh(np.arange(len(names)), np.nan_to_num(means[::-1]), color=BAR_COLOUR)
+        ax.set_yticks(np.arange(len(names)), names[::-1])
+        ax.set_xlabel("mean |summed attribution|")
+        parts.append(
+            _figure(
+                fig,
+                alt="bar chart of mean absolute summed attribution per modality",
+                caption="Mean |summed attribution| per modality over patients having it.",
+            )
+        )
+    att = inp.attribution
+    risk_sd = float(np.nanstd(contrib["risk"].to_numpy(float))) if "risk" in contrib.columns else float("nan")
+    delta_mean = att.get("convergence_delta_mean_abs")
+    relative = _num(float(delta_mean) / risk_sd, ".2e") if _num(delta_mean) != "n/a" and risk_sd > 0 else "n/a"
+    parts.append("<h3>Attribution method</h3>")
+    parts.append(
+        _kv(
+            [
+                ("method", att.get("method", "n/a")),
+                ("integration steps", _count(att.get("n_steps"))),
+                ("integration rule", att.get("integration", "n/a")),
+                ("target", att.get("target", "n/a")),
+                ("baseline", att.get("baseline", "n/a")),
+                ("mean |convergence delta|", _num(delta_mean, ".2e")),
+                ("max |convergence delta|", _num(att.get("convergence_delta_max_abs"), ".2e")),
+                ("mean |convergence delta| / SD of risk", relative),
+            ],
+            dl_id="attribution-method",
+        )
+    )
+    return "\n".join(parts)
+
+
+def _inputs_frame(raw: Any) -> pd.DataFrame:
+    if isinstance(raw, pd.DataFrame):
+        return raw
+    if isinstance(raw, dict):
+        try:
+            return pd.DataFrame(raw)
+        except ValueError:
+            return pd.DataFrame({"path": list(raw)})
+    if isinstance(raw, list | tuple):
+        return pd.DataFrame({"path": [str(x) for x in raw]})
+    return pd.DataFrame(columns=["path", "sha256"])
+
+
+def _provenance_section(inp: _Inputs, generated: str) -> str:
+    prov = inp.provenance
+    if not prov:
+        inp.warn(f"{inp.store}: no provenance record")
+    versions = prov.get("versions") if isinstance(prov.get("versions"), dict) else {}
+    files = _inputs_frame(prov.get("inputs"))
+    parts = [
+        _kv(
+            [
+                ("store created", prov.get("created", "n/a")),
+                ("store spec version", prov.get("store_spec_version", "n/a")),
+                ("store written by multimodal", versions.get("multimodal", "n/a")),
+                ("command", _Html(f"<code>{_esc(prov.get('command', 'n/a'))}</code>")),
+                ("input files fingerprinted (sha256)", str(len(files))),
+                ("report generated", generated),
+                ("report written by multimodal", __version__),
+            ],
+            dl_id="provenance-summary",
+        )
+    ]
+    keys = [k for k in KEY_PACKAGES if k in versions] + sorted(k for k in versions if k not in KEY_PACKAGES)
+    parts.append(
+        _table(
+            ["package", "version"],
+            [[k, versions[k]] for k in keys],
+            table_id="provenance-versions",
+            caption="Package versions recorded when the cohort store was written.",
+        )
+    )
+    if len(files):
+        shown = files.head(MAX_INPUT_ROWS)
+        cols = [c for c in ("path", "sha256") if c in shown.columns] or list(shown.columns)
+        more = len(files) - len(shown)
+        parts.append(
+            "<details><summary>Input files</summary>\n"
+            + _table(cols, shown[cols].astype(str).to_numpy().tolist(), table_id="provenance-inputs")
+            + (f'\n<p class="note">… and {more} more, listed in the store provenance.</p>' if more else "")
+            + "\n</details>"
+        )
+    config_json = prov.get("config_json")
+    if config_json:
+        try:
+            pretty = json.dumps(json.loads(config_json), indent=2, sort_keys=True)
+        except (TypeError, json.JSONDecodeError):
+            pretty = str(config_json)
+        parts.append(f"<details><summary>Resolved configuration</summary>\n<pre>{_esc(pretty)}</pre>\n</details>")
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _template() -> string.Template:
+    return string.Template(resources.files("multimodal.report").joinpath("template.html").read_text(encoding="utf-8"))
+
+
+def render_report(
+    *,
+    store: str | Path,
+    model_dir: str | Path,
+    explain_dir: str | Path,
+    title: str = "multimodal report",
+    top_n: int = 10,
+) -> str:
+    """Read the run's outputs and return the report as one self-contained HTML document (a string)."""
+    if top_n < 1:
+        raise MultimodalError(f"top_n must be at least 1, got {top_n}")
+    inp = _load(Path(store), Path(model_dir), Path(explain_dir))
+    generated = datetime.now(UTC).isoformat(timespec="seconds")
+    sections = {
+        "cohort": _cohort_section(inp),
+        "exclusions": _exclusions_section(inp),
+        "metrics": _metrics_section(inp),
+        "risk-groups": _risk_group_section(inp),
+        "features": _features_section(inp, top_n),
+        "contributions": _contributions_section(inp),
+        "provenance": _provenance_section(inp, generated),
+    }
+    body = []
+    if inp.warnings:
+        items = "\n".join(f"<li>{_esc(w)}</li>" for w in inp.warnings)
+        body.append(f'<div class="warnings" id="warnings"><strong>Checks</strong>\n<ul>\n{items}\n</ul>\n</div>')
+    for key, heading in SECTIONS:
+        body.append(f'<section id="{key}">\n<h2>{_esc(heading)}</h2>\n{sections[key]}\n</section>')
+    toc = "\n".join(f'<li><a href="#{key}">{_esc(heading)}</a></li>' for key, heading in SECTIONS)
+    subtitle = "\n".join(
+        f"<p>{_esc(label)}: <code>{_esc(path)}</code></p>"
+        for label, path in (("cohort store", store), ("model", model_dir), ("attributions", explain_dir))
+    )
+    footer = (
+        f"<p>Generated {_esc(generated)} by multimodal {_esc(__version__)}. "
+        "Self-contained: no scripts, no external resources.</p>"
+    )
+    return _template().substitute(
+        title=_esc(title),
+        version=_esc(__version__),
+        subtitle=subtitle,
+        toc=toc,
+        body="\n".join(body),
+        footer=footer,
+    )
+
+
+def build_report(
+    *,
+    store: str | Path,
+    model_dir: str | Path,
+    explain_dir: str | Path,
+    out: str | Path,
+    title: str = "multimodal report",
+    top_n: int = 10,
+) -> Path:
+    """Write the HTML report of a run to ``out`` atomically and return ``out``.
+
+    ``store`` is the cohort store, ``model_dir`` the output of cross-validation and ``explain_dir``
+    that of the attributions; ``top_n`` features are listed per modality. Raises
+    :class:`~multimodal.errors.MultimodalError` naming the file when an input is missing or unreadable.
+    """
+    document = render_report(store=store, model_dir=model_dir, explain_dir=explain_dir, title=title, top_n=top_n)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        tmp.write_text(document, encoding="utf-8")
+    log.info("wrote report %s (%d bytes)", out, out.stat().st_size)
+    return out

@@ -1,0 +1,83 @@
+"""Samples sheet and clinical table: typed outcomes, duplicates and missing files named by line."""
+
+import numpy as np
+import pytest
+
+from multimodal.errors import MultimodalError
+from multimodal.ingest.clinical import ClinicalSpec, clinical_features, read_clinical
+from multimodal.ingest.samples import chunk, read_samples
+
+CLINICAL = (
+    "patient_id\tsite\tarm\tage\tsex\tos_time\tos_event\tresponse\n"
+    "P1\tA\tstandard\t60\tmale\t12.5\t1\tyes\n"
+    "P2\tB\texperimental\t\tfemale\t30\t0\t0\n"
+    "P3\tA\tstandard\t71\tfemale\t\t\tNA\n"
+)
+
+
+def test_clinical_outcomes_and_features(tmp_path):
+    path = tmp_path / "clinical.tsv"
+    path.write_text(CLINICAL)
+    clinical = read_clinical(path)
+    assert list(clinical.index) == ["P1", "P2", "P3"]
+    np.testing.assert_array_equal(clinical["time"].to_numpy()[:2], [12.5, 30.0])
+    assert np.isnan(clinical.loc["P3", "time"]) and np.isnan(clinical.loc["P3", "event"])
+    np.testing.assert_array_equal(clinical["response"].to_numpy()[:2], [1.0, 0.0])
+    features = clinical_features(clinical, spec=ClinicalSpec())
+    assert list(features.var_names) == [
+        "age",
+        "sex=female",
+        "sex=male",
+        "arm=experimental",
+        "arm=standard",
+        "site=A",
+        "site=B",
+    ]
+    np.testing.assert_array_equal(features.X[0], [60, 0, 1, 0, 1, 1, 0])
+    assert np.isnan(features.X[1, 0])
+    assert features.uns["ingest"]["exclusions"]["missing_numeric_values"] == 1
+
+
+def test_clinical_duplicate_ids_name_both_lines(tmp_path):
+    path = tmp_path / "clinical.tsv"
+    path.write_text(CLINICAL + "P2\tA\tstandard\t50\tmale\t3\t1\t1\n")
+    with pytest.raises(MultimodalError, match=r"clinical\.tsv: duplicate patient_id 'P2' on lines 3, 5"):
+        read_clinical(path)
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "message"),
+    [
+        ("P9\tA\tstandard\t50\tmale\t-3\t1\t1\n", r"line 5: survival time '-3' must be positive"),
+        ("P9\tA\tstandard\t50\tmale\t3\tmaybe\t1\n", r"line 5: column 'os_event' value 'maybe' is not 0/1"),
+        ("P9\tA\tstandard\told\tmale\t3\t1\t1\n", r"line 5: column 'age' value 'old' is not a number"),
+    ],
+)
+def test_clinical_bad_values(tmp_path, bad_row, message):
+    path = tmp_path / "clinical.tsv"
+    path.write_text(CLINICAL + bad_row)
+    with pytest.raises(MultimodalError, match=message):
+        read_clinical(path)
+
+
+def test_samples_sheet_missing_file_and_duplicates(tmp_path):
+    vcf = tmp_path / "a.vcf.gz"
+    vcf.write_bytes(b"")
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text(f"patient_id\tvcf\nP1\t{vcf}\nP2\t{tmp_path}/gone.vcf.gz\n")
+    with pytest.raises(
+        MultimodalError, match=r"samples\.tsv: line 3: vcf file .*gone\.vcf\.gz for patient P2 does not exist"
+    ):
+        read_samples(sheet)
+    sheet.write_text(f"patient_id\tvcf\nP1\t{vcf}\nP1\t{vcf}\n")
+    with pytest.raises(MultimodalError, match=r"duplicate patient_id 'P1' on lines 2, 3"):
+        read_samples(sheet)
+
+
+def test_chunks_cover_every_patient_once(tmp_path):
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text("patient_id\n" + "".join(f"P{i}\n" for i in range(10)))
+    frame = read_samples(sheet)
+    parts = [chunk(frame, index=i, n_chunks=3) for i in range(3)]
+    assert [len(p) for p in parts] == [3, 4, 3]
+    assert sum((list(p.index) for p in parts), []) == list(frame.index)

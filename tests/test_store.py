@@ -1,0 +1,95 @@
+"""The cohort store contract: Zarr v3 MuData layout readable without project code, obsmap,
+provenance with input fingerprints, atomic writes."""
+
+import hashlib
+import json
+from importlib import metadata
+
+import anndata as ad
+import mudata as md
+import numpy as np
+import pandas as pd
+import pytest
+
+from multimodal.errors import MultimodalError
+from multimodal.fileio import atomic_path
+from multimodal.ingest.samples import read_samples
+from multimodal.store import build_cohort_store, summarize_store
+
+
+def test_store_is_zarr_v3_mudata(tiny_run):
+    store = tiny_run["store"]
+    assert json.loads((store / "zarr.json").read_text())["zarr_format"] == 3
+    mdata = md.read_zarr(str(store))
+    assert set(mdata.mod) == {"clinical", "variants", "expression", "imaging"}
+    assert mdata.n_obs == 60
+    for name in mdata.mod:
+        alone = ad.read_zarr(str(store / "mod" / name))
+        assert alone.shape == mdata.mod[name].shape
+        assert json.loads((store / "mod" / name / "zarr.json").read_text())["zarr_format"] == 3
+    expression = ad.read_zarr(str(store / "mod" / "expression"))
+    assert "counts" in expression.layers
+    np.testing.assert_allclose(
+        np.log1p(expression.layers["counts"] / expression.layers["counts"].sum(1, keepdims=True) * 1e6),
+        expression.X,
+        rtol=1e-4,
+    )
+
+
+def test_obsmap_marks_missing_modalities(tiny_run):
+    mdata = md.read_zarr(str(tiny_run["store"]))
+    samples = read_samples(tiny_run["cohort"] / "samples.tsv")
+    for name, column in (("expression", "rna_sample"), ("imaging", "image")):
+        obsmap = np.asarray(mdata.obsmap[name]).ravel()
+        has = (samples.loc[list(mdata.obs_names), column] != "").to_numpy()
+        np.testing.assert_array_equal(obsmap > 0, has)
+        rows = obsmap[has] - 1  # 1-based rows into mod/<name>
+        assert list(mdata.mod[name].obs_names[rows]) == list(mdata.obs_names[has])
+        np.testing.assert_array_equal(mdata.obs[f"has_{name}"].to_numpy(), has)
+
+
+def test_provenance_fingerprints_inputs_and_counts_exclusions(tiny_run):
+    mdata = md.read_zarr(str(tiny_run["store"]))
+    prov = mdata.uns["provenance"]
+    inputs = pd.DataFrame(prov["inputs"])
+    clinical = str(tiny_run["cohort"] / "clinical.tsv")
+    row = inputs[inputs["path"] == clinical]
+    assert row["sha256"].iloc[0] == hashlib.sha256(open(clinical, "rb").read()).hexdigest()
+    n_vcfs = sum(1 for p in inputs["path"] if p.endswith(".vcf.gz"))
+    assert n_vcfs == 60
+    assert prov["versions"]["anndata"] == metadata.version("anndata")
+    assert json.loads(prov["config_json"]) == {"note": "tiny test cohort"}
+    samples = read_samples(tiny_run["cohort"] / "samples.tsv")
+    assert int(prov["exclusions"]["expression"]["patients_without_rna"]) == int((samples["rna_sample"] == "").sum())
+    assert int(prov["exclusions"]["imaging"]["patients_without_imaging"]) == int((samples["image"] == "").sum())
+    summary = summarize_store(mdata)
+    assert "patients: 60" in summary and "imaging" in summary
+
+
+def test_patient_missing_from_clinical_leaves_no_store(tiny_run, tmp_path):
+    cohort = tiny_run["cohort"]
+    clinical = tmp_path / "clinical.tsv"
+    lines = (cohort / "clinical.tsv").read_text().splitlines(keepends=True)
+    clinical.write_text("".join(lines[:5] + lines[6:]))  # drop the 5th patient
+    target = tmp_path / "out" / "cohort.zarr"
+    with pytest.raises(MultimodalError, match=r"samples\.tsv: line 6: patient P0005 is not in the clinical table"):
+        build_cohort_store(target, clinical_path=clinical, samples_path=cohort / "samples.tsv", modality_chunks={})
+    assert not target.exists()
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_atomic_path_keeps_the_old_output_when_writing_fails(tmp_path):
+    target = tmp_path / "thing.zarr"
+    target.mkdir()
+    (target / "old").write_text("kept")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            (tmp / "half").write_text("partial")
+            raise RuntimeError("disk full")
+    assert (target / "old").read_text() == "kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thing.zarr"]
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "new").write_text("complete")
+    assert [p.name for p in target.iterdir()] == ["new"]
