@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,10 @@ def run_workflow(
     """Run Snakemake in the current directory; its exit code is returned."""
     command = snakemake_command(config=config, cores=cores, snakefile=snakefile, dry_run=dry_run, extra=extra)
     log.info("running: %s", " ".join(command))
-    completed = subprocess.run(command, check=False)
+    # Rules call `multimodal`: make this installation's scripts directory come first on PATH.
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    completed = subprocess.run(command, check=False, env=env)
     if completed.returncode:
         raise MultimodalError(
             f"workflow failed (Snakemake exit code {completed.returncode}); the failing rule's log is shown above",
