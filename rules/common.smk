@@ -1,5 +1,6 @@
 # Look-ups shared by the rules: the samples sheet, chunks of patients, and which modalities exist.
 import math
+import os
 
 import pandas as pd
 
@@ -33,7 +34,7 @@ def chunk_files(chunk, columns):
 
 def simulated_files():
     """Every file the simulator writes that the workflow reads."""
-    files = [config["clinical"], config["expression"], f"{config['simulate']['outdir']}/truth.json"]
+    files = [config["clinical"], config["expression"]]
     for vcf in SAMPLES["vcf"]:
         if vcf:
             files += [vcf, f"{vcf}.tbi"]

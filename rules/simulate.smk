@@ -3,9 +3,10 @@ if config["simulate"]["enabled"]:
 
     rule simulate:
         output:
-            simulated_files(),
+            truth=f"{config['simulate']['outdir']}/truth.json",
+            files=simulated_files(),
         params:
-            outdir=config["simulate"]["outdir"],
+            outdir=lambda wc, output: os.path.dirname(output.truth),
             patients=config["simulate"]["n_patients"],
             seed=config["simulate"]["seed"],
             image_size=config["simulate"]["image_size"],

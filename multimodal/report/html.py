@@ -353,7 +353,8 @@ def _check_consistency(inp: _Inputs) -> None:
     if explained != scored:
         inp.warn(
             f"attributions cover {len(explained)} patients, predictions score {len(scored)}; "
-            f"{len(scored - explained)} scored patient(s) have no attribution"
+            f"{len(scored - explained)} scored patient(s) have no attribution, "
+            f"{len(explained - scored)} attributed patient(s) have no risk score"
         )
     recorded_dir = inp.attribution.get("model_dir")
     if recorded_dir:

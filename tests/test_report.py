@@ -1,0 +1,416 @@
+"""Tests of the HTML report: every number traced back to the run's outputs, offline, well-formed, errors."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+import shutil
+from collections import Counter
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+
+from multimodal.errors import MultimodalError
+from multimodal.report import build_report
+
+TOP_N = 5
+TITLE = "tiny <cohort> & co"
+SECTION_IDS = ("cohort", "exclusions", "metrics", "risk-groups", "features", "contributions", "provenance")
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+_CACHE: dict[tuple[str, ...], tuple[Path, str, _Page]] = {}
+
+
+class _Page(HTMLParser):
+    """Checks that every element is closed in order; collects tables and definition lists by id, and URLs."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.tags: Counter = Counter()
+        self.ids: list[str] = []
+        self.urls: list[str] = []
+        self.tables: dict[str, list[list[str]]] = {}
+        self.dls: dict[str, dict[str, str]] = {}
+        self._rows: list[list[str]] | None = None
+        self._row: list[str] | None = None
+        self._text: list[str] | None = None
+        self._dl: dict[str, str] | None = None
+        self._dt = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.tags[tag] += 1
+        self.urls += [a[k] or "" for k in ("src", "href") if k in a]
+        if "id" in a:
+            self.ids.append(a["id"] or "")
+        if tag not in VOID:
+            self.stack.append(tag)
+        if tag == "table":
+            self._rows = self.tables.setdefault(a.get("id") or f"anonymous-{len(self.tables)}", [])
+        elif tag == "tr" and self._rows is not None:
+            self._row = []
+        elif tag in ("td", "th", "dt", "dd"):
+            self._text = []
+        elif tag == "dl":
+            self._dl = self.dls.setdefault(a.get("id") or f"anonymous-{len(self.dls)}", {})
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> while <{self.stack[-1] if self.stack else 'nothing'}> is open")
+            if tag in self.stack:
+                del self.stack[len(self.stack) - 1 - self.stack[::-1].index(tag) :]
+            return
+        self.stack.pop()
+        text = "".join(self._text or []).strip()
+        if tag in ("td", "th") and self._row is not None:
+            self._row.append(text)
+        elif tag == "tr" and self._rows is not None and self._row is not None:
+            self._rows.append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._rows = None
+        elif tag == "dt":
+            self._dt = text
+        elif tag == "dd" and self._dl is not None:
+            self._dl[self._dt] = text
+        elif tag == "dl":
+            self._dl = None
+        if tag in ("td", "th", "dt", "dd"):
+            self._text = None
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self._text.append(data)
+
+    def body_rows(self, table_id: str) -> list[list[str]]:
+        """The rows of a table without its header row."""
+        return self.tables[table_id][1:]
+
+
+def _parse(text: str) -> _Page:
+    page = _Page()
+    page.feed(text)
+    page.close()
+    return page
+
+
+def _build(tmp: Path, store: Path, model_dir: Path, explain_dir: Path, **kwargs) -> tuple[Path, str, _Page]:
+    out = build_report(store=store, model_dir=model_dir, explain_dir=explain_dir, out=tmp / "report.html", **kwargs)
+    text = out.read_text(encoding="utf-8")
+    return out, text, _parse(text)
+
+
+@pytest.fixture
+def report(tiny_run, tmp_path_factory) -> tuple[Path, str, _Page]:
+    """The report of the tiny run, built once per run."""
+    key = tuple(str(tiny_run[k]) for k in ("store", "model_dir", "explain_dir"))
+    if key not in _CACHE:
+        _CACHE[key] = _build(
+            tmp_path_factory.mktemp("report"),
+            tiny_run["store"],
+            tiny_run["model_dir"],
+            tiny_run["explain_dir"],
+            title=TITLE,
+            top_n=TOP_N,
+        )
+    return _CACHE[key]
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "n/a" if value is None or not math.isfinite(float(value)) else format(float(value), spec)
+
+
+def _copy_model(src: Path, dst: Path) -> Path:
+    """The model directory's top-level files (fold checkpoints are not needed by the report)."""
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.is_file():
+            shutil.copy2(f, dst / f.name)
+    return dst
+
+
+def _logrank(time: np.ndarray, event: np.ndarray, group: np.ndarray) -> tuple[float, float]:
+    """Two-group log-rank test written out: (chi-square, p)."""
+    o_minus_e = var = 0.0
+    for t in np.unique(time[event]):
+        at_risk = time >= t
+        n, n1 = at_risk.sum(), (at_risk & group).sum()
+        d, d1 = ((time == t) & event).sum(), ((time == t) & event & group).sum()
+        o_minus_e += d1 - d * n1 / n
+        if n > 1:
+            var += d * (n1 / n) * (1 - n1 / n) * (n - d) / (n - 1)
+    chisq = o_minus_e**2 / var
+    return chisq, float(scipy.stats.chi2.sf(chisq, 1))
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def test_report_is_well_formed_with_every_section(report) -> None:
+    out, text, page = report
+    assert out.name == "report.html" and text.startswith("<!DOCTYPE html>")
+    assert page.errors == [] and page.stack == []
+    for tag in ("html", "head", "body", "main", "title", "style"):
+        assert page.tags[tag] == 1, tag
+    assert page.tags["section"] == len(SECTION_IDS)
+    assert set(SECTION_IDS) <= set(page.ids)
+    assert len(page.ids) == len(set(page.ids)), "duplicate element ids"
+    assert f"<title>{html.escape(TITLE)}</title>" in text
+    images = [u for u in page.urls if u.startswith("data:")]
+    assert page.tags["img"] == len(images) >= 3  # KM curves, one chart per modality, contributions
+    for uri in images:
+        assert base64.b64decode(uri.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_has_no_external_resources(report) -> None:
+    _, text, page = report
+    for url in page.urls:
+        assert url.startswith(("#", "data:image/png;base64,")), url
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", text, re.IGNORECASE)
+    assert not re.search(r"""url\(\s*["']?\s*(?:https?:)?//|@import""", text, re.IGNORECASE)
+    assert page.tags["script"] == 0 and page.tags["link"] == 0 and page.tags["iframe"] == 0
+
+
+def test_metrics_match_metrics_json(report, tiny_run) -> None:
+    _, _, page = report
+    metrics = json.loads((tiny_run["model_dir"] / "metrics.json").read_text())
+    rows = page.body_rows("fold-metrics")
+    assert len(rows) == len(metrics["folds"]) + 2
+    for row, fold in zip(rows, metrics["folds"], strict=False):
+        assert row == [
+            str(fold["fold"]),
+            str(fold["n_train"]),
+            str(fold["n_test"]),
+            str(fold["n_events"]),
+            _fmt(fold["c_index"]),
+            _fmt(fold["auroc"]),
+        ]
+    mean_row, pooled_row = rows[-2], rows[-1]
+    assert mean_row[0] == "mean ± SD"
+    assert mean_row[4] == f"{_fmt(metrics['mean']['c_index'])} ± {_fmt(metrics['sd']['c_index'])}"
+    pooled = metrics["pooled_out_of_fold"]
+    assert pooled_row == [
+        "pooled out-of-fold",
+        "",
+        str(pooled["n_test"]),
+        str(pooled["n_events"]),
+        _fmt(pooled["c_index"]),
+        _fmt(pooled["auroc"]),
+    ]
+    patients = page.dls["metrics-patients"]
+    assert patients["patients scored out-of-fold"] == str(metrics["n_patients_scored"])
+    assert patients["patients in model run"] == str(metrics["n_patients"])
+
+
+def test_cohort_counts_match_store(report, tiny_run) -> None:
+    from multimodal.store import read_cohort_store
+
+    _, _, page = report
+    obs = read_cohort_store(tiny_run["store"]).obs
+    outcomes = page.dls["cohort-outcomes"]
+    assert outcomes["patients"] == str(len(obs))
+    has_outcome = obs["time"].notna() & obs["event"].notna()
+    assert outcomes["events"] == str(int(obs["event"].sum()))
+    assert outcomes["censored"] == str(int(has_outcome.sum() - obs["event"].sum()))
+    assert outcomes["responders"].startswith(
+        f"{int((obs['response'] == 1).sum())} of {int(obs['response'].notna().sum())}"
+    )
+    modalities = {row[0]: row for row in page.body_rows("cohort-modalities")}
+    has_cols = [c for c in obs.columns if c.startswith("has_")]
+    assert set(modalities) == {c.removeprefix("has_") for c in has_cols}
+    for col in has_cols:
+        n = int(obs[col].sum())
+        assert modalities[col.removeprefix("has_")][1:3] == [str(n), f"{100 * n / len(obs):.1f}%"]
+    sites = {row[0]: int(row[1]) for row in page.body_rows("cohort-sites")}
+    assert sites == {str(k): int(v) for k, v in obs["site"].value_counts().items() if v}
+
+
+def test_every_exclusion_count_is_listed_zeros_included(report, tiny_run) -> None:
+    from multimodal.store import read_cohort_store
+
+    _, _, page = report
+    exclusions = read_cohort_store(tiny_run["store"]).uns["provenance"]["exclusions"]
+    expected = sorted((g, r, str(int(n))) for g, counts in exclusions.items() for r, n in counts.items())
+    shown = sorted(tuple(row) for row in page.body_rows("exclusions-table"))
+    assert shown == expected
+    assert any(n == "0" for _, _, n in expected), "the tiny run should record at least one zero count"
+
+
+def test_risk_groups_split_each_fold_at_its_median(report, tiny_run) -> None:
+    _, _, page = report
+    pred = pd.read_csv(tiny_run["model_dir"] / "predictions.tsv", sep="\t", dtype={"patient_id": str})
+    pred = pred[np.isfinite(pred["risk"])].reset_index(drop=True)
+    high = np.zeros(len(pred), dtype=bool)
+    for _, idx in pred.groupby("fold").groups.items():
+        risk = pred.loc[idx, "risk"].to_numpy()
+        high[idx] = risk > np.median(risk)
+    rows = {row[0]: row for row in page.body_rows("risk-groups-table")}
+    n_high, n_low = int(rows["high risk"][1]), int(rows["low risk"][1])
+    assert (n_high, n_low) == (int(high.sum()), int((~high).sum()))
+    metrics = json.loads((tiny_run["model_dir"] / "metrics.json").read_text())
+    assert n_high + n_low == metrics["n_patients_scored"] == int(rows["total"][1])
+    assert n_high > 0 and n_low > 0
+
+    ok = (pred["time"].notna() & pred["event"].notna()).to_numpy()
+    time, event, group = pred["time"].to_numpy(float)[ok], pred["event"].to_numpy(float)[ok] > 0, high[ok]
+    assert int(rows["high risk"][3]) == int(event[group].sum())
+    assert int(rows["low risk"][3]) == int(event[~group].sum())
+    chisq, p = _logrank(time, event, group)
+    logrank = page.dls["logrank"]
+    assert float(logrank["log-rank chi-square"]) == pytest.approx(chisq, abs=0.006)
+    assert float(logrank["log-rank p"]) == pytest.approx(p, rel=6e-3)
+    splits = page.body_rows("risk-group-splits")
+    assert sum(int(r[2]) for r in splits) == n_high and sum(int(r[3]) for r in splits) == n_low
+
+
+def test_top_features_per_modality_match_feature_importance(report, tiny_run) -> None:
+    _, _, page = report
+    imp = pd.read_csv(tiny_run["explain_dir"] / "feature_importance.tsv", sep="\t", keep_default_na=False)
+    assert imp["modality"].nunique() >= 3
+    for modality, group in imp.groupby("modality"):
+        group = group.assign(rank=group["rank"].astype(int)).sort_values("rank")
+        rows = page.body_rows(f"top-features-{modality}")
+        assert len(rows) == min(TOP_N, len(group))
+        first = group.iloc[0]
+        assert rows[0] == [
+            "1",
+            first["feature"],
+            first["gene_symbol"],
+            _fmt(float(first["mean_abs_attribution"]), ".3g"),
+            _fmt(float(first["mean_attribution"]), ".3g"),
+        ]
+        assert [r[1] for r in rows] == group["feature"].head(TOP_N).tolist()
+
+
+def test_modality_contributions_and_attribution_method(report, tiny_run) -> None:
+    import mudata as md
+
+    from multimodal.store import configure_zarr_v3
+
+    _, _, page = report
+    contrib = pd.read_csv(tiny_run["explain_dir"] / "modality_contributions.tsv", sep="\t", index_col="patient_id")
+    rows = {row[0]: row for row in page.body_rows("modality-contributions")}
+    modalities = [c for c in contrib.columns if c not in ("fold", "risk", "convergence_delta")]
+    assert set(rows) == set(modalities)
+    for name in modalities:
+        values = contrib[name].dropna()
+        assert rows[name][1:3] == [str(len(values)), _fmt(values.abs().mean(), ".3g")]
+    configure_zarr_v3()
+    record = md.read_zarr(str(tiny_run["explain_dir"] / "attributions.zarr")).uns["attribution"]
+    method = page.dls["attribution-method"]
+    assert method["method"] == record["method"]
+    assert method["mean |convergence delta|"] == _fmt(record["convergence_delta_mean_abs"], ".2e")
+    assert method["max |convergence delta|"] == _fmt(record["convergence_delta_max_abs"], ".2e")
+
+
+def test_provenance_section(report, tiny_run) -> None:
+    from multimodal.store import read_cohort_store
+
+    _, _, page = report
+    prov = read_cohort_store(tiny_run["store"]).uns["provenance"]
+    summary = page.dls["provenance-summary"]
+    assert summary["input files fingerprinted (sha256)"] == str(len(prov["inputs"])) != "0"
+    assert summary["command"] == prov["command"]
+    assert summary["store created"] == prov["created"]
+    versions = dict(page.body_rows("provenance-versions"))
+    assert versions == {k: str(v) for k, v in prov["versions"].items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Tampered inputs
+
+
+def test_strings_from_data_are_escaped_and_output_replaced(tiny_run, tmp_path) -> None:
+    explain = tmp_path / "explain"
+    shutil.copytree(tiny_run["explain_dir"], explain)
+    imp = pd.read_csv(explain / "feature_importance.tsv", sep="\t", keep_default_na=False, dtype=str)
+    evil = '<script>alert("x")</script>'
+    row = imp.index[(imp["modality"] == imp["modality"].iloc[0]) & (imp["rank"] == "1")][0]
+    imp.loc[row, ["feature", "gene_symbol"]] = [evil, "<b>&amp;"]
+    imp.to_csv(explain / "feature_importance.tsv", sep="\t", index=False)
+    (tmp_path / "report.html").write_text("old report")
+
+    out, text, page = _build(tmp_path, tiny_run["store"], tiny_run["model_dir"], explain, top_n=TOP_N)
+    assert "<script" not in text.lower() and "<b>" not in text
+    assert html.escape(evil) in text
+    first = page.body_rows(f"top-features-{imp.loc[row, 'modality']}")[0]
+    assert first[1:3] == [evil, "<b>&amp;"]
+    assert page.errors == []
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".report.html")]
+
+
+def test_nan_metrics_render_as_na(tiny_run, tmp_path) -> None:
+    model = _copy_model(tiny_run["model_dir"], tmp_path / "model")
+    metrics = json.loads((model / "metrics.json").read_text())
+    metrics["folds"][0]["auroc"] = float("nan")
+    metrics["pooled_out_of_fold"]["c_index"] = float("nan")
+    (model / "metrics.json").write_text(json.dumps(metrics))  # writes the JSON token NaN
+    _, _, page = _build(tmp_path, tiny_run["store"], model, tiny_run["explain_dir"])
+    rows = page.body_rows("fold-metrics")
+    assert rows[0][5] == "n/a" and rows[0][4] == _fmt(metrics["folds"][0]["c_index"])
+    assert rows[-1][4] == "n/a" and rows[-1][5] == _fmt(metrics["pooled_out_of_fold"]["auroc"])
+
+
+@pytest.mark.parametrize(
+    ("where", "name", "message"),
+    [
+        ("model", "metrics.json", "missing"),
+        ("model", "predictions.tsv", "missing"),
+        ("explain", "feature_importance.tsv", "missing"),
+        ("explain", "modality_contributions.tsv", "missing"),
+        ("explain", "attributions.zarr", "missing"),
+    ],
+)
+def test_missing_input_names_the_path(tiny_run, tmp_path, where, name, message) -> None:
+    model = _copy_model(tiny_run["model_dir"], tmp_path / "model")
+    explain = tmp_path / "explain"
+    explain.mkdir()
+    for f in tiny_run["explain_dir"].iterdir():
+        if f.is_file():
+            shutil.copy2(f, explain / f.name)
+    if name != "attributions.zarr":
+        shutil.copytree(tiny_run["explain_dir"] / "attributions.zarr", explain / "attributions.zarr")
+    missing = (model if where == "model" else explain) / name
+    if missing.is_dir():
+        shutil.rmtree(missing)
+    elif missing.exists():
+        missing.unlink()
+    out = tmp_path / "out" / "report.html"
+    with pytest.raises(MultimodalError, match=re.escape(f"{missing}: {message}")):
+        build_report(store=tiny_run["store"], model_dir=model, explain_dir=explain, out=out)
+    assert not out.exists()
+
+
+def test_unreadable_inputs_name_the_path(tiny_run, tmp_path) -> None:
+    model = _copy_model(tiny_run["model_dir"], tmp_path / "model")
+    (model / "metrics.json").write_text("{not json")
+    with pytest.raises(MultimodalError, match=re.escape(f"{model / 'metrics.json'}: cannot read as JSON")):
+        build_report(
+            store=tiny_run["store"], model_dir=model, explain_dir=tiny_run["explain_dir"], out=tmp_path / "r.html"
+        )
+    model = _copy_model(tiny_run["model_dir"], tmp_path / "model2")
+    pred = (model / "predictions.tsv").read_text().splitlines()
+    fields = pred[1].split("\t")
+    fields[2] = "high"  # the risk column
+    (model / "predictions.tsv").write_text("\n".join([pred[0], "\t".join(fields), *pred[2:]]) + "\n")
+    with pytest.raises(MultimodalError, match=re.escape(f"{model / 'predictions.tsv'}: line 2: column risk")):
+        build_report(
+            store=tiny_run["store"], model_dir=model, explain_dir=tiny_run["explain_dir"], out=tmp_path / "r.html"
+        )
+    with pytest.raises(MultimodalError, match=re.escape(f"{tmp_path / 'nowhere.zarr'}: ")):
+        build_report(
+            store=tmp_path / "nowhere.zarr",
+            model_dir=tiny_run["model_dir"],
+            explain_dir=tiny_run["explain_dir"],
+            out=tmp_path / "r.html",
+        )
