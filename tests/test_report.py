@@ -414,3 +414,27 @@ def test_unreadable_inputs_name_the_path(tiny_run, tmp_path) -> None:
             explain_dir=tiny_run["explain_dir"],
             out=tmp_path / "r.html",
         )
+
+
+def test_report_counts_features_left_out_per_fold(tiny_run, tmp_path):
+    import json as _json
+
+    from multimodal.report.html import build_report
+
+    out = build_report(
+        store=tiny_run["store"],
+        model_dir=tiny_run["model_dir"],
+        explain_dir=tiny_run["explain_dir"],
+        out=tmp_path / "r.html",
+    )
+    html = out.read_text()
+    assert 'id="feature-selection"' in html
+    metrics = _json.loads((tiny_run["model_dir"] / "metrics.json").read_text())
+    counts = metrics["folds"][0]["features"]["expression"]
+    assert (
+        counts["features"]
+        == counts["constant_or_sparse"] + counts["redundant"] + counts["not_screened_in"] + counts["used"]
+    )
+    assert counts["used"] == 20  # max_features for expression in the fixture
+    row = f'<td>0</td>\n<td>expression</td>\n<td class="num">{counts["features"]}</td>'
+    assert row in html

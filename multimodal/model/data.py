@@ -140,15 +140,19 @@ class FoldPreprocessor:
     selected: dict[str, np.ndarray] = field(default_factory=dict)
     mean: dict[str, np.ndarray] = field(default_factory=dict)
     scale: dict[str, np.ndarray] = field(default_factory=dict)
+    #: per modality, how many features each step left out (reported with the fold's metrics)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def fit(self, arrays: CohortArrays, train: np.ndarray) -> FoldPreprocessor:
         """Learn per-modality selected features, means and scales from rows ``train`` only."""
         for name in arrays.modalities:
             rows = train[arrays.present[name][train]]
             values = arrays.x[name][rows]
+            n_features = values.shape[1]
             if len(rows) < 2:
                 self.selected[name] = np.zeros(0, dtype=int)
                 self.mean[name] = self.scale[name] = np.zeros(0)
+                self.counts[name] = {"features": n_features, "too_few_training_patients": n_features, "used": 0}
                 continue
             mean = np.nanmean(values, axis=0) if values.size else np.zeros(values.shape[1])
             mean = np.where(np.isnan(mean), 0.0, mean)
@@ -158,7 +162,9 @@ class FoldPreprocessor:
             nonzero = np.count_nonzero(filled, axis=0)
             keep = (std > 1e-8) & (nonzero >= min(self.min_nonzero, len(rows) // 2))
             candidates = np.flatnonzero(keep)
+            n_informative = len(candidates)
             candidates = candidates[drop_redundant(filled[:, candidates], max_correlation=self.max_correlation)]
+            n_distinct = len(candidates)
             limit = self.max_features.get(name)
             if limit and len(candidates) > limit:
                 if self.screening == "cox":
@@ -171,6 +177,13 @@ class FoldPreprocessor:
                     raise MultimodalError(f"unknown feature screening {self.screening!r} (cox or variance)")
                 candidates = np.sort(candidates[np.argsort(ranking, kind="stable")[:limit]])
             self.selected[name] = candidates
+            self.counts[name] = {
+                "features": n_features,
+                "constant_or_sparse": n_features - n_informative,
+                "redundant": n_informative - n_distinct,
+                "not_screened_in": n_distinct - len(candidates),
+                "used": len(candidates),
+            }
             self.mean[name] = mean[candidates]
             self.scale[name] = std[candidates]
         return self

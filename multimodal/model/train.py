@@ -167,7 +167,10 @@ def cross_validate(
             for name, m in zip(arrays.modalities, mask.T.numpy(), strict=True):
                 fold_pred[f"has_{name}"] = m
             predictions.append(fold_pred)
-            fold_metrics.append(_metrics(fold_pred, harrell_c, auroc) | {"fold": k, "n_train": len(data.train_rows)})
+            fold_metrics.append(
+                _metrics(fold_pred, harrell_c, auroc)
+                | {"fold": k, "n_train": len(data.train_rows), "features": data.preprocessor.counts}
+            )
             log.info("fold %d: C-index %.3f, AUROC %.3f", k, fold_metrics[-1]["c_index"], fold_metrics[-1]["auroc"])
 
         pred = pd.concat(predictions, ignore_index=True)

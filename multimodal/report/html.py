@@ -562,8 +562,29 @@ def _metrics_section(inp: _Inputs) -> str:
             dl_id="metrics-patients",
         ),
     ]
+    parts.append(_feature_selection_table(m))
     parts.append(_params_block(inp))
     return "\n".join(parts)
+
+
+def _feature_selection_table(metrics: dict) -> str:
+    """Features each fold's training rows left out, by step and modality (nothing dropped unseen)."""
+    steps = ("features", "constant_or_sparse", "redundant", "not_screened_in", "used")
+    rows = []
+    for fold in metrics["folds"]:
+        for modality, counts in (fold.get("features") or {}).items():
+            rows.append([_count(fold.get("fold")), modality, *[_count(counts.get(step, 0)) for step in steps]])
+    if not rows:
+        return ""
+    return _table(
+        ["fold", "modality", "features", "constant or sparse", "redundant", "not screened in", "used"],
+        rows,
+        numeric=[False, False, True, True, True, True, True],
+        table_id="feature-selection",
+        caption="Feature selection fitted on each fold's training patients only: features constant or non-zero in "
+        "too few patients, near-duplicates of an earlier feature (|Spearman| above the threshold), and features "
+        "outside the univariate Cox screening limit are left out of that fold's model.",
+    )
 
 
 def _params_block(inp: _Inputs) -> str:
