@@ -32,6 +32,7 @@ def test_normalised_values_and_raw_counts(tmp_path):
         "rna_samples_not_in_samples_sheet": 1,
         "genes_zero_in_all_samples": 1,
         "duplicate_gene_rows_summed": 0,
+        "summary_rows_removed": 0,
     }
 
 
@@ -58,3 +59,24 @@ def test_rna_sample_missing_from_table(tmp_path):
     path = write_counts(tmp_path / "c.tsv", "gene\tS1\nA\t1\n")
     with pytest.raises(MultimodalError, match=r"no column 'S7'.*patient P1"):
         expression_matrix(read_counts_table(path), samples(["S7"]), source=str(path))
+
+
+def test_featurecounts_output_and_summary_rows(tmp_path):
+    path = write_counts(
+        tmp_path / "fc.txt",
+        '# Program:featureCounts v2.0.6; Command:"featureCounts" "-a" "genes.gtf"\n'
+        "Geneid\tChr\tStart\tEnd\tStrand\tLength\tS1.bam\tS2.bam\n"
+        "A\tchr1\t1\t100\t+\t100\t5\t7\n"
+        "B\tchr1;chr1\t200;300\t250;400\t-;-\t150\t0\t3\n"
+        "__no_feature\t.\t.\t.\t.\t0\t11\t12\n"
+        "C\tchr2\t1\t10\t+\t10\t1\t-2\n",
+    )
+    with pytest.raises(MultimodalError, match=r"fc\.txt: line 6: gene 'C', sample 'S2\.bam': negative count -2"):
+        read_counts_table(path)
+    path.write_text(path.read_text().replace("\t-2\n", "\t2\n"))
+    counts = read_counts_table(path)
+    assert list(counts.columns) == ["S1.bam", "S2.bam"]
+    assert list(counts.index) == ["A", "B", "C"]
+    adata = expression_matrix(counts, samples(["S1.bam", "S2.bam"]))
+    assert adata.uns["ingest"]["exclusions"]["summary_rows_removed"] == 1
+    np.testing.assert_array_equal(adata.layers["counts"], [[5, 0, 1], [7, 3, 2]])

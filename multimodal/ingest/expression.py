@@ -22,41 +22,74 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def read_counts_table(path: str | Path) -> pd.DataFrame:
-    """Read a genes x samples counts table (TSV, or CSV by extension; first column = gene).
+#: Annotation columns featureCounts writes before the sample columns.
+FEATURECOUNTS_COLUMNS = ("Chr", "Start", "End", "Strand", "Length")
+#: Summary rows of HTSeq-count (``__no_feature`` ...) and STAR ReadsPerGene (``N_unmapped`` ...).
+SUMMARY_ROW_PREFIXES = ("__",)
+STAR_SUMMARY_ROWS = ("N_unmapped", "N_multimapping", "N_noFeature", "N_ambiguous")
 
-    Checks that every value is a finite, non-negative number and names the first offending cell.
-    Returns a float64 frame (genes as index, samples as columns).
+
+def _leading_comment_lines(path: Path) -> int:
+    import gzip
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    n = 0
+    try:
+        with opener(path, "rt") as handle:
+            for line in handle:
+                if not line.startswith("#"):
+                    break
+                n += 1
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise MultimodalError(f"{path}: cannot read counts table: {exc}") from exc
+    return n
+
+
+def read_counts_table(path: str | Path) -> pd.DataFrame:
+    """Read a genes x samples counts table (TSV, or CSV by extension, optionally gzipped; first column = gene).
+
+    Also reads featureCounts output (leading ``#`` lines and its Chr/Start/End/Strand/Length columns are
+    skipped) and tables with HTSeq/STAR summary rows (``__no_feature``, ``N_unmapped``, ...: removed and
+    counted in ``frame.attrs['summary_rows_removed']``). Checks that every value is a finite,
+    non-negative number and names the first offending cell. Returns a float64 frame (genes x samples).
     """
     path = Path(path)
     if not path.is_file():
         raise MultimodalError(f"{path}: expression counts table not found")
-    sep = "," if path.suffix.lower() in {".csv", ".csv.gz"} or path.name.endswith(".csv.gz") else "\t"
+    sep = "," if path.name.lower().removesuffix(".gz").endswith(".csv") else "\t"
+    n_comments = _leading_comment_lines(path)
     try:
-        raw = pd.read_csv(path, sep=sep, index_col=0, dtype=str, keep_default_na=False)
+        raw = pd.read_csv(path, sep=sep, index_col=0, dtype=str, keep_default_na=False, skiprows=n_comments)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
         raise MultimodalError(f"{path}: cannot read counts table: {str(exc).splitlines()[0]}") from exc
+    raw = raw.drop(columns=[c for c in FEATURECOUNTS_COLUMNS if c in raw.columns])
     if raw.shape[1] == 0 or raw.shape[0] == 0:
         raise MultimodalError(f"{path}: counts table has no samples or no genes")
     raw.index = raw.index.astype(str).str.strip()
+    line_of = np.arange(len(raw)) + 2 + n_comments  # file line of each gene row
+    summary = raw.index.str.startswith(SUMMARY_ROW_PREFIXES) | raw.index.isin(STAR_SUMMARY_ROWS)
+    raw, line_of = raw[~summary], line_of[~summary]
     values = raw.apply(pd.to_numeric, errors="coerce")
     bad = values.isna().to_numpy() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise MultimodalError(
-            f"{path}: line {r + 2}: gene {raw.index[r]!r}, sample {raw.columns[c]!r}: "
+            f"{path}: line {line_of[r]}: gene {raw.index[r]!r}, sample {raw.columns[c]!r}: "
             f"value {raw.iat[r, c]!r} is not a number"
         )
     negative = values.to_numpy() < 0
     if negative.any():
         r, c = np.argwhere(negative)[0]
         raise MultimodalError(
-            f"{path}: line {r + 2}: gene {raw.index[r]!r}, sample {raw.columns[c]!r}: negative count {raw.iat[r, c]}"
+            f"{path}: line {line_of[r]}: gene {raw.index[r]!r}, sample {raw.columns[c]!r}: "
+            f"negative count {raw.iat[r, c]}"
         )
     duplicated = raw.columns[raw.columns.duplicated()]
     if len(duplicated):
         raise MultimodalError(f"{path}: sample column {duplicated[0]!r} occurs more than once")
-    return values.astype(np.float64)
+    values = values.astype(np.float64)
+    values.attrs["summary_rows_removed"] = int(summary.sum())
+    return values
 
 
 def expression_matrix(
@@ -84,6 +117,7 @@ def expression_matrix(
             f"{source}: no column {missing[0]!r}, named as rna_sample of patient {pid} in the samples sheet"
         )
     unclaimed = [c for c in counts.columns if c not in set(claimed)]
+    n_summary_rows = int(counts.attrs.get("summary_rows_removed", 0))
     n_duplicate_genes = int(counts.index.duplicated().sum())
     if n_duplicate_genes:
         counts = counts.groupby(level=0, sort=False).sum()
@@ -122,6 +156,7 @@ def expression_matrix(
             "rna_samples_not_in_samples_sheet": len(unclaimed),
             "genes_zero_in_all_samples": int(all_zero.sum()),
             "duplicate_gene_rows_summed": n_duplicate_genes,
+            "summary_rows_removed": n_summary_rows,
         },
     }
     log.info("expression: %d patients x %d genes", adata.n_obs, adata.n_vars)
