@@ -158,3 +158,16 @@ def test_cross_validation_outputs(tiny_run):
         expected = harrell_c(part["time"].to_numpy(), part["event"].to_numpy(), part["risk"].to_numpy())
         assert fold["c_index"] == expected
         assert (model_dir / f"fold_{fold['fold']}" / "model.ckpt").is_file()
+
+
+def test_rerun_gives_identical_predictions(tiny_run, tmp_path):
+    from multimodal.model.train import TrainParams, cross_validate
+    from multimodal.store import read_cohort_store
+
+    params = json.loads((tiny_run["model_dir"] / "params.json").read_text())["train"]
+    cross_validate(
+        read_cohort_store(tiny_run["store"]), tmp_path / "again", params=TrainParams(**params), progress=False
+    )
+    first = pd.read_csv(tiny_run["model_dir"] / "predictions.tsv", sep="\t")
+    again = pd.read_csv(tmp_path / "again" / "predictions.tsv", sep="\t")
+    pd.testing.assert_frame_equal(first, again)
