@@ -136,10 +136,18 @@ def cmd_assemble(args: argparse.Namespace) -> None:
     )
 
 
+def _torch_threads(args: argparse.Namespace) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from multimodal.model.train import TrainParams, cross_validate
     from multimodal.store import read_cohort_store
 
+    _torch_threads(args)
     section = dict(_load_config(args.config)["model"]) if args.config else {}
     for key in ("folds", "epochs", "seed"):
         if getattr(args, key) is not None:
@@ -160,6 +168,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
     from multimodal.explain import explain_cohort
     from multimodal.store import read_cohort_store
 
+    _torch_threads(args)
     section = _load_config(args.config)["explain"] if args.config else {}
     n_steps = args.n_steps or section.get("n_steps", 64)
     explain_cohort(
@@ -267,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--seed", type=int)
     p.add_argument("--accelerator", choices=["auto", "cpu", "gpu", "cuda", "mps"])
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's own choice)")
     p.set_defaults(func=cmd_train)
 
     p = verbs.add_parser("explain", parents=[common], help="Captum attributions for held-out patients")
@@ -275,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--config", type=_existing_file, help="config (explain section)")
     p.add_argument("--n-steps", type=_positive_int, help="integration steps (default 64)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's own choice)")
     p.set_defaults(func=cmd_explain)
 
     p = verbs.add_parser("report", parents=[common], help="self-contained HTML report")

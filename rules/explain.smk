@@ -19,5 +19,5 @@ rule explain:
     conda:
         "../envs/multimodal.yaml"
     shell:
-        "multimodal explain -q --store {input.store} --model {input.model} {params.config} --out {output}"
+        "multimodal explain -q --store {input.store} --model {input.model} {params.config} --threads {threads} --out {output}"
         " > {log} 2>&1"

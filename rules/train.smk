@@ -15,8 +15,8 @@ rule train:
     resources:
         mem_mb=8000,
         runtime=120,
-        gpu=0,
+        gpu=config["resources"]["train_gpus"],
     conda:
         "../envs/multimodal.yaml"
     shell:
-        "multimodal train --store {input.store} {params.config} --out {output} > {log} 2>&1"
+        "multimodal train --store {input.store} {params.config} --threads {threads} --out {output} > {log} 2>&1"
