@@ -80,17 +80,26 @@ def _write_h5ad(adata, out: Path) -> None:
         adata.write_h5ad(tmp)
 
 
-def _samples_chunk(args: argparse.Namespace):
+def _samples_chunk(args: argparse.Namespace, samples=None):
     from multimodal.ingest.samples import chunk, read_samples
 
-    samples = read_samples(args.samples)
+    samples = read_samples(args.samples) if samples is None else samples
     return chunk(samples, index=args.chunk, n_chunks=args.n_chunks) if args.n_chunks > 1 else samples
 
 
 def cmd_ingest_variants(args: argparse.Namespace) -> None:
+    from multimodal.ingest.samples import read_samples
     from multimodal.ingest.variants import mutation_matrix
 
-    adata = mutation_matrix(_samples_chunk(args), territory_mb=args.territory_mb, progress=_progress(args))
+    sheet = read_samples(args.samples)
+    barcodes = [b for b in sheet["maf_sample"] if b] if args.chunk == 0 else []  # unclaimed counted once
+    adata = mutation_matrix(
+        _samples_chunk(args, sheet),
+        maf=args.maf,
+        maf_sheet_barcodes=barcodes,
+        territory_mb=args.territory_mb,
+        progress=_progress(args),
+    )
     _write_h5ad(adata, args.out)
 
 
@@ -131,7 +140,7 @@ def cmd_assemble(args: argparse.Namespace) -> None:
         samples_path=args.samples,
         modality_chunks={"variants": args.variants, "expression": args.expression, "imaging": args.imaging},
         clinical_spec=spec,
-        counts_path=args.counts,
+        cohort_files=[p for p in (args.counts, args.maf) if p],
         config=config if args.config else None,
     )
 
@@ -247,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--samples", type=_existing_file, required=True, help="samples sheet (TSV)")
     io.add_argument("--out", type=Path, required=True, help="output .h5ad")
 
-    p = kinds.add_parser("variants", parents=[common, io, chunking], help="VCF/BCF (VEP CSQ or SnpEff ANN)")
+    p = kinds.add_parser("variants", parents=[common, io, chunking], help="VCF/BCF (VEP CSQ or SnpEff ANN) or MAF")
+    p.add_argument("--maf", type=_existing_file, help="cohort MAF; patients' maf_sample names their barcode")
     p.add_argument("--territory-mb", type=float, default=38.0, help="TMB denominator in Mb (default 38)")
     p.set_defaults(func=cmd_ingest_variants)
     p = kinds.add_parser("expression", parents=[common, io], help="raw counts table, genes x samples")
@@ -264,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expression", type=_existing_file, nargs="*", default=[], help="expression .h5ad")
     p.add_argument("--imaging", type=_existing_file, nargs="*", default=[], help="imaging .h5ad chunks")
     p.add_argument("--counts", type=_existing_file, help="the counts table (fingerprinted in provenance)")
+    p.add_argument("--maf", type=_existing_file, help="the cohort MAF, if any (fingerprinted in provenance)")
     p.add_argument("--config", type=_existing_file, help="config (clinical column names; kept in provenance)")
     p.add_argument("--out", type=Path, required=True, help="output cohort store (.zarr directory)")
     p.set_defaults(func=cmd_assemble)

@@ -258,13 +258,13 @@ def build_cohort_store(
     samples_path: str | Path,
     modality_chunks: dict[str, list[str | Path]],
     clinical_spec: ClinicalSpec | None = None,
-    counts_path: str | Path | None = None,
+    cohort_files: list[str | Path] | None = None,
     config: dict | None = None,
 ) -> Path:
     """Read the clinical table, samples sheet and per-modality chunk files; write the cohort store.
 
-    Every input file (clinical table, samples sheet, counts table, each VCF and image/mask the
-    sheet names) is fingerprinted into the provenance.
+    Every input file (clinical table, samples sheet, the cohort-level ``cohort_files`` such as the
+    counts table or a MAF, each VCF and image/mask the sheet names) is fingerprinted into the provenance.
     """
     from multimodal.ingest.clinical import clinical_features, read_clinical
     from multimodal.ingest.samples import read_samples
@@ -280,9 +280,7 @@ def build_cohort_store(
         clinical_path=clinical_path,
         samples_path=samples_path,
     )
-    inputs: list[str | Path] = [clinical_path, samples_path]
-    if counts_path:
-        inputs.append(counts_path)
+    inputs: list[str | Path] = [clinical_path, samples_path, *(cohort_files or [])]
     for column in ("vcf", "image", "mask"):
         inputs.extend(p for p in samples[column] if p)
     provenance = build_provenance(inputs=inputs, config=config, exclusions=cohort_exclusions(mdata, samples=samples))

@@ -9,6 +9,7 @@ rule assemble:
         imaging=modality_chunks("imaging"),
         expression=[f"{OUT}/interim/expression/expression.h5ad"] if HAS_EXPRESSION else [],
         counts=config["expression"] if HAS_EXPRESSION else [],
+        maf=MAF or [],
         config=workflow.configfiles[-1] if workflow.configfiles else [],
     output:
         directory(f"{OUT}/cohort.zarr"),
@@ -19,6 +20,7 @@ rule assemble:
             f"--expression {input.expression} --counts {input.counts}" if input.expression else ""
         ),
         config=lambda wc, input: f"--config {input.config}" if input.config else "",
+        maf=lambda wc, input: f"--maf {input.maf}" if input.maf else "",
     log:
         f"{LOGS}/assemble.log",
     threads: 1
@@ -29,7 +31,7 @@ rule assemble:
         "../envs/multimodal.yaml"
     shell:
         "multimodal assemble -q --clinical {input.clinical} --samples {input.samples} {params.variants}"
-        " {params.expression} {params.imaging} {params.config} --out {output} > {log} 2>&1"
+        " {params.expression} {params.imaging} {params.maf} {params.config} --out {output} > {log} 2>&1"
 
 
 rule inspect:

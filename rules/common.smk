@@ -9,7 +9,7 @@ from multimodal.ingest.samples import chunk as _chunk
 
 SAMPLES = pd.read_csv(config["samples"], sep="\t", dtype=str, keep_default_na=False)
 validate(SAMPLES, "../config/samples.schema.yaml")
-for _column in ("vcf", "rna_sample", "image", "mask"):
+for _column in ("vcf", "maf_sample", "rna_sample", "image", "mask"):
     if _column not in SAMPLES.columns:
         SAMPLES[_column] = ""
 SAMPLES = SAMPLES.set_index("patient_id", drop=False)
@@ -18,7 +18,8 @@ OUT = config["outdir"]
 LOGS = f"{OUT}/logs"
 N_CHUNKS = max(1, math.ceil(len(SAMPLES) / config["ingest"]["chunk_size"]))
 CHUNKS = list(range(N_CHUNKS))
-HAS_VARIANTS = bool((SAMPLES["vcf"] != "").any())
+MAF = config.get("maf") or None
+HAS_VARIANTS = bool((SAMPLES["vcf"] != "").any()) or (MAF is not None and bool((SAMPLES["maf_sample"] != "").any()))
 HAS_IMAGING = bool((SAMPLES["image"] != "").any())
 HAS_EXPRESSION = bool(config.get("expression")) and bool((SAMPLES["rna_sample"] != "").any())
 

@@ -6,9 +6,11 @@ rule ingest_variants:
     input:
         samples=config["samples"],
         calls=lambda wc: chunk_files(wc.chunk, ["vcf"]),
+        maf=MAF or [],
     output:
         f"{OUT}/interim/variants/chunk_{{chunk}}.h5ad",
     params:
+        maf=lambda wc, input: f"--maf {input.maf}" if input.maf else "",
         n_chunks=N_CHUNKS,
         territory_mb=config["ingest"]["territory_mb"],
     log:
@@ -21,7 +23,7 @@ rule ingest_variants:
         "../envs/multimodal.yaml"
     shell:
         "multimodal ingest variants -q --samples {input.samples} --chunk {wildcards.chunk}"
-        " --n-chunks {params.n_chunks} --territory-mb {params.territory_mb} --out {output} > {log} 2>&1"
+        " --n-chunks {params.n_chunks} --territory-mb {params.territory_mb} {params.maf} --out {output} > {log} 2>&1"
 
 
 rule ingest_expression:

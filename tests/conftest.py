@@ -52,7 +52,7 @@ def tiny_run(tiny_cohort, tmp_path_factory) -> dict[str, Path]:
         clinical_path=tiny_cohort / "clinical.tsv",
         samples_path=tiny_cohort / "samples.tsv",
         modality_chunks=chunks,
-        counts_path=tiny_cohort / "expression_counts.tsv",
+        cohort_files=[tiny_cohort / "expression_counts.tsv"],
         config={"note": "tiny test cohort"},
     )
     mdata = read_cohort_store(store)

@@ -1,6 +1,7 @@
 """The samples sheet: one row per patient, naming that patient's input files.
 
-Columns: ``patient_id`` (required), and any of ``vcf`` (VCF/BCF path), ``rna_sample`` (column name
+Columns: ``patient_id`` (required), and any of ``vcf`` (VCF/BCF path), ``maf_sample`` (the patient's
+Tumor_Sample_Barcode in a cohort MAF), ``rna_sample`` (column name
 in the expression counts table), ``image`` and ``mask`` (NIfTI paths). An empty cell means the
 patient lacks that input. Paths are relative to the working directory the workflow runs in.
 """
@@ -14,7 +15,7 @@ import pandas as pd
 from multimodal.errors import MultimodalError
 
 FILE_COLUMNS = ("vcf", "image", "mask")
-OPTIONAL_COLUMNS = ("vcf", "rna_sample", "image", "mask")
+OPTIONAL_COLUMNS = ("vcf", "maf_sample", "rna_sample", "image", "mask")
 
 
 def read_table(path: str | Path, *, what: str) -> pd.DataFrame:

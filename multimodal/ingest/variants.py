@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -147,25 +148,108 @@ def read_patient_variants(path: str | Path) -> PatientVariants:
     return result
 
 
-def mutation_matrix(samples: pd.DataFrame, *, territory_mb: float = 38.0, progress: bool = True) -> anndata.AnnData:
+#: MAF ``Variant_Classification`` values that change the protein (the MAF counterpart of the VEP
+#: HIGH/MODERATE set above). Silent, Intron, UTR, Flank, IGR, RNA and Splice_Region are not counted.
+MAF_PROTEIN_ALTERING = frozenset(
+    {
+        "Missense_Mutation",
+        "Nonsense_Mutation",
+        "Nonstop_Mutation",
+        "Frame_Shift_Del",
+        "Frame_Shift_Ins",
+        "In_Frame_Del",
+        "In_Frame_Ins",
+        "Splice_Site",
+        "Translation_Start_Site",
+    }
+)
+MAF_REQUIRED = ("Hugo_Symbol", "Variant_Classification", "Tumor_Sample_Barcode")
+
+
+def read_maf(path: str | Path) -> dict[str, PatientVariants]:
+    """Count PASS protein-altering variants per gene for every tumour sample of a MAF (plain or gzipped).
+
+    Records whose ``FILTER`` column (when present, as in GDC MAFs) is not PASS or ``.`` are counted as
+    filtered; ``Hugo_Symbol`` ``Unknown`` or empty counts as no gene symbol.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MultimodalError(f"{path}: MAF not found")
+    try:
+        maf = pd.read_csv(path, sep="\t", comment="#", dtype=str, keep_default_na=False, low_memory=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
+        raise MultimodalError(f"{path}: cannot read MAF: {str(exc).splitlines()[0]}") from exc
+    absent = [c for c in MAF_REQUIRED if c not in maf.columns]
+    if absent:
+        raise MultimodalError(f"{path}: MAF lacks column(s) {absent}")
+    result: dict[str, PatientVariants] = {}
+    filters = maf["FILTER"].str.strip() if "FILTER" in maf.columns else pd.Series(".", index=maf.index)
+    for sample, gene, klass, filt in zip(
+        maf["Tumor_Sample_Barcode"].str.strip(),
+        maf["Hugo_Symbol"].str.strip(),
+        maf["Variant_Classification"].str.strip(),
+        filters,
+        strict=True,
+    ):
+        pv = result.setdefault(sample, PatientVariants())
+        pv.n_records += 1
+        if filt not in ("PASS", ".", ""):
+            pv.excluded["filter_not_pass"] += 1
+            continue
+        pv.n_pass += 1
+        if not gene or gene == "Unknown":
+            pv.excluded["no_gene_symbol"] += 1
+        elif klass in MAF_PROTEIN_ALTERING:
+            pv.gene_counts[gene] += 1
+        else:
+            pv.excluded["not_protein_altering"] += 1
+    return result
+
+
+def mutation_matrix(
+    samples: pd.DataFrame,
+    *,
+    maf: str | Path | None = None,
+    maf_sheet_barcodes: Collection[str] | None = None,
+    territory_mb: float = 38.0,
+    progress: bool = True,
+) -> anndata.AnnData:
     """Patients x genes counts of PASS protein-altering variants, plus tumour mutational burden.
 
-    ``samples``: index patient_id, column ``vcf`` (empty = no variant calls; counted, not dropped).
-    Writes ``obs['tmb']`` (protein-altering PASS variants per Mb of ``territory_mb``),
-    ``obs['n_records']``, ``obs['n_pass']``, ``layers['counts']`` and ``uns['ingest']`` with the
-    parameters and every exclusion by reason.
+    ``samples``: index patient_id, column ``vcf`` (a per-patient VCF/BCF) and, with a cohort ``maf``,
+    column ``maf_sample`` (the patient's Tumor_Sample_Barcode). A patient with neither has no variant
+    calls (counted, not dropped); one listed in the sheet but absent from the MAF has no mutation that
+    passed the MAF's own calling and is kept with zero counts (counted as
+    ``maf_samples_without_records``). MAF barcodes claimed by no patient are counted against
+    ``maf_sheet_barcodes`` (the whole sheet's, when ``samples`` is one chunk of it; pass an empty
+    collection in all chunks but one so the count is made once).
+
+    Writes ``obs['tmb']`` (protein-altering PASS variants per Mb of ``territory_mb``), ``obs['n_records']``,
+    ``obs['n_pass']``, ``layers['counts']`` and ``uns['ingest']`` with the parameters and every exclusion
+    by reason.
     """
     import anndata as ad
     from tqdm.auto import tqdm
 
     if territory_mb <= 0:
         raise MultimodalError(f"territory_mb must be positive, got {territory_mb}")
-    with_calls = samples[samples["vcf"].astype(str).str.len() > 0]
+    has_vcf = samples["vcf"].astype(str).str.len() > 0
+    maf_sample = samples["maf_sample"].astype(str) if "maf_sample" in samples else pd.Series("", index=samples.index)
+    has_maf = (maf_sample.str.len() > 0) & (maf is not None)
+    both = samples.index[has_vcf & has_maf]
+    if len(both):
+        raise MultimodalError(f"patient {both[0]} has both a vcf and a maf_sample in the samples sheet; keep one")
     per_patient: dict[str, PatientVariants] = {}
-    for pid, path in tqdm(
-        with_calls["vcf"].items(), total=len(with_calls), desc="variants", unit="patient", disable=not progress
-    ):
-        per_patient[str(pid)] = read_patient_variants(path)
+    maf_records = read_maf(maf) if maf is not None else {}
+    n_maf_missing = 0
+    for pid in tqdm(samples.index, desc="variants", unit="patient", disable=not progress):
+        if has_vcf[pid]:
+            per_patient[str(pid)] = read_patient_variants(samples.at[pid, "vcf"])
+        elif has_maf[pid]:
+            n_maf_missing += maf_sample[pid] not in maf_records
+            per_patient[str(pid)] = maf_records.get(maf_sample[pid], PatientVariants())
+    claimed = set(maf_sample[has_maf]) if maf_sheet_barcodes is None else set(maf_sheet_barcodes)
+    n_maf_unclaimed = sum(1 for barcode in maf_records if barcode not in claimed) if claimed else 0
 
     genes = sorted({g for pv in per_patient.values() for g in pv.gene_counts})
     patients = list(per_patient)
@@ -198,11 +282,15 @@ def mutation_matrix(samples: pd.DataFrame, *, territory_mb: float = 38.0, progre
             "territory_mb": float(territory_mb),
             "filter": "FILTER in {PASS, .}",
             "protein_altering_terms": sorted(PROTEIN_ALTERING),
+            "maf": str(maf or ""),
+            "maf_protein_altering_classes": sorted(MAF_PROTEIN_ALTERING),
         },
         "n_patients_in": int(len(samples)),
         "model_obs_features": ["tmb"],
         "exclusions": {
-            "patients_without_variant_calls": int(len(samples) - len(with_calls)),
+            "patients_without_variant_calls": int(len(samples) - len(per_patient)),
+            "maf_samples_without_records": int(n_maf_missing),
+            "maf_samples_not_in_samples_sheet": int(n_maf_unclaimed),
             **{f"records_{k}": int(v) for k, v in sorted(excluded.items())},
         },
     }

@@ -1,0 +1,139 @@
+"""Cohort MAF input: the same counts as per-patient VCFs, and a workflow run on a user config
+(simulation off, variants from a MAF, no RNA, no imaging)."""
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pysam
+import pytest
+import yaml
+
+from multimodal.cli import main
+from multimodal.errors import MultimodalError
+from multimodal.ingest.samples import read_samples
+from multimodal.ingest.variants import mutation_matrix, read_maf
+
+REPO = Path(__file__).resolve().parents[1]
+MAF_CLASS = {
+    "missense_variant": "Missense_Mutation",
+    "stop_gained": "Nonsense_Mutation",
+    "frameshift_variant": "Frame_Shift_Del",
+    "inframe_deletion": "In_Frame_Del",
+    "synonymous_variant": "Silent",
+    "intron_variant": "Intron",
+    "splice_region_variant&intron_variant": "Splice_Region",
+}
+
+
+def vcfs_to_maf(samples: pd.DataFrame, path: Path) -> Path:
+    """A GDC-style MAF (version line, FILTER column) holding every record of the patients' VCFs."""
+    rows = []
+    for pid, vcf in samples["vcf"].items():
+        with pysam.VariantFile(vcf) as handle:
+            for record in handle:
+                first = record.info["CSQ"][0].split("|")
+                rows.append(
+                    {
+                        "Hugo_Symbol": first[3],
+                        "Chromosome": record.chrom,
+                        "Start_Position": record.pos,
+                        "Variant_Classification": MAF_CLASS[first[1]],
+                        "Tumor_Sample_Barcode": f"{pid}-01A-11D",
+                        "FILTER": ";".join(record.filter.keys()),
+                    }
+                )
+    with open(path, "w") as handle:
+        handle.write("#version gdc-1.0.0\n")
+        pd.DataFrame(rows).to_csv(handle, sep="\t", index=False)
+    return path
+
+
+def test_read_maf_counts_pass_protein_altering(tmp_path):
+    path = tmp_path / "cohort.maf"
+    path.write_text(
+        "#version 2.4\n"
+        "Hugo_Symbol\tVariant_Classification\tTumor_Sample_Barcode\tFILTER\n"
+        "TP53\tMissense_Mutation\tS1\tPASS\n"
+        "TP53\tNonsense_Mutation\tS1\tPASS\n"
+        "KRAS\tMissense_Mutation\tS1\tpanel_of_normals\n"
+        "KRAS\tSilent\tS2\tPASS\n"
+        "Unknown\tMissense_Mutation\tS2\tPASS\n"
+    )
+    records = read_maf(path)
+    assert dict(records["S1"].gene_counts) == {"TP53": 2}
+    assert records["S1"].excluded["filter_not_pass"] == 1
+    assert dict(records["S2"].gene_counts) == {}
+    assert records["S2"].excluded == {"not_protein_altering": 1, "no_gene_symbol": 1}
+
+
+def test_maf_without_required_columns(tmp_path):
+    path = tmp_path / "bad.maf"
+    path.write_text("Gene\tClass\nTP53\tMissense_Mutation\n")
+    with pytest.raises(MultimodalError, match=r"bad\.maf: MAF lacks column\(s\) \['Hugo_Symbol'"):
+        read_maf(path)
+
+
+def test_maf_and_vcf_give_the_same_matrix(tiny_cohort, tmp_path):
+    samples = read_samples(tiny_cohort / "samples.tsv")
+    maf = vcfs_to_maf(samples, tmp_path / "cohort.maf")
+    from_vcf = mutation_matrix(samples, progress=False)
+    by_maf = samples.assign(vcf="", maf_sample=[f"{p}-01A-11D" for p in samples.index])
+    by_maf.loc[by_maf.index[0], "maf_sample"] = "NOT-IN-MAF"
+    from_maf = mutation_matrix(by_maf, maf=maf, progress=False)
+    assert list(from_maf.obs_names) == list(from_vcf.obs_names)
+    np.testing.assert_array_equal(from_maf.X[1:], from_vcf.to_df().reindex(columns=from_maf.var_names).to_numpy()[1:])
+    assert from_maf.X[0].sum() == 0  # kept, with zero counts, and counted
+    exclusions = from_maf.uns["ingest"]["exclusions"]
+    no_records = int((from_vcf.obs["n_records"].iloc[1:] == 0).sum())  # a MAF has no row for them
+    assert exclusions["maf_samples_without_records"] == 1 + no_records
+    # the first patient's real barcode is in the MAF only if its VCF had records
+    assert exclusions["maf_samples_not_in_samples_sheet"] == int(from_vcf.obs["n_records"].iloc[0] > 0)
+
+
+@pytest.mark.slow
+def test_workflow_on_a_user_config_with_maf_only(tiny_cohort, tmp_path):
+    samples = read_samples(tiny_cohort / "samples.tsv")
+    maf = vcfs_to_maf(samples, tmp_path / "cohort.maf")
+    sheet = pd.DataFrame({"patient_id": samples.index, "maf_sample": [f"{p}-01A-11D" for p in samples.index]})
+    sheet.to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
+    shutil.copy(tiny_cohort / "clinical.tsv", tmp_path / "clinical.tsv")
+    config = {
+        "samples": "samples.tsv",
+        "clinical": "clinical.tsv",
+        "maf": str(maf.name),
+        "outdir": "results/maf_only",
+        "model": {"folds": 3, "epochs": 10},
+        "explain": {"n_steps": 8},
+    }
+    (tmp_path / "my_cohort.yaml").write_text(yaml.safe_dump(config))
+    previous = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        code = main(
+            [
+                "run",
+                "-q",
+                "--config",
+                "my_cohort.yaml",
+                "--snakefile",
+                str(REPO / "Snakefile"),
+                "--cores",
+                "2",
+                "--",
+                "--quiet",
+                "all",
+            ]
+        )
+    finally:
+        os.chdir(previous)
+    assert code == 0
+    out = tmp_path / "results/maf_only"
+    summary = (out / "cohort_summary.txt").read_text()
+    assert "variants" in summary and "expression" not in summary and "imaging" not in summary
+    assert not (tmp_path / "demo").exists()  # the shipped demo settings did not leak into this config
+    predictions = pd.read_csv(out / "model/predictions.tsv", sep="\t")
+    assert len(predictions) == 60
+    assert (out / "report.html").stat().st_size > 0
