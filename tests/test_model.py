@@ -157,6 +157,8 @@ def test_cross_validation_outputs(tiny_run):
         part = predictions[predictions["fold"] == fold["fold"]]
         expected = harrell_c(part["time"].to_numpy(), part["event"].to_numpy(), part["risk"].to_numpy())
         assert fold["c_index"] == expected
+        reference = harrell_c(part["time"].to_numpy(), part["event"].to_numpy(), part["risk_penalised_cox"].to_numpy())
+        assert fold["penalised_cox"]["c_index"] == reference
         assert (model_dir / f"fold_{fold['fold']}" / "model.ckpt").is_file()
 
 

@@ -438,3 +438,19 @@ def test_report_counts_features_left_out_per_fold(tiny_run, tmp_path):
     assert counts["used"] == 20  # max_features for expression in the fixture
     row = f'<td>0</td>\n<td>expression</td>\n<td class="num">{counts["features"]}</td>'
     assert row in html
+
+
+def test_report_shows_the_penalised_cox_reference(tiny_run, tmp_path):
+    import json as _json
+
+    from multimodal.report.html import build_report
+
+    html = build_report(
+        store=tiny_run["store"],
+        model_dir=tiny_run["model_dir"],
+        explain_dir=tiny_run["explain_dir"],
+        out=tmp_path / "r.html",
+    ).read_text()
+    cox = _json.loads((tiny_run["model_dir"] / "metrics.json").read_text())["baseline"]["penalised_cox"]
+    assert 'id="baseline-comparison"' in html
+    assert f"{cox['pooled_c_index']:.3f}" in html.split('id="baseline-comparison"')[1].split("</table>")[0]

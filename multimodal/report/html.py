@@ -562,9 +562,33 @@ def _metrics_section(inp: _Inputs) -> str:
             dl_id="metrics-patients",
         ),
     ]
+    parts.append(_baseline_block(m))
     parts.append(_feature_selection_table(m))
     parts.append(_params_block(inp))
     return "\n".join(parts)
+
+
+def _baseline_block(metrics: dict) -> str:
+    """The penalised Cox reference fitted on the same folds and features, beside the fusion model."""
+    cox = (metrics.get("baseline") or {}).get("penalised_cox")
+    if not cox:
+        return ""
+    mean, sd, pooled = metrics.get("mean") or {}, metrics.get("sd") or {}, metrics.get("pooled_out_of_fold") or {}
+    rows = [
+        ["fusion model", f"{_num(mean.get('c_index'))} ± {_num(sd.get('c_index'))}", _num(pooled.get("c_index"))],
+        [
+            "penalised Cox (reference)",
+            f"{_num(cox.get('mean_c_index'))} ± {_num(cox.get('sd_c_index'))}",
+            _num(cox.get("pooled_c_index")),
+        ],
+    ]
+    return _table(
+        ["model", "C-index mean ± SD over folds", "C-index pooled"],
+        rows,
+        numeric=[False, True, True],
+        table_id="baseline-comparison",
+        caption=f"Reference on the same folds: {cox.get('model', '')}; features: {cox.get('features', '')}.",
+    )
 
 
 def _feature_selection_table(metrics: dict) -> str:
