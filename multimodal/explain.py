@@ -47,28 +47,38 @@ def attribute_fold(
     *,
     n_steps: int = 64,
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Integrated Gradients of the risk output for a batch: one array per modality, and the deltas."""
+    """Integrated Gradients of the risk output for a batch: one array per modality, and the deltas.
+
+    A modality with no feature in this fold has nothing to attribute (an empty array is returned for it).
+    """
     import torch
     from captum.attr import IntegratedGradients
 
     model.eval()
+    used = [j for j, x in enumerate(inputs) if x.shape[1] > 0]
 
     def forward(*args: torch.Tensor) -> torch.Tensor:
         # Captum repeats additional args across interpolation steps, so the mask rows follow the inputs.
         *xs, m = args
-        return model.risk(*xs, mask=m)
+        full = [torch.zeros(m.shape[0], 0, dtype=m.dtype if m.is_floating_point() else torch.float32)] * len(inputs)
+        for j, x in zip(used, xs, strict=True):
+            full[j] = x
+        return model.risk(*full, mask=m)
 
     ig = IntegratedGradients(forward)
-    baselines = tuple(torch.zeros_like(x) for x in inputs)
+    attributed = tuple(inputs[j] for j in used)
     attributions, delta = ig.attribute(
-        tuple(inputs),
-        baselines=baselines,
+        attributed,
+        baselines=tuple(torch.zeros_like(x) for x in attributed),
         additional_forward_args=(mask,),
         n_steps=n_steps,
         method="gausslegendre",
         return_convergence_delta=True,
     )
-    return [a.detach().cpu().numpy() for a in attributions], delta.detach().cpu().numpy()
+    out = [np.zeros((x.shape[0], 0)) for x in inputs]
+    for j, a in zip(used, attributions, strict=True):
+        out[j] = a.detach().cpu().numpy()
+    return out, delta.detach().cpu().numpy()
 
 
 def explain_cohort(

@@ -40,3 +40,91 @@ def test_attribution_outputs(tiny_run):
     assert len(contributions) == 60
     lacking = ~store.obs["has_imaging"].to_numpy(bool)
     assert contributions.loc[store.obs_names[lacking], "imaging"].isna().all()
+
+
+def test_explaining_with_a_store_that_does_not_match_the_model_is_an_error(tiny_run, tmp_path):
+    import pytest
+
+    from multimodal.errors import MultimodalError
+    from multimodal.explain import explain_cohort
+    from multimodal.store import configure_zarr_v3, read_cohort_store
+
+    mdata = read_cohort_store(tiny_run["store"])
+    configure_zarr_v3()
+    changed = md.MuData({**dict(mdata.mod), "expression": mdata.mod["expression"][:, 1:].copy()})
+    changed.obs = mdata.obs
+    changed.uns["model_obs_features"] = dict(mdata.uns["model_obs_features"])
+    with pytest.raises(MultimodalError, match="modality 'expression': the store's features differ"):
+        explain_cohort(changed, tiny_run["model_dir"], tmp_path / "explain", n_steps=4, progress=False)
+    assert not (tmp_path / "explain" / "attributions.zarr").exists()
+
+
+def test_a_modality_too_rare_to_learn_is_masked_and_explained(tiny_run, tmp_path):
+    from multimodal.cli import main
+
+    cohort = tiny_run["cohort"]
+    sheet = pd.read_csv(cohort / "samples.tsv", sep="\t", dtype=str, keep_default_na=False)
+    with_image = sheet.index[sheet["image"] != ""]
+    sheet.loc[with_image[2:], ["image", "mask"]] = ""  # imaging for two patients only
+    sheet.to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
+    s = str(tmp_path / "samples.tsv")
+    assert main(["ingest", "imaging", "-q", "--samples", s, "--out", str(tmp_path / "img.h5ad")]) == 0
+    assert main(["ingest", "variants", "-q", "--samples", s, "--out", str(tmp_path / "var.h5ad")]) == 0
+    assert (
+        main(
+            [
+                "assemble",
+                "-q",
+                "--clinical",
+                str(cohort / "clinical.tsv"),
+                "--samples",
+                s,
+                "--variants",
+                str(tmp_path / "var.h5ad"),
+                "--imaging",
+                str(tmp_path / "img.h5ad"),
+                "--out",
+                str(tmp_path / "c.zarr"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "-q",
+                "--store",
+                str(tmp_path / "c.zarr"),
+                "--folds",
+                "3",
+                "--epochs",
+                "5",
+                "--out",
+                str(tmp_path / "model"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "explain",
+                "-q",
+                "--store",
+                str(tmp_path / "c.zarr"),
+                "--model",
+                str(tmp_path / "model"),
+                "--n-steps",
+                "4",
+                "--out",
+                str(tmp_path / "explain"),
+            ]
+        )
+        == 0
+    )
+    predictions = pd.read_csv(tmp_path / "model" / "predictions.tsv", sep="\t")
+    assert not predictions["has_imaging"].any()  # never enough imaging in a training fold to use it
+    contributions = pd.read_csv(tmp_path / "explain" / "modality_contributions.tsv", sep="\t", index_col=0)
+    assert contributions["imaging"].notna().sum() == 2
+    assert (contributions["imaging"].dropna() == 0).all()

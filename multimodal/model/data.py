@@ -140,6 +140,8 @@ class FoldPreprocessor:
     selected: dict[str, np.ndarray] = field(default_factory=dict)
     mean: dict[str, np.ndarray] = field(default_factory=dict)
     scale: dict[str, np.ndarray] = field(default_factory=dict)
+    #: names of the selected features, checked against the store whenever inputs are built
+    features: dict[str, np.ndarray] = field(default_factory=dict)
     #: per modality, how many features each step left out (reported with the fold's metrics)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -152,6 +154,7 @@ class FoldPreprocessor:
             if len(rows) < 2:
                 self.selected[name] = np.zeros(0, dtype=int)
                 self.mean[name] = self.scale[name] = np.zeros(0)
+                self.features[name] = np.zeros(0, dtype=str)
                 self.counts[name] = {"features": n_features, "too_few_training_patients": n_features, "used": 0}
                 continue
             mean = np.nanmean(values, axis=0) if values.size else np.zeros(values.shape[1])
@@ -177,6 +180,7 @@ class FoldPreprocessor:
                     raise MultimodalError(f"unknown feature screening {self.screening!r} (cox or variance)")
                 candidates = np.sort(candidates[np.argsort(ranking, kind="stable")[:limit]])
             self.selected[name] = candidates
+            self.features[name] = np.asarray(arrays.features[name], dtype=str)[candidates]
             self.counts[name] = {
                 "features": n_features,
                 "constant_or_sparse": n_features - n_informative,
@@ -189,13 +193,29 @@ class FoldPreprocessor:
         return self
 
     def transform(self, arrays: CohortArrays, rows: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Scaled inputs (one tensor per modality; absent rows are 0 and masked) and the mask."""
+        """Scaled inputs (one tensor per modality; absent rows are 0 and masked) and the mask.
+
+        A modality with no usable feature in this fold is masked for everyone: it carries no measurement.
+        """
         inputs, masks = [], []
         for name in arrays.modalities:
             cols = self.selected[name]
+            expected = self.features.get(name)
+            if expected is not None and (
+                len(cols)
+                and (
+                    cols.max() >= len(arrays.features[name])
+                    or list(np.asarray(arrays.features[name])[cols]) != list(expected)
+                )
+            ):
+                raise MultimodalError(
+                    f"modality {name!r}: the store's features differ from those the model was trained on "
+                    f"(expected {[str(f) for f in expected[:3]]}...); "
+                    "the store and the model directory do not belong together"
+                )
             values = arrays.x[name][np.ix_(rows, cols)]
             scaled = (values - self.mean[name]) / self.scale[name]
-            present = arrays.present[name][rows]
+            present = arrays.present[name][rows] & (len(cols) > 0)
             scaled = np.where(np.isnan(scaled), 0.0, scaled)  # missing cells -> training mean
             scaled[~present] = 0.0
             inputs.append(torch.as_tensor(scaled, dtype=torch.float32))
@@ -209,6 +229,7 @@ class FoldPreprocessor:
             payload[f"{name}/selected"] = self.selected[name]
             payload[f"{name}/mean"] = self.mean[name]
             payload[f"{name}/scale"] = self.scale[name]
+            payload[f"{name}/features"] = np.asarray(self.features[name], dtype=str)
         with open(path, "wb") as handle:
             np.savez(handle, **payload)
 
