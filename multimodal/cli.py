@@ -168,8 +168,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         mdata, args.out, params=TrainParams.from_config(section), store_path=str(args.store), progress=_progress(args)
     )
     print(
-        f"C-index {metrics['mean']['c_index']:.3f} ± {metrics['sd']['c_index']:.3f} over {len(metrics['folds'])} "
-        f"folds (pooled {metrics['pooled_out_of_fold']['c_index']:.3f}); AUROC {metrics['mean']['auroc']:.3f}"
+        f"C-index {metrics['mean']['c_index']:.3f} ± {metrics['sd']['c_index']:.3f} over "
+        f"{metrics['n_folds_defined']['c_index']} of {len(metrics['folds'])} folds "
+        f"(pooled {metrics['pooled_out_of_fold']['c_index']:.3f}); AUROC {metrics['mean']['auroc']:.3f}"
     )
 
 

@@ -173,3 +173,18 @@ def test_rerun_gives_identical_predictions(tiny_run, tmp_path):
     first = pd.read_csv(tiny_run["model_dir"] / "predictions.tsv", sep="\t")
     again = pd.read_csv(tmp_path / "again" / "predictions.tsv", sep="\t")
     pd.testing.assert_frame_equal(first, again)
+
+
+def test_too_few_events_for_the_folds_is_an_error(tiny_run, tmp_path):
+    import pytest
+
+    from multimodal.errors import MultimodalError
+    from multimodal.model.train import TrainParams, cross_validate
+    from multimodal.store import read_cohort_store
+
+    mdata = read_cohort_store(tiny_run["store"])
+    mdata.obs["event"] = 0.0
+    mdata.obs.iloc[:2, mdata.obs.columns.get_loc("event")] = 1.0
+    with pytest.raises(MultimodalError, match="2 observed events cannot be spread over 3 folds"):
+        cross_validate(mdata, tmp_path / "m", params=TrainParams(folds=3, epochs=1), progress=False)
+    assert not (tmp_path / "m").exists()

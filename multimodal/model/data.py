@@ -107,13 +107,15 @@ def cox_score_statistics(x: np.ndarray, time: np.ndarray, event: np.ndarray) -> 
     return score / np.sqrt(information)
 
 
-def drop_redundant(values: np.ndarray, *, max_correlation: float) -> np.ndarray:
+def drop_redundant(values: np.ndarray, *, max_correlation: float, block: int = 1024) -> np.ndarray:
     """Indices of columns kept when, walking columns in order, a column is dropped if its |Spearman
     correlation| with an already kept column exceeds ``max_correlation``.
 
     Extractors list basic features (tumour volume) before derived ones (surface-to-volume ratio,
     run-length non-uniformity), so each cluster of near-duplicates is represented by its most
     interpretable member, and attributions are not split across clones of one measurement.
+    Columns are compared in blocks against the kept ones only, so memory stays linear in the
+    number of columns.
     """
     from scipy.stats import rankdata
 
@@ -121,11 +123,17 @@ def drop_redundant(values: np.ndarray, *, max_correlation: float) -> np.ndarray:
         return np.arange(values.shape[1])
     ranks = rankdata(values, axis=0)
     ranks = (ranks - ranks.mean(axis=0)) / np.clip(ranks.std(axis=0), 1e-12, None)
-    corr = np.abs(ranks.T @ ranks) / len(ranks)
+    n = len(ranks)
     kept: list[int] = []
-    for j in range(values.shape[1]):
-        if not kept or corr[j, kept].max() <= max_correlation:
-            kept.append(j)
+    for start in range(0, ranks.shape[1], block):
+        chunk = ranks[:, start : start + block]
+        against_kept = np.abs(ranks[:, kept].T @ chunk) / n if kept else np.zeros((0, chunk.shape[1]))
+        within = np.abs(chunk.T @ chunk) / n
+        kept_here: list[int] = []
+        for j in range(chunk.shape[1]):
+            if (against_kept[:, j] <= max_correlation).all() and (within[kept_here, j] <= max_correlation).all():
+                kept_here.append(j)
+        kept.extend(start + j for j in kept_here)
     return np.asarray(kept, dtype=int)
 
 
@@ -166,31 +174,37 @@ class FoldPreprocessor:
             keep = (std > 1e-8) & (nonzero >= min(self.min_nonzero, len(rows) // 2))
             candidates = np.flatnonzero(keep)
             n_informative = len(candidates)
+            limit = self.max_features.get(name)
+            pool = max(10 * limit, 200) if limit else None
+            if pool and len(candidates) > pool:  # bound the redundancy filter's work on genome-wide tables
+                candidates = self._screen(candidates, filled, std, arrays, rows, keep=pool)
+            n_pool = len(candidates)
             candidates = candidates[drop_redundant(filled[:, candidates], max_correlation=self.max_correlation)]
             n_distinct = len(candidates)
-            limit = self.max_features.get(name)
             if limit and len(candidates) > limit:
-                if self.screening == "cox":
-                    ranking = -np.abs(
-                        cox_score_statistics(filled[:, candidates], arrays.time[rows], arrays.event[rows])
-                    )
-                elif self.screening == "variance":
-                    ranking = -std[candidates]
-                else:
-                    raise MultimodalError(f"unknown feature screening {self.screening!r} (cox or variance)")
-                candidates = np.sort(candidates[np.argsort(ranking, kind="stable")[:limit]])
+                candidates = self._screen(candidates, filled, std, arrays, rows, keep=limit)
             self.selected[name] = candidates
             self.features[name] = np.asarray(arrays.features[name], dtype=str)[candidates]
             self.counts[name] = {
                 "features": n_features,
                 "constant_or_sparse": n_features - n_informative,
-                "redundant": n_informative - n_distinct,
-                "not_screened_in": n_distinct - len(candidates),
+                "redundant": n_pool - n_distinct,
+                "not_screened_in": (n_informative - n_pool) + (n_distinct - len(candidates)),
                 "used": len(candidates),
             }
             self.mean[name] = mean[candidates]
             self.scale[name] = std[candidates]
         return self
+
+    def _screen(self, candidates, filled, std, arrays: CohortArrays, rows: np.ndarray, *, keep: int) -> np.ndarray:
+        """The ``keep`` candidates ranked best by the screening statistic, in feature order."""
+        if self.screening == "cox":
+            ranking = -np.abs(cox_score_statistics(filled[:, candidates], arrays.time[rows], arrays.event[rows]))
+        elif self.screening == "variance":
+            ranking = -std[candidates]
+        else:
+            raise MultimodalError(f"unknown feature screening {self.screening!r} (cox or variance)")
+        return np.sort(candidates[np.argsort(ranking, kind="stable")[:keep]])
 
     def transform(self, arrays: CohortArrays, rows: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Scaled inputs (one tensor per modality; absent rows are 0 and masked) and the mask.

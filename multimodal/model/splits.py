@@ -25,7 +25,9 @@ def assign_folds(obs: pd.DataFrame, *, n_folds: int, seed: int) -> pd.Series:
     strata = event + "|" + site
     counts = strata.value_counts()
     strata = strata.where(strata.map(counts) >= n_folds, event)  # rare combinations: event only
-    strata = strata.where(strata.map(strata.value_counts()) >= n_folds, "all")
+    sizes = strata.value_counts()
+    if (sizes < n_folds).any():  # leftovers join the largest stratum rather than form a tiny one
+        strata = strata.where(strata.map(sizes) >= n_folds, sizes.index[0])
     folds = np.zeros(len(obs), dtype=int)
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for k, (_, test) in enumerate(splitter.split(np.zeros(len(obs)), strata)):

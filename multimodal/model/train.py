@@ -99,6 +99,12 @@ def cross_validate(
     n_outcome = int((~(np.isnan(arrays.time) | np.isnan(arrays.event))).sum())
     if n_outcome < 2 * params.folds:
         raise MultimodalError(f"{store_path or 'store'}: only {n_outcome} patients have a survival outcome")
+    n_events = int(np.nansum(arrays.event))
+    if n_events < params.folds:
+        raise MultimodalError(
+            f"{store_path or 'store'}: {n_events} observed events cannot be spread over {params.folds} folds "
+            "(each held-out fold needs events for a C-index); use fewer folds"
+        )
     folds = assign_folds(mdata.obs, n_folds=params.folds, seed=params.seed)
     predictions = []
     fold_metrics = []
@@ -191,8 +197,9 @@ def cross_validate(
         metrics = {
             "folds": fold_metrics,
             "baseline": _baseline_summary(pred, fold_metrics, harrell_c) if params.baseline else {},
-            "mean": {m: float(per_fold[m].mean()) for m in ("c_index", "auroc")},
+            "mean": {m: float(per_fold[m].mean()) for m in ("c_index", "auroc")},  # NaN folds skipped
             "sd": {m: float(per_fold[m].std(ddof=1)) for m in ("c_index", "auroc")},
+            "n_folds_defined": {m: int(per_fold[m].notna().sum()) for m in ("c_index", "auroc")},
             "pooled_out_of_fold": pooled,
             "n_patients": len(pred),
             "n_patients_scored": int(pred["risk"].notna().sum()),
