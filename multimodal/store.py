@@ -128,7 +128,8 @@ def assemble_cohort(
 
     configure_zarr_v3()
     in_clinical = set(clinical.index)
-    for line, pid in enumerate(samples.index, start=2):
+    lines = samples["sheet_line"] if "sheet_line" in samples else pd.Series(range(2, len(samples) + 2), samples.index)
+    for pid, line in lines.items():
         if pid not in in_clinical:
             raise MultimodalError(
                 f"{samples_path}: line {line}: patient {pid} is not in the clinical table {clinical_path}"

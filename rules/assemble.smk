@@ -14,13 +14,11 @@ rule assemble:
     output:
         directory(f"{OUT}/cohort.zarr"),
     params:
-        variants=lambda wc, input: " ".join(["--variants", *input.variants]) if input.variants else "",
-        imaging=lambda wc, input: " ".join(["--imaging", *input.imaging]) if input.imaging else "",
-        expression=lambda wc, input: (
-            f"--expression {input.expression} --counts {input.counts}" if input.expression else ""
-        ),
-        config=lambda wc, input: f"--config {input.config}" if input.config else "",
-        maf=lambda wc, input: f"--maf {input.maf}" if input.maf else "",
+        variants=lambda wc, input: option("--variants", input.variants),
+        imaging=lambda wc, input: option("--imaging", input.imaging),
+        expression=lambda wc, input: f'{option("--expression", input.expression)} {option("--counts", input.counts)}',
+        config=lambda wc, input: option("--config", input.config),
+        maf=lambda wc, input: option("--maf", input.maf),
     log:
         f"{LOGS}/assemble.log",
     threads: 1
@@ -30,8 +28,8 @@ rule assemble:
     conda:
         "../envs/multimodal.yaml"
     shell:
-        "multimodal assemble -q --clinical {input.clinical} --samples {input.samples} {params.variants}"
-        " {params.expression} {params.imaging} {params.maf} {params.config} --out {output} > {log} 2>&1"
+        "multimodal assemble -q --clinical {input.clinical:q} --samples {input.samples:q} {params.variants}"
+        " {params.expression} {params.imaging} {params.maf} {params.config} --out {output:q} > {log:q} 2>&1"
 
 
 rule inspect:
@@ -48,4 +46,4 @@ rule inspect:
     conda:
         "../envs/multimodal.yaml"
     shell:
-        "multimodal inspect -q {input} > {output} 2> {log}"
+        "multimodal inspect -q {input:q} > {output:q} 2> {log:q}"

@@ -1,6 +1,7 @@
 # Look-ups shared by the rules: the samples sheet, chunks of patients, and which modalities exist.
 import math
 import os
+import shlex
 
 import pandas as pd
 
@@ -46,3 +47,9 @@ def simulated_files():
 def modality_chunks(name):
     present = {"variants": HAS_VARIANTS, "imaging": HAS_IMAGING}[name]
     return expand(f"{OUT}/interim/{name}/chunk_{{chunk}}.h5ad", chunk=CHUNKS) if present else []
+
+
+def option(flag, files):
+    """``flag`` followed by the shell-quoted paths, or nothing when there are none."""
+    files = [files] if isinstance(files, str) else list(files)
+    return " ".join([flag, *(shlex.quote(str(f)) for f in files)]) if files else ""

@@ -9,7 +9,7 @@ rule explain:
     output:
         directory(f"{OUT}/explain"),
     params:
-        config=lambda wc, input: f"--config {input.config}" if input.config else "",
+        config=lambda wc, input: option("--config", input.config),
     log:
         f"{LOGS}/explain.log",
     threads: 2
@@ -19,5 +19,5 @@ rule explain:
     conda:
         "../envs/multimodal.yaml"
     shell:
-        "multimodal explain -q --store {input.store} --model {input.model} {params.config} --threads {threads} --out {output}"
-        " > {log} 2>&1"
+        "multimodal explain -q --store {input.store:q} --model {input.model:q} {params.config} --threads {threads} --out {output:q}"
+        " > {log:q} 2>&1"

@@ -10,7 +10,7 @@ rule ingest_variants:
     output:
         f"{OUT}/interim/variants/chunk_{{chunk}}.h5ad",
     params:
-        maf=lambda wc, input: f"--maf {input.maf}" if input.maf else "",
+        maf=lambda wc, input: option("--maf", input.maf),
         n_chunks=N_CHUNKS,
         territory_mb=config["ingest"]["territory_mb"],
     log:
@@ -22,8 +22,8 @@ rule ingest_variants:
     conda:
         "../envs/multimodal.yaml"
     shell:
-        "multimodal ingest variants -q --samples {input.samples} --chunk {wildcards.chunk}"
-        " --n-chunks {params.n_chunks} --territory-mb {params.territory_mb} {params.maf} --out {output} > {log} 2>&1"
+        "multimodal ingest variants -q --samples {input.samples:q} --chunk {wildcards.chunk}"
+        " --n-chunks {params.n_chunks} --territory-mb {params.territory_mb} {params.maf} --out {output:q} > {log:q} 2>&1"
 
 
 rule ingest_expression:
@@ -41,8 +41,8 @@ rule ingest_expression:
     conda:
         "../envs/multimodal.yaml"
     shell:
-        "multimodal ingest expression -q --samples {input.samples} --counts {input.counts} --out {output}"
-        " > {log} 2>&1"
+        "multimodal ingest expression -q --samples {input.samples:q} --counts {input.counts:q} --out {output:q}"
+        " > {log:q} 2>&1"
 
 
 rule ingest_imaging:
@@ -63,5 +63,5 @@ rule ingest_imaging:
     conda:
         "../envs/multimodal.yaml"
     shell:
-        "multimodal ingest imaging -q --samples {input.samples} --chunk {wildcards.chunk}"
-        " --n-chunks {params.n_chunks} --bin-count {params.bin_count} --out {output} > {log} 2>&1"
+        "multimodal ingest imaging -q --samples {input.samples:q} --chunk {wildcards.chunk}"
+        " --n-chunks {params.n_chunks} --bin-count {params.bin_count} --out {output:q} > {log:q} 2>&1"

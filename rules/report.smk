@@ -10,7 +10,7 @@ rule report:
     output:
         f"{OUT}/report.html",
     params:
-        config=lambda wc, input: f"--config {input.config}" if input.config else "",
+        config=lambda wc, input: option("--config", input.config),
     log:
         f"{LOGS}/report.log",
     threads: 1
@@ -20,5 +20,5 @@ rule report:
     conda:
         "../envs/multimodal.yaml"
     shell:
-        "multimodal report -q --store {input.store} --model {input.model} --explain {input.explain}"
-        " {params.config} --out {output} > {log} 2>&1"
+        "multimodal report -q --store {input.store:q} --model {input.model:q} --explain {input.explain:q}"
+        " {params.config} --out {output:q} > {log:q} 2>&1"

@@ -19,5 +19,5 @@ if config["simulate"]["enabled"]:
         conda:
             "../envs/multimodal.yaml"
         shell:
-            "multimodal simulate --out {params.outdir} --patients {params.patients} --seed {params.seed}"
-            " --image-size {params.image_size} > {log} 2>&1"
+            "multimodal simulate --out {params.outdir:q} --patients {params.patients} --seed {params.seed}"
+            " --image-size {params.image_size} > {log:q} 2>&1"

@@ -8,7 +8,7 @@ rule train:
     output:
         directory(f"{OUT}/model"),
     params:
-        config=lambda wc, input: f"--config {input.config}" if input.config else "",
+        config=lambda wc, input: option("--config", input.config),
     log:
         f"{LOGS}/train.log",
     threads: 2
@@ -19,4 +19,4 @@ rule train:
     conda:
         "../envs/multimodal.yaml"
     shell:
-        "multimodal train --store {input.store} {params.config} --threads {threads} --out {output} > {log} 2>&1"
+        "multimodal train --store {input.store:q} {params.config} --threads {threads} --out {output:q} > {log:q} 2>&1"

@@ -81,3 +81,33 @@ def test_chunks_cover_every_patient_once(tmp_path):
     parts = [chunk(frame, index=i, n_chunks=3) for i in range(3)]
     assert [len(p) for p in parts] == [3, 4, 3]
     assert sum((list(p.index) for p in parts), []) == list(frame.index)
+
+
+def test_line_numbers_survive_blank_lines_and_short_rows_are_errors(tmp_path):
+    path = tmp_path / "clinical.tsv"
+    lines = CLINICAL.splitlines(keepends=True)
+    path.write_text(lines[0] + "\n" + "".join(lines[1:]) + "\n" + "P9\tA\tstandard\t50\tmale\t-3\t1\t1\n")
+    with pytest.raises(MultimodalError, match=r"line 7: survival time '-3' must be positive"):
+        read_clinical(path)
+    path.write_text(CLINICAL + "P9\tA\tstandard\t50\n")
+    with pytest.raises(MultimodalError, match=r"clinical\.tsv: line 5: 4 fields, the header has 8"):
+        read_clinical(path)
+
+
+def test_gzipped_csv_float_events_and_empty_site(tmp_path):
+    import gzip
+
+    text = CLINICAL.replace("\t", ",").replace(",1,yes", ",1.0,yes").replace("P2,B,", "P2,,")
+    path = tmp_path / "clinical.csv.gz"
+    with gzip.open(path, "wt") as handle:
+        handle.write(text)
+    clinical = read_clinical(path)
+    assert clinical.loc["P1", "event"] == 1.0
+    assert clinical.loc["P2", "site"] == "unknown"
+
+
+def test_two_patients_sharing_an_input_is_an_error(tmp_path):
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text("patient_id\trna_sample\nP1\tS1\nP2\tS2\nP3\tS1\n")
+    with pytest.raises(MultimodalError, match=r"duplicate rna_sample 'S1' on lines 2, 4"):
+        read_samples(sheet)

@@ -80,3 +80,14 @@ def test_featurecounts_output_and_summary_rows(tmp_path):
     adata = expression_matrix(counts, samples(["S1.bam", "S2.bam"]))
     assert adata.uns["ingest"]["exclusions"]["summary_rows_removed"] == 1
     np.testing.assert_array_equal(adata.layers["counts"], [[5, 0, 1], [7, 3, 2]])
+
+
+def test_repeated_sample_column_blank_lines_and_padded_header(tmp_path):
+    path = write_counts(tmp_path / "dup.tsv", "gene\tS1\tS1\nA\t1\t2\n")
+    with pytest.raises(MultimodalError, match=r"dup\.tsv: sample column 'S1' occurs more than once"):
+        read_counts_table(path)
+    path = write_counts(tmp_path / "gaps.tsv", "gene\t S1 \tS2\nA\t1\t2\n\nB\t3\t-1\n")
+    with pytest.raises(MultimodalError, match=r"gaps\.tsv: line 4: gene 'B', sample 'S2': negative count"):
+        read_counts_table(path)
+    path.write_text("gene\t S1 \tS2\nA\t1\t2\n\nB\t3\t1\n")
+    assert list(read_counts_table(path).columns) == ["S1", "S2"]

@@ -104,7 +104,7 @@ def test_workflow_on_a_user_config_with_maf_only(tiny_cohort, tmp_path):
         "samples": "samples.tsv",
         "clinical": "clinical.tsv",
         "maf": str(maf.name),
-        "outdir": "results/maf_only",
+        "outdir": "results/maf only",  # a space: rule shell commands must quote paths
         "model": {"folds": 3, "epochs": 10},
         "explain": {"n_steps": 8},
     }
@@ -130,7 +130,7 @@ def test_workflow_on_a_user_config_with_maf_only(tiny_cohort, tmp_path):
     finally:
         os.chdir(previous)
     assert code == 0
-    out = tmp_path / "results/maf_only"
+    out = tmp_path / "results/maf only"
     summary = (out / "cohort_summary.txt").read_text()
     assert "variants" in summary and "expression" not in summary and "imaging" not in summary
     assert not (tmp_path / "demo").exists()  # the shipped demo settings did not leak into this config

@@ -114,3 +114,14 @@ def test_garbage_file_is_a_one_line_error(tmp_path):
     path.write_text("this is not a VCF\n")
     with pytest.raises(MultimodalError, match=r"junk\.vcf"):
         read_patient_variants(path)
+
+
+def test_plain_gzip_vcf_says_how_to_fix_it(tmp_path):
+    import gzip
+
+    plain = write_vcf(tmp_path / "a.vcf", compress=False)
+    gz = tmp_path / "plain.vcf.gz"
+    with gzip.open(gz, "wb") as handle:
+        handle.write(plain.read_bytes())
+    with pytest.raises(MultimodalError, match=r"plain\.vcf\.gz: compressed with gzip, not bgzip; recompress it"):
+        read_patient_variants(gz)

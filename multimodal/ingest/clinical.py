@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     import anndata
 
 MISSING = {"", "na", "nan", "n/a", "none", "null", "[not available]", "[not applicable]", "[unknown]", "--"}
-TRUE_WORDS = {"1", "yes", "true", "responder", "response", "cr", "pr", "dead", "deceased"}
-FALSE_WORDS = {"0", "no", "false", "non-responder", "nonresponder", "sd", "pd", "alive", "living"}
+TRUE_WORDS = {"1", "1.0", "yes", "true", "responder", "response", "cr", "pr", "dead", "deceased"}
+FALSE_WORDS = {"0", "0.0", "no", "false", "non-responder", "nonresponder", "sd", "pd", "alive", "living"}
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def _binary(values: pd.Series, *, path: Path, column: str) -> pd.Series:
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise MultimodalError(
-            f"{path}: line {row + 2}: column {column!r} value {values.iloc[row]!r} is not 0/1 (or yes/no)"
+            f"{path}: line {values.index[row]}: column {column!r} value {values.iloc[row]!r} is not 0/1 (or yes/no)"
         )
     return out
 
@@ -58,7 +58,9 @@ def _numeric(values: pd.Series, *, path: Path, column: str) -> pd.Series:
     bad = numbers.isna() & ~lowered.isin(MISSING)
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise MultimodalError(f"{path}: line {row + 2}: column {column!r} value {values.iloc[row]!r} is not a number")
+        raise MultimodalError(
+            f"{path}: line {values.index[row]}: column {column!r} value {values.iloc[row]!r} is not a number"
+        )
     return numbers.astype(float)
 
 
@@ -86,7 +88,7 @@ def read_clinical(path: str | Path, *, spec: ClinicalSpec | None = None) -> pd.D
     if nonpositive.any():
         row = int(np.flatnonzero(nonpositive.to_numpy())[0])
         raise MultimodalError(
-            f"{path}: line {row + 2}: survival time {frame[spec.time_column].iloc[row]!r} must be positive"
+            f"{path}: line {frame.index[row]}: survival time {frame[spec.time_column].iloc[row]!r} must be positive"
         )
     out["time"] = time.to_numpy()
     out["event"] = _binary(frame[spec.event_column], path=path, column=spec.event_column).to_numpy()
@@ -104,7 +106,8 @@ def read_clinical(path: str | Path, *, spec: ClinicalSpec | None = None) -> pd.D
     if spec.site_column:
         if spec.site_column not in frame.columns:
             raise MultimodalError(f"{path}: clinical table lacks site column {spec.site_column!r}")
-        out["site"] = frame[spec.site_column].str.strip().to_numpy()
+        site = frame[spec.site_column].str.strip()
+        out["site"] = site.where(~site.str.lower().isin(MISSING), other="unknown").to_numpy()
     return out
 
 

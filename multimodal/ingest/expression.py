@@ -29,20 +29,21 @@ SUMMARY_ROW_PREFIXES = ("__",)
 STAR_SUMMARY_ROWS = ("N_unmapped", "N_multimapping", "N_noFeature", "N_ambiguous")
 
 
-def _leading_comment_lines(path: Path) -> int:
+def _header_and_comment_lines(path: Path, sep: str) -> tuple[list[str], int]:
+    """The header's fields (stripped) and how many ``#`` lines precede it."""
     import gzip
 
     opener = gzip.open if path.name.endswith(".gz") else open
     n = 0
     try:
-        with opener(path, "rt") as handle:
+        with opener(path, "rt", encoding="utf-8-sig") as handle:
             for line in handle:
                 if not line.startswith("#"):
-                    break
+                    return [f.strip() for f in line.rstrip("\r\n").split(sep)], n
                 n += 1
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise MultimodalError(f"{path}: cannot read counts table: {exc}") from exc
-    return n
+    raise MultimodalError(f"{path}: counts table is empty")
 
 
 def read_counts_table(path: str | Path) -> pd.DataFrame:
@@ -57,18 +58,32 @@ def read_counts_table(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise MultimodalError(f"{path}: expression counts table not found")
     sep = "," if path.name.lower().removesuffix(".gz").endswith(".csv") else "\t"
-    n_comments = _leading_comment_lines(path)
+    header, n_comments = _header_and_comment_lines(path, sep)
+    repeated = sorted({c for c in header[1:] if header.count(c) > 1})
+    if repeated:
+        raise MultimodalError(f"{path}: sample column {repeated[0]!r} occurs more than once in the header")
     try:
-        raw = pd.read_csv(path, sep=sep, index_col=0, dtype=str, keep_default_na=False, skiprows=n_comments)
+        raw = pd.read_csv(
+            path,
+            sep=sep,
+            index_col=0,
+            dtype=str,
+            keep_default_na=False,
+            skiprows=n_comments,
+            skip_blank_lines=False,
+            encoding="utf-8-sig",
+        )
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
         raise MultimodalError(f"{path}: cannot read counts table: {str(exc).splitlines()[0]}") from exc
+    raw.columns = [str(c).strip() for c in raw.columns]
     raw = raw.drop(columns=[c for c in FEATURECOUNTS_COLUMNS if c in raw.columns])
     if raw.shape[1] == 0 or raw.shape[0] == 0:
         raise MultimodalError(f"{path}: counts table has no samples or no genes")
     raw.index = raw.index.astype(str).str.strip()
     line_of = np.arange(len(raw)) + 2 + n_comments  # file line of each gene row
+    blank = (raw.index == "") & (raw == "").all(axis=1).to_numpy()
     summary = raw.index.str.startswith(SUMMARY_ROW_PREFIXES) | raw.index.isin(STAR_SUMMARY_ROWS)
-    raw, line_of = raw[~summary], line_of[~summary]
+    raw, line_of = raw[~summary & ~blank], line_of[~summary & ~blank]
     values = raw.apply(pd.to_numeric, errors="coerce")
     bad = values.isna().to_numpy() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
     if bad.any():
@@ -84,9 +99,6 @@ def read_counts_table(path: str | Path) -> pd.DataFrame:
             f"{path}: line {line_of[r]}: gene {raw.index[r]!r}, sample {raw.columns[c]!r}: "
             f"negative count {raw.iat[r, c]}"
         )
-    duplicated = raw.columns[raw.columns.duplicated()]
-    if len(duplicated):
-        raise MultimodalError(f"{path}: sample column {duplicated[0]!r} occurs more than once")
     values = values.astype(np.float64)
     values.attrs["summary_rows_removed"] = int(summary.sum())
     return values

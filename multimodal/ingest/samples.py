@@ -18,30 +18,62 @@ FILE_COLUMNS = ("vcf", "image", "mask")
 OPTIONAL_COLUMNS = ("vcf", "maf_sample", "rna_sample", "image", "mask")
 
 
+def _open_text(path: Path):
+    import gzip
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    return opener(path, "rt", encoding="utf-8-sig", newline="")
+
+
 def read_table(path: str | Path, *, what: str) -> pd.DataFrame:
-    """Read a TSV/CSV (by extension; ``.csv`` is comma-separated, else tab) as strings."""
+    """Read a TSV/CSV (``.csv``/``.csv.gz`` comma-separated, else tab; gzip allowed) as strings.
+
+    The index is each row's line number in the file (the header is line 1), so messages can name
+    it; blank lines are skipped, and a row with more or fewer fields than the header is an error.
+    """
+    import csv
+
     path = Path(path)
     if not path.is_file():
         raise MultimodalError(f"{path}: {what} not found")
-    sep = "," if path.suffix.lower() == ".csv" else "\t"
+    sep = "," if path.name.lower().removesuffix(".gz").endswith(".csv") else "\t"
+    header: list[str] | None = None
+    rows, lines = [], []
     try:
-        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, comment=None)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise MultimodalError(f"{path}: cannot read {what}: {str(exc).splitlines()[0]}") from exc
-    frame.columns = [str(c).strip() for c in frame.columns]
-    return frame
+        with _open_text(path) as handle:
+            reader = csv.reader(handle, delimiter=sep)
+            for fields in reader:
+                if not any(f.strip() for f in fields):
+                    continue
+                if header is None:
+                    header = [f.strip() for f in fields]
+                    continue
+                if len(fields) != len(header):
+                    raise MultimodalError(
+                        f"{path}: line {reader.line_num}: {len(fields)} fields, the header has {len(header)}"
+                    )
+                rows.append(fields)
+                lines.append(reader.line_num)
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
+        raise MultimodalError(f"{path}: cannot read {what}: {exc}") from exc
+    if header is None:
+        raise MultimodalError(f"{path}: {what} is empty")
+    duplicated = sorted({c for c in header if header.count(c) > 1})
+    if duplicated:
+        raise MultimodalError(f"{path}: column {duplicated[0]!r} occurs more than once in the header")
+    return pd.DataFrame(rows, columns=header, index=pd.Index(lines, name="line"), dtype=str)
 
 
 def check_unique_ids(ids: pd.Series, *, path: str | Path, column: str) -> None:
-    """Raise naming both lines when an ID occurs twice (line numbers count the header as line 1)."""
+    """Raise naming both lines when a value occurs twice (``ids`` indexed by file line number)."""
+    empty = ids[ids.str.strip() == ""]
+    if len(empty):
+        raise MultimodalError(f"{path}: line {int(empty.index[0])}: empty {column}")
     duplicated = ids[ids.duplicated(keep=False)]
     if len(duplicated):
         value = duplicated.iloc[0]
-        lines = [int(i) + 2 for i in duplicated.index[duplicated == value]]
+        lines = [int(i) for i in duplicated.index[duplicated == value]]
         raise MultimodalError(f"{path}: duplicate {column} {value!r} on lines {', '.join(map(str, lines))}")
-    empty = ids[ids.str.strip() == ""]
-    if len(empty):
-        raise MultimodalError(f"{path}: line {int(empty.index[0]) + 2}: empty {column}")
 
 
 def read_samples(path: str | Path, *, check_files: bool = True) -> pd.DataFrame:
@@ -55,20 +87,24 @@ def read_samples(path: str | Path, *, check_files: bool = True) -> pd.DataFrame:
         frame[column] = frame[column].str.strip()
     frame["patient_id"] = frame["patient_id"].str.strip()
     check_unique_ids(frame["patient_id"], path=path, column="patient_id")
+    for column in OPTIONAL_COLUMNS:  # two patients sharing one input is a sample swap, not a cohort
+        given = frame[column][frame[column] != ""]
+        if given.duplicated().any():
+            check_unique_ids(given, path=path, column=column)
     if check_files:
         for row, record in frame.iterrows():
             for column in FILE_COLUMNS:
                 value = record[column]
                 if value and not Path(value).is_file():
                     raise MultimodalError(
-                        f"{path}: line {int(row) + 2}: {column} file {value} for patient "
-                        f"{record['patient_id']} does not exist"
+                        f"{path}: line {row}: {column} file {value} for patient {record['patient_id']} does not exist"
                     )
             if bool(record["image"]) != bool(record["mask"]):
                 raise MultimodalError(
-                    f"{path}: line {int(row) + 2}: patient {record['patient_id']} has an image "
+                    f"{path}: line {row}: patient {record['patient_id']} has an image "
                     "without a mask or a mask without an image"
                 )
+    frame["sheet_line"] = frame.index
     return frame.set_index("patient_id")
 
 

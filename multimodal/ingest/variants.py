@@ -62,11 +62,18 @@ class PatientVariants:
 
 
 def check_bgzf_complete(path: Path) -> None:
-    """Raise if a bgzipped file lacks the BGZF end-of-file block (a truncated copy)."""
+    """Raise if a bgzipped file lacks the BGZF end-of-file block (a truncated copy).
+
+    Plain gzip (not BGZF) is rejected with the fix: htslib cannot read it as a VCF.
+    """
     with open(path, "rb") as handle:
-        magic = handle.read(2)
-        if magic != b"\x1f\x8b":
+        head = handle.read(16)
+        if head[:2] != b"\x1f\x8b":
             return
+        if not (len(head) >= 14 and head[3] & 4 and head[12:14] == b"BC"):
+            raise MultimodalError(
+                f"{path}: compressed with gzip, not bgzip; recompress it: zcat {path.name} | bgzip > {path.name}.bgz"
+            )
         handle.seek(0, 2)
         size = handle.tell()
         handle.seek(max(0, size - len(BGZF_EOF)))
