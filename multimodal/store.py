@@ -215,9 +215,16 @@ def read_cohort_store(path: str | Path) -> mudata.MuData:
         raise MultimodalError(f"{path}: not a Zarr v3 cohort store (no zarr.json)")
     configure_zarr_v3()
     try:
-        return md.read_zarr(str(path))
+        mdata = md.read_zarr(str(path))
     except Exception as exc:  # zarr/anndata raise many types for a damaged store
         raise MultimodalError(f"{path}: cannot read cohort store: {type(exc).__name__}: {exc}") from exc
+    version = str(mdata.uns.get("provenance", {}).get("store_spec_version", ""))
+    if version.split(".")[0] != STORE_SPEC_VERSION.split(".")[0]:
+        raise MultimodalError(
+            f"{path}: cohort store spec version {version or 'missing'} is not readable by this multimodal "
+            f"(reads {STORE_SPEC_VERSION.split('.')[0]}.x); rebuild the store with `multimodal assemble`"
+        )
+    return mdata
 
 
 def summarize_store(mdata: mudata.MuData, *, path: str | Path = "") -> str:

@@ -93,3 +93,18 @@ def test_atomic_path_keeps_the_old_output_when_writing_fails(tmp_path):
         tmp.mkdir()
         (tmp / "new").write_text("complete")
     assert [p.name for p in target.iterdir()] == ["new"]
+
+
+def test_a_store_of_an_unknown_spec_version_is_refused(tiny_run, tmp_path):
+    import shutil
+
+    import zarr
+
+    from multimodal.store import read_cohort_store
+
+    copy = tmp_path / "old.zarr"
+    shutil.copytree(tiny_run["store"], copy)
+    group = zarr.open_group(str(copy), mode="r+")
+    group["uns/provenance/store_spec_version"][...] = "9.0.0"
+    with pytest.raises(MultimodalError, match=r"old\.zarr: cohort store spec version 9\.0\.0 is not readable"):
+        read_cohort_store(copy)
