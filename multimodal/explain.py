@@ -121,16 +121,24 @@ def explain_cohort(
     n_folds = int(fold_of.max()) + 1
     for k in tqdm(range(n_folds), desc="explain", unit="fold", disable=not progress):
         fold_dir = model_dir / f"fold_{k}"
-        model = FusionSurvivalModel.load_from_checkpoint(
-            str(fold_dir / "model.ckpt"), map_location="cpu", weights_only=False
-        )
         prep = FoldPreprocessor.load(fold_dir / "preprocessing.npz")
         rows = np.flatnonzero(fold_of == k)
         inputs, mask = prep.transform(arrays, rows)
-        per_modality, delta = attribute_fold(model, inputs, mask, n_steps=n_steps)
-        with torch.no_grad():
-            risk[rows] = model.risk(*inputs, mask=mask).numpy()
-        deltas[rows] = delta
+        checkpoints = sorted(fold_dir.glob("model_*.ckpt"))
+        if not checkpoints:
+            raise MultimodalError(f"{fold_dir}: no model checkpoint (model_*.ckpt)")
+        # Integrated Gradients is linear in the model's output, so the ensemble's attribution is the
+        # mean of its members' attributions (and likewise its convergence delta and risk).
+        members = []
+        for checkpoint in checkpoints:
+            model = FusionSurvivalModel.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=False)
+            attributions, delta = attribute_fold(model, inputs, mask, n_steps=n_steps)
+            with torch.no_grad():
+                member_risk = model.risk(*inputs, mask=mask).numpy()
+            members.append((attributions, delta, member_risk))
+        per_modality = [np.mean([m[0][j] for m in members], axis=0) for j in range(len(modalities))]
+        deltas[rows] = np.mean([m[1] for m in members], axis=0)
+        risk[rows] = np.mean([m[2] for m in members], axis=0)
         for j, name in enumerate(modalities):
             block = np.zeros((len(rows), len(arrays.features[name])))
             block[:, prep.selected[name]] = per_modality[j]

@@ -128,3 +128,18 @@ def test_a_modality_too_rare_to_learn_is_masked_and_explained(tiny_run, tmp_path
     contributions = pd.read_csv(tmp_path / "explain" / "modality_contributions.tsv", sep="\t", index_col=0)
     assert contributions["imaging"].notna().sum() == 2
     assert (contributions["imaging"].dropna() == 0).all()
+
+
+def test_ensemble_members_are_averaged_in_predictions_and_attributions(tiny_run, tmp_path):
+    from multimodal.explain import explain_cohort
+    from multimodal.model.train import TrainParams, cross_validate
+    from multimodal.store import read_cohort_store
+
+    mdata = read_cohort_store(tiny_run["store"])
+    params = TrainParams(folds=3, epochs=5, ensemble=2, baseline=False, max_features={"expression": 10})
+    cross_validate(mdata, tmp_path / "model", params=params, progress=False)
+    assert len(list((tmp_path / "model" / "fold_1").glob("model_*.ckpt"))) == 2
+    explain_cohort(mdata, tmp_path / "model", tmp_path / "explain", n_steps=8, progress=False)
+    predictions = pd.read_csv(tmp_path / "model" / "predictions.tsv", sep="\t").set_index("patient_id")
+    contributions = pd.read_csv(tmp_path / "explain" / "modality_contributions.tsv", sep="\t", index_col=0)
+    np.testing.assert_allclose(contributions.loc[predictions.index, "risk"], predictions["risk"], atol=1e-5)

@@ -159,7 +159,7 @@ def test_cross_validation_outputs(tiny_run):
         assert fold["c_index"] == expected
         reference = harrell_c(part["time"].to_numpy(), part["event"].to_numpy(), part["risk_penalised_cox"].to_numpy())
         assert fold["penalised_cox"]["c_index"] == reference
-        assert (model_dir / f"fold_{fold['fold']}" / "model.ckpt").is_file()
+        assert (model_dir / f"fold_{fold['fold']}" / "model_0.ckpt").is_file()
 
 
 def test_rerun_gives_identical_predictions(tiny_run, tmp_path):

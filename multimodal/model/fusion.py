@@ -42,6 +42,17 @@ class MaskedMeanFusion(nn.Module):
         return (embeddings * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
 
 
+class MaskedSumFusion(nn.Module):
+    """Sum of the embeddings of the modalities each patient has: each modality adds its own effect, as
+    log-hazards of independent factors do; an absent modality adds nothing (its training mean)."""
+
+    def forward(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (embeddings * mask.to(embeddings.dtype).unsqueeze(-1)).sum(dim=1)
+
+
+FUSIONS = {"mean": MaskedMeanFusion, "sum": MaskedSumFusion}
+
+
 class FusionNet(nn.Module):
     """Per-modality encoders, masked fusion, and risk and response heads."""
 
@@ -52,6 +63,7 @@ class FusionNet(nn.Module):
         hidden_dim: int,
         dropout: float,
         input_dropout: float,
+        fusion: str = "sum",
     ) -> None:
         super().__init__()
         self.modalities = list(input_dims)
@@ -61,7 +73,7 @@ class FusionNet(nn.Module):
                 for name, dim in input_dims.items()
             }
         )
-        self.fusion = MaskedMeanFusion()
+        self.fusion = FUSIONS[fusion]()
         self.risk_head = nn.Linear(hidden_dim, 1)
         self.response_head = nn.Linear(hidden_dim, 1)
 
@@ -81,14 +93,17 @@ class FusionSurvivalModel(L.LightningModule):
         *,
         hidden_dim: int = 16,
         dropout: float = 0.2,
-        input_dropout: float = 0.2,
+        input_dropout: float = 0.5,
         learning_rate: float = 3e-3,
         weight_decay: float = 1e-3,
         response_weight: float = 0.3,
+        fusion: str = "sum",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = FusionNet(input_dims, hidden_dim=hidden_dim, dropout=dropout, input_dropout=input_dropout)
+        self.net = FusionNet(
+            input_dims, hidden_dim=hidden_dim, dropout=dropout, input_dropout=input_dropout, fusion=fusion
+        )
 
     @property
     def modalities(self) -> list[str]:

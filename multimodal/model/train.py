@@ -6,7 +6,8 @@ Writes one model directory (atomically):
 - ``predictions.tsv``: every patient scored once, by the model that did not see it
   (``risk``, ``response_prob``, observed outcome, fold);
 - ``metrics.json``: Harrell's C and AUROC per fold, their mean and SD, and pooled out-of-fold;
-- ``fold_<k>/model.ckpt`` (Lightning checkpoint), ``fold_<k>/preprocessing.npz``, ``fold_<k>/metrics.csv``;
+- ``fold_<k>/model_<j>.ckpt`` (Lightning checkpoint of ensemble member j), ``fold_<k>/preprocessing.npz``,
+  ``fold_<k>/log_<j>/metrics.csv`` (training curves);
 - ``params.json``: the training parameters and the store it read.
 """
 
@@ -40,7 +41,7 @@ class TrainParams:
     epochs: int = 100
     hidden_dim: int = 16
     dropout: float = 0.2
-    input_dropout: float = 0.2
+    input_dropout: float = 0.5
     learning_rate: float = 3e-3
     weight_decay: float = 1e-3
     response_weight: float = 0.3
@@ -49,6 +50,8 @@ class TrainParams:
     screening: str = "cox"
     max_correlation: float = 0.95
     baseline: bool = True
+    fusion: str = "sum"
+    ensemble: int = 1
     accelerator: str = "auto"
 
     @classmethod
@@ -86,10 +89,8 @@ def cross_validate(
     """Train one model per fold, score its held-out patients, and write the model directory."""
     import lightning as L
     import torch
-    from lightning.pytorch.loggers import CSVLogger
 
     from multimodal.model.data import CohortDataModule, cohort_arrays
-    from multimodal.model.fusion import FusionSurvivalModel
     from multimodal.model.metrics import auroc, harrell_c
     from multimodal.model.splits import assign_folds
 
@@ -123,27 +124,7 @@ def cross_validate(
                 screening=params.screening,
                 max_correlation=params.max_correlation,
             )
-            model = FusionSurvivalModel(
-                data.input_dims,
-                hidden_dim=params.hidden_dim,
-                dropout=params.dropout,
-                input_dropout=params.input_dropout,
-                learning_rate=params.learning_rate,
-                weight_decay=params.weight_decay,
-                response_weight=params.response_weight,
-            )
             fold_dir = tmp / f"fold_{k}"
-            trainer = L.Trainer(
-                max_epochs=params.epochs,
-                accelerator=params.accelerator,
-                devices=1,
-                deterministic=True,
-                logger=CSVLogger(str(tmp), name=f"fold_{k}", version="log"),
-                enable_checkpointing=False,
-                enable_progress_bar=progress,
-                enable_model_summary=False,
-                log_every_n_steps=1,
-            )
             if progress:
                 log.info(
                     "fold %d/%d: %d training, %d held-out patients",
@@ -152,20 +133,27 @@ def cross_validate(
                     len(data.train_rows),
                     len(test_rows),
                 )
-            trainer.fit(model, datamodule=data)
-            trainer.save_checkpoint(str(fold_dir / "model.ckpt"))
+            risks, probs = [], []
+            for member in range(params.ensemble):
+                # members differ only in their seed: averaging them removes much of a small cohort's
+                # optimisation noise without touching the folds or the preprocessing
+                L.seed_everything(params.seed + k + 1000 * member, workers=True, verbose=False)
+                model = _train_member(params, data, tmp, k, member, progress)
+                model.eval()
+                with torch.no_grad():
+                    inputs, mask = data.preprocessor.transform(arrays, test_rows)
+                    device = next(model.parameters()).device
+                    risk, logit = model(*[t.to(device) for t in inputs], mask=mask.to(device))
+                risks.append(risk.cpu().numpy().astype(float))
+                probs.append(torch.sigmoid(logit).cpu().numpy().astype(float))
             data.preprocessor.save(fold_dir / "preprocessing.npz")
-            model.eval()
-            with torch.no_grad():
-                inputs, mask = data.preprocessor.transform(arrays, test_rows)
-                device = next(model.parameters()).device
-                risk, logit = model(*[t.to(device) for t in inputs], mask=mask.to(device))
+            risk, response_prob = np.mean(risks, axis=0), np.mean(probs, axis=0)
             fold_pred = pd.DataFrame(
                 {
                     "patient_id": [arrays.patients[i] for i in test_rows],
                     "fold": k,
-                    "risk": risk.cpu().numpy().astype(float),
-                    "response_prob": torch.sigmoid(logit).cpu().numpy().astype(float),
+                    "risk": risk,
+                    "response_prob": response_prob,
                     "time": arrays.time[test_rows],
                     "event": arrays.event[test_rows],
                     "response": arrays.response[test_rows],
@@ -215,6 +203,39 @@ def cross_validate(
         "cross-validated C-index %.3f (mean over folds), pooled %.3f", metrics["mean"]["c_index"], pooled["c_index"]
     )
     return metrics
+
+
+def _train_member(params: TrainParams, data, out: Path, fold: int, member: int, progress: bool):
+    """Fit one ensemble member of one fold and save its checkpoint as ``fold_<k>/model_<member>.ckpt``."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from multimodal.model.fusion import FusionSurvivalModel
+
+    model = FusionSurvivalModel(
+        data.input_dims,
+        hidden_dim=params.hidden_dim,
+        dropout=params.dropout,
+        input_dropout=params.input_dropout,
+        learning_rate=params.learning_rate,
+        weight_decay=params.weight_decay,
+        response_weight=params.response_weight,
+        fusion=params.fusion,
+    )
+    trainer = L.Trainer(
+        max_epochs=params.epochs,
+        accelerator=params.accelerator,
+        devices=1,
+        deterministic=True,
+        logger=CSVLogger(str(out), name=f"fold_{fold}", version=f"log_{member}"),
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+    )
+    trainer.fit(model, datamodule=data)
+    trainer.save_checkpoint(str(out / f"fold_{fold}" / f"model_{member}.ckpt"))
+    return model
 
 
 def _design_matrix(data, arrays, rows: np.ndarray) -> np.ndarray:
