@@ -75,7 +75,26 @@ def main() -> int:
     print(f"peak RSS of any one job   {peak_mib:8.0f} MiB")
     print(f"reference: read inputs    {reference_s:8.2f} s")
     print(f"ratio workflow/reference  {workflow_s / reference_s:8.1f}")
+    print_rule_benchmarks(workdir / "results/demo/benchmarks")
     return 0
+
+
+def print_rule_benchmarks(folder: Path) -> None:
+    """Per-rule wall time and peak RSS from Snakemake's own `benchmark:` files (summed over chunks)."""
+    import pandas as pd
+
+    rows = []
+    for path in sorted(folder.rglob("*.tsv")):
+        stats = pd.read_csv(path, sep="\t")
+        rule = path.parent.name if path.parent != folder else path.stem
+        rows.append({"rule": rule, "s": float(stats["s"].iloc[0]), "max_rss_mib": float(stats["max_rss"].iloc[0])})
+    if not rows:
+        return
+    table = (
+        pd.DataFrame(rows).groupby("rule").agg(jobs=("s", "size"), s=("s", "sum"), max_rss_mib=("max_rss_mib", "max"))
+    )
+    print("per rule (Snakemake benchmark files):")
+    print(table.sort_values("s", ascending=False).round(1).to_string())
 
 
 if __name__ == "__main__":

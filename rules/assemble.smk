@@ -21,6 +21,8 @@ rule assemble:
         maf=lambda wc, input: option("--maf", input.maf),
     log:
         f"{LOGS}/assemble.log",
+    benchmark:
+        f"{OUT}/benchmarks/assemble.tsv",
     threads: 1
     resources:
         mem_mb=4000,
@@ -39,6 +41,8 @@ rule inspect:
         f"{OUT}/cohort_summary.txt",
     log:
         f"{LOGS}/inspect.log",
+    benchmark:
+        f"{OUT}/benchmarks/inspect.tsv",
     threads: 1
     resources:
         mem_mb=2000,

@@ -12,6 +12,8 @@ rule explain:
         config=lambda wc, input: option("--config", input.config),
     log:
         f"{LOGS}/explain.log",
+    benchmark:
+        f"{OUT}/benchmarks/explain.tsv",
     threads: 2
     resources:
         mem_mb=4000,

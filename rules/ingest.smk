@@ -15,6 +15,8 @@ rule ingest_variants:
         territory_mb=config["ingest"]["territory_mb"],
     log:
         f"{LOGS}/ingest_variants/chunk_{{chunk}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/ingest_variants/chunk_{{chunk}}.tsv",
     threads: 1
     resources:
         mem_mb=2000,
@@ -34,6 +36,8 @@ rule ingest_expression:
         f"{OUT}/interim/expression/expression.h5ad",
     log:
         f"{LOGS}/ingest_expression.log",
+    benchmark:
+        f"{OUT}/benchmarks/ingest_expression.tsv",
     threads: 1
     resources:
         mem_mb=4000,
@@ -56,6 +60,8 @@ rule ingest_imaging:
         bin_count=config["ingest"]["bin_count"],
     log:
         f"{LOGS}/ingest_imaging/chunk_{{chunk}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/ingest_imaging/chunk_{{chunk}}.tsv",
     threads: 1
     resources:
         mem_mb=4000,

@@ -13,6 +13,8 @@ rule report:
         config=lambda wc, input: option("--config", input.config),
     log:
         f"{LOGS}/report.log",
+    benchmark:
+        f"{OUT}/benchmarks/report.tsv",
     threads: 1
     resources:
         mem_mb=2000,

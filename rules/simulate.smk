@@ -12,6 +12,8 @@ if config["simulate"]["enabled"]:
             image_size=config["simulate"]["image_size"],
         log:
             f"{LOGS}/simulate.log",
+        benchmark:
+            f"{OUT}/benchmarks/simulate.tsv",
         threads: 1
         resources:
             mem_mb=2000,

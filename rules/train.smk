@@ -11,6 +11,8 @@ rule train:
         config=lambda wc, input: option("--config", input.config),
     log:
         f"{LOGS}/train.log",
+    benchmark:
+        f"{OUT}/benchmarks/train.tsv",
     threads: 2
     resources:
         mem_mb=8000,
