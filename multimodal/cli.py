@@ -119,6 +119,22 @@ def cmd_ingest_imaging(args: argparse.Namespace) -> None:
     _write_h5ad(adata, args.out)
 
 
+def cmd_ingest_table(args: argparse.Namespace) -> None:
+    from multimodal.ingest.samples import read_samples
+    from multimodal.ingest.table import feature_table
+
+    samples = read_samples(args.samples)
+    adata = feature_table(args.table, modality=args.name, patients=samples.index, id_column=args.id_column)
+    _write_h5ad(adata, args.out)
+
+
+def _named_chunk(value: str) -> tuple[str, Path]:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"{value!r}: expected NAME=PATH to an existing .h5ad")
+    return name, Path(path)
+
+
 def cmd_assemble(args: argparse.Namespace) -> None:
     from multimodal.ingest.clinical import ClinicalSpec
     from multimodal.store import build_cohort_store
@@ -134,13 +150,18 @@ def cmd_assemble(args: argparse.Namespace) -> None:
         covariates=tuple(columns["covariates"]),
         categorical=tuple(columns["categorical"]),
     )
+    modality_chunks = {"variants": args.variants, "expression": args.expression, "imaging": args.imaging}
+    for name, path in args.table:
+        if modality_chunks.get(name):
+            raise MultimodalError(f"modality {name!r} is given both as a table and by its own reader")
+        modality_chunks.setdefault(name, []).append(path)
     build_cohort_store(
         args.out,
         clinical_path=args.clinical,
         samples_path=args.samples,
-        modality_chunks={"variants": args.variants, "expression": args.expression, "imaging": args.imaging},
+        modality_chunks=modality_chunks,
         clinical_spec=spec,
-        cohort_files=[p for p in (args.counts, args.maf) if p],
+        cohort_files=[p for p in (args.counts, args.maf, *args.table_source) if p],
         config=config if args.config else None,
     )
 
@@ -268,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bin-count", type=_positive_int, default=32, help="grey levels for texture (default 32)")
     p.set_defaults(func=cmd_ingest_imaging)
 
+    p = kinds.add_parser("table", parents=[common, io], help="any patients x features table as a modality")
+    p.add_argument("--table", type=_existing_file, required=True, help="TSV/CSV, one row per patient")
+    p.add_argument("--name", required=True, help="modality name, e.g. imaging (a radiomics export) or cnv")
+    p.add_argument("--id-column", default="patient_id", help="column holding patient IDs (default patient_id)")
+    p.set_defaults(func=cmd_ingest_table)
+
     p = verbs.add_parser("assemble", parents=[common], help="join modalities and clinical data into cohort.zarr")
     p.add_argument("--clinical", type=_existing_file, required=True, help="clinical/outcome table")
     p.add_argument("--samples", type=_existing_file, required=True, help="samples sheet")
@@ -276,6 +303,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imaging", type=_existing_file, nargs="*", default=[], help="imaging .h5ad chunks")
     p.add_argument("--counts", type=_existing_file, help="the counts table (fingerprinted in provenance)")
     p.add_argument("--maf", type=_existing_file, help="the cohort MAF, if any (fingerprinted in provenance)")
+    p.add_argument(
+        "--table",
+        type=_named_chunk,
+        nargs="*",
+        default=[],
+        metavar="NAME=H5AD",
+        help="modalities from `ingest table`, e.g. imaging=results/interim/table/imaging.h5ad",
+    )
+    p.add_argument(
+        "--table-source",
+        type=_existing_file,
+        nargs="*",
+        default=[],
+        help="the original feature tables (fingerprinted in provenance)",
+    )
     p.add_argument("--config", type=_existing_file, help="config (clinical column names; kept in provenance)")
     p.add_argument("--out", type=Path, required=True, help="output cohort store (.zarr directory)")
     p.set_defaults(func=cmd_assemble)

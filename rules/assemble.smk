@@ -10,6 +10,8 @@ rule assemble:
         expression=[f"{OUT}/interim/expression/expression.h5ad"] if HAS_EXPRESSION else [],
         counts=config["expression"] if HAS_EXPRESSION else [],
         maf=MAF or [],
+        tables=expand(f"{OUT}/interim/table/{{name}}.h5ad", name=list(TABLES)),
+        table_sources=list(TABLES.values()),
         config=workflow.configfiles[-1] if workflow.configfiles else [],
     output:
         directory(f"{OUT}/cohort.zarr"),
@@ -19,6 +21,7 @@ rule assemble:
         expression=lambda wc, input: f'{option("--expression", input.expression)} {option("--counts", input.counts)}',
         config=lambda wc, input: option("--config", input.config),
         maf=lambda wc, input: option("--maf", input.maf),
+        tables=lambda wc, input: f'{table_options(input.tables)} {option("--table-source", input.table_sources)}',
     log:
         f"{LOGS}/assemble.log",
     benchmark:
@@ -31,7 +34,8 @@ rule assemble:
         "../envs/multimodal.yaml"
     shell:
         "multimodal assemble -q --clinical {input.clinical:q} --samples {input.samples:q} {params.variants}"
-        " {params.expression} {params.imaging} {params.maf} {params.config} --out {output:q} > {log:q} 2>&1"
+        " {params.expression} {params.imaging} {params.maf} {params.tables} {params.config} --out {output:q}"
+        " > {log:q} 2>&1"
 
 
 rule inspect:

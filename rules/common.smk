@@ -1,7 +1,9 @@
 # Look-ups shared by the rules: the samples sheet, chunks of patients, and which modalities exist.
 import math
+import re
 import os
 import shlex
+from pathlib import Path
 
 import pandas as pd
 
@@ -24,7 +26,13 @@ HAS_VARIANTS = bool((SAMPLES["vcf"] != "").any()) or (MAF is not None and bool((
 HAS_IMAGING = bool((SAMPLES["image"] != "").any())
 HAS_EXPRESSION = bool(config.get("expression")) and bool((SAMPLES["rna_sample"] != "").any())
 
+TABLES = dict(config.get("tables") or {})
+for _name, _present in (("variants", HAS_VARIANTS), ("expression", HAS_EXPRESSION), ("imaging", HAS_IMAGING)):
+    if _name in TABLES and _present:
+        raise ValueError(f"config: modality {_name!r} is given both as a table and by the samples sheet")
+
 wildcard_constraints:
+    name="|".join(re.escape(n) for n in TABLES) or "(?!)",
     chunk=r"\d+",
 
 
@@ -53,3 +61,8 @@ def option(flag, files):
     """``flag`` followed by the shell-quoted paths, or nothing when there are none."""
     files = [files] if isinstance(files, str) else list(files)
     return " ".join([flag, *(shlex.quote(str(f)) for f in files)]) if files else ""
+
+
+def table_options(input_tables):
+    """``--table NAME=PATH ...`` for the assemble command."""
+    return option("--table", [f"{Path(p).stem}={p}" for p in input_tables])

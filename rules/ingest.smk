@@ -71,3 +71,26 @@ rule ingest_imaging:
     shell:
         "multimodal ingest imaging -q --samples {input.samples:q} --chunk {wildcards.chunk}"
         " --n-chunks {params.n_chunks} --bin-count {params.bin_count} --out {output:q} > {log:q} 2>&1"
+
+
+rule ingest_table:
+    input:
+        samples=config["samples"],
+        table=lambda wc: TABLES[wc.name],
+    output:
+        f"{OUT}/interim/table/{{name}}.h5ad",
+    params:
+        id_column=config["table_id_column"],
+    log:
+        f"{LOGS}/ingest_table/{{name}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/ingest_table/{{name}}.tsv",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../envs/multimodal.yaml"
+    shell:
+        "multimodal ingest table -q --samples {input.samples:q} --table {input.table:q} --name {wildcards.name}"
+        " --id-column {params.id_column:q} --out {output:q} > {log:q} 2>&1"

@@ -16,6 +16,7 @@ VERBS = [
     ["ingest", "variants"],
     ["ingest", "expression"],
     ["ingest", "imaging"],
+    ["ingest", "table"],
     ["assemble"],
     ["train"],
     ["explain"],

@@ -94,9 +94,14 @@ def test_maf_and_vcf_give_the_same_matrix(tiny_cohort, tmp_path):
 
 
 @pytest.mark.slow
-def test_workflow_on_a_user_config_with_maf_only(tiny_cohort, tmp_path):
+def test_workflow_on_a_user_config_with_a_maf_and_a_radiomics_table(tiny_cohort, tmp_path):
+    from multimodal.ingest.imaging import imaging_matrix
+
     samples = read_samples(tiny_cohort / "samples.tsv")
     maf = vcfs_to_maf(samples, tmp_path / "cohort.maf")
+    radiomics = imaging_matrix(samples, progress=False).to_df()
+    radiomics.insert(0, "Image", "scan.nrrd")  # a text column, as exports carry
+    radiomics.rename_axis("patient_id").reset_index().to_csv(tmp_path / "radiomics.csv", index=False)
     sheet = pd.DataFrame({"patient_id": samples.index, "maf_sample": [f"{p}-01A-11D" for p in samples.index]})
     sheet.to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
     shutil.copy(tiny_cohort / "clinical.tsv", tmp_path / "clinical.tsv")
@@ -104,6 +109,7 @@ def test_workflow_on_a_user_config_with_maf_only(tiny_cohort, tmp_path):
         "samples": "samples.tsv",
         "clinical": "clinical.tsv",
         "maf": str(maf.name),
+        "tables": {"imaging": "radiomics.csv"},
         "outdir": "results/maf only",  # a space: rule shell commands must quote paths
         "model": {"folds": 3, "epochs": 10},
         "explain": {"n_steps": 8},
@@ -132,7 +138,8 @@ def test_workflow_on_a_user_config_with_maf_only(tiny_cohort, tmp_path):
     assert code == 0
     out = tmp_path / "results/maf only"
     summary = (out / "cohort_summary.txt").read_text()
-    assert "variants" in summary and "expression" not in summary and "imaging" not in summary
+    assert "variants" in summary and "expression" not in summary
+    assert f"imaging     {len(radiomics):>6} patients x     50 features" in summary
     assert not (tmp_path / "demo").exists()  # the shipped demo settings did not leak into this config
     predictions = pd.read_csv(out / "model/predictions.tsv", sep="\t")
     assert len(predictions) == 60

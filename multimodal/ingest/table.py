@@ -1,0 +1,85 @@
+"""Any patients x features table (a radiomics export, copy-number scores, lab values) as a modality.
+
+Numeric columns become features; text columns (file paths, versions) and pyradiomics'
+``diagnostics_*`` columns are left out and counted. Empty cells stay missing and are imputed inside each
+training fold. Rows of patients outside the samples sheet are left out and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from multimodal.errors import MultimodalError
+from multimodal.ingest.clinical import MISSING
+from multimodal.ingest.samples import check_unique_ids, read_table
+
+if TYPE_CHECKING:
+    import anndata
+
+log = logging.getLogger(__name__)
+
+
+def feature_table(
+    path: str | Path,
+    *,
+    modality: str,
+    patients: pd.Index,
+    id_column: str = "patient_id",
+) -> anndata.AnnData:
+    """Patients x features AnnData from a table with one row per patient (TSV/CSV, optionally gzipped)."""
+    import anndata as ad
+
+    path = Path(path)
+    frame = read_table(path, what=f"{modality} feature table")
+    if id_column not in frame.columns:
+        raise MultimodalError(f"{path}: no {id_column!r} column (columns: {list(frame.columns)[:8]}...)")
+    ids = frame[id_column].str.strip()
+    check_unique_ids(ids, path=path, column=id_column)
+    # pyradiomics batch output: diagnostics_* columns describe the image and the run, not the tumour
+    diagnostics = [c for c in frame.columns if c.startswith("diagnostics_")]
+    values = frame.drop(columns=[id_column, *diagnostics])
+    lowered = values.apply(lambda c: c.str.strip().str.lower())
+    numeric = values.apply(lambda c: pd.to_numeric(c.str.strip(), errors="coerce"))
+    is_missing = lowered.isin(MISSING)
+    parsed = numeric.notna() | is_missing
+    numeric_columns = [c for c in values.columns if parsed[c].all() and numeric[c].notna().any()]
+    dropped = [c for c in values.columns if c not in numeric_columns]
+    partly = [c for c in dropped if numeric[c].notna().mean() > 0.5]
+    if partly:  # mostly numbers with some text: a broken cell, not a text column
+        column = partly[0]
+        bad = ~parsed[column]
+        line = int(values.index[bad.to_numpy()][0])
+        raise MultimodalError(
+            f"{path}: line {line}: column {column!r} value {values.at[line, column]!r} is not a number"
+        )
+    in_cohort = ids.isin(patients).to_numpy()
+    matrix = numeric.loc[in_cohort, numeric_columns].to_numpy(dtype=np.float32)
+    if not np.isfinite(matrix[~np.isnan(matrix)]).all():
+        raise MultimodalError(f"{path}: infinite values in the table")
+    adata = ad.AnnData(
+        X=matrix,
+        obs=pd.DataFrame(index=pd.Index(ids[in_cohort].to_numpy(), name="patient_id")),
+        var=pd.DataFrame(
+            {"feature_class": f"{modality}_table", "source": path.name},
+            index=pd.Index([str(c) for c in numeric_columns], name="feature"),
+        ),
+    )
+    adata.uns["ingest"] = {
+        "modality": modality,
+        "params": {"table": str(path), "id_column": id_column, "dropped_text_columns": [str(c) for c in dropped]},
+        "n_patients_in": int(len(patients)),
+        "exclusions": {
+            "patients_without_table_row": int((~patients.isin(ids)).sum()),
+            "table_rows_not_in_samples_sheet": int((~in_cohort).sum()),
+            "text_columns_dropped": len(dropped),
+            "diagnostics_columns_dropped": len(diagnostics),
+            "missing_values": int(np.isnan(matrix).sum()),
+        },
+    }
+    log.info("%s: %d patients x %d features from %s", modality, adata.n_obs, adata.n_vars, path)
+    return adata

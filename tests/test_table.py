@@ -1,0 +1,40 @@
+"""Feature tables as modalities: numeric columns kept, text and diagnostics columns counted, bad cells named."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from multimodal.errors import MultimodalError
+from multimodal.ingest.table import feature_table
+
+RADIOMICS_CSV = (
+    "Image,Mask,patient_id,diagnostics_Versions_PyRadiomics,diagnostics_Mask-original_VoxelNum,"
+    "original_shape_VoxelVolume,original_firstorder_Mean\n"
+    "a.nrrd,a_seg.nrrd,P1,v3.0.1,120,1500.5,33.1\n"
+    "b.nrrd,b_seg.nrrd,P2,v3.0.1,80,900,\n"
+    "c.nrrd,c_seg.nrrd,P9,v3.0.1,10,100,12\n"
+)
+
+
+def test_pyradiomics_style_export(tmp_path):
+    path = tmp_path / "radiomics.csv"
+    path.write_text(RADIOMICS_CSV)
+    adata = feature_table(path, modality="imaging", patients=pd.Index(["P1", "P2", "P3"]))
+    assert list(adata.obs_names) == ["P1", "P2"]
+    assert list(adata.var_names) == ["original_shape_VoxelVolume", "original_firstorder_Mean"]
+    np.testing.assert_allclose(adata.X[0], [1500.5, 33.1], rtol=1e-6)
+    assert np.isnan(adata.X[1, 1])
+    assert adata.uns["ingest"]["exclusions"] == {
+        "patients_without_table_row": 1,
+        "table_rows_not_in_samples_sheet": 1,
+        "text_columns_dropped": 2,
+        "diagnostics_columns_dropped": 2,
+        "missing_values": 1,
+    }
+
+
+def test_a_text_cell_in_a_numeric_column_is_named(tmp_path):
+    path = tmp_path / "cnv.tsv"
+    path.write_text("patient_id\tMYC\tERBB2\nP1\t0.5\t1\nP2\t0.1\thigh\nP3\t0.2\t2\nP4\t0.3\t0\n")
+    with pytest.raises(MultimodalError, match=r"cnv\.tsv: line 3: column 'ERBB2' value 'high' is not a number"):
+        feature_table(path, modality="cnv", patients=pd.Index(["P1", "P2", "P3", "P4"]))
