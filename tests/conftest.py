@@ -11,6 +11,33 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MULTIMODAL_NO_PROGRESS", "1")
 
 
+def run_workflow_in(workdir: Path, config: str) -> int:
+    """``multimodal run`` with the repository's Snakefile, in ``workdir`` (paths in the config are relative
+    to it), as a user would from their project directory."""
+    from multimodal.cli import main
+
+    previous = os.getcwd()
+    os.chdir(workdir)
+    try:
+        return main(
+            [
+                "run",
+                "-q",
+                "--config",
+                config,
+                "--snakefile",
+                str(REPO / "Snakefile"),
+                "--cores",
+                "2",
+                "--",
+                "--quiet",
+                "all",
+            ]
+        )
+    finally:
+        os.chdir(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory) -> Path:
     """60 simulated patients with small images, in real file formats."""

@@ -1,7 +1,6 @@
 """Cohort MAF input: the same counts as per-patient VCFs, and a workflow run on a user config
 (simulation off, variants from a MAF, no RNA, no imaging)."""
 
-import os
 import shutil
 from pathlib import Path
 
@@ -10,13 +9,12 @@ import pandas as pd
 import pysam
 import pytest
 import yaml
+from conftest import run_workflow_in
 
-from multimodal.cli import main
 from multimodal.errors import MultimodalError
 from multimodal.ingest.samples import read_samples
 from multimodal.ingest.variants import mutation_matrix, read_maf
 
-REPO = Path(__file__).resolve().parents[1]
 MAF_CLASS = {
     "missense_variant": "Missense_Mutation",
     "stop_gained": "Nonsense_Mutation",
@@ -115,26 +113,7 @@ def test_workflow_on_a_user_config_with_a_maf_and_a_radiomics_table(tiny_cohort,
         "explain": {"n_steps": 8},
     }
     (tmp_path / "my_cohort.yaml").write_text(yaml.safe_dump(config))
-    previous = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        code = main(
-            [
-                "run",
-                "-q",
-                "--config",
-                "my_cohort.yaml",
-                "--snakefile",
-                str(REPO / "Snakefile"),
-                "--cores",
-                "2",
-                "--",
-                "--quiet",
-                "all",
-            ]
-        )
-    finally:
-        os.chdir(previous)
+    code = run_workflow_in(tmp_path, "my_cohort.yaml")
     assert code == 0
     out = tmp_path / "results/maf only"
     summary = (out / "cohort_summary.txt").read_text()

@@ -1,16 +1,11 @@
 """End to end: the shipped demo configuration through Snakemake, checked against the planted truth."""
 
 import json
-import os
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from multimodal.cli import main
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, run_workflow_in
 
 
 @pytest.fixture(scope="module")
@@ -18,26 +13,7 @@ def demo_run(tmp_path_factory):
     """`multimodal run` with the shipped config/config.yaml, in a scratch working directory."""
     workdir = tmp_path_factory.mktemp("demo")
     shutil.copytree(REPO / "config", workdir / "config", symlinks=False)
-    previous = os.getcwd()
-    os.chdir(workdir)
-    try:
-        code = main(
-            [
-                "run",
-                "-q",
-                "--config",
-                "config/config.yaml",
-                "--snakefile",
-                str(REPO / "Snakefile"),
-                "--cores",
-                "2",
-                "--",
-                "--quiet",
-                "rules",
-            ]
-        )
-    finally:
-        os.chdir(previous)
+    code = run_workflow_in(workdir, "config/config.yaml")
     assert code == 0
     return workdir
 
