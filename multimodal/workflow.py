@@ -63,4 +63,10 @@ def run_workflow(
             f"workflow failed (Snakemake exit code {completed.returncode}); the failing rule's log is shown above",
             exit_code=completed.returncode,
         )
+    if not dry_run:
+        from multimodal.config import load_config
+
+        report = Path(load_config(config)["outdir"]) / "report.html"
+        if report.is_file():
+            log.info("done: report at %s", report)
     return 0
