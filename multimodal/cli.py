@@ -63,11 +63,10 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     from multimodal.simulate import SimulationParams, simulate_cohort
 
     section = _load_config(args.config)["simulate"] if args.config else {}
-    params = SimulationParams(
-        n_patients=args.patients or section.get("n_patients", 300),
-        seed=args.seed if args.seed is not None else section.get("seed", 7),
-        image_size=args.image_size or section.get("image_size", 40),
-    )
+    settings = {key: section[key] for key in ("n_patients", "seed", "image_size") if key in section}
+    given = {"n_patients": args.patients, "seed": args.seed, "image_size": args.image_size}
+    settings.update({key: value for key, value in given.items() if value is not None})
+    params = SimulationParams(**settings)
     out = args.out or Path(section.get("outdir", "demo"))
     simulate_cohort(out, params=params)
     log.info("wrote %d patients to %s (truth in %s)", params.n_patients, out, out / "truth.json")
@@ -200,16 +199,10 @@ def cmd_explain(args: argparse.Namespace) -> None:
     from multimodal.store import read_cohort_store
 
     _torch_threads(args)
-    section = _load_config(args.config)["explain"] if args.config else {}
-    n_steps = args.n_steps or section.get("n_steps", 64)
-    explain_cohort(
-        read_cohort_store(args.store),
-        args.model,
-        args.out,
-        method=section.get("method", "integrated_gradients"),
-        n_steps=n_steps,
-        progress=_progress(args),
-    )
+    settings = dict(_load_config(args.config)["explain"]) if args.config else {}
+    if args.n_steps:
+        settings["n_steps"] = args.n_steps
+    explain_cohort(read_cohort_store(args.store), args.model, args.out, progress=_progress(args), **settings)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
