@@ -42,6 +42,7 @@ PROGRAM_HAZARD = 1.5
 IMAGING_FEATURE = "shape_voxel_volume"
 SIZE_HAZARD = 1.5
 INTENSITY_HAZARD = 0.3
+TEXTURE_HAZARD = 0.3
 AGE_HAZARD_PER_DECADE = 0.2
 ARM_HAZARD = -0.4
 
@@ -157,13 +158,14 @@ def simulate_cohort(outdir: str | Path, *, params: SimulationParams | None = Non
         + PROGRAM_HAZARD * program
         + SIZE_HAZARD * size_latent
         + INTENSITY_HAZARD * intensity_latent
+        + TEXTURE_HAZARD * texture_latent
         + AGE_HAZARD_PER_DECADE * (age - 63) / 10
         + ARM_HAZARD * arm
     )
     eta = eta - eta.mean()
     baseline_rate = np.log(2) / 20.0  # median survival of 20 months at the mean hazard
     event_time = rng.exponential(1.0 / (baseline_rate * np.exp(eta)))
-    censor_time = rng.uniform(6.0, 60.0, size=n)
+    censor_time = rng.uniform(12.0, 72.0, size=n)
     os_time = np.maximum(np.minimum(event_time, censor_time), 0.1).round(1)
     os_event = (event_time <= censor_time).astype(int)
 
@@ -246,11 +248,12 @@ def simulate_cohort(outdir: str | Path, *, params: SimulationParams | None = Non
             "planted_feature": IMAGING_FEATURE,
             "log_hazard_per_sd_log_radius": SIZE_HAZARD,
             "intensity_log_hazard_per_sd": INTENSITY_HAZARD,
+            "texture_heterogeneity_log_hazard_per_sd": TEXTURE_HAZARD,
             "site_intensity_shift": SITE_INTENSITY_SHIFT,
         },
         "clinical": {"age_log_hazard_per_decade": AGE_HAZARD_PER_DECADE, "experimental_arm": ARM_HAZARD},
         "response_model": "logit = -0.3 + 1.0 arm - 0.8 program - 0.8 TP53 - 0.5 size",
-        "censoring": "uniform administrative censoring between 6 and 60 months",
+        "censoring": "uniform administrative censoring between 12 and 72 months",
         "event_fraction": float(os_event.mean()),
         "linear_predictor": {pid: float(e) for pid, e in zip(patients, eta, strict=True)},
     }
