@@ -84,7 +84,7 @@ def test_imaging_matrix_two_patients_and_one_without_imaging(cohort: pd.DataFram
     assert ingest == {
         "modality": "imaging",
         "params": {"bin_count": 16, "extractor": "multimodal.radiomics v1"},
-        "exclusions": {"patients_without_imaging": 1},
+        "exclusions": {"patients_without_imaging": 1, "undefined_feature_values": 0},
         "n_patients_in": 3,
     }
     assert _plain(ingest)
@@ -187,3 +187,18 @@ def test_errors_name_the_file_and_the_problem(case: str, tmp_path: Path, monkeyp
     assert "\n" not in message
     if case == "shape mismatch":
         assert "(12, 12, 8)" in message  # both shapes are given
+
+
+def test_undefined_features_of_a_one_voxel_roi_are_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    image, mask = _blob(seed=3)
+    mask[:] = 0
+    mask[5, 5, 4] = 1
+    samples = pd.DataFrame(
+        {"image": [_write(tmp_path / "i.nii.gz", image)], "mask": [_write(tmp_path / "m.nii.gz", mask)]},
+        index=pd.Index(["P1"], name="patient_id"),
+    )
+    adata = imaging_matrix(samples, progress=False)
+    n_nan = int(np.isnan(adata.X).sum())
+    assert n_nan > 0
+    assert adata.uns["ingest"]["exclusions"]["undefined_feature_values"] == n_nan

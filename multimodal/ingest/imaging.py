@@ -132,7 +132,11 @@ def imaging_matrix(samples: pd.DataFrame, *, bin_count: int = 32, progress: bool
         "ingest": {
             "modality": "imaging",
             "params": {"bin_count": int(bin_count), "extractor": EXTRACTOR},
-            "exclusions": {"patients_without_imaging": int(n_without)},
+            "exclusions": {
+                "patients_without_imaging": int(n_without),
+                # e.g. texture of a one-voxel ROI: left missing, imputed inside each training fold
+                "undefined_feature_values": int(np.isnan(rows).sum()),
+            },
             "n_patients_in": len(patient_ids),
         }
     }
