@@ -48,7 +48,14 @@ def main() -> int:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="multimodal-bench-"))
+    if args.workdir is None:
+        with tempfile.TemporaryDirectory(prefix="multimodal-bench-") as scratch:
+            return benchmark(Path(scratch), cores=args.cores)
+    return benchmark(args.workdir, cores=args.cores)
+
+
+def benchmark(workdir: Path, *, cores: int) -> int:
+    """Run the demo in ``workdir`` and print the figures."""
     shutil.copytree(REPO / "config", workdir / "config", dirs_exist_ok=True)
     command = [
         sys.executable,
@@ -61,7 +68,7 @@ def main() -> int:
         "--snakefile",
         str(REPO / "Snakefile"),
         "--cores",
-        str(args.cores),
+        str(cores),
         "--",
         "--quiet",
         "all",
@@ -71,7 +78,7 @@ def main() -> int:
     workflow_s = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     reference_s = read_inputs_once(workdir)
-    print(f"demo workflow wall time   {workflow_s:8.1f} s  (--cores {args.cores})")
+    print(f"demo workflow wall time   {workflow_s:8.1f} s  (--cores {cores})")
     print(f"peak RSS of any one job   {peak_mib:8.0f} MiB")
     print(f"reference: read inputs    {reference_s:8.2f} s")
     print(f"ratio workflow/reference  {workflow_s / reference_s:8.1f}")
