@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from multimodal.errors import MultimodalError
+from multimodal.ingest.samples import open_text, table_separator
 
 if TYPE_CHECKING:
     import anndata
@@ -31,12 +32,9 @@ STAR_SUMMARY_ROWS = ("N_unmapped", "N_multimapping", "N_noFeature", "N_ambiguous
 
 def _header_and_comment_lines(path: Path, sep: str) -> tuple[list[str], int]:
     """The header's fields (stripped) and how many ``#`` lines precede it."""
-    import gzip
-
-    opener = gzip.open if path.name.endswith(".gz") else open
     n = 0
     try:
-        with opener(path, "rt", encoding="utf-8-sig") as handle:
+        with open_text(path) as handle:
             for line in handle:
                 if not line.startswith("#"):
                     return [f.strip() for f in line.rstrip("\r\n").split(sep)], n
@@ -57,7 +55,7 @@ def read_counts_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise MultimodalError(f"{path}: expression counts table not found")
-    sep = "," if path.name.lower().removesuffix(".gz").endswith(".csv") else "\t"
+    sep = table_separator(path)
     header, n_comments = _header_and_comment_lines(path, sep)
     repeated = sorted({c for c in header[1:] if header.count(c) > 1})
     if repeated:

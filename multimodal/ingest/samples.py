@@ -18,11 +18,17 @@ FILE_COLUMNS = ("vcf", "image", "mask")
 OPTIONAL_COLUMNS = ("vcf", "maf_sample", "rna_sample", "image", "mask")
 
 
-def _open_text(path: Path):
+def open_text(path: Path):
+    """Open a text table for reading, gzipped or not (by extension), skipping a UTF-8 byte-order mark."""
     import gzip
 
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     return opener(path, "rt", encoding="utf-8-sig", newline="")
+
+
+def table_separator(path: Path) -> str:
+    """``,`` for ``.csv``/``.csv.gz``, else tab."""
+    return "," if path.name.lower().removesuffix(".gz").endswith(".csv") else "\t"
 
 
 def read_table(path: str | Path, *, what: str) -> pd.DataFrame:
@@ -36,11 +42,11 @@ def read_table(path: str | Path, *, what: str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise MultimodalError(f"{path}: {what} not found")
-    sep = "," if path.name.lower().removesuffix(".gz").endswith(".csv") else "\t"
+    sep = table_separator(path)
     header: list[str] | None = None
     rows, lines = [], []
     try:
-        with _open_text(path) as handle:
+        with open_text(path) as handle:
             reader = csv.reader(handle, delimiter=sep)
             for fields in reader:
                 if not any(f.strip() for f in fields):
