@@ -25,6 +25,7 @@ import pandas as pd
 
 from multimodal.errors import MultimodalError
 from multimodal.fileio import atomic_path
+from multimodal.model.metrics import auroc, harrell_c
 
 if TYPE_CHECKING:
     import mudata
@@ -91,7 +92,6 @@ def cross_validate(
     import torch
 
     from multimodal.model.data import CohortDataModule, cohort_arrays
-    from multimodal.model.metrics import auroc, harrell_c
     from multimodal.model.splits import assign_folds
 
     params = params or TrainParams()
@@ -133,6 +133,8 @@ def cross_validate(
                     len(data.train_rows),
                     len(test_rows),
                 )
+            data.setup()  # fits the fold's preprocessing on its training rows
+            inputs, mask = data.preprocessor.transform(arrays, test_rows)
             risks, probs = [], []
             for member in range(params.ensemble):
                 # members differ only in their seed: averaging them removes much of a small cohort's
@@ -141,7 +143,6 @@ def cross_validate(
                 model = _train_member(params, data, tmp, k, member, progress)
                 model.eval()
                 with torch.no_grad():
-                    inputs, mask = data.preprocessor.transform(arrays, test_rows)
                     device = next(model.parameters()).device
                     risk, logit = model(*[t.to(device) for t in inputs], mask=mask.to(device))
                 risks.append(risk.cpu().numpy().astype(float))
@@ -162,29 +163,26 @@ def cross_validate(
             for name, m in zip(arrays.modalities, mask.T.numpy(), strict=True):
                 fold_pred[f"has_{name}"] = m
             if params.baseline:
-                fold_pred["risk_penalised_cox"], alpha = _penalised_cox(data, arrays, test_rows, seed=params.seed)
+                fold_pred["risk_penalised_cox"], alpha = _penalised_cox(
+                    data, arrays, _design_matrix(inputs, mask), seed=params.seed
+                )
             predictions.append(fold_pred)
             fold_metrics.append(
-                _metrics(fold_pred, harrell_c, auroc)
-                | {"fold": k, "n_train": len(data.train_rows), "features": data.preprocessor.counts}
+                _metrics(fold_pred) | {"fold": k, "n_train": len(data.train_rows), "features": data.preprocessor.counts}
             )
             if params.baseline:
                 fold_metrics[-1]["penalised_cox"] = {
-                    "c_index": harrell_c(
-                        fold_pred["time"].to_numpy(float),
-                        fold_pred["event"].to_numpy(float),
-                        fold_pred["risk_penalised_cox"].to_numpy(float),
-                    ),
+                    "c_index": _c_index(fold_pred, "risk_penalised_cox"),
                     "alpha": alpha,
                 }
             log.info("fold %d: C-index %.3f, AUROC %.3f", k, fold_metrics[-1]["c_index"], fold_metrics[-1]["auroc"])
 
         pred = pd.concat(predictions, ignore_index=True)
-        pooled = _metrics(pred, harrell_c, auroc)
+        pooled = _metrics(pred)
         per_fold = pd.DataFrame(fold_metrics)
         metrics = {
             "folds": fold_metrics,
-            "baseline": _baseline_summary(pred, fold_metrics, harrell_c) if params.baseline else {},
+            "baseline": _baseline_summary(pred, fold_metrics) if params.baseline else {},
             "mean": {m: float(per_fold[m].mean()) for m in ("c_index", "auroc")},  # NaN folds skipped
             "sd": {m: float(per_fold[m].std(ddof=1)) for m in ("c_index", "auroc")},
             "n_folds_defined": {m: int(per_fold[m].notna().sum()) for m in ("c_index", "auroc")},
@@ -238,27 +236,26 @@ def _train_member(params: TrainParams, data, out: Path, fold: int, member: int, 
     return model
 
 
-def _design_matrix(data, arrays, rows: np.ndarray) -> np.ndarray:
+def _design_matrix(inputs, mask) -> np.ndarray:
     """Fold-preprocessed features of all modalities side by side, plus a has-modality indicator each."""
-    inputs, mask = data.preprocessor.transform(arrays, rows)
     return np.column_stack([t.numpy() for t in inputs] + [mask.numpy().astype(float)])
 
 
-def _penalised_cox(data, arrays, test_rows: np.ndarray, *, seed: int) -> tuple[np.ndarray, float]:
+def _penalised_cox(data, arrays, test_x: np.ndarray, *, seed: int) -> tuple[np.ndarray, float]:
     """The elastic-net Cox reference on this fold's training rows and selected features."""
     from multimodal.model.baselines import penalised_cox_risk
 
     train = data.train_rows
     return penalised_cox_risk(
-        _design_matrix(data, arrays, train),
+        _design_matrix(*data.preprocessor.transform(arrays, train)),
         arrays.time[train],
         arrays.event[train],
-        _design_matrix(data, arrays, test_rows),
+        test_x,
         seed=seed,
     )
 
 
-def _baseline_summary(pred: pd.DataFrame, fold_metrics: list[dict], harrell_c) -> dict:
+def _baseline_summary(pred: pd.DataFrame, fold_metrics: list[dict]) -> dict:
     per_fold = [f["penalised_cox"]["c_index"] for f in fold_metrics]
     return {
         "penalised_cox": {
@@ -266,16 +263,19 @@ def _baseline_summary(pred: pd.DataFrame, fold_metrics: list[dict], harrell_c) -
             "features": "the fusion model's fold-selected, fold-scaled features plus has-modality indicators",
             "mean_c_index": float(np.mean(per_fold)),
             "sd_c_index": float(np.std(per_fold, ddof=1)),
-            "pooled_c_index": harrell_c(
-                pred["time"].to_numpy(float), pred["event"].to_numpy(float), pred["risk_penalised_cox"].to_numpy(float)
-            ),
+            "pooled_c_index": _c_index(pred, "risk_penalised_cox"),
         }
     }
 
 
-def _metrics(pred: pd.DataFrame, harrell_c, auroc) -> dict:
+def _c_index(pred: pd.DataFrame, risk_column: str) -> float:
+    """Harrell's C of one risk column of a predictions frame against its observed outcome."""
+    return harrell_c(pred["time"].to_numpy(float), pred["event"].to_numpy(float), pred[risk_column].to_numpy(float))
+
+
+def _metrics(pred: pd.DataFrame) -> dict:
     return {
-        "c_index": harrell_c(pred["time"].to_numpy(float), pred["event"].to_numpy(float), pred["risk"].to_numpy(float)),
+        "c_index": _c_index(pred, "risk"),
         "auroc": auroc(pred["response"].to_numpy(float), pred["response_prob"].to_numpy(float)),
         "n_test": int(len(pred)),
         "n_events": int(np.nansum(pred["event"].to_numpy(float))),
