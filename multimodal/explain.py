@@ -60,7 +60,7 @@ def attribute_fold(
     def forward(*args: torch.Tensor) -> torch.Tensor:
         # Captum repeats additional args across interpolation steps, so the mask rows follow the inputs.
         *xs, m = args
-        full = [torch.zeros(m.shape[0], 0, dtype=m.dtype if m.is_floating_point() else torch.float32)] * len(inputs)
+        full = [torch.zeros(m.shape[0], 0)] * len(inputs)  # empty modalities: no columns to attribute
         for j, x in zip(used, xs, strict=True):
             full[j] = x
         return model.risk(*full, mask=m)

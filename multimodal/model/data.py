@@ -137,6 +137,11 @@ def drop_redundant(values: np.ndarray, *, max_correlation: float, block: int = 1
     return np.asarray(kept, dtype=int)
 
 
+def _best(candidates: np.ndarray, score: np.ndarray, *, keep: int) -> np.ndarray:
+    """The ``keep`` candidates with the highest score (ties: earlier feature first), in feature order."""
+    return np.sort(candidates[np.argsort(-score[candidates], kind="stable")[:keep]])
+
+
 @dataclass
 class FoldPreprocessor:
     """Feature selection, imputation and scaling fitted on one fold's training rows."""
@@ -176,13 +181,15 @@ class FoldPreprocessor:
             n_informative = len(candidates)
             limit = self.max_features.get(name)
             pool = max(10 * limit, 200) if limit else None
+            # the screening statistic is per feature: computed once, used for the pool and the final cut
+            score = self._screening_score(candidates, filled, std, arrays, rows) if limit else None
             if pool and len(candidates) > pool:  # bound the redundancy filter's work on genome-wide tables
-                candidates = self._screen(candidates, filled, std, arrays, rows, keep=pool)
+                candidates = _best(candidates, score, keep=pool)
             n_pool = len(candidates)
             candidates = candidates[drop_redundant(filled[:, candidates], max_correlation=self.max_correlation)]
             n_distinct = len(candidates)
             if limit and len(candidates) > limit:
-                candidates = self._screen(candidates, filled, std, arrays, rows, keep=limit)
+                candidates = _best(candidates, score, keep=limit)
             self.selected[name] = candidates
             self.features[name] = np.asarray(arrays.features[name], dtype=str)[candidates]
             self.counts[name] = {
@@ -196,15 +203,17 @@ class FoldPreprocessor:
             self.scale[name] = std[candidates]
         return self
 
-    def _screen(self, candidates, filled, std, arrays: CohortArrays, rows: np.ndarray, *, keep: int) -> np.ndarray:
-        """The ``keep`` candidates ranked best by the screening statistic, in feature order."""
+    def _screening_score(self, candidates, filled, std, arrays: CohortArrays, rows: np.ndarray) -> np.ndarray:
+        """Screening statistic per feature (higher is better); NaN outside ``candidates``."""
+        score = np.full(filled.shape[1], np.nan)
         if self.screening == "cox":
-            ranking = -np.abs(cox_score_statistics(filled[:, candidates], arrays.time[rows], arrays.event[rows]))
+            z = cox_score_statistics(filled[:, candidates], arrays.time[rows], arrays.event[rows])
+            score[candidates] = np.abs(z)
         elif self.screening == "variance":
-            ranking = -std[candidates]
+            score[candidates] = std[candidates]
         else:
             raise MultimodalError(f"unknown feature screening {self.screening!r} (cox or variance)")
-        return np.sort(candidates[np.argsort(ranking, kind="stable")[:keep]])
+        return score
 
     def transform(self, arrays: CohortArrays, rows: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Scaled inputs (one tensor per modality; absent rows are 0 and masked) and the mask.
@@ -215,12 +224,11 @@ class FoldPreprocessor:
         for name in arrays.modalities:
             cols = self.selected[name]
             expected = self.features.get(name)
-            if expected is not None and (
-                len(cols)
-                and (
-                    cols.max() >= len(arrays.features[name])
-                    or list(np.asarray(arrays.features[name])[cols]) != list(expected)
-                )
+            names = np.asarray(arrays.features[name], dtype=str)
+            if (
+                expected is not None
+                and len(cols)
+                and (cols.max() >= len(names) or not np.array_equal(names[cols], expected))
             ):
                 raise MultimodalError(
                     f"modality {name!r}: the store's features differ from those the model was trained on "
