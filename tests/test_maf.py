@@ -123,3 +123,28 @@ def test_workflow_on_a_user_config_with_a_maf_and_a_radiomics_table(tiny_cohort,
     predictions = pd.read_csv(out / "model/predictions.tsv", sep="\t")
     assert len(predictions) == 60
     assert (out / "report.html").stat().st_size > 0
+
+
+def test_read_maf_keeps_hash_and_quote_characters_inside_fields(tmp_path):
+    """Only leading '#' lines are comments; a '#' or '"' inside a field (HGVS, free text) is data."""
+    path = tmp_path / "cohort.maf"
+    path.write_text(
+        "#version gdc-1.0.0\n"
+        "#filedate 20240101\n"
+        "Hugo_Symbol\tHGVSc\tVariant_Classification\tTumor_Sample_Barcode\tCOMMENT\tFILTER\n"
+        'TP53\tc.524G>A#1\tMissense_Mutation\tTCGA-05-4244-01A-01D-1105-08\t"open quote\tPASS\n'
+        "PTEN\tc.1A>G\tStart_Codon_SNP\tTCGA-05-4244-01A-01D-1105-08\tsee #12\tPASS\n"
+        "KRAS\tc.35G>T\tDe_novo_Start_OutOfFrame\tTCGA-05-4244-01A-01D-1105-08\t.\tPASS\n"
+    )
+    records = read_maf(path)
+    assert list(records) == ["TCGA-05-4244-01A-01D-1105-08"]
+    sample = records["TCGA-05-4244-01A-01D-1105-08"]
+    assert dict(sample.gene_counts) == {"TP53": 1, "PTEN": 1}
+    assert (sample.n_records, sample.n_pass, sample.excluded["not_protein_altering"]) == (3, 3, 1)
+
+
+def test_maf_that_is_not_tab_separated_names_the_problem(tmp_path):
+    path = tmp_path / "comma.maf"
+    path.write_text("Hugo_Symbol,Variant_Classification,Tumor_Sample_Barcode\nTP53,Missense_Mutation,S1\n")
+    with pytest.raises(MultimodalError, match=r"comma\.maf: MAF lacks column\(s\) .* tab-separated MAF header"):
+        read_maf(path)

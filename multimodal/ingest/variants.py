@@ -156,7 +156,8 @@ def read_patient_variants(path: str | Path) -> PatientVariants:
 
 
 #: MAF ``Variant_Classification`` values that change the protein (the MAF counterpart of the VEP
-#: HIGH/MODERATE set above). Silent, Intron, UTR, Flank, IGR, RNA and Splice_Region are not counted.
+#: HIGH/MODERATE set above), including Oncotator's start/stop codon classes found in older TCGA MAFs.
+#: Silent, Intron, UTR, Flank, IGR, RNA, Splice_Region and De_novo_Start_* (5' UTR) are not counted.
 MAF_PROTEIN_ALTERING = frozenset(
     {
         "Missense_Mutation",
@@ -168,48 +169,92 @@ MAF_PROTEIN_ALTERING = frozenset(
         "In_Frame_Ins",
         "Splice_Site",
         "Translation_Start_Site",
+        "Start_Codon_SNP",
+        "Start_Codon_Del",
+        "Start_Codon_Ins",
+        "Stop_Codon_Del",
+        "Stop_Codon_Ins",
     }
 )
 MAF_REQUIRED = ("Hugo_Symbol", "Variant_Classification", "Tumor_Sample_Barcode")
+
+
+def _maf_header(path: Path) -> tuple[list[str], int]:
+    """The MAF's column names and how many leading ``#`` lines (``#version 2.4`` ...) precede them."""
+    from multimodal.ingest.samples import open_text
+
+    n_comments = 0
+    try:
+        with open_text(path) as handle:
+            for line in handle:
+                if not line.startswith("#"):
+                    return [c.strip() for c in line.rstrip("\r\n").split("\t")], n_comments
+                n_comments += 1
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise MultimodalError(f"{path}: cannot read MAF: {exc}") from exc
+    raise MultimodalError(f"{path}: MAF is empty")
 
 
 def read_maf(path: str | Path) -> dict[str, PatientVariants]:
     """Count PASS protein-altering variants per gene for every tumour sample of a MAF (plain or gzipped).
 
     Records whose ``FILTER`` column (when present, as in GDC MAFs) is not PASS or ``.`` are counted as
-    filtered; ``Hugo_Symbol`` ``Unknown`` or empty counts as no gene symbol.
+    filtered; ``Hugo_Symbol`` ``Unknown`` or empty counts as no gene symbol. Only the three required
+    columns and FILTER are parsed, so a multi-million-row, 120-column MAF fits in memory; only leading
+    ``#`` lines are skipped (a ``#`` inside a field is data) and quotes are not special, as in GDC MAFs.
     """
+    import csv
+
     path = Path(path)
     if not path.is_file():
         raise MultimodalError(f"{path}: MAF not found")
-    try:
-        maf = pd.read_csv(path, sep="\t", comment="#", dtype=str, keep_default_na=False, low_memory=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
-        raise MultimodalError(f"{path}: cannot read MAF: {str(exc).splitlines()[0]}") from exc
-    absent = [c for c in MAF_REQUIRED if c not in maf.columns]
+    header, n_comments = _maf_header(path)
+    absent = [c for c in MAF_REQUIRED if c not in header]
     if absent:
-        raise MultimodalError(f"{path}: MAF lacks column(s) {absent}")
+        raise MultimodalError(f"{path}: MAF lacks column(s) {absent} (a tab-separated MAF header was expected)")
+    columns = [*MAF_REQUIRED, *(["FILTER"] if "FILTER" in header else [])]
+    try:
+        maf = pd.read_csv(
+            path,
+            sep="\t",
+            skiprows=n_comments,
+            usecols=columns,
+            dtype=str,
+            keep_default_na=False,
+            quoting=csv.QUOTE_NONE,
+            encoding="utf-8-sig",
+        )
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MultimodalError(f"{path}: cannot read MAF (after {n_comments} '#' lines): {message}") from exc
+    sample = maf["Tumor_Sample_Barcode"].str.strip()
+    gene = maf["Hugo_Symbol"].str.strip()
+    passed = maf["FILTER"].str.strip().isin(["PASS", ".", ""]) if "FILTER" in maf else pd.Series(True, index=maf.index)
+    no_gene = passed & gene.isin(["", "Unknown"])
+    altering = passed & ~no_gene & maf["Variant_Classification"].str.strip().isin(MAF_PROTEIN_ALTERING)
+    tallies = (
+        pd.DataFrame(
+            {
+                "n_records": 1,
+                "n_pass": passed.astype(int),
+                "filter_not_pass": (~passed).astype(int),
+                "no_gene_symbol": no_gene.astype(int),
+                "not_protein_altering": (passed & ~no_gene & ~altering).astype(int),
+            }
+        )
+        .groupby(sample.to_numpy(), sort=False)
+        .sum()
+    )
+    gene_counts = pd.Series(1, index=pd.MultiIndex.from_arrays([sample[altering], gene[altering]]))
+    per_sample_genes = gene_counts.groupby(level=[0, 1], sort=False).sum()
     result: dict[str, PatientVariants] = {}
-    filters = maf["FILTER"].str.strip() if "FILTER" in maf.columns else pd.Series(".", index=maf.index)
-    for sample, gene, klass, filt in zip(
-        maf["Tumor_Sample_Barcode"].str.strip(),
-        maf["Hugo_Symbol"].str.strip(),
-        maf["Variant_Classification"].str.strip(),
-        filters,
-        strict=True,
-    ):
-        pv = result.setdefault(sample, PatientVariants())
-        pv.n_records += 1
-        if filt not in ("PASS", ".", ""):
-            pv.excluded["filter_not_pass"] += 1
-            continue
-        pv.n_pass += 1
-        if not gene or gene == "Unknown":
-            pv.excluded["no_gene_symbol"] += 1
-        elif klass in MAF_PROTEIN_ALTERING:
-            pv.gene_counts[gene] += 1
-        else:
-            pv.excluded["not_protein_altering"] += 1
+    for barcode, row in tallies.iterrows():
+        excluded = Counter({k: int(row[k]) for k in ("filter_not_pass", "no_gene_symbol", "not_protein_altering")})
+        result[str(barcode)] = PatientVariants(
+            n_records=int(row["n_records"]), n_pass=int(row["n_pass"]), excluded=+excluded
+        )
+    for (barcode, symbol), n in per_sample_genes.items():
+        result[str(barcode)].gene_counts[symbol] = int(n)
     return result
 
 
