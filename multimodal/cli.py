@@ -107,7 +107,10 @@ def cmd_ingest_expression(args: argparse.Namespace) -> None:
     from multimodal.ingest.samples import read_samples
 
     samples = read_samples(args.samples)
-    adata = expression_matrix(read_counts_table(args.counts), samples, source=str(args.counts))
+    counts = read_counts_table(
+        args.counts, sample_columns=[s for s in samples["rna_sample"] if s], nonnegative=args.values == "counts"
+    )
+    adata = expression_matrix(counts, samples, source=str(args.counts), values=args.values)
     _write_h5ad(adata, args.out)
 
 
@@ -277,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ingest_variants)
     p = kinds.add_parser("expression", parents=[common, io], help="raw counts table, genes x samples")
     p.add_argument("--counts", type=_existing_file, required=True, help="counts table (TSV/CSV)")
+    p.add_argument(
+        "--values",
+        choices=("counts", "log"),
+        default="counts",
+        help="raw counts (normalised to log1p CPM; default) or an already log-scale table (used as given)",
+    )
     p.set_defaults(func=cmd_ingest_expression)
     p = kinds.add_parser("imaging", parents=[common, io, chunking], help="radiomics from NIfTI image + mask")
     p.add_argument("--bin-count", type=_positive_int, default=32, help="grey levels for texture (default 32)")

@@ -34,6 +34,8 @@ rule ingest_expression:
         counts=config["expression"] or [],
     output:
         f"{OUT}/interim/expression/expression.h5ad",
+    params:
+        values=config["ingest"]["expression_values"],
     log:
         f"{LOGS}/ingest_expression.log",
     benchmark:
@@ -45,7 +47,8 @@ rule ingest_expression:
     conda:
         "../envs/multimodal.yaml"
     shell:
-        "multimodal ingest expression -q --samples {input.samples:q} --counts {input.counts:q} --out {output:q}"
+        "multimodal ingest expression -q --samples {input.samples:q} --counts {input.counts:q}"
+        " --values {params.values} --out {output:q}"
         " > {log:q} 2>&1"
 
 

@@ -31,6 +31,7 @@ def test_normalised_values_and_raw_counts(tmp_path):
         "patients_without_rna": 1,
         "rna_samples_not_in_samples_sheet": 1,
         "genes_zero_in_all_samples": 1,
+        "genes_with_missing_values": 0,
         "duplicate_gene_rows_summed": 0,
         "summary_rows_removed": 0,
     }
@@ -91,3 +92,45 @@ def test_repeated_sample_column_blank_lines_and_padded_header(tmp_path):
         read_counts_table(path)
     path.write_text("gene\t S1 \tS2\nA\t1\t2\n\nB\t3\t1\n")
     assert list(read_counts_table(path).columns) == ["S1", "S2"]
+
+
+def test_r_write_table_output_and_reading_only_the_cohorts_samples(tmp_path):
+    """R's write.table: quoted names, a header without the gene column; unclaimed samples are not parsed."""
+    path = write_counts(tmp_path / "r.tsv", '"S1"\t"S2"\t"OTHER"\n"A"\t1\t2\tnot-a-number\n"B"\t3\t4\t5\n')
+    counts = read_counts_table(path, sample_columns=["S1", "S2"])
+    assert list(counts.columns) == ["S1", "S2"] and list(counts.index) == ["A", "B"]
+    adata = expression_matrix(counts, samples(["S1", "S2"]))
+    np.testing.assert_array_equal(adata.layers["counts"], [[1, 3], [2, 4]])
+    assert adata.uns["ingest"]["exclusions"]["rna_samples_not_in_samples_sheet"] == 1
+
+
+def test_missing_cells_leave_the_gene_out_and_are_counted(tmp_path):
+    """PanCanAtlas-style RSEM table: SYMBOL|ENTREZ IDs, non-integer values, NA cells."""
+    path = write_counts(
+        tmp_path / "rsem.tsv",
+        "gene_id\tS1\tS2\n?|100130426\t0.5\t1.25\nTP53|7157\t812.4\t95.1\nKRAS|3845\tNA\t20.2\n"
+        "\nEGFR|1956\t300\t\n",
+    )
+    counts = read_counts_table(path)
+    assert list(counts.index) == ["?|100130426", "TP53|7157"]
+    adata = expression_matrix(counts, samples(["S1", "S2"]))
+    assert list(adata.var["gene_symbol"]) == ["?|100130426", "TP53"]
+    assert adata.uns["ingest"]["exclusions"]["genes_with_missing_values"] == 2
+    assert adata.uns["ingest"]["params"]["integer_counts"] is False
+
+
+def test_log_scale_table_is_refused_as_counts_and_read_as_log(tmp_path):
+    """A UCSC Xena log2(x+1) / log2(TPM+0.001) table: normalising it again would be wrong."""
+    text = "Ensembl_ID\tS1\tS2\nENSG00000141510.16\t11.2\t9.87\nENSG00000133703.11\t-9.9658\t3.1\n"
+    path = write_counts(tmp_path / "xena.tsv", text)
+    with pytest.raises(MultimodalError, match=r"negative count -9\.9658"):
+        read_counts_table(path)
+    counts = read_counts_table(path, nonnegative=False)
+    with pytest.raises(MultimodalError, match=r"xena\.tsv: values look log-transformed .*expression_values: log"):
+        expression_matrix(counts, samples(["S1", "S2"]), source=str(path))
+    adata = expression_matrix(counts, samples(["S1", "S2"]), values="log")
+    np.testing.assert_allclose(adata.X, [[11.2, -9.9658], [9.87, 3.1]], rtol=1e-6)
+    assert "counts" not in adata.layers
+    big = write_counts(tmp_path / "raw.tsv", "gene\tS1\tS2\nA\t1200\t3\nB\t5\t7\n")
+    with pytest.raises(MultimodalError, match=r"values look like raw counts, not log-scale \(largest 1200\)"):
+        expression_matrix(read_counts_table(big), samples(["S1", "S2"]), values="log")

@@ -8,6 +8,7 @@ and gene selection that do are fitted inside each training fold by the model.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,76 +31,140 @@ SUMMARY_ROW_PREFIXES = ("__",)
 STAR_SUMMARY_ROWS = ("N_unmapped", "N_multimapping", "N_noFeature", "N_ambiguous")
 
 
-def _header_and_comment_lines(path: Path, sep: str) -> tuple[list[str], int]:
-    """The header's fields (stripped) and how many ``#`` lines precede it."""
-    n = 0
+#: Cell values read as missing (TCGA/PanCanAtlas tables carry ``NA``); a gene with one is left out, counted.
+MISSING_VALUES = ("", "NA", "NaN", "nan", "N/A", "null")
+#: Internal name of the gene-ID column, which may be unnamed in the file (R's ``write.table``).
+GENE_COLUMN = "\x00gene"
+
+
+def _table_layout(path: Path, sep: str) -> tuple[list[str], int]:
+    """Column names (the gene column first, as ``GENE_COLUMN``) and how many ``#`` lines precede the header.
+
+    A header with one field fewer than the rows (R's ``write.table`` default) names only the samples.
+    """
+    n, header = 0, None
     try:
         with open_text(path) as handle:
             for line in handle:
-                if not line.startswith("#"):
-                    return [f.strip() for f in line.rstrip("\r\n").split(sep)], n
-                n += 1
+                if header is None and line.startswith("#"):
+                    n += 1
+                    continue
+                fields = [f.strip().strip('"') for f in line.rstrip("\r\n").split(sep)]
+                if header is None:
+                    header = fields
+                    continue
+                if line.strip():
+                    samples = header if len(fields) == len(header) + 1 else header[1:]
+                    return [GENE_COLUMN, *samples], n
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise MultimodalError(f"{path}: cannot read counts table: {exc}") from exc
-    raise MultimodalError(f"{path}: counts table is empty")
+    raise MultimodalError(f"{path}: counts table is empty" if header is None else f"{path}: counts table has no genes")
 
 
-def read_counts_table(path: str | Path) -> pd.DataFrame:
-    """Read a genes x samples counts table (TSV, or CSV by extension, optionally gzipped; first column = gene).
+def _read(path: Path, sep: str, names: list[str], columns: list[str], n_comments: int, dtype) -> pd.DataFrame:
+    return pd.read_csv(
+        path,
+        sep=sep,
+        header=None,
+        skiprows=n_comments + 1,
+        names=names,
+        usecols=[GENE_COLUMN, *columns],
+        index_col=GENE_COLUMN,
+        dtype={GENE_COLUMN: str, **{c: dtype for c in columns}},
+        keep_default_na=False,
+        na_values={c: list(MISSING_VALUES) for c in columns} if dtype is not str else None,
+        skip_blank_lines=False,
+        encoding="utf-8-sig",
+    )
 
-    Also reads featureCounts output (leading ``#`` lines and its Chr/Start/End/Strand/Length columns are
-    skipped) and tables with HTSeq/STAR summary rows (``__no_feature``, ``N_unmapped``, ...: removed and
-    counted in ``frame.attrs['summary_rows_removed']``). Checks that every value is a finite,
-    non-negative number and names the first offending cell. Returns a float64 frame (genes x samples).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MultimodalError(f"{path}: expression counts table not found")
-    sep = table_separator(path)
-    header, n_comments = _header_and_comment_lines(path, sep)
-    repeated = sorted({c for c in header[1:] if header.count(c) > 1})
-    if repeated:
-        raise MultimodalError(f"{path}: sample column {repeated[0]!r} occurs more than once in the header")
-    try:
-        raw = pd.read_csv(
-            path,
-            sep=sep,
-            index_col=0,
-            dtype=str,
-            keep_default_na=False,
-            skiprows=n_comments,
-            skip_blank_lines=False,
-            encoding="utf-8-sig",
-        )
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
-        raise MultimodalError(f"{path}: cannot read counts table: {str(exc).splitlines()[0]}") from exc
-    raw.columns = [str(c).strip() for c in raw.columns]
-    raw = raw.drop(columns=[c for c in FEATURECOUNTS_COLUMNS if c in raw.columns])
-    if raw.shape[1] == 0 or raw.shape[0] == 0:
-        raise MultimodalError(f"{path}: counts table has no samples or no genes")
-    raw.index = raw.index.astype(str).str.strip()
-    line_of = np.arange(len(raw)) + 2 + n_comments  # file line of each gene row
-    blank = (raw.index == "") & (raw == "").all(axis=1).to_numpy()
-    summary = raw.index.str.startswith(SUMMARY_ROW_PREFIXES) | raw.index.isin(STAR_SUMMARY_ROWS)
-    raw, line_of = raw[~summary & ~blank], line_of[~summary & ~blank]
-    values = raw.apply(pd.to_numeric, errors="coerce")
-    bad = values.isna().to_numpy() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
+
+def _first_bad_cell(path: Path, raw: pd.DataFrame, line_of: np.ndarray, *, nonnegative: bool = True) -> None:
+    """Raise naming the first cell that is neither a number nor a missing-value token, or is negative."""
+    missing = raw.isin(MISSING_VALUES).to_numpy()
+    values = raw.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    bad = (~np.isfinite(values)) & ~missing
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise MultimodalError(
             f"{path}: line {line_of[r]}: gene {raw.index[r]!r}, sample {raw.columns[c]!r}: "
             f"value {raw.iat[r, c]!r} is not a number"
         )
-    negative = values.to_numpy() < 0
+    negative = values < 0 if nonnegative else np.zeros_like(bad)
     if negative.any():
         r, c = np.argwhere(negative)[0]
         raise MultimodalError(
             f"{path}: line {line_of[r]}: gene {raw.index[r]!r}, sample {raw.columns[c]!r}: "
             f"negative count {raw.iat[r, c]}"
         )
-    values = values.astype(np.float64)
-    values.attrs["summary_rows_removed"] = int(summary.sum())
+
+
+def read_counts_table(
+    path: str | Path, *, sample_columns: Collection[str] | None = None, nonnegative: bool = True
+) -> pd.DataFrame:
+    """Read a genes x samples counts table (TSV, or CSV by extension, optionally gzipped; first column = gene).
+
+    Also reads featureCounts output (leading ``#`` lines and its Chr/Start/End/Strand/Length columns are
+    skipped), R ``write.table`` output (header without a gene column name) and tables with HTSeq/STAR
+    summary rows (``__no_feature``, ``N_unmapped``, ...: removed and counted). With ``sample_columns``
+    only those samples are parsed (a pan-cancer table of 11,000 samples is read for the cohort's few
+    hundred) and the others counted. Cells ``NA``/empty are missing: such genes are left out and counted.
+    Checks that every other value is a finite number, non-negative unless ``nonnegative=False`` (log-scale
+    tables), and names the first offending cell.
+    Returns a float64 frame (genes x samples); counts of what was left out are in ``frame.attrs``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MultimodalError(f"{path}: expression counts table not found")
+    sep = table_separator(path)
+    names, n_comments = _table_layout(path, sep)
+    repeated = sorted({c for c in names[1:] if names.count(c) > 1})
+    if repeated:
+        raise MultimodalError(f"{path}: sample column {repeated[0]!r} occurs more than once in the header")
+    in_file = [c for c in names[1:] if c not in FEATURECOUNTS_COLUMNS]
+    wanted = set(in_file if sample_columns is None else sample_columns)
+    columns = [c for c in in_file if c in wanted]
+    if not in_file:
+        raise MultimodalError(f"{path}: counts table has no sample columns")
+    try:
+        try:
+            values = _read(path, sep, names, columns, n_comments, np.float64)
+        except ValueError:  # a cell that is not a number: find and name it below
+            values = None
+        raw = None
+        if values is None or (~np.isfinite(values.to_numpy()) & values.notna().to_numpy()).any():
+            raw = _read(path, sep, names, columns, n_comments, str)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
+        raise MultimodalError(f"{path}: cannot read counts table: {str(exc).splitlines()[0]}") from exc
+    line_of = np.arange(len(values if values is not None else raw)) + 2 + n_comments  # file line of each row
+    if raw is not None:
+        raw.index = raw.index.astype(str).str.strip()
+        _first_bad_cell(path, raw, line_of, nonnegative=nonnegative)
+    values.index = values.index.astype(str).str.strip()
+    blank = (values.index == "") & values.isna().all(axis=1).to_numpy()
+    summary = values.index.str.startswith(SUMMARY_ROW_PREFIXES) | values.index.isin(STAR_SUMMARY_ROWS)
+    if nonnegative and (values.to_numpy() < 0).any():
+        raw = _read(path, sep, names, columns, n_comments, str)
+        raw.index = raw.index.astype(str).str.strip()
+        _first_bad_cell(path, raw[~summary & ~blank], line_of[~summary & ~blank])
+    values = values[~summary & ~blank]
+    with_missing = values.isna().any(axis=1).to_numpy()
+    values = values[~with_missing].astype(np.float64)
+    values.attrs.update(
+        summary_rows_removed=int(summary.sum()),
+        genes_with_missing_values=int(with_missing.sum()),
+        sample_columns_not_read=len(in_file) - len(columns),
+    )
     return values
+
+
+#: What the table's values are: raw counts (normalised here) or already log-scale (used as given).
+EXPRESSION_VALUES = ("counts", "log")
+
+
+def _gene_symbol(feature: str) -> str:
+    """``TP53|7157`` (PanCanAtlas RSEM) -> ``TP53``; ``?|100130426`` and other IDs stay as they are."""
+    symbol, bar, _ = feature.partition("|")
+    return symbol if bar and symbol not in ("", "?") else feature
 
 
 def expression_matrix(
@@ -107,18 +172,23 @@ def expression_matrix(
     samples: pd.DataFrame,
     *,
     source: str = "counts table",
+    values: str = "counts",
     target_sum: float = 1e6,
 ) -> anndata.AnnData:
-    """Patients x genes AnnData from a genes x samples counts frame and the samples sheet.
+    """Patients x genes AnnData from a genes x samples frame and the samples sheet.
 
     ``samples``: index patient_id, column ``rna_sample`` naming the counts column of each patient
     (empty = no RNA, counted). Columns of ``counts`` that no patient claims, genes with a zero
     count in every sample, and duplicate gene rows (summed) are counted in ``uns['ingest']``.
-    Writes ``layers['counts']`` (raw), ``X`` (log1p CPM), ``var['feature_class']``, ``var['source']``.
+    With ``values="counts"`` writes ``layers['counts']`` (raw) and ``X`` (log1p CPM); with
+    ``values="log"`` (a log2(x+1) or log-TPM table) ``X`` is the table as given and no counts layer is
+    written. Also writes ``var['gene_symbol']``, ``var['feature_class']``, ``var['source']``.
     """
     import anndata as ad
     import scanpy as sc
 
+    if values not in EXPRESSION_VALUES:
+        raise MultimodalError(f"expression values must be one of {EXPRESSION_VALUES}, got {values!r}")
     claimed = samples[samples["rna_sample"].astype(str).str.len() > 0]["rna_sample"]
     missing = [s for s in claimed if s not in counts.columns]
     if missing:
@@ -126,45 +196,70 @@ def expression_matrix(
         raise MultimodalError(
             f"{source}: no column {missing[0]!r}, named as rna_sample of patient {pid} in the samples sheet"
         )
-    unclaimed = [c for c in counts.columns if c not in set(claimed)]
+    n_unclaimed = sum(c not in set(claimed) for c in counts.columns) + counts.attrs.get("sample_columns_not_read", 0)
     n_summary_rows = int(counts.attrs.get("summary_rows_removed", 0))
+    n_with_missing = int(counts.attrs.get("genes_with_missing_values", 0))
     n_duplicate_genes = int(counts.index.duplicated().sum())
     if n_duplicate_genes:
         counts = counts.groupby(level=0, sort=False).sum()
     matrix = counts.loc[:, list(claimed)].T
-    all_zero = (matrix.sum(axis=0) == 0).to_numpy()
-    matrix = matrix.loc[:, ~all_zero]
-    if matrix.shape[0] and (matrix.sum(axis=1) == 0).any():
-        pid = matrix.index[(matrix.sum(axis=1) == 0).to_numpy()][0]
-        raise MultimodalError(f"{source}: sample {pid!r} has zero counts in every gene")
-    is_integer = bool(np.all(np.mod(matrix.to_numpy(), 1) == 0))
+    if values == "counts":
+        uninformative = (matrix.sum(axis=0) == 0).to_numpy()
+    else:
+        uninformative = (matrix.max(axis=0) == matrix.min(axis=0)).to_numpy()
+    matrix = matrix.loc[:, ~uninformative]
+    table = matrix.to_numpy(dtype=np.float64)
+    is_integer = bool(np.all(np.mod(table, 1) == 0))
+    if values == "counts" and matrix.shape[0]:
+        if (matrix.sum(axis=1) == 0).any():
+            pid = matrix.index[(matrix.sum(axis=1) == 0).to_numpy()][0]
+            raise MultimodalError(f"{source}: sample {pid!r} has zero counts in every gene")
+        if not is_integer and table.max() <= 50:
+            raise MultimodalError(
+                f"{source}: values look log-transformed (not whole numbers, largest {table.max():.3g}); "
+                "give raw counts, or declare the table's scale (ingest.expression_values: log, CLI --values log)"
+            )
+    if values == "log" and matrix.shape[0] and table.max() > 100:
+        raise MultimodalError(
+            f"{source}: values look like raw counts, not log-scale (largest {table.max():.6g}); "
+            "use ingest.expression_values: counts (CLI --values counts)"
+        )
 
     adata = ad.AnnData(
         X=matrix.to_numpy(dtype=np.float32),
         obs=pd.DataFrame({"rna_sample": list(claimed)}, index=pd.Index(list(claimed.index), name="patient_id")),
         var=pd.DataFrame(
-            {"gene_symbol": matrix.columns.astype(str), "feature_class": "gene_expression", "source": "rna_seq"},
+            {
+                "gene_symbol": [_gene_symbol(str(g)) for g in matrix.columns],
+                "feature_class": "gene_expression",
+                "source": "rna_seq",
+            },
             index=pd.Index(matrix.columns.astype(str), name="feature"),
         ),
     )
-    adata.layers["counts"] = adata.X.copy()
-    adata.obs["library_size"] = adata.X.sum(axis=1).astype(np.float64)
-    if adata.n_obs:
-        sc.pp.normalize_total(adata, target_sum=target_sum)
-        sc.pp.log1p(adata)
-    adata.uns.pop("log1p", None)
+    if values == "counts":
+        adata.layers["counts"] = adata.X.copy()
+        adata.obs["library_size"] = adata.X.sum(axis=1).astype(np.float64)
+        if adata.n_obs:
+            sc.pp.normalize_total(adata, target_sum=target_sum)
+            sc.pp.log1p(adata)
+        adata.uns.pop("log1p", None)
     adata.uns["ingest"] = {
         "modality": "expression",
         "params": {
-            "normalisation": "scanpy.pp.normalize_total + log1p",
+            "values": values,
+            "normalisation": "scanpy.pp.normalize_total + log1p" if values == "counts" else "none (log-scale input)",
             "target_sum": float(target_sum),
             "integer_counts": is_integer,
         },
         "n_patients_in": int(len(samples)),
         "exclusions": {
             "patients_without_rna": int(len(samples) - len(claimed)),
-            "rna_samples_not_in_samples_sheet": len(unclaimed),
-            "genes_zero_in_all_samples": int(all_zero.sum()),
+            "rna_samples_not_in_samples_sheet": int(n_unclaimed),
+            ("genes_zero_in_all_samples" if values == "counts" else "genes_constant_in_all_samples"): int(
+                uninformative.sum()
+            ),
+            "genes_with_missing_values": n_with_missing,
             "duplicate_gene_rows_summed": n_duplicate_genes,
             "summary_rows_removed": n_summary_rows,
         },
