@@ -108,8 +108,7 @@ def test_missing_cells_leave_the_gene_out_and_are_counted(tmp_path):
     """PanCanAtlas-style RSEM table: SYMBOL|ENTREZ IDs, non-integer values, NA cells."""
     path = write_counts(
         tmp_path / "rsem.tsv",
-        "gene_id\tS1\tS2\n?|100130426\t0.5\t1.25\nTP53|7157\t812.4\t95.1\nKRAS|3845\tNA\t20.2\n"
-        "\nEGFR|1956\t300\t\n",
+        "gene_id\tS1\tS2\n?|100130426\t0.5\t1.25\nTP53|7157\t812.4\t95.1\nKRAS|3845\tNA\t20.2\n\nEGFR|1956\t300\t\n",
     )
     counts = read_counts_table(path)
     assert list(counts.index) == ["?|100130426", "TP53|7157"]
