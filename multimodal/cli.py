@@ -117,7 +117,9 @@ def cmd_ingest_expression(args: argparse.Namespace) -> None:
 def cmd_ingest_imaging(args: argparse.Namespace) -> None:
     from multimodal.ingest.imaging import imaging_matrix
 
-    adata = imaging_matrix(_samples_chunk(args), bin_count=args.bin_count, progress=_progress(args))
+    adata = imaging_matrix(
+        _samples_chunk(args), bin_count=args.bin_count, mask_label=args.mask_label, progress=_progress(args)
+    )
     _write_h5ad(adata, args.out)
 
 
@@ -289,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ingest_expression)
     p = kinds.add_parser("imaging", parents=[common, io, chunking], help="radiomics from NIfTI image + mask")
     p.add_argument("--bin-count", type=_positive_int, default=32, help="grey levels for texture (default 32)")
+    p.add_argument(
+        "--mask-label",
+        type=_positive_int,
+        default=None,
+        help="ROI = mask voxels with this label (default: every non-zero voxel; multi-label masks counted)",
+    )
     p.set_defaults(func=cmd_ingest_imaging)
 
     p = kinds.add_parser("table", parents=[common, io], help="any patients x features table as a modality")

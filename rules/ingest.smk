@@ -61,6 +61,9 @@ rule ingest_imaging:
     params:
         n_chunks=N_CHUNKS,
         bin_count=config["ingest"]["bin_count"],
+        mask_label=option("--mask-label", [str(config["ingest"]["mask_label"])])
+        if config["ingest"]["mask_label"]
+        else "",
     log:
         f"{LOGS}/ingest_imaging/chunk_{{chunk}}.log",
     benchmark:
@@ -73,7 +76,8 @@ rule ingest_imaging:
         "../envs/multimodal.yaml"
     shell:
         "multimodal ingest imaging -q --samples {input.samples:q} --chunk {wildcards.chunk}"
-        " --n-chunks {params.n_chunks} --bin-count {params.bin_count} --out {output:q} > {log:q} 2>&1"
+        " --n-chunks {params.n_chunks} --bin-count {params.bin_count} {params.mask_label}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule ingest_table:

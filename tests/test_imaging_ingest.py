@@ -83,8 +83,12 @@ def test_imaging_matrix_two_patients_and_one_without_imaging(cohort: pd.DataFram
     ingest = adata.uns["ingest"]
     assert ingest == {
         "modality": "imaging",
-        "params": {"bin_count": 16, "extractor": "multimodal.radiomics v1"},
-        "exclusions": {"patients_without_imaging": 1, "undefined_feature_values": 0},
+        "params": {"bin_count": 16, "extractor": "multimodal.radiomics v1", "mask_label": "any non-zero"},
+        "exclusions": {
+            "patients_without_imaging": 1,
+            "undefined_feature_values": 0,
+            "masks_with_several_labels_merged": 0,
+        },
         "n_patients_in": 3,
     }
     assert _plain(ingest)
@@ -202,3 +206,24 @@ def test_undefined_features_of_a_one_voxel_roi_are_counted(tmp_path: Path, monke
     n_nan = int(np.isnan(adata.X).sum())
     assert n_nan > 0
     assert adata.uns["ingest"]["exclusions"]["undefined_feature_values"] == n_nan
+
+
+def test_multi_label_masks_are_counted_or_one_label_selected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A segmentation holding tumour (1) and oedema (2): merged and counted by default, or one label chosen."""
+    monkeypatch.chdir(tmp_path)
+    image, mask = _blob(seed=4)
+    mask[3:9, 2:10, 2:4] = 2  # the lower half of the blob is another label
+    samples = pd.DataFrame(
+        {"image": [_write(tmp_path / "i.nii.gz", image)], "mask": [_write(tmp_path / "m.nii.gz", mask)]},
+        index=pd.Index(["P1"], name="patient_id"),
+    )
+    merged = imaging_matrix(samples, progress=False)
+    assert merged.uns["ingest"]["exclusions"]["masks_with_several_labels_merged"] == 1
+    tumour = imaging_matrix(samples, mask_label=1, progress=False)
+    assert tumour.uns["ingest"]["exclusions"]["masks_with_several_labels_merged"] == 0
+    assert tumour.uns["ingest"]["params"]["mask_label"] == 1
+    volume = list(tumour.var_names).index("shape_voxel_volume")
+    assert merged.X[0, volume] == pytest.approx(6 * 8 * 4)
+    assert tumour.X[0, volume] == pytest.approx(6 * 8 * 2)
+    with pytest.raises(MultimodalError, match=r"m\.nii\.gz: no voxel has label 3 \(labels present: \[1, 2\]\)"):
+        imaging_matrix(samples, mask_label=3, progress=False)

@@ -30,15 +30,21 @@ _READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, 
 
 
 def read_image_and_mask(
-    image_path: str | os.PathLike[str], mask_path: str | os.PathLike[str]
+    image_path: str | os.PathLike[str],
+    mask_path: str | os.PathLike[str],
+    *,
+    label: int | None = None,
+    labels_seen: list[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Read a NIfTI image and its ROI mask, checked to be usable together.
 
-    Returns the image as float64, the mask as bool (voxels > 0) and the voxel spacing in mm from the
-    image header. A 4D file whose extra dimensions have size 1 counts as 3D. Raises
-    :class:`MultimodalError` naming the file when a file is missing or unreadable, the image is not
-    3D, the mask's shape, voxel size or affine differs from the image's, the mask is empty, or the
-    image has non-finite intensities inside the mask.
+    Returns the image as float64, the mask as bool (voxels equal to ``label``, or every voxel > 0 when
+    ``label`` is None) and the voxel spacing in mm from the image header. ``labels_seen``, when given,
+    receives the mask's distinct non-zero labels (a segmentation may hold tumour, oedema, organ ...).
+    A 4D file whose extra dimensions have size 1 counts as 3D. Raises :class:`MultimodalError` naming
+    the file when a file is missing or unreadable, the image is not 3D, the mask's shape, voxel size
+    or affine differs from the image's, the mask is empty (or lacks ``label``), or the image has
+    non-finite intensities inside the mask.
     """
     image_img, image = _read_nifti(image_path, "image", np.float64)
     mask_img, mask_raw = _read_nifti(mask_path, "mask", None)
@@ -59,9 +65,17 @@ def read_image_and_mask(
             f"{mask_path}: mask affine differs from the affine of image {image_path} "
             f"(largest difference {affine_diff:.4g} > {GEOMETRY_TOLERANCE})"
         )
-    mask = np.asarray(mask_raw) > 0
-    if not mask.any():
-        raise MultimodalError(f"{mask_path}: mask is empty (no voxel > 0)")
+    present = [int(v) for v in np.unique(mask_raw) if v != 0]
+    if labels_seen is not None:
+        labels_seen[:] = present
+    if label is None:
+        mask = np.asarray(mask_raw) > 0
+        if not mask.any():
+            raise MultimodalError(f"{mask_path}: mask is empty (no voxel > 0)")
+    else:
+        mask = np.asarray(mask_raw) == label
+        if not mask.any():
+            raise MultimodalError(f"{mask_path}: no voxel has label {label} (labels present: {present[:10] or 'none'})")
     n_bad = int(np.count_nonzero(~np.isfinite(image[mask])))
     if n_bad:
         raise MultimodalError(f"{image_path}: {n_bad} non-finite intensities (NaN or inf) inside the mask {mask_path}")
@@ -69,14 +83,18 @@ def read_image_and_mask(
     return image, mask, spacing
 
 
-def imaging_matrix(samples: pd.DataFrame, *, bin_count: int = 32, progress: bool = True) -> anndata.AnnData:
+def imaging_matrix(
+    samples: pd.DataFrame, *, bin_count: int = 32, mask_label: int | None = None, progress: bool = True
+) -> anndata.AnnData:
     """Radiomics features of every patient with imaging, as a patients x features AnnData.
 
     ``samples`` is indexed by patient ID with columns ``image`` and ``mask`` (NIfTI paths, relative
     to the working directory). A patient whose image and mask are both empty or NaN has no imaging:
     it is left out and counted in ``uns["ingest"]["exclusions"]["patients_without_imaging"]``. Any
     unusable file, or an image without a mask or a mask without an image, raises
-    :class:`MultimodalError`.
+    :class:`MultimodalError`. With ``mask_label`` the ROI is the voxels with that label; without, every
+    non-zero voxel, and masks holding more than one label are counted
+    (``exclusions["masks_with_several_labels_merged"]``) so a merged ROI is never silent.
     """
     missing = [col for col in ("image", "mask") if col not in samples.columns]
     if missing:
@@ -109,10 +127,13 @@ def imaging_matrix(samples: pd.DataFrame, *, bin_count: int = 32, progress: bool
 
     names = list(FEATURE_CLASSES)
     rows = np.empty((len(todo), len(names)), dtype=np.float32)
+    n_merged = 0
     for row, (pid, image_path, mask_path) in enumerate(
         tqdm(todo, desc="radiomics", unit="patient", disable=not progress)
     ):
-        image, mask, spacing = read_image_and_mask(image_path, mask_path)
+        labels: list[int] = []
+        image, mask, spacing = read_image_and_mask(image_path, mask_path, label=mask_label, labels_seen=labels)
+        n_merged += mask_label is None and len(labels) > 1
         try:
             features = extract_radiomics(image, mask, spacing=spacing, bin_count=bin_count)
         except MultimodalError as err:
@@ -131,11 +152,16 @@ def imaging_matrix(samples: pd.DataFrame, *, bin_count: int = 32, progress: bool
     uns = {
         "ingest": {
             "modality": "imaging",
-            "params": {"bin_count": int(bin_count), "extractor": EXTRACTOR},
+            "params": {
+                "bin_count": int(bin_count),
+                "extractor": EXTRACTOR,
+                "mask_label": "any non-zero" if mask_label is None else int(mask_label),
+            },
             "exclusions": {
                 "patients_without_imaging": int(n_without),
                 # e.g. texture of a one-voxel ROI: left missing, imputed inside each training fold
                 "undefined_feature_values": int(np.isnan(rows).sum()),
+                "masks_with_several_labels_merged": int(n_merged),
             },
             "n_patients_in": len(patient_ids),
         }
