@@ -92,8 +92,14 @@ def cmd_ingest_variants(args: argparse.Namespace) -> None:
 
     sheet = read_samples(args.samples)
     barcodes = [b for b in sheet["maf_sample"] if b] if args.chunk == 0 else []  # unclaimed counted once
+    rows = _samples_chunk(args, sheet)
+    if args.maf is not None and args.n_chunks > 1:
+        # The MAF is one cohort file read in one vectorised pass: all its patients go to chunk 0, so
+        # it is read once, not once per chunk; chunks share out the per-patient VCFs.
+        from_maf = sheet["maf_sample"].str.len() > 0
+        rows = sheet[from_maf | sheet.index.isin(rows.index)] if args.chunk == 0 else rows[~from_maf[rows.index]]
     adata = mutation_matrix(
-        _samples_chunk(args, sheet),
+        rows,
         maf=args.maf,
         maf_sheet_barcodes=barcodes,
         territory_mb=args.territory_mb,

@@ -148,3 +148,34 @@ def test_maf_that_is_not_tab_separated_names_the_problem(tmp_path):
     path.write_text("Hugo_Symbol,Variant_Classification,Tumor_Sample_Barcode\nTP53,Missense_Mutation,S1\n")
     with pytest.raises(MultimodalError, match=r"comma\.maf: MAF lacks column\(s\) .* tab-separated MAF header"):
         read_maf(path)
+
+
+def test_maf_patients_are_read_once_in_chunk_zero(tiny_cohort, tmp_path, monkeypatch):
+    """With a MAF, chunks share out the VCF patients; every MAF patient is in chunk 0, each patient once."""
+    import anndata as ad
+
+    from multimodal.cli import main
+
+    monkeypatch.chdir(tiny_cohort)
+    samples = read_samples("samples.tsv")
+    maf = vcfs_to_maf(samples, tmp_path / "cohort.maf")
+    sheet = samples.assign(maf_sample="")
+    from_maf = sheet.index[1::2]  # every other patient comes from the MAF instead of its VCF
+    sheet.loc[from_maf, "vcf"] = ""
+    sheet.loc[from_maf, "maf_sample"] = [f"{p}-01A-11D" for p in from_maf]
+    sheet.rename_axis("patient_id").reset_index().to_csv(tmp_path / "mixed.tsv", sep="\t", index=False)
+    parts = []
+    for k in range(3):
+        out = tmp_path / f"chunk_{k}.h5ad"
+        args = ["ingest", "variants", "-q", "--samples", str(tmp_path / "mixed.tsv"), "--maf", str(maf)]
+        assert main([*args, "--chunk", str(k), "--n-chunks", "3", "--out", str(out)]) == 0
+        parts.append(ad.read_h5ad(out))
+    assert set(from_maf) <= set(parts[0].obs_names)
+    assert not set(from_maf) & (set(parts[1].obs_names) | set(parts[2].obs_names))
+    names = [p for part in parts for p in part.obs_names]
+    assert sorted(names) == sorted(samples.index) and len(set(names)) == len(names)
+    whole = mutation_matrix(samples, progress=False).to_df()
+    for part in parts:
+        np.testing.assert_array_equal(part.to_df().to_numpy(), whole.loc[part.obs_names, part.var_names].to_numpy())
+    without = sum(int(p.uns["ingest"]["exclusions"]["patients_without_variant_calls"]) for p in parts)
+    assert without == int((samples["vcf"] == "").sum())

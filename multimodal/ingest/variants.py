@@ -292,7 +292,7 @@ def mutation_matrix(
     if len(both):
         raise MultimodalError(f"patient {both[0]} has both a vcf and a maf_sample in the samples sheet; keep one")
     per_patient: dict[str, PatientVariants] = {}
-    maf_records = read_maf(maf) if maf is not None else {}
+    maf_records = read_maf(maf) if maf is not None and (has_maf.any() or maf_sheet_barcodes) else {}
     n_maf_missing = 0
     for pid in tqdm(samples.index, desc="variants", unit="patient", disable=not progress):
         if has_vcf[pid]:
