@@ -48,7 +48,7 @@ def test_clinical_duplicate_ids_name_both_lines(tmp_path):
 @pytest.mark.parametrize(
     ("bad_row", "message"),
     [
-        ("P9\tA\tstandard\t50\tmale\t-3\t1\t1\n", r"line 5: survival time '-3' must be positive"),
+        ("P9\tA\tstandard\t50\tmale\t-3\t1\t1\n", r"line 5: survival time '-3' is negative"),
         ("P9\tA\tstandard\t50\tmale\t3\tmaybe\t1\n", r"line 5: column 'os_event' value 'maybe' is not 0/1"),
         ("P9\tA\tstandard\told\tmale\t3\t1\t1\n", r"line 5: column 'age' value 'old' is not a number"),
     ],
@@ -87,7 +87,7 @@ def test_line_numbers_survive_blank_lines_and_short_rows_are_errors(tmp_path):
     path = tmp_path / "clinical.tsv"
     lines = CLINICAL.splitlines(keepends=True)
     path.write_text(lines[0] + "\n" + "".join(lines[1:]) + "\n" + "P9\tA\tstandard\t50\tmale\t-3\t1\t1\n")
-    with pytest.raises(MultimodalError, match=r"line 7: survival time '-3' must be positive"):
+    with pytest.raises(MultimodalError, match=r"line 7: survival time '-3' is negative"):
         read_clinical(path)
     path.write_text(CLINICAL + "P9\tA\tstandard\t50\n")
     with pytest.raises(MultimodalError, match=r"clinical\.tsv: line 5: 4 fields, the header has 8"):
@@ -111,3 +111,29 @@ def test_two_patients_sharing_an_input_is_an_error(tmp_path):
     sheet.write_text("patient_id\trna_sample\nP1\tS1\nP2\tS2\nP3\tS1\n")
     with pytest.raises(MultimodalError, match=r"duplicate rna_sample 'S1' on lines 2, 4"):
         read_samples(sheet)
+
+
+def test_tcga_cdr_style_table(tmp_path):
+    """TCGA-CDR conventions: an unnamed row-number column, OS.time 0, [Not Available], #N/A, [Discrepancy]."""
+    path = tmp_path / "cdr.tsv"
+    path.write_text(
+        "\tbcr_patient_barcode\ttype\tage_at_initial_pathologic_diagnosis\tgender\tajcc_stage\tOS\tOS.time\n"
+        "1\tTCGA-05-4244\tLUAD\t70\tMALE\tStage IV\t0\t0\n"
+        "2\tTCGA-05-4249\tLUAD\t#N/A\tMALE\t[Discrepancy]\t1\t1523\n"
+        "3\tTCGA-05-4250\tLUAD\t79\tFEMALE\t[Not Available]\t'--\t\n"
+    )
+    spec = ClinicalSpec(
+        id_column="bcr_patient_barcode",
+        time_column="OS.time",
+        event_column="OS",
+        response_column=None,
+        site_column=None,
+        covariates=("age_at_initial_pathologic_diagnosis", "gender", "ajcc_stage"),
+        categorical=("gender", "ajcc_stage"),
+    )
+    clinical = read_clinical(path, spec=spec)
+    np.testing.assert_array_equal(clinical["time"].to_numpy()[:2], [0.0, 1523.0])
+    np.testing.assert_array_equal(clinical["event"].to_numpy()[:2], [0.0, 1.0])
+    assert np.isnan(clinical.loc["TCGA-05-4250", "event"]) and np.isnan(clinical.loc["TCGA-05-4250", "time"])
+    assert np.isnan(clinical.loc["TCGA-05-4249", "age_at_initial_pathologic_diagnosis"])
+    assert list(clinical["ajcc_stage"]) == ["Stage IV", "unknown", "unknown"]

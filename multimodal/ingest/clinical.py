@@ -1,6 +1,6 @@
 """The clinical and outcome table: one row per patient with covariates, survival and response.
 
-Survival is ``time`` (any unit, > 0) and ``event`` (1 = death/progression observed, 0 = censored);
+Survival is ``time`` (any unit, >= 0) and ``event`` (1 = death/progression observed, 0 = censored);
 response is binary (1/0, also yes/no, true/false, responder/non-responder). Empty outcome cells
 are allowed (kept in the store, left out of model fitting and counted); malformed ones are errors.
 """
@@ -20,7 +20,28 @@ from multimodal.ingest.samples import check_unique_ids, read_table
 if TYPE_CHECKING:
     import anndata
 
-MISSING = {"", "na", "nan", "n/a", "none", "null", "[not available]", "[not applicable]", "[unknown]", "--"}
+#: Cell values meaning "not recorded", compared in lower case: R/pandas/Excel markers, TCGA's bracketed
+#: terms (``[Not Available]``, ``[Discrepancy]`` ...) and GDC's ``'--``.
+MISSING = {
+    "",
+    "na",
+    "nan",
+    "n/a",
+    "#n/a",
+    "none",
+    "null",
+    "--",
+    "'--",
+    "[not available]",
+    "[not applicable]",
+    "[unknown]",
+    "[discrepancy]",
+    "[not evaluated]",
+    "[not reported]",
+    "not reported",
+    "not available",
+    "unknown",
+}
 TRUE_WORDS = {"1", "1.0", "yes", "true", "responder", "response", "cr", "pr", "dead", "deceased"}
 FALSE_WORDS = {"0", "0.0", "no", "false", "non-responder", "nonresponder", "sd", "pd", "alive", "living"}
 
@@ -84,11 +105,11 @@ def read_clinical(path: str | Path, *, spec: ClinicalSpec | None = None) -> pd.D
 
     out = pd.DataFrame(index=pd.Index(ids.to_numpy(), name="patient_id"))
     time = _numeric(frame[spec.time_column], path=path, column=spec.time_column)
-    nonpositive = time <= 0
-    if nonpositive.any():
-        row = int(np.flatnonzero(nonpositive.to_numpy())[0])
+    negative = time < 0  # 0 is a real value (TCGA-CDR has OS.time = 0: death or last contact at diagnosis)
+    if negative.any():
+        row = int(np.flatnonzero(negative.to_numpy())[0])
         raise MultimodalError(
-            f"{path}: line {frame.index[row]}: survival time {frame[spec.time_column].iloc[row]!r} must be positive"
+            f"{path}: line {frame.index[row]}: survival time {frame[spec.time_column].iloc[row]!r} is negative"
         )
     out["time"] = time.to_numpy()
     out["event"] = _binary(frame[spec.event_column], path=path, column=spec.event_column).to_numpy()
