@@ -158,8 +158,13 @@ def assemble_cohort(
     return mdata
 
 
-def cohort_exclusions(mdata: mudata.MuData, *, samples: pd.DataFrame) -> dict[str, dict[str, int]]:
-    """Every count of what was left out, per modality and for the cohort, by reason."""
+def cohort_exclusions(
+    mdata: mudata.MuData, *, samples: pd.DataFrame, has_response: bool = True
+) -> dict[str, dict[str, int]]:
+    """Every count of what was left out, per modality and for the cohort, by reason.
+
+    ``has_response``: whether the clinical table has a response column (else none is counted missing).
+    """
     out: dict[str, dict[str, int]] = {}
     for name, adata in mdata.mod.items():
         out[name] = {k: int(v) for k, v in adata.uns.get("ingest", {}).get("exclusions", {}).items()}
@@ -167,8 +172,9 @@ def cohort_exclusions(mdata: mudata.MuData, *, samples: pd.DataFrame) -> dict[st
     out["cohort"] = {
         "patients_in_clinical_not_in_samples_sheet": int((~obs.index.isin(samples.index)).sum()),
         "patients_without_survival_outcome": int((obs["time"].isna() | obs["event"].isna()).sum()),
-        "patients_without_response_outcome": int(obs["response"].isna().sum()),
     }
+    if has_response:
+        out["cohort"]["patients_without_response_outcome"] = int(obs["response"].isna().sum())
     return out
 
 
@@ -274,9 +280,10 @@ def build_cohort_store(
     Every input file (clinical table, samples sheet, the cohort-level ``cohort_files`` such as the
     counts table or a MAF, each VCF and image/mask the sheet names) is fingerprinted into the provenance.
     """
-    from multimodal.ingest.clinical import clinical_features, read_clinical
+    from multimodal.ingest.clinical import ClinicalSpec, clinical_features, read_clinical
     from multimodal.ingest.samples import read_samples
 
+    clinical_spec = clinical_spec or ClinicalSpec()
     samples = read_samples(samples_path)
     clinical = read_clinical(clinical_path, spec=clinical_spec)
     modalities = {name: read_chunks(paths) for name, paths in modality_chunks.items() if paths}
@@ -291,5 +298,9 @@ def build_cohort_store(
     inputs: list[str | Path] = [clinical_path, samples_path, *(cohort_files or [])]
     for column in ("vcf", "image", "mask"):
         inputs.extend(p for p in samples[column] if p)
-    provenance = build_provenance(inputs=inputs, config=config, exclusions=cohort_exclusions(mdata, samples=samples))
+    provenance = build_provenance(
+        inputs=inputs,
+        config=config,
+        exclusions=cohort_exclusions(mdata, samples=samples, has_response=clinical_spec.response_column is not None),
+    )
     return write_cohort_store(mdata, out, provenance=provenance)

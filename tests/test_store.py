@@ -108,3 +108,21 @@ def test_a_store_of_an_unknown_spec_version_is_refused(tiny_run, tmp_path):
     group["uns/provenance/store_spec_version"][...] = "9.0.0"
     with pytest.raises(MultimodalError, match=r"old\.zarr: cohort store spec version 9\.0\.0 is not readable"):
         read_cohort_store(copy)
+
+
+def test_no_response_column_means_no_missing_response_count(tiny_run, tmp_path):
+    from multimodal.ingest.clinical import ClinicalSpec
+    from multimodal.store import read_cohort_store
+
+    cohort = tiny_run["cohort"]
+    target = tmp_path / "cohort.zarr"
+    for spec, expected in ((ClinicalSpec(), True), (ClinicalSpec(response_column=None), False)):
+        build_cohort_store(
+            target,
+            clinical_path=cohort / "clinical.tsv",
+            samples_path=cohort / "samples.tsv",
+            clinical_spec=spec,
+            modality_chunks={},
+        )
+        cohort_counts = read_cohort_store(target).uns["provenance"]["exclusions"]["cohort"]
+        assert ("patients_without_response_outcome" in cohort_counts) is expected
