@@ -179,3 +179,34 @@ def test_maf_patients_are_read_once_in_chunk_zero(tiny_cohort, tmp_path, monkeyp
         np.testing.assert_array_equal(part.to_df().to_numpy(), whole.loc[part.obs_names, part.var_names].to_numpy())
     without = sum(int(p.uns["ingest"]["exclusions"]["patients_without_variant_calls"]) for p in parts)
     assert without == int((samples["vcf"] == "").sum())
+
+
+def test_maf_barcodes_resolve_by_unique_prefix_and_a_total_mismatch_stops(tmp_path):
+    """TCGA sheets often give the patient or sample barcode; the MAF holds the aliquot barcode."""
+    path = tmp_path / "cohort.maf"
+    path.write_text(
+        "Hugo_Symbol\tVariant_Classification\tTumor_Sample_Barcode\n"
+        "TP53\tMissense_Mutation\tTCGA-05-4244-01A-01D-1105-08\n"
+        "KRAS\tMissense_Mutation\tTCGA-05-4249-01A-01D-1105-08\n"
+        "EGFR\tMissense_Mutation\tTCGA-05-4249-02A-01D-1105-08\n"
+        "STK11\tNonsense_Mutation\tTCGA-55-0001-01A-11D-A00Q-08\n"
+    )
+    sheet = pd.DataFrame(
+        {"vcf": "", "maf_sample": ["TCGA-05-4244", "TCGA-05-4249-02A", "TCGA-99-0000"]},
+        index=pd.Index(["P1", "P2", "P3"], name="patient_id"),
+    )
+    adata = mutation_matrix(sheet, maf=path, progress=False)
+    assert adata.to_df().loc["P1", "TP53_mut"] == 1 and adata.to_df().loc["P2", "EGFR_mut"] == 1
+    assert adata.to_df().loc["P3"].sum() == 0
+    exclusions = adata.uns["ingest"]["exclusions"]
+    assert exclusions["maf_samples_matched_by_barcode_prefix"] == 2
+    assert exclusions["maf_samples_without_records"] == 1
+    assert exclusions["maf_samples_not_in_samples_sheet"] == 2  # TCGA-05-4249-01A and TCGA-55-0001
+    ambiguous = sheet.assign(maf_sample=["TCGA-05-4244", "TCGA-05-4249", "TCGA-99-0000"])
+    with pytest.raises(MultimodalError, match=r"'TCGA-05-4249' matches 2 MAF Tumor_Sample_Barcodes \(TCGA-05-4249-01A"):
+        mutation_matrix(ambiguous, maf=path, progress=False)
+    unmatched = sheet.assign(maf_sample=["PT-1", "PT-2", "PT-3"])
+    with pytest.raises(
+        MultimodalError, match=r"cohort\.maf: none of the 3 maf_sample barcodes .* \(sheet: 'PT-1'; MAF"
+    ):
+        mutation_matrix(unmatched, maf=path, progress=False)

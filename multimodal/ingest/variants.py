@@ -258,6 +258,34 @@ def read_maf(path: str | Path) -> dict[str, PatientVariants]:
     return result
 
 
+def resolve_maf_barcodes(barcodes: Collection[str], maf_barcodes: Collection[str]) -> dict[str, str]:
+    """Map each samples-sheet barcode to its MAF ``Tumor_Sample_Barcode``: exactly, or by a unique prefix.
+
+    A sheet may name a TCGA patient (``TCGA-05-4244``) or sample (``TCGA-05-4244-01A``) where the MAF
+    holds the aliquot (``TCGA-05-4244-01A-01D-1105-08``): a sheet barcode that is a prefix, ending at a
+    ``-``, of exactly one MAF barcode maps to it; of several (two tumour samples or aliquots) it is an
+    error naming them. Barcodes found neither way are absent from the result.
+    """
+    by_prefix: dict[str, list[str]] = {}
+    for full in maf_barcodes:
+        parts = full.split("-")
+        for k in range(1, len(parts)):
+            by_prefix.setdefault("-".join(parts[:k]), []).append(full)
+    resolved: dict[str, str] = {}
+    for barcode in barcodes:
+        if barcode in maf_barcodes:
+            resolved[barcode] = barcode
+        elif len(by_prefix.get(barcode, ())) == 1:
+            resolved[barcode] = by_prefix[barcode][0]
+        elif barcode in by_prefix:
+            matches = sorted(by_prefix[barcode])
+            raise MultimodalError(
+                f"samples sheet maf_sample {barcode!r} matches {len(matches)} MAF Tumor_Sample_Barcodes "
+                f"({', '.join(matches[:3])}{', ...' if len(matches) > 3 else ''}); give the full barcode"
+            )
+    return resolved
+
+
 def mutation_matrix(
     samples: pd.DataFrame,
     *,
@@ -293,15 +321,27 @@ def mutation_matrix(
         raise MultimodalError(f"patient {both[0]} has both a vcf and a maf_sample in the samples sheet; keep one")
     per_patient: dict[str, PatientVariants] = {}
     maf_records = read_maf(maf) if maf is not None and (has_maf.any() or maf_sheet_barcodes) else {}
+    resolved = resolve_maf_barcodes(set(maf_sample[has_maf]), maf_records.keys())
+    if has_maf.any() and maf_records and not resolved:
+        raise MultimodalError(
+            f"{maf}: none of the {int(has_maf.sum())} maf_sample barcodes of the samples sheet occurs in the MAF "
+            f"(sheet: {maf_sample[has_maf].iloc[0]!r}; MAF: {next(iter(maf_records))!r}); "
+            "maf_sample must be the Tumor_Sample_Barcode or a unique prefix of it"
+        )
     n_maf_missing = 0
     for pid in tqdm(samples.index, desc="variants", unit="patient", disable=not progress):
         if has_vcf[pid]:
             per_patient[str(pid)] = read_patient_variants(samples.at[pid, "vcf"])
         elif has_maf[pid]:
-            n_maf_missing += maf_sample[pid] not in maf_records
-            per_patient[str(pid)] = maf_records.get(maf_sample[pid], PatientVariants())
-    claimed = set(maf_sample[has_maf]) if maf_sheet_barcodes is None else set(maf_sheet_barcodes)
-    n_maf_unclaimed = sum(1 for barcode in maf_records if barcode not in claimed) if claimed else 0
+            n_maf_missing += maf_sample[pid] not in resolved
+            per_patient[str(pid)] = maf_records.get(resolved.get(maf_sample[pid], ""), PatientVariants())
+    if maf_sheet_barcodes is None:
+        claimed = set(resolved.values())
+    else:
+        claimed = set(resolve_maf_barcodes(set(maf_sheet_barcodes), maf_records.keys()).values())
+    counts_unclaimed = maf_sheet_barcodes is None or len(maf_sheet_barcodes) > 0
+    n_maf_unclaimed = sum(barcode not in claimed for barcode in maf_records) if counts_unclaimed else 0
+    n_by_prefix = sum(1 for sheet, full in resolved.items() if sheet != full)
 
     genes = sorted({g for pv in per_patient.values() for g in pv.gene_counts})
     patients = list(per_patient)
@@ -342,6 +382,7 @@ def mutation_matrix(
         "exclusions": {
             "patients_without_variant_calls": int(len(samples) - len(per_patient)),
             "maf_samples_without_records": int(n_maf_missing),
+            "maf_samples_matched_by_barcode_prefix": int(n_by_prefix),
             "maf_samples_not_in_samples_sheet": int(n_maf_unclaimed),
             **{f"records_{k}": int(v) for k, v in sorted(excluded.items())},
         },
