@@ -125,3 +125,59 @@ def test_plain_gzip_vcf_says_how_to_fix_it(tmp_path):
         handle.write(plain.read_bytes())
     with pytest.raises(MultimodalError, match=r"plain\.vcf\.gz: compressed with gzip, not bgzip; recompress it"):
         read_patient_variants(gz)
+
+
+def test_plain_vcf_cut_inside_a_record_is_rejected(tmp_path):
+    good = write_vcf(tmp_path / "a.vcf", compress=False)
+    cut = tmp_path / "cut.vcf"
+    cut.write_text(good.read_text()[:-12])
+    with pytest.raises(MultimodalError, match=r"cut\.vcf: truncated file \(the last line has no line end\)"):
+        read_patient_variants(cut)
+
+
+SNPEFF_HEADER = HEADER.replace(
+    HEADER.splitlines()[5] + "\n",
+    "##INFO=<ID=ANN,Number=.,Type=String,Description=\"Functional annotations: 'Allele | Annotation | "
+    "Annotation_Impact | Gene_Name | Gene_ID | Feature_Type | Feature_ID | Transcript_BioType | Rank | HGVS.c | "
+    "HGVS.p | cDNA.pos / cDNA.length | CDS.pos / CDS.length | AA.pos / AA.length | Distance | ERRORS / WARNINGS / "
+    "INFO'\">\n",
+)
+
+
+def test_snpeff_ann_with_its_own_inframe_and_exon_loss_terms(tmp_path):
+    records = [
+        ("chr1", 100, "PASS", "T|conservative_inframe_deletion|MODERATE|NRAS|ENSG00000213281|transcript|ENST1"),
+        ("chr1", 200, "PASS", "T|disruptive_inframe_insertion&splice_region_variant|MODERATE|NRAS|ENSG00000213281"),
+        ("chr1", 300, "PASS", "T|exon_loss_variant|HIGH|PTEN|ENSG00000171862"),
+        ("chr1", 400, "PASS", "T|synonymous_variant|LOW|PTEN|ENSG00000171862"),
+    ]
+    path = write_vcf(tmp_path / "snpeff.vcf", records=records, header=SNPEFF_HEADER, compress=False)
+    path.write_text(path.read_text().replace("CSQ=", "ANN="))
+    result = read_patient_variants(path)
+    assert dict(result.gene_counts) == {"NRAS": 2, "PTEN": 1}
+    assert result.excluded["not_protein_altering"] == 1
+
+
+def test_vep_fields_in_ann_follow_the_header_format_and_gene_id_stands_in_for_a_missing_symbol(tmp_path):
+    """VEP run with --vcf_info_field ANN and its own --fields order; a novel gene has no SYMBOL."""
+    header = HEADER.replace(
+        HEADER.splitlines()[5],
+        '##INFO=<ID=ANN,Number=.,Type=String,Description="Consequence annotations from Ensembl VEP. '
+        'Format: Gene|SYMBOL|Allele|Consequence|IMPACT">',
+    )
+    assert "ID=ANN" in header and "ID=CSQ" not in header
+    records = [
+        ("chr1", 100, "PASS", "ENSG00000141510|TP53|T|missense_variant|MODERATE"),
+        ("chr1", 200, "PASS", "ENSG00000289000||T|stop_gained|HIGH"),
+    ]
+    path = write_vcf(tmp_path / "vep_ann.vcf", records=records, header=header, compress=False)
+    path.write_text(path.read_text().replace("CSQ=", "ANN="))
+    result = read_patient_variants(path)
+    assert dict(result.gene_counts) == {"TP53": 1, "ENSG00000289000": 1}
+
+
+def test_pre_4_snpeff_eff_says_what_to_do(tmp_path):
+    header = HEADER.replace("ID=CSQ", "ID=EFF")
+    path = write_vcf(tmp_path / "eff.vcf", records=[("chr1", 1, "PASS", "x")], header=header, compress=False)
+    with pytest.raises(MultimodalError, match=r"eff\.vcf: INFO/EFF is SnpEff's pre-4\.0 format"):
+        read_patient_variants(path)

@@ -43,10 +43,24 @@ HIGH_IMPACT = frozenset(
     }
 )
 MODERATE_IMPACT = frozenset({"inframe_insertion", "inframe_deletion", "missense_variant", "protein_altering_variant"})
-PROTEIN_ALTERING = HIGH_IMPACT | MODERATE_IMPACT
+#: SnpEff's own HIGH/MODERATE protein-level terms that VEP names differently or lacks
+#: (https://pcingola.github.io/SnpEff/snpeff/inputoutput/#effect-prediction-details).
+SNPEFF_PROTEIN_ALTERING = frozenset(
+    {
+        "conservative_inframe_insertion",
+        "conservative_inframe_deletion",
+        "disruptive_inframe_insertion",
+        "disruptive_inframe_deletion",
+        "exon_loss_variant",
+        "rare_amino_acid_variant",
+        "gene_fusion",
+        "bidirectional_gene_fusion",
+    }
+)
+PROTEIN_ALTERING = HIGH_IMPACT | MODERATE_IMPACT | SNPEFF_PROTEIN_ALTERING
 
-#: SnpEff ANN is a fixed layout: Allele | Annotation | Annotation_Impact | Gene_Name | ...
-SNPEFF_FIELDS = ("Allele", "Consequence", "IMPACT", "SYMBOL")
+#: SnpEff ANN is a fixed layout: Allele | Annotation | Annotation_Impact | Gene_Name | Gene_ID | ...
+SNPEFF_FIELDS = ("Allele", "Consequence", "IMPACT", "SYMBOL", "Gene")
 MUTATION_SUFFIX = "_mut"
 BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 
@@ -61,14 +75,22 @@ class PatientVariants:
     excluded: Counter = field(default_factory=Counter)
 
 
-def check_bgzf_complete(path: Path) -> None:
-    """Raise if a bgzipped file lacks the BGZF end-of-file block (a truncated copy).
+def check_variant_file_complete(path: Path) -> None:
+    """Raise if a bgzipped file lacks the BGZF end-of-file block, or a plain VCF its final line end (a truncated copy).
 
     Plain gzip (not BGZF) is rejected with the fix: htslib cannot read it as a VCF.
     """
     with open(path, "rb") as handle:
         head = handle.read(16)
         if head[:2] != b"\x1f\x8b":
+            if head[:3] != b"BCF":  # plain-text VCF: a copy cut short ends inside a record, not after "\n"
+                handle.seek(0, 2)
+                if handle.tell():
+                    handle.seek(handle.tell() - 1)
+                    if handle.read(1) != b"\n":
+                        raise MultimodalError(
+                            f"{path}: truncated file (the last line has no line end); re-copy or re-export it"
+                        )
             return
         if not (len(head) >= 14 and head[3] & 4 and head[12:14] == b"BC"):
             raise MultimodalError(
@@ -82,21 +104,30 @@ def check_bgzf_complete(path: Path) -> None:
 
 
 def _annotation_layout(header, path: Path) -> tuple[str, list[str]]:
-    """Which INFO key holds consequence annotations and the field names inside it."""
+    """Which INFO key holds consequence annotations and the field names inside it.
+
+    VEP declares its fields after ``Format:`` (in ``CSQ``, or in ``ANN`` with ``--vcf_info_field ANN``);
+    SnpEff's ``ANN`` has a fixed layout.
+    """
     info = header.info
-    if "CSQ" in info:
-        description = info["CSQ"].description or ""
-        if "Format:" not in description:
+    for key in ("CSQ", "ANN"):
+        if key not in info:
+            continue
+        description = info[key].description or ""
+        if "Format:" in description:
+            fields = [f.strip() for f in description.split("Format:", 1)[1].strip().strip("\"'").split("|")]
+            for needed in ("Consequence", "SYMBOL"):
+                if needed not in fields:
+                    raise MultimodalError(f"{path}: {key} Format lacks the {needed} field")
+            return key, fields
+        if key == "CSQ":
             raise MultimodalError(f"{path}: CSQ header has no 'Format:' field list")
-        fields = description.split("Format:", 1)[1].strip().strip('"').split("|")
-        fields = [f.strip() for f in fields]
-        for needed in ("Consequence", "SYMBOL"):
-            if needed not in fields:
-                raise MultimodalError(f"{path}: CSQ Format lacks the {needed} field")
-        return "CSQ", fields
-    if "ANN" in info:
-        return "ANN", list(SNPEFF_FIELDS)
-    raise MultimodalError(f"{path}: no consequence annotation (INFO/CSQ from VEP or INFO/ANN from SnpEff)")
+        return key, list(SNPEFF_FIELDS)
+    if "EFF" in info:
+        raise MultimodalError(f"{path}: INFO/EFF is SnpEff's pre-4.0 format; re-annotate with SnpEff >= 4 (INFO/ANN)")
+    raise MultimodalError(
+        f"{path}: no consequence annotation (INFO/CSQ from VEP or INFO/ANN from SnpEff); annotate the calls first"
+    )
 
 
 def read_patient_variants(path: str | Path) -> PatientVariants:
@@ -106,12 +137,16 @@ def read_patient_variants(path: str | Path) -> PatientVariants:
     path = Path(path)
     if not path.is_file():
         raise MultimodalError(f"{path}: variant file not found")
-    check_bgzf_complete(path)
+    check_variant_file_complete(path)
     result = PatientVariants()
+    # htslib's own stderr lines (no .tbi index: not needed to stream; contigs missing from the header)
+    # are noise here: every real problem reaches us as an exception and becomes a one-line error.
+    verbosity = pysam.set_verbosity(0)
     try:
         with pysam.VariantFile(str(path)) as vcf:
             key, fields = _annotation_layout(vcf.header, path)
             consequence_at, symbol_at = fields.index("Consequence"), fields.index("SYMBOL")
+            gene_id_at = fields.index("Gene") if "Gene" in fields else symbol_at
             for record in vcf:
                 result.n_records += 1
                 filters = list(record.filter.keys())
@@ -134,7 +169,8 @@ def read_patient_variants(path: str | Path) -> PatientVariants:
                             f"{path}: {record.chrom}:{record.pos}: {key} entry has {len(parts)} fields, "
                             f"header declares {len(fields)}"
                         )
-                    gene = parts[symbol_at].strip()
+                    # A transcript without an HGNC symbol (novel genes) is counted under its gene ID.
+                    gene = parts[symbol_at].strip() or (parts[gene_id_at].strip() if gene_id_at < len(parts) else "")
                     if not gene:
                         continue
                     genes_seen.add(gene)
@@ -152,6 +188,8 @@ def read_patient_variants(path: str | Path) -> PatientVariants:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         where = f"record {result.n_records + 1}"
         raise MultimodalError(f"{path}: cannot read variant calls at {where}: {message}") from exc
+    finally:
+        pysam.set_verbosity(verbosity)
     return result
 
 
