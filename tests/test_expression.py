@@ -133,3 +133,35 @@ def test_log_scale_table_is_refused_as_counts_and_read_as_log(tmp_path):
     big = write_counts(tmp_path / "raw.tsv", "gene\tS1\tS2\nA\t1200\t3\nB\t5\t7\n")
     with pytest.raises(MultimodalError, match=r"values look like raw counts, not log-scale \(largest 1200\)"):
         expression_matrix(read_counts_table(big), samples(["S1", "S2"]), values="log")
+
+
+def test_gdc_star_table_gct_and_short_rows(tmp_path):
+    """GDC STAR counts merged (gene_name, gene_type beside the IDs), a GCT file, a row cut short."""
+    gdc = write_counts(
+        tmp_path / "gdc.tsv",
+        "gene_id\tgene_name\tgene_type\tTCGA-A\tTCGA-B\n"
+        "N_unmapped\t\t\t100\t200\n"
+        "ENSG00000141510.16\tTP53\tprotein_coding\t812\t95\n"
+        "ENSG00000133703.11\tKRAS\tprotein_coding\t40\t0\n",
+    )
+    counts = read_counts_table(gdc)
+    assert list(counts.columns) == ["TCGA-A", "TCGA-B"]
+    adata = expression_matrix(counts, samples(["TCGA-A", "TCGA-B"]))
+    assert list(adata.var_names) == ["ENSG00000141510.16", "ENSG00000133703.11"]
+    assert list(adata.var["gene_symbol"]) == ["TP53", "KRAS"]
+    assert adata.uns["ingest"]["exclusions"]["rna_samples_not_in_samples_sheet"] == 0
+    gct = write_counts(
+        tmp_path / "gtex.gct", "#1.2\n2\t2\nName\tDescription\tS1\tS2\nENSG1.1\tTP53\t5\t7\nENSG2.3\tKRAS\t1\t2\n"
+    )
+    adata = expression_matrix(read_counts_table(gct), samples(["S1", "S2"]))
+    np.testing.assert_array_equal(adata.layers["counts"], [[5, 1], [7, 2]])
+    assert list(adata.var["gene_symbol"]) == ["TP53", "KRAS"]
+    short = write_counts(tmp_path / "short.tsv", "gene\tS1\tS2\nA\t1\t2\nB\t3\n")
+    with pytest.raises(MultimodalError, match=r"short\.tsv: line 3: 2 fields, the header has 3"):
+        read_counts_table(short, sample_columns=["S1"])
+
+
+def test_a_sheet_without_rna_samples_is_a_clear_error(tmp_path):
+    path = write_counts(tmp_path / "c.tsv", "gene\tS1\nA\t1\n")
+    with pytest.raises(MultimodalError, match=r"no patient in the samples sheet has an rna_sample"):
+        expression_matrix(read_counts_table(path, sample_columns=[]), samples([""]), source=str(path))

@@ -210,3 +210,15 @@ def test_maf_barcodes_resolve_by_unique_prefix_and_a_total_mismatch_stops(tmp_pa
         MultimodalError, match=r"cohort\.maf: none of the 3 maf_sample barcodes .* \(sheet: 'PT-1'; MAF"
     ):
         mutation_matrix(unmatched, maf=path, progress=False)
+
+
+def test_maf_row_cut_short_is_named_not_read_as_pass(tmp_path):
+    path = tmp_path / "cut.maf"
+    path.write_text(
+        "#version 2.4\n"
+        "Hugo_Symbol\tVariant_Classification\tTumor_Sample_Barcode\tFILTER\n"
+        "TTN\tMissense_Mutation\tS1\tPASS\n"
+        "TTN\tMissense_Mutation\tS1\n"
+    )
+    with pytest.raises(MultimodalError, match=r"cut\.maf: line 4: 3 fields, the header has 4"):
+        read_maf(path)

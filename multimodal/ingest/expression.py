@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from multimodal.errors import MultimodalError
-from multimodal.ingest.samples import open_text, table_separator
+from multimodal.ingest.samples import check_field_counts, open_text, table_separator
 
 if TYPE_CHECKING:
     import anndata
@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 #: Annotation columns featureCounts writes before the sample columns.
 FEATURECOUNTS_COLUMNS = ("Chr", "Start", "End", "Strand", "Length")
+#: Columns that hold a gene symbol beside the gene ID: GDC STAR counts (``gene_name``), GCT (``Description``).
+SYMBOL_COLUMNS = ("gene_name", "Description")
+#: Every column that describes genes rather than holding a sample's values.
+ANNOTATION_COLUMNS = (*FEATURECOUNTS_COLUMNS, *SYMBOL_COLUMNS, "gene_type", "gene_biotype")
 #: Summary rows of HTSeq-count (``__no_feature`` ...) and STAR ReadsPerGene (``N_unmapped`` ...).
 SUMMARY_ROW_PREFIXES = ("__",)
 STAR_SUMMARY_ROWS = ("N_unmapped", "N_multimapping", "N_noFeature", "N_ambiguous")
@@ -41,12 +45,14 @@ def _table_layout(path: Path, sep: str) -> tuple[list[str], int]:
     """Column names (the gene column first, as ``GENE_COLUMN``) and how many ``#`` lines precede the header.
 
     A header with one field fewer than the rows (R's ``write.table`` default) names only the samples.
+    A GCT file's ``#1.2`` line and the dimensions line after it are skipped.
     """
-    n, header = 0, None
+    n, header, gct = 0, None, False
     try:
         with open_text(path) as handle:
             for line in handle:
-                if header is None and line.startswith("#"):
+                if header is None and (line.startswith("#") or gct):
+                    gct = n == 0 and line.strip() == "#1.2"
                     n += 1
                     continue
                 fields = [f.strip().strip('"') for f in line.rstrip("\r\n").split(sep)]
@@ -61,16 +67,18 @@ def _table_layout(path: Path, sep: str) -> tuple[list[str], int]:
     raise MultimodalError(f"{path}: counts table is empty" if header is None else f"{path}: counts table has no genes")
 
 
-def _read(path: Path, sep: str, names: list[str], columns: list[str], n_comments: int, dtype) -> pd.DataFrame:
+def _read(
+    path: Path, sep: str, names: list[str], columns: list[str], n_comments: int, dtype, text: tuple[str, ...] = ()
+) -> pd.DataFrame:
     return pd.read_csv(
         path,
         sep=sep,
         header=None,
         skiprows=n_comments + 1,
         names=names,
-        usecols=[GENE_COLUMN, *columns],
+        usecols=[GENE_COLUMN, *text, *columns],
         index_col=GENE_COLUMN,
-        dtype={GENE_COLUMN: str, **{c: dtype for c in columns}},
+        dtype={GENE_COLUMN: str, **{c: str for c in text}, **{c: dtype for c in columns}},
         keep_default_na=False,
         na_values={c: list(MISSING_VALUES) for c in columns} if dtype is not str else None,
         skip_blank_lines=False,
@@ -120,14 +128,22 @@ def read_counts_table(
     repeated = sorted({c for c in names[1:] if names.count(c) > 1})
     if repeated:
         raise MultimodalError(f"{path}: sample column {repeated[0]!r} occurs more than once in the header")
-    in_file = [c for c in names[1:] if c not in FEATURECOUNTS_COLUMNS]
+    in_file = [c for c in names[1:] if c not in ANNOTATION_COLUMNS]
     wanted = set(in_file if sample_columns is None else sample_columns)
     columns = [c for c in in_file if c in wanted]
+    symbol_column = tuple(c for c in SYMBOL_COLUMNS if c in names[1:])[:1]
     if not in_file:
         raise MultimodalError(f"{path}: counts table has no sample columns")
+    check_field_counts(path, sep=sep, first_line=n_comments + 2, n_fields=len(names), what="counts table")
+    if not columns:  # none of the cohort's samples is in the table: nothing to parse
+        empty = pd.DataFrame(index=pd.Index([], dtype=str), dtype=np.float64)
+        empty.attrs.update(summary_rows_removed=0, genes_with_missing_values=0, sample_columns_not_read=len(in_file))
+        return empty
+    symbols = None
     try:
         try:
-            values = _read(path, sep, names, columns, n_comments, np.float64)
+            values = _read(path, sep, names, columns, n_comments, np.float64, symbol_column)
+            symbols = values.pop(symbol_column[0]) if symbol_column else None
         except ValueError:  # a cell that is not a number: find and name it below
             values = None
         raw = None
@@ -139,6 +155,8 @@ def read_counts_table(
     if raw is not None:
         raw.index = raw.index.astype(str).str.strip()
         _first_bad_cell(path, raw, line_of, nonnegative=nonnegative)
+        if values is None:
+            raise MultimodalError(f"{path}: cannot read the counts table's values as numbers")
     values.index = values.index.astype(str).str.strip()
     blank = (values.index == "") & values.isna().all(axis=1).to_numpy()
     summary = values.index.str.startswith(SUMMARY_ROW_PREFIXES) | values.index.isin(STAR_SUMMARY_ROWS)
@@ -146,9 +164,13 @@ def read_counts_table(
         raw = _read(path, sep, names, columns, n_comments, str)
         raw.index = raw.index.astype(str).str.strip()
         _first_bad_cell(path, raw[~summary & ~blank], line_of[~summary & ~blank])
-    values = values[~summary & ~blank]
+    keep = ~summary & ~blank
+    values = values[keep]
     with_missing = values.isna().any(axis=1).to_numpy()
     values = values[~with_missing].astype(np.float64)
+    if symbols is not None:
+        symbols = symbols[keep][~with_missing].fillna("").astype(str).str.strip()
+        values.attrs["gene_symbols"] = dict(zip(values.index, symbols, strict=True))
     values.attrs.update(
         summary_rows_removed=int(summary.sum()),
         genes_with_missing_values=int(with_missing.sum()),
@@ -190,6 +212,8 @@ def expression_matrix(
     if values not in EXPRESSION_VALUES:
         raise MultimodalError(f"expression values must be one of {EXPRESSION_VALUES}, got {values!r}")
     claimed = samples[samples["rna_sample"].astype(str).str.len() > 0]["rna_sample"]
+    if claimed.empty:
+        raise MultimodalError(f"{source}: no patient in the samples sheet has an rna_sample naming a column of it")
     missing = [s for s in claimed if s not in counts.columns]
     if missing:
         pid = claimed.index[list(claimed).index(missing[0])]
@@ -199,6 +223,7 @@ def expression_matrix(
     n_unclaimed = sum(c not in set(claimed) for c in counts.columns) + counts.attrs.get("sample_columns_not_read", 0)
     n_summary_rows = int(counts.attrs.get("summary_rows_removed", 0))
     n_with_missing = int(counts.attrs.get("genes_with_missing_values", 0))
+    symbol_of = dict(counts.attrs.get("gene_symbols", {}))
     n_duplicate_genes = int(counts.index.duplicated().sum())
     if n_duplicate_genes:
         counts = counts.groupby(level=0, sort=False).sum()
@@ -230,7 +255,7 @@ def expression_matrix(
         obs=pd.DataFrame({"rna_sample": list(claimed)}, index=pd.Index(list(claimed.index), name="patient_id")),
         var=pd.DataFrame(
             {
-                "gene_symbol": [_gene_symbol(str(g)) for g in matrix.columns],
+                "gene_symbol": [symbol_of.get(g) or _gene_symbol(str(g)) for g in matrix.columns],
                 "feature_class": "gene_expression",
                 "source": "rna_seq",
             },

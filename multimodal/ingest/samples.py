@@ -26,6 +26,29 @@ def open_text(path: Path):
     return opener(path, "rt", encoding="utf-8-sig", newline="")
 
 
+def check_field_counts(path: Path, *, sep: str, first_line: int, n_fields: int, what: str) -> None:
+    """Raise naming the first line from ``first_line`` (1-based) on whose field count is not ``n_fields``.
+
+    pandas, reading selected columns, pads a short row (a cut-off file, a lost tab) with empty cells and
+    drops a long row's extras without a word; one pass over the raw bytes catches both. Blank lines pass.
+    """
+    import gzip
+
+    separator = sep.encode()
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if number < first_line or line.count(separator) == n_fields - 1 or not line.strip():
+                    continue
+                raise MultimodalError(
+                    f"{path}: line {number}: {line.count(separator) + 1} fields, the header has {n_fields} "
+                    f"(a cut-off file or a lost separator?) in the {what}"
+                )
+    except (OSError, EOFError) as exc:
+        raise MultimodalError(f"{path}: cannot read {what}: {exc}") from exc
+
+
 def table_separator(path: Path) -> str:
     """``,`` for ``.csv``/``.csv.gz``, else tab."""
     return "," if path.name.lower().removesuffix(".gz").endswith(".csv") else "\t"

@@ -243,6 +243,8 @@ def read_maf(path: str | Path) -> dict[str, PatientVariants]:
     """
     import csv
 
+    from multimodal.ingest.samples import check_field_counts
+
     path = Path(path)
     if not path.is_file():
         raise MultimodalError(f"{path}: MAF not found")
@@ -250,6 +252,7 @@ def read_maf(path: str | Path) -> dict[str, PatientVariants]:
     absent = [c for c in MAF_REQUIRED if c not in header]
     if absent:
         raise MultimodalError(f"{path}: MAF lacks column(s) {absent} (a tab-separated MAF header was expected)")
+    check_field_counts(path, sep="\t", first_line=n_comments + 2, n_fields=len(header), what="MAF")
     columns = [*MAF_REQUIRED, *(["FILTER"] if "FILTER" in header else [])]
     try:
         maf = pd.read_csv(
