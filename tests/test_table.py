@@ -8,19 +8,20 @@ from multimodal.errors import MultimodalError
 from multimodal.ingest.table import feature_table
 
 RADIOMICS_CSV = (
-    "Image,Mask,patient_id,diagnostics_Versions_PyRadiomics,diagnostics_Mask-original_VoxelNum,"
-    "original_shape_VoxelVolume,original_firstorder_Mean\n"
-    "a.nrrd,a_seg.nrrd,P1,v3.0.1,120,1500.5,33.1\n"
-    "b.nrrd,b_seg.nrrd,P2,v3.0.1,80,900,\n"
-    "c.nrrd,c_seg.nrrd,P9,v3.0.1,10,100,12\n"
+    "Image,Mask,Label,patient_id,diagnostics_Versions_PyRadiomics,general_info_VoxelNum,"
+    "original_shape_VoxelVolume,original_firstorder_Mean,original_firstorder_Median\n"
+    "a.nrrd,a_seg.nrrd,1,P1,v3.0.1,120,1500.5,33.1,30\n"
+    "b.nrrd,b_seg.nrrd,1,P2,v3.0.1,80,900,,30\n"
+    "c.nrrd,c_seg.nrrd,1,P3,v3.0.1,80,950,20,30\n"
+    "d.nrrd,d_seg.nrrd,1,P9,v3.0.1,10,100,12,31\n"
 )
 
 
 def test_pyradiomics_style_export(tmp_path):
     path = tmp_path / "radiomics.csv"
     path.write_text(RADIOMICS_CSV)
-    adata = feature_table(path, modality="imaging", patients=pd.Index(["P1", "P2", "P3"]))
-    assert list(adata.obs_names) == ["P1", "P2"]
+    adata = feature_table(path, modality="imaging", patients=pd.Index(["P1", "P2", "P3", "P4"]))
+    assert list(adata.obs_names) == ["P1", "P2", "P3"]
     assert list(adata.var_names) == ["original_shape_VoxelVolume", "original_firstorder_Mean"]
     np.testing.assert_allclose(adata.X[0], [1500.5, 33.1], rtol=1e-6)
     assert np.isnan(adata.X[1, 1])
@@ -28,9 +29,11 @@ def test_pyradiomics_style_export(tmp_path):
         "patients_without_table_row": 1,
         "table_rows_not_in_samples_sheet": 1,
         "text_columns_dropped": 2,
-        "diagnostics_columns_dropped": 2,
+        "diagnostics_columns_dropped": 2,  # diagnostics_* and pre-2.0 general_info_*
+        "constant_columns_dropped": 2,  # Label, and a median equal for every patient of the cohort
         "missing_values": 1,
     }
+    assert adata.uns["ingest"]["params"]["dropped_constant_columns"] == ["Label", "original_firstorder_Median"]
 
 
 def test_a_text_cell_in_a_numeric_column_is_named(tmp_path):

@@ -1,7 +1,8 @@
 """Any patients x features table (a radiomics export, copy-number scores, lab values) as a modality.
 
-Numeric columns become features; text columns (file paths, versions) and pyradiomics'
-``diagnostics_*`` columns are left out and counted. Empty cells stay missing and are imputed inside each
+Numeric columns become features; text columns (file paths, versions), pyradiomics' ``diagnostics_*``
+(``general_info_*`` before pyradiomics 2.0) columns and columns with one value for every patient (the
+batch file's ``Label``) are left out and counted. Empty cells stay missing and are imputed inside each
 training fold. Rows of patients outside the samples sheet are left out and counted.
 """
 
@@ -41,7 +42,7 @@ def feature_table(
     ids = frame[id_column].str.strip()
     check_unique_ids(ids, path=path, column=id_column)
     # pyradiomics batch output: diagnostics_* columns describe the image and the run, not the tumour
-    diagnostics = [c for c in frame.columns if c.startswith("diagnostics_")]
+    diagnostics = [c for c in frame.columns if c.startswith(("diagnostics_", "general_info_"))]
     values = frame.drop(columns=[id_column, *diagnostics])
     lowered = values.apply(lambda c: c.str.strip().str.lower())
     numeric = values.apply(lambda c: pd.to_numeric(c.str.strip(), errors="coerce"))
@@ -58,6 +59,8 @@ def feature_table(
             f"{path}: line {line}: column {column!r} value {values.at[line, column]!r} is not a number"
         )
     in_cohort = ids.isin(patients).to_numpy()
+    constant = [c for c in numeric_columns if numeric.loc[in_cohort, c].nunique(dropna=True) <= 1]
+    numeric_columns = [c for c in numeric_columns if c not in constant]
     matrix = numeric.loc[in_cohort, numeric_columns].to_numpy(dtype=np.float32)
     if not np.isfinite(matrix[~np.isnan(matrix)]).all():
         raise MultimodalError(f"{path}: infinite values in the table")
@@ -71,13 +74,19 @@ def feature_table(
     )
     adata.uns["ingest"] = {
         "modality": modality,
-        "params": {"table": str(path), "id_column": id_column, "dropped_text_columns": [str(c) for c in dropped]},
+        "params": {
+            "table": str(path),
+            "id_column": id_column,
+            "dropped_text_columns": [str(c) for c in dropped],
+            "dropped_constant_columns": [str(c) for c in constant],
+        },
         "n_patients_in": int(len(patients)),
         "exclusions": {
             "patients_without_table_row": int((~patients.isin(ids)).sum()),
             "table_rows_not_in_samples_sheet": int((~in_cohort).sum()),
             "text_columns_dropped": len(dropped),
             "diagnostics_columns_dropped": len(diagnostics),
+            "constant_columns_dropped": len(constant),
             "missing_values": int(np.isnan(matrix).sum()),
         },
     }
