@@ -34,6 +34,7 @@ def test_normalised_values_and_raw_counts(tmp_path):
         "genes_with_missing_values": 0,
         "duplicate_gene_rows_summed": 0,
         "summary_rows_removed": 0,
+        "rna_samples_matched_by_barcode_prefix": 0,
     }
 
 
@@ -165,3 +166,18 @@ def test_a_sheet_without_rna_samples_is_a_clear_error(tmp_path):
     path = write_counts(tmp_path / "c.tsv", "gene\tS1\nA\t1\n")
     with pytest.raises(MultimodalError, match=r"no patient in the samples sheet has an rna_sample"):
         expression_matrix(read_counts_table(path, sample_columns=[]), samples([""]), source=str(path))
+
+
+def test_rna_sample_may_be_a_unique_barcode_prefix(tmp_path):
+    """A TCGA sheet names the patient; the table's columns are aliquots. Tumour + normal is ambiguous."""
+    header = "gene\tTCGA-05-4244-01A-11R-1107-07\tTCGA-05-4249-01A-11R-1107-07\tTCGA-05-4249-11A-01R-1107-07\n"
+    path = write_counts(tmp_path / "c.tsv", header + "A\t1\t2\t3\nB\t4\t5\t6\n")
+    sheet = samples(["TCGA-05-4244", "TCGA-05-4249-01A"])
+    counts = read_counts_table(path, sample_columns=list(sheet["rna_sample"]))
+    assert list(counts.columns) == ["TCGA-05-4244-01A-11R-1107-07", "TCGA-05-4249-01A-11R-1107-07"]
+    adata = expression_matrix(counts, sheet)
+    np.testing.assert_array_equal(adata.layers["counts"], [[1, 4], [2, 5]])
+    assert list(adata.obs["rna_sample"]) == list(counts.columns)
+    assert adata.uns["ingest"]["exclusions"]["rna_samples_matched_by_barcode_prefix"] == 2
+    with pytest.raises(MultimodalError, match=r"'TCGA-05-4249', which matches 2 expression sample columns"):
+        read_counts_table(path, sample_columns=["TCGA-05-4249"])

@@ -203,7 +203,9 @@ def test_maf_barcodes_resolve_by_unique_prefix_and_a_total_mismatch_stops(tmp_pa
     assert exclusions["maf_samples_without_records"] == 1
     assert exclusions["maf_samples_not_in_samples_sheet"] == 2  # TCGA-05-4249-01A and TCGA-55-0001
     ambiguous = sheet.assign(maf_sample=["TCGA-05-4244", "TCGA-05-4249", "TCGA-99-0000"])
-    with pytest.raises(MultimodalError, match=r"'TCGA-05-4249' matches 2 MAF Tumor_Sample_Barcodes \(TCGA-05-4249-01A"):
+    with pytest.raises(
+        MultimodalError, match=r"'TCGA-05-4249', which matches 2 MAF Tumor_Sample_Barcodes \(TCGA-05-4249-01A"
+    ):
         mutation_matrix(ambiguous, maf=path, progress=False)
     unmatched = sheet.assign(maf_sample=["PT-1", "PT-2", "PT-3"])
     with pytest.raises(

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from multimodal.errors import MultimodalError
-from multimodal.ingest.samples import check_field_counts, open_text, table_separator
+from multimodal.ingest.samples import check_field_counts, open_text, resolve_barcodes, table_separator
 
 if TYPE_CHECKING:
     import anndata
@@ -129,7 +129,10 @@ def read_counts_table(
     if repeated:
         raise MultimodalError(f"{path}: sample column {repeated[0]!r} occurs more than once in the header")
     in_file = [c for c in names[1:] if c not in ANNOTATION_COLUMNS]
-    wanted = set(in_file if sample_columns is None else sample_columns)
+    if sample_columns is None:
+        wanted = set(in_file)
+    else:
+        wanted = set(resolve_barcodes(set(sample_columns), in_file, what="expression sample column").values())
     columns = [c for c in in_file if c in wanted]
     symbol_column = tuple(c for c in SYMBOL_COLUMNS if c in names[1:])[:1]
     if not in_file:
@@ -214,6 +217,9 @@ def expression_matrix(
     claimed = samples[samples["rna_sample"].astype(str).str.len() > 0]["rna_sample"]
     if claimed.empty:
         raise MultimodalError(f"{source}: no patient in the samples sheet has an rna_sample naming a column of it")
+    resolved = resolve_barcodes(set(claimed), counts.columns, what="expression sample column")
+    n_by_prefix = sum(1 for name, column in resolved.items() if name != column)
+    claimed = claimed.map(lambda name: resolved.get(name, name))
     missing = [s for s in claimed if s not in counts.columns]
     if missing:
         pid = claimed.index[list(claimed).index(missing[0])]
@@ -287,6 +293,7 @@ def expression_matrix(
             "genes_with_missing_values": n_with_missing,
             "duplicate_gene_rows_summed": n_duplicate_genes,
             "summary_rows_removed": n_summary_rows,
+            "rna_samples_matched_by_barcode_prefix": n_by_prefix,
         },
     }
     log.info("expression: %d patients x %d genes", adata.n_obs, adata.n_vars)

@@ -8,6 +8,7 @@ patient lacks that input. Paths are relative to the working directory the workfl
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import pandas as pd
@@ -47,6 +48,35 @@ def check_field_counts(path: Path, *, sep: str, first_line: int, n_fields: int, 
                 )
     except (OSError, EOFError) as exc:
         raise MultimodalError(f"{path}: cannot read {what}: {exc}") from exc
+
+
+def resolve_barcodes(requested: Collection[str], available: Collection[str], *, what: str) -> dict[str, str]:
+    """Map each requested sample name to an available one: exactly, or by a unique barcode prefix.
+
+    A samples sheet may name a TCGA patient (``TCGA-05-4244``) or sample (``TCGA-05-4244-01A``) where a
+    MAF or expression table holds the aliquot (``TCGA-05-4244-01A-01D-1105-08``): a requested name that
+    is a prefix, ending at a ``-``, of exactly one available name maps to it; of several (tumour and
+    normal, two aliquots) it is an error naming them. Names found neither way are absent from the result.
+    """
+    available = set(available)
+    by_prefix: dict[str, list[str]] = {}
+    for full in available:
+        parts = full.split("-")
+        for k in range(1, len(parts)):
+            by_prefix.setdefault("-".join(parts[:k]), []).append(full)
+    resolved: dict[str, str] = {}
+    for name in requested:
+        if name in available:
+            resolved[name] = name
+        elif len(by_prefix.get(name, ())) == 1:
+            resolved[name] = by_prefix[name][0]
+        elif name in by_prefix:
+            matches = sorted(by_prefix[name])
+            raise MultimodalError(
+                f"samples sheet names {name!r}, which matches {len(matches)} {what}s "
+                f"({', '.join(matches[:3])}{', ...' if len(matches) > 3 else ''}); give the full name"
+            )
+    return resolved
 
 
 def table_separator(path: Path) -> str:

@@ -299,34 +299,6 @@ def read_maf(path: str | Path) -> dict[str, PatientVariants]:
     return result
 
 
-def resolve_maf_barcodes(barcodes: Collection[str], maf_barcodes: Collection[str]) -> dict[str, str]:
-    """Map each samples-sheet barcode to its MAF ``Tumor_Sample_Barcode``: exactly, or by a unique prefix.
-
-    A sheet may name a TCGA patient (``TCGA-05-4244``) or sample (``TCGA-05-4244-01A``) where the MAF
-    holds the aliquot (``TCGA-05-4244-01A-01D-1105-08``): a sheet barcode that is a prefix, ending at a
-    ``-``, of exactly one MAF barcode maps to it; of several (two tumour samples or aliquots) it is an
-    error naming them. Barcodes found neither way are absent from the result.
-    """
-    by_prefix: dict[str, list[str]] = {}
-    for full in maf_barcodes:
-        parts = full.split("-")
-        for k in range(1, len(parts)):
-            by_prefix.setdefault("-".join(parts[:k]), []).append(full)
-    resolved: dict[str, str] = {}
-    for barcode in barcodes:
-        if barcode in maf_barcodes:
-            resolved[barcode] = barcode
-        elif len(by_prefix.get(barcode, ())) == 1:
-            resolved[barcode] = by_prefix[barcode][0]
-        elif barcode in by_prefix:
-            matches = sorted(by_prefix[barcode])
-            raise MultimodalError(
-                f"samples sheet maf_sample {barcode!r} matches {len(matches)} MAF Tumor_Sample_Barcodes "
-                f"({', '.join(matches[:3])}{', ...' if len(matches) > 3 else ''}); give the full barcode"
-            )
-    return resolved
-
-
 def mutation_matrix(
     samples: pd.DataFrame,
     *,
@@ -352,6 +324,8 @@ def mutation_matrix(
     import anndata as ad
     from tqdm.auto import tqdm
 
+    from multimodal.ingest.samples import resolve_barcodes
+
     if territory_mb <= 0:
         raise MultimodalError(f"territory_mb must be positive, got {territory_mb}")
     has_vcf = samples["vcf"].astype(str).str.len() > 0
@@ -362,7 +336,7 @@ def mutation_matrix(
         raise MultimodalError(f"patient {both[0]} has both a vcf and a maf_sample in the samples sheet; keep one")
     per_patient: dict[str, PatientVariants] = {}
     maf_records = read_maf(maf) if maf is not None and (has_maf.any() or maf_sheet_barcodes) else {}
-    resolved = resolve_maf_barcodes(set(maf_sample[has_maf]), maf_records.keys())
+    resolved = resolve_barcodes(set(maf_sample[has_maf]), maf_records.keys(), what="MAF Tumor_Sample_Barcode")
     if has_maf.any() and maf_records and not resolved:
         raise MultimodalError(
             f"{maf}: none of the {int(has_maf.sum())} maf_sample barcodes of the samples sheet occurs in the MAF "
@@ -379,7 +353,7 @@ def mutation_matrix(
     if maf_sheet_barcodes is None:
         claimed = set(resolved.values())
     else:
-        claimed = set(resolve_maf_barcodes(set(maf_sheet_barcodes), maf_records.keys()).values())
+        claimed = set(resolve_barcodes(set(maf_sheet_barcodes), maf_records.keys(), what="MAF barcode").values())
     counts_unclaimed = maf_sheet_barcodes is None or len(maf_sheet_barcodes) > 0
     n_maf_unclaimed = sum(barcode not in claimed for barcode in maf_records) if counts_unclaimed else 0
     n_by_prefix = sum(1 for sheet, full in resolved.items() if sheet != full)
