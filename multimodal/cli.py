@@ -390,11 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one verb; return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Our own progress at INFO; other libraries (numexpr, lightning ...) only when they warn.
     logging.basicConfig(
-        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-        datefmt="%H:%M:%S",
+        level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S"
     )
+    log.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     try:
         result = args.func(args)
     except MultimodalError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -23,11 +24,19 @@ def validate_config(config: dict, *, source: str = "config") -> dict:
     try:
         validate(config, str(schema_path()), set_default=True)
     except WorkflowError as exc:
-        detail = " ".join(str(exc).split())
-        for marker in ("ValidationError:", "Error validating config file."):
-            detail = detail.replace(marker, "").strip()
-        raise MultimodalError(f"{source}: invalid configuration: {detail[:400]}") from exc
+        raise MultimodalError(f"{source}: invalid configuration: {_one_line(str(exc))}") from exc
     return config
+
+
+def _one_line(message: str) -> str:
+    """jsonschema's reason and where it applies (``model.folds``), without the schema it dumps after them."""
+    lines = message.splitlines()
+    reason = next((ln.split("ValidationError:", 1)[1].strip() for ln in lines if "ValidationError:" in ln), "")
+    where = next((ln.strip() for ln in lines if ln.startswith("On instance")), "")
+    keys = re.findall(r"\['([^']*)'\]", where)
+    if not reason:
+        return " ".join(message.split())[:300]
+    return f"{'.'.join(keys)}: {reason}" if keys else reason
 
 
 def load_config(path: str | Path) -> dict:

@@ -48,10 +48,35 @@ def snakemake_command(
     return command + extra
 
 
+def check_inputs(config_path: Path) -> dict:
+    """Validate the config and the inputs it names before Snakemake starts, each problem as one line.
+
+    Snakemake would report a bad key with the whole schema, and a missing samples sheet as a traceback.
+    """
+    from multimodal.config import load_config
+    from multimodal.ingest.samples import read_samples
+
+    config = load_config(config_path)
+    if config["simulate"]["enabled"]:
+        return config  # the inputs are what the simulate rule writes
+    named = {"samples": config.get("samples"), "clinical": config.get("clinical")}
+    named |= {"expression": config.get("expression"), "maf": config.get("maf")}
+    named |= {f"tables.{k}": v for k, v in (config.get("tables") or {}).items()}
+    for key in ("samples", "clinical"):
+        if not named[key]:
+            raise MultimodalError(f"{config_path}: {key}: required (path to the {key} file)")
+    for key, value in named.items():
+        if value and not Path(value).is_file():
+            raise MultimodalError(f"{config_path}: {key}: file {value} not found (relative to {Path.cwd()})")
+    read_samples(named["samples"])  # names a bad row or a missing file by line
+    return config
+
+
 def run_workflow(
     *, config: Path, cores: int, snakefile: Path | None = None, dry_run: bool = False, extra: list[str] | None = None
 ) -> int:
-    """Run Snakemake in the current directory; its exit code is returned."""
+    """Run Snakemake in the current directory, after checking the config and its inputs; returns 0."""
+    check_inputs(config)
     command = snakemake_command(config=config, cores=cores, snakefile=snakefile, dry_run=dry_run, extra=extra)
     log.info("running: %s", " ".join(command))
     # Rules call `multimodal`: make this installation's scripts directory come first on PATH.

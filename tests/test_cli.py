@@ -172,3 +172,23 @@ def test_inspect_prints_a_summary(tiny_run, capsys):
     out = capsys.readouterr().out
     assert "patients: 60" in out
     assert "variants" in out and "expression" in out and "imaging" in out
+
+
+@pytest.mark.parametrize(
+    ("config_text", "expected"),
+    [
+        ("clinical_colums: {id_column: x}\n", ("my.yaml: invalid configuration", "'clinical_colums' was unexpected")),
+        ("model: {folds: 1}\n", ("my.yaml: invalid configuration: model.folds: 1 is less than the minimum of 2",)),
+        ("maf: cohort.maf\n", ("my.yaml: maf: file cohort.maf not found",)),
+    ],
+)
+def test_run_checks_config_and_inputs_before_snakemake(
+    cohort_copy, tmp_path, monkeypatch, capsys, config_text, expected
+):
+    """A typo or a missing file in the config is one line, not a schema dump or a Snakemake traceback."""
+    monkeypatch.chdir(tmp_path)
+    base = f"samples: {cohort_copy / 'samples.tsv'}\nclinical: {cohort_copy / 'clinical.tsv'}\n"
+    (tmp_path / "my.yaml").write_text(base + config_text)
+    assert main(["run", "-q", "--config", "my.yaml", "--cores", "1"]) == 2
+    one_line_error(capsys, *expected)
+    assert not (tmp_path / ".snakemake").exists()  # Snakemake never started

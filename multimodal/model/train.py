@@ -231,6 +231,8 @@ def _train_member(params: TrainParams, data, out: Path, fold: int, member: int, 
         enable_model_summary=False,
         log_every_n_steps=1,
     )
+    if fold == 0 and member == 0:
+        log.info("training on %s (accelerator=%s)", type(trainer.accelerator).__name__, params.accelerator)
     trainer.fit(model, datamodule=data)
     trainer.save_checkpoint(str(out / f"fold_{fold}" / f"model_{member}.ckpt"))
     return model
