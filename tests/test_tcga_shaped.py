@@ -74,6 +74,7 @@ def test_tcga_shaped_cohort_runs_end_to_end(tiny_cohort, tmp_path):
         "clinical_columns": {
             "id_column": "bcr_patient_barcode",
             "time_column": "OS.time",
+            "time_unit": "days",
             "event_column": "OS",
             "response_column": None,
             "site_column": None,
@@ -110,4 +111,5 @@ def test_tcga_shaped_cohort_runs_end_to_end(tiny_cohort, tmp_path):
     assert sorted(predictions["patient_id"]) == sorted(sheet["patient_id"])  # every patient scored once, held out
     no_outcome = predictions[predictions["patient_id"] == cdr.loc[8, "bcr_patient_barcode"]]
     assert no_outcome["time"].isna().all() and np.isfinite(no_outcome["risk"]).all()
-    assert "[Not Available]" not in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "[Not Available]" not in report and "Times are in days." in report

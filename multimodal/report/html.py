@@ -197,6 +197,15 @@ class _Inputs:
     attribution: dict
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def time_unit(self) -> str:
+        """The survival-time unit from the run's configuration (``clinical_columns.time_unit``), or ""."""
+        try:
+            config = json.loads(self.provenance.get("config_json") or "{}")
+        except (TypeError, json.JSONDecodeError):
+            return ""
+        return str(((config or {}).get("clinical_columns") or {}).get("time_unit") or "")
+
     def warn(self, message: str) -> None:
         log.warning("%s", message)
         self.warnings.append(message)
@@ -438,7 +447,9 @@ def _cohort_section(inp: _Inputs) -> str:
             + _response_pairs(obs),
             dl_id="cohort-outcomes",
         ),
-        '<p class="note">Times are in the unit of the clinical table.</p>',
+        f'<p class="note">Times are in {_esc(inp.time_unit)}.</p>'
+        if inp.time_unit
+        else '<p class="note">Times are in the unit of the clinical table.</p>',
     ]
     rows = []
     for name in _modalities(inp):
@@ -691,7 +702,7 @@ def _risk_group_section(inp: _Inputs) -> str:
         rows.append([name, str(n_group), str(int(sel.sum())), str(int(event[sel].sum())), median_text])
     rows.append(["total", str(len(scored)), str(int(ok.sum())), str(int(event.sum())), ""])
     chisq, p, note = _logrank(time, event, groups)
-    ax.set_xlabel("time")
+    ax.set_xlabel(f"time ({inp.time_unit})" if inp.time_unit else "time")
     ax.set_ylabel("survival probability")
     ax.set_ylim(0, 1.02)
     ax.set_xlim(left=0)
