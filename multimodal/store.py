@@ -15,6 +15,7 @@ import json
 import logging
 import platform
 import sys
+import warnings
 from collections import Counter
 from datetime import UTC, datetime
 from importlib import metadata
@@ -221,7 +222,10 @@ def read_cohort_store(path: str | Path) -> mudata.MuData:
         raise MultimodalError(f"{path}: not a Zarr v3 cohort store (no zarr.json)")
     configure_zarr_v3()
     try:
-        mdata = md.read_zarr(str(path))
+        with warnings.catch_warnings():
+            # Snakemake marks a directory output with a .snakemake_timestamp file, which zarr notes on every read
+            warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
+            mdata = md.read_zarr(str(path))
     except Exception as exc:  # zarr/anndata raise many types for a damaged store
         raise MultimodalError(f"{path}: cannot read cohort store: {type(exc).__name__}: {exc}") from exc
     version = str(mdata.uns.get("provenance", {}).get("store_spec_version", ""))
