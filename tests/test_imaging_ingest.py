@@ -227,3 +227,65 @@ def test_multi_label_masks_are_counted_or_one_label_selected(tmp_path: Path, mon
     assert tumour.X[0, volume] == pytest.approx(6 * 8 * 2)
     with pytest.raises(MultimodalError, match=r"m\.nii\.gz: no voxel has label 3 \(labels present: \[1, 2\]\)"):
         imaging_matrix(samples, mask_label=3, progress=False)
+
+
+def test_a_mask_stored_in_another_orientation_is_reoriented_exactly(tmp_path: Path, monkeypatch) -> None:
+    """Same physical grid, mask stored LPS-flipped and with axes swapped (as another tool may write it)."""
+    monkeypatch.chdir(tmp_path)
+    image, mask = _blob(shape=(12, 10, 8), seed=5)
+    zooms = (0.7, 0.8, 2.5)
+    _write(tmp_path / "img.nii.gz", image, zooms)
+    affine = np.diag([*zooms, 1.0])
+    # mask axes (y, x, z) with x and y flipped: voxel (j, i, k) of the mask is voxel (11 - i, 9 - j, k) of the image
+    stored = np.flip(mask, axis=(0, 1)).transpose(1, 0, 2)
+    to_image = np.array([[0, -1, 0, 11], [-1, 0, 0, 9], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
+    nib.save(nib.Nifti1Image(stored, affine @ to_image), tmp_path / "lps_mask.nii.gz")
+    reference = read_image_and_mask("img.nii.gz", _write(tmp_path / "m.nii.gz", mask, zooms))
+    image2, mask2, spacing2 = read_image_and_mask("img.nii.gz", "lps_mask.nii.gz")
+    np.testing.assert_array_equal(mask2, reference[1])
+    assert spacing2 == pytest.approx(zooms)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("soft", r"soft\.nii\.gz: mask has non-integer values \(e\.g\. 0\.25.*nearest-neighbour"),
+        ("swapped", r"swapped\.nii\.gz: looks like an image, not a label map .*columns swapped"),
+        ("cropped", r"cropped\.nii\.gz: mask shape \(6, 8, 4\) differs .* a cropped export"),
+    ],
+)
+def test_masks_that_are_not_label_maps_on_the_image_grid(tmp_path: Path, monkeypatch, case, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    image, mask = _blob(seed=6)
+    _write(tmp_path / "img.nii.gz", image)
+    if case == "soft":  # an interpolated mask: fractions at the border
+        soft = mask.astype(np.float32)
+        soft[2, 2:10, 2:6] = 0.25
+        _write(tmp_path / "soft.nii.gz", soft)
+    elif case == "swapped":  # the CT given as the mask
+        _write(tmp_path / "swapped.nii.gz", (image * 10 - 300).astype(np.int16))
+    else:  # a sub-block around the ROI, positioned by its affine (3D Slicer's cropped export)
+        _write(tmp_path / "cropped.nii.gz", mask[3:9, 2:10, 2:6], shift=(3.0, 2.0, 2.0))
+    with pytest.raises(MultimodalError, match=message):
+        read_image_and_mask("img.nii.gz", f"{case}.nii.gz")
+
+
+def test_non_nifti_files_say_how_to_convert(tmp_path: Path) -> None:
+    image, mask = _blob(seed=7)
+    _write(tmp_path / "img.nii.gz", image)
+    (tmp_path / "ct.nrrd").write_bytes(b"NRRD0004\ntype: short\ndimension: 3\n")
+    with pytest.raises(MultimodalError, match=r"ct\.nrrd: cannot read mask as NIfTI .*convert it to NIfTI"):
+        read_image_and_mask(tmp_path / "img.nii.gz", tmp_path / "ct.nrrd")
+
+
+def test_merged_multi_label_masks_are_warned_about(tmp_path: Path, monkeypatch, caplog) -> None:
+    monkeypatch.chdir(tmp_path)
+    image, mask = _blob(seed=8)
+    mask[3:9, 2:10, 2:4] = 2
+    samples = pd.DataFrame(
+        {"image": [_write(tmp_path / "i.nii.gz", image)], "mask": [_write(tmp_path / "m.nii.gz", mask)]},
+        index=pd.Index(["P1"], name="patient_id"),
+    )
+    with caplog.at_level("WARNING"):
+        imaging_matrix(samples, progress=False)
+    assert "1 mask(s) hold several labels" in caplog.text and "m.nii.gz: labels [1, 2]" in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 import zlib
 from pathlib import Path
 
@@ -48,24 +49,10 @@ def read_image_and_mask(
     """
     image_img, image = _read_nifti(image_path, "image", np.float64)
     mask_img, mask_raw = _read_nifti(mask_path, "mask", None)
-    if mask_raw.shape != image.shape:
-        raise MultimodalError(
-            f"{mask_path}: mask shape {mask_raw.shape} differs from image shape {image.shape} of {image_path}"
-        )
-    image_zooms = np.asarray(image_img.header.get_zooms()[:3], dtype=np.float64)
-    mask_zooms = np.asarray(mask_img.header.get_zooms()[:3], dtype=np.float64)
-    if np.max(np.abs(image_zooms - mask_zooms)) > GEOMETRY_TOLERANCE:
-        raise MultimodalError(
-            f"{mask_path}: mask voxel spacing {tuple(mask_zooms.tolist())} differs from image spacing "
-            f"{tuple(image_zooms.tolist())} of {image_path} (tolerance {GEOMETRY_TOLERANCE})"
-        )
-    affine_diff = float(np.max(np.abs(np.asarray(image_img.affine) - np.asarray(mask_img.affine))))
-    if affine_diff > GEOMETRY_TOLERANCE:
-        raise MultimodalError(
-            f"{mask_path}: mask affine differs from the affine of image {image_path} "
-            f"(largest difference {affine_diff:.4g} > {GEOMETRY_TOLERANCE})"
-        )
-    present = [int(v) for v in np.unique(mask_raw) if v != 0]
+    mask_raw = _on_image_grid(mask_raw, grid_relation(image_img, mask_img, image_path, mask_path), image.shape)
+    values = np.unique(mask_raw)
+    check_label_map(values, mask_path)
+    present = [int(v) for v in values if v != 0]
     if labels_seen is not None:
         labels_seen[:] = present
     if label is None:
@@ -79,8 +66,93 @@ def read_image_and_mask(
     n_bad = int(np.count_nonzero(~np.isfinite(image[mask])))
     if n_bad:
         raise MultimodalError(f"{image_path}: {n_bad} non-finite intensities (NaN or inf) inside the mask {mask_path}")
-    spacing = (float(image_zooms[0]), float(image_zooms[1]), float(image_zooms[2]))
+    zooms = image_img.header.get_zooms()
+    spacing = (float(zooms[0]), float(zooms[1]), float(zooms[2]))
     return image, mask, spacing
+
+
+#: More distinct values than a label map plausibly holds (TotalSegmentator has 117 labels).
+MAX_MASK_LABELS = 1000
+
+
+def grid_relation(
+    image_img: SpatialImage, mask_img: SpatialImage, image_path: object, mask_path: object
+) -> tuple[np.ndarray, np.ndarray]:
+    """How mask voxels map onto image voxels, from the headers alone: (signed axis permutation, offset).
+
+    Identity and zero when the mask shares the image's grid; a permutation/flip when the mask is the same
+    grid stored in another orientation (LPS vs RAS, another axis order: reoriented exactly, no
+    interpolation). Anything else (another shape, voxel size or position) raises, naming both files.
+    """
+    image_shape, mask_shape = _shape3(image_img), _shape3(mask_img)
+    for path, what, shape in ((image_path, "image", image_shape), (mask_path, "mask", mask_shape)):
+        if len(shape) != 3:
+            raise MultimodalError(f"{path}: {what} must be 3D, got {len(shape)}D with shape {shape}")
+    image_affine, mask_affine = np.asarray(image_img.affine, float), np.asarray(mask_img.affine, float)
+    if image_shape == mask_shape and np.max(np.abs(image_affine - mask_affine)) <= GEOMETRY_TOLERANCE:
+        return np.eye(3), np.zeros(3)
+    to_image = np.linalg.solve(image_affine, mask_affine)  # mask voxel index -> image voxel index
+    rotation, shift = to_image[:3, :3], to_image[:3, 3]
+    signed = np.round(rotation)
+    is_permutation = (
+        np.max(np.abs(rotation - signed)) <= GEOMETRY_TOLERANCE
+        and (np.abs(signed).sum(axis=0) == 1).all()
+        and (np.abs(signed).sum(axis=1) == 1).all()
+    )
+    if is_permutation:
+        extent = np.abs(signed) @ np.asarray(mask_shape, float)  # the mask's shape along image axes
+        first = shift + np.minimum(signed, 0) @ (np.asarray(mask_shape, float) - 1)  # image index of its corner
+        if np.allclose(extent, image_shape) and np.max(np.abs(first)) <= GEOMETRY_TOLERANCE:
+            return signed, shift
+    orientation = f"image {''.join(nib.aff2axcodes(image_affine))}, mask {''.join(nib.aff2axcodes(mask_affine))}"
+    if image_shape != mask_shape:
+        inside = is_permutation and np.max(np.abs(first - np.round(first))) <= GEOMETRY_TOLERANCE
+        inside = inside and (first >= -GEOMETRY_TOLERANCE).all() and (first + extent <= np.add(image_shape, 1e-3)).all()
+        cropped = " (it covers a sub-block of the image: a cropped export? save the mask on the image's grid)"
+        raise MultimodalError(
+            f"{mask_path}: mask shape {mask_shape} differs from image shape {image_shape} of {image_path}"
+            + (cropped if inside else f" ({orientation})")
+        )
+    image_zooms = np.sort(np.asarray(image_img.header.get_zooms()[:3], dtype=float))
+    mask_zooms = np.sort(np.asarray(mask_img.header.get_zooms()[:3], dtype=float))
+    if np.max(np.abs(image_zooms - mask_zooms)) > GEOMETRY_TOLERANCE:
+        raise MultimodalError(
+            f"{mask_path}: mask voxel spacing {tuple(mask_img.header.get_zooms()[:3])} differs from image spacing "
+            f"{tuple(image_img.header.get_zooms()[:3])} of {image_path} (tolerance {GEOMETRY_TOLERANCE})"
+        )
+    difference = float(np.max(np.abs(image_affine - mask_affine)))
+    raise MultimodalError(
+        f"{mask_path}: mask affine differs from the affine of image {image_path} "
+        f"(largest difference {difference:.4g} > {GEOMETRY_TOLERANCE}; {orientation})"
+    )
+
+
+def _on_image_grid(mask: np.ndarray, relation: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """The mask array laid out on the image's voxel grid (axes permuted and flipped as ``relation`` says)."""
+    signed, _ = relation
+    if np.array_equal(signed, np.eye(3)):
+        return mask
+    axes = [int(np.flatnonzero(signed[i])[0]) for i in range(3)]  # image axis i <- mask axis axes[i]
+    out = np.transpose(mask, axes)
+    flips = [i for i in range(3) if signed[i, axes[i]] < 0]
+    out = np.flip(out, axis=flips) if flips else out
+    assert out.shape == tuple(shape)
+    return np.ascontiguousarray(out)
+
+
+def check_label_map(values: np.ndarray, mask_path: object) -> None:
+    """Raise when a mask's distinct values are not those of a label map (whole numbers >= 0, not too many)."""
+    fractional = values[np.mod(values, 1) != 0]
+    if fractional.size:
+        raise MultimodalError(
+            f"{mask_path}: mask has non-integer values (e.g. {float(fractional[0]):.4g}): a soft or interpolated "
+            "mask; threshold it, or resample it with nearest-neighbour interpolation"
+        )
+    if values.size and (values.min() < 0 or values.size > MAX_MASK_LABELS):
+        raise MultimodalError(
+            f"{mask_path}: looks like an image, not a label map ({values.size} distinct values, lowest "
+            f"{float(values.min()):.4g}); are the image and mask columns swapped?"
+        )
 
 
 def imaging_matrix(
@@ -125,21 +197,36 @@ def imaging_matrix(
     if n_without:
         logger.info("%d of %d patients have no imaging and are left out", n_without, len(patient_ids))
 
+    # Every pair's headers (format, geometry) are checked before any slow extraction starts.
+    for _, image_path, mask_path in todo:
+        grid_relation(_load_header(image_path, "image"), _load_header(mask_path, "mask"), image_path, mask_path)
+
     names = list(FEATURE_CLASSES)
     rows = np.empty((len(todo), len(names)), dtype=np.float32)
-    n_merged = 0
+    n_merged, merged_example = 0, ""
     for row, (pid, image_path, mask_path) in enumerate(
         tqdm(todo, desc="radiomics", unit="patient", disable=not progress)
     ):
         labels: list[int] = []
         image, mask, spacing = read_image_and_mask(image_path, mask_path, label=mask_label, labels_seen=labels)
-        n_merged += mask_label is None and len(labels) > 1
+        if mask_label is None and len(labels) > 1:
+            n_merged += 1
+            merged_example = merged_example or f"{mask_path}: labels {labels[:10]}"
         try:
-            features = extract_radiomics(image, mask, spacing=spacing, bin_count=bin_count)
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # tiny ROIs: undefined values become NaN, counted
+                features = extract_radiomics(image, mask, spacing=spacing, bin_count=bin_count)
         except MultimodalError as err:
             raise MultimodalError(f"{image_path} (mask {mask_path}, patient {pid}): {err}") from err
         rows[row] = [features[name] for name in names]
     logger.info("extracted %d radiomics features for %d patients", len(names), len(todo))
+    if n_merged:
+        logger.warning(
+            "%d mask(s) hold several labels, merged into one ROI (e.g. %s); set ingest.mask_label "
+            "(--mask-label) to take the tumour label only",
+            n_merged,
+            merged_example,
+        )
 
     obs = pd.DataFrame(
         {"image": [t[1] for t in todo], "mask": [t[2] for t in todo]},
@@ -181,12 +268,27 @@ def _blank(value: object) -> bool:
         return False
 
 
+def _shape3(img: SpatialImage) -> tuple[int, ...]:
+    """The 3D shape of an image whose extra dimensions, if any, have size 1."""
+    shape = tuple(int(n) for n in img.shape)
+    return shape[:3] if len(shape) > 3 and all(n == 1 for n in shape[3:]) else shape
+
+
+def _load_header(path: str | os.PathLike[str], what: str) -> SpatialImage:
+    """The NIfTI image object (header read, data not yet loaded)."""
+    try:
+        return nib.load(path)
+    except _READ_ERRORS as err:
+        hint = "" if str(path).lower().endswith((".nii", ".nii.gz")) else "; convert it to NIfTI (dcm2niix, SimpleITK)"
+        raise MultimodalError(f"{path}: cannot read {what} as NIfTI ({type(err).__name__}: {err}){hint}") from err
+
+
 def _read_nifti(path: str | os.PathLike[str], what: str, dtype: type | None) -> tuple[SpatialImage, np.ndarray]:
     """Load a NIfTI file and its 3D data (scaled as float ``dtype``, or stored values when None)."""
     if not Path(path).is_file():
         raise MultimodalError(f"{path}: {what} file not found")
+    img = _load_header(path, what)
     try:
-        img = nib.load(path)
         data = img.get_fdata(dtype=dtype) if dtype is not None else np.asanyarray(img.dataobj)
     except _READ_ERRORS as err:
         raise MultimodalError(f"{path}: cannot read {what} as NIfTI ({type(err).__name__}: {err})") from err

@@ -154,9 +154,20 @@ def read_samples(path: str | Path, *, check_files: bool = True) -> pd.DataFrame:
         for row, record in frame.iterrows():
             for column in FILE_COLUMNS:
                 value = record[column]
+                if value and Path(value).is_dir():
+                    hint = (
+                        "give the VCF/BCF file"
+                        if column == "vcf"
+                        else "a DICOM series? images and masks are read as NIfTI: convert with dcm2niix"
+                    )
+                    raise MultimodalError(
+                        f"{path}: line {row}: {column} {value} of patient {record['patient_id']} is a directory; {hint}"
+                    )
                 if value and not Path(value).is_file():
+                    where = "" if Path(value).is_absolute() else f" (relative to the working directory {Path.cwd()})"
                     raise MultimodalError(
                         f"{path}: line {row}: {column} file {value} for patient {record['patient_id']} does not exist"
+                        + where
                     )
             if bool(record["image"]) != bool(record["mask"]):
                 raise MultimodalError(
