@@ -10,9 +10,14 @@ import contextlib
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+#: A partial output older than this is from a run that was killed, not one still writing beside us.
+STALE_PARTIAL_SECONDS = 6 * 3600
 
 
 @contextlib.contextmanager
@@ -24,7 +29,11 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    for stale in final.parent.glob(f".{final.name}.*.partial"):  # left by a run killed outright (kill -9, OOM)
+        if _is_abandoned(stale, prefix=f".{final.name}."):
+            shutil.rmtree(stale, ignore_errors=True)
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.{owner}.", suffix=".partial", dir=final.parent))
     tmp = tmp_dir / final.name
     try:
         yield tmp
@@ -42,6 +51,25 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
                 old.unlink(missing_ok=True)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _is_abandoned(partial: Path, *, prefix: str) -> bool:
+    """Whether a partial output's writer is gone: a dead process on this host, or too old to be alive."""
+    try:
+        age = time.time() - partial.stat().st_mtime
+    except OSError:
+        return False
+    owner = partial.name.removeprefix(prefix).removesuffix(".partial").rpartition(".")[0]  # host-pid
+    host, _, pid = owner.rpartition("-")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    return age > STALE_PARTIAL_SECONDS
 
 
 def sha256sum(path: str | os.PathLike[str], *, chunk_size: int = 1 << 20) -> str:

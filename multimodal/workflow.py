@@ -83,6 +83,14 @@ def run_workflow(
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     completed = subprocess.run(command, check=False, env=env)
+    if completed.returncode and any(Path(".snakemake/locks").glob("*")):
+        # Snakemake removes its own locks when it stops, even on a failed rule: locks left now are another
+        # run's, still going or killed outright (kill -9, out of memory, a lost node).
+        raise MultimodalError(
+            f"{Path.cwd()} is locked by another Snakemake run; if none is running (it was killed), unlock with: "
+            f"multimodal run --config {config} -- --unlock",
+            exit_code=completed.returncode,
+        )
     if completed.returncode:
         raise MultimodalError(
             f"workflow failed (Snakemake exit code {completed.returncode}); the failing rule's log is shown above",

@@ -12,14 +12,14 @@ rule assemble:
         maf=MAF or [],
         tables=expand(f"{OUT}/interim/table/{{name}}.h5ad", name=list(TABLES)),
         table_sources=list(TABLES.values()),
-        config=workflow.configfiles[-1] if workflow.configfiles else [],
     output:
         directory(f"{OUT}/cohort.zarr"),
     params:
         variants=lambda wc, input: option("--variants", input.variants),
         imaging=lambda wc, input: option("--imaging", input.imaging),
         expression=lambda wc, input: f'{option("--expression", input.expression)} {option("--counts", input.counts)}',
-        config=lambda wc, input: option("--config", input.config),
+        config=CONFIG_OPTION,
+        settings=config["clinical_columns"],  # reruns when this section changes, not on any edit of the file
         maf=lambda wc, input: option("--maf", input.maf),
         tables=lambda wc, input: f'{table_options(input.tables)} {option("--table-source", input.table_sources)}',
     log:

@@ -66,3 +66,9 @@ def option(flag, files):
 def table_options(input_tables):
     """``--table NAME=PATH ...`` for the assemble command."""
     return option("--table", [f"{Path(p).stem}={p}" for p in input_tables])
+
+
+# The verbs read their settings from the config file, given as a parameter rather than an input: editing
+# one section (or a comment) must not rerun every stage. Each rule lists its own section in `params`,
+# so Snakemake reruns exactly the stages whose settings changed.
+CONFIG_OPTION = option("--config", workflow.configfiles[-1:])

@@ -5,11 +5,11 @@ rule explain:
     input:
         store=f"{OUT}/cohort.zarr",
         model=f"{OUT}/model",
-        config=workflow.configfiles[-1] if workflow.configfiles else [],
     output:
         directory(f"{OUT}/explain"),
     params:
-        config=lambda wc, input: option("--config", input.config),
+        config=CONFIG_OPTION,
+        settings=config["explain"],  # reruns when this section changes, not on any edit of the file
     log:
         f"{LOGS}/explain.log",
     benchmark:

@@ -6,11 +6,11 @@ rule report:
         store=f"{OUT}/cohort.zarr",
         model=f"{OUT}/model",
         explain=f"{OUT}/explain",
-        config=workflow.configfiles[-1] if workflow.configfiles else [],
     output:
         f"{OUT}/report.html",
     params:
-        config=lambda wc, input: option("--config", input.config),
+        config=CONFIG_OPTION,
+        settings=config["report"],  # reruns when this section changes, not on any edit of the file
     log:
         f"{LOGS}/report.log",
     benchmark:

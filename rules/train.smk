@@ -4,11 +4,11 @@
 rule train:
     input:
         store=f"{OUT}/cohort.zarr",
-        config=workflow.configfiles[-1] if workflow.configfiles else [],
     output:
         directory(f"{OUT}/model"),
     params:
-        config=lambda wc, input: option("--config", input.config),
+        config=CONFIG_OPTION,
+        settings=config["model"],  # reruns when this section changes, not on any edit of the file
     log:
         f"{LOGS}/train.log",
     benchmark:

@@ -192,3 +192,21 @@ def test_run_checks_config_and_inputs_before_snakemake(
     assert main(["run", "-q", "--config", "my.yaml", "--cores", "1"]) == 2
     one_line_error(capsys, *expected)
     assert not (tmp_path / ".snakemake").exists()  # Snakemake never started
+
+
+def test_run_after_a_killed_run_says_how_to_unlock(cohort_copy, tmp_path, monkeypatch, capsys):
+    """A run killed outright leaves Snakemake's locks; the next run names the fix instead of 'rule failed'."""
+    monkeypatch.chdir(tmp_path)
+    config = f"samples: {cohort_copy / 'samples.tsv'}\nclinical: {cohort_copy / 'clinical.tsv'}\noutdir: results/x\n"
+    (tmp_path / "my.yaml").write_text(config)
+    (tmp_path / ".snakemake/locks").mkdir(parents=True)
+    (tmp_path / ".snakemake/locks/0.output.lock").write_text("results/x/report.html\n")
+    assert main(["run", "-q", "--config", "my.yaml", "--cores", "1"]) != 0
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        message.startswith("multimodal run: error:")
+        and "unlock with: multimodal run --config my.yaml -- --unlock" in message
+    )
+    assert main(["run", "-q", "--config", "my.yaml", "--cores", "1", "--", "--unlock"]) == 0
+    assert not any((tmp_path / ".snakemake/locks").glob("*"))
+    assert not (tmp_path / "results/x/cohort.zarr").exists()  # nothing was run while locked

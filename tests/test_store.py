@@ -126,3 +126,20 @@ def test_no_response_column_means_no_missing_response_count(tiny_run, tmp_path):
         )
         cohort_counts = read_cohort_store(target).uns["provenance"]["exclusions"]["cohort"]
         assert ("patients_without_response_outcome" in cohort_counts) is expected
+
+
+def test_atomic_path_sweeps_partials_of_writers_that_were_killed(tmp_path):
+    """A kill -9 leaves .NAME.HOST-PID.xxxx.partial behind; the next write removes it unless its writer lives."""
+    import os
+    import socket
+
+    target = tmp_path / "cohort.zarr"
+    dead = tmp_path / f".cohort.zarr.{socket.gethostname()}-99999999.ab12cd.partial"  # above any pid_max
+    alive = tmp_path / f".cohort.zarr.{socket.gethostname()}-{os.getpid()}.ef34gh.partial"
+    other_host = tmp_path / ".cohort.zarr.elsewhere.example.org-12.ij56kl.partial"
+    for partial in (dead, alive, other_host):
+        (partial / "cohort.zarr").mkdir(parents=True)
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+    assert target.is_dir() and not dead.exists()
+    assert alive.exists() and other_host.exists()  # a live writer here, or a recent one on another node

@@ -113,3 +113,11 @@ def test_tcga_shaped_cohort_runs_end_to_end(tiny_cohort, tmp_path):
     assert no_outcome["time"].isna().all() and np.isfinite(no_outcome["risk"]).all()
     report = (out / "report.html").read_text()
     assert "[Not Available]" not in report and "Times are in days." in report
+
+    # Editing the report's section (and a comment) reruns the report only, not assembly or training.
+    trained = (out / "model/metrics.json").stat().st_mtime_ns
+    config["report"] = {"title": "TCGA-shaped cohort, second look"}
+    (tmp_path / "tcga.yaml").write_text("# edited\n" + yaml.safe_dump(config))
+    assert run_workflow_in(tmp_path, "tcga.yaml") == 0
+    assert (out / "model/metrics.json").stat().st_mtime_ns == trained
+    assert "TCGA-shaped cohort, second look" in (out / "report.html").read_text()

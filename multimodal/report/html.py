@@ -932,7 +932,8 @@ def _provenance_section(inp: _Inputs, generated: str) -> str:
             pretty = json.dumps(json.loads(config_json), indent=2, sort_keys=True)
         except (TypeError, json.JSONDecodeError):
             pretty = str(config_json)
-        parts.append(f"<details><summary>Resolved configuration</summary>\n<pre>{_esc(pretty)}</pre>\n</details>")
+        summary = "Configuration when the cohort store was assembled (this run's model settings: model/params.json)"
+        parts.append(f"<details><summary>{summary}</summary>\n<pre>{_esc(pretty)}</pre>\n</details>")
     return "\n".join(parts)
 
 
