@@ -81,6 +81,28 @@ def attribute_fold(
     return out, delta.detach().cpu().numpy()
 
 
+def model_fingerprint(model_dir: str | Path) -> str:
+    """A short hash naming one trained model run (its settings, folds and held-out predictions)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("params.json", "folds.tsv", "predictions.tsv"):
+        path = Path(model_dir) / name
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    return digest.hexdigest()[:16]
+
+
+def check_model_store(recorded: str | None, mdata, *, model_dir: str | Path) -> None:
+    """Raise when a model was trained on another cohort store than ``mdata`` (by fingerprint, not path)."""
+    from multimodal.store import store_fingerprint
+
+    if recorded and recorded != store_fingerprint(mdata):
+        raise MultimodalError(
+            f"{model_dir}: this model was trained on another cohort store (fingerprint {recorded}, this store "
+            f"{store_fingerprint(mdata)}); retrain on this store or pass the store it was trained on"
+        )
+
+
 def explain_cohort(
     mdata: mudata.MuData,
     model_dir: str | Path,
@@ -98,7 +120,7 @@ def explain_cohort(
 
     from multimodal.model.data import FoldPreprocessor, cohort_arrays
     from multimodal.model.fusion import FusionSurvivalModel
-    from multimodal.store import configure_zarr_v3
+    from multimodal.store import configure_zarr_v3, store_fingerprint
 
     if method not in METHODS:
         raise MultimodalError(f"unknown attribution method {method!r}; available: {', '.join(METHODS)}")
@@ -107,6 +129,7 @@ def explain_cohort(
     if not params_path.is_file():
         raise MultimodalError(f"{model_dir}: not a model directory (no params.json); run `multimodal train` first")
     params = json.loads(params_path.read_text())
+    check_model_store(params.get("store_fingerprint"), mdata, model_dir=model_dir)
     modalities = params["modalities"]
     folds = pd.read_csv(model_dir / "folds.tsv", sep="\t", dtype={"patient_id": str}).set_index("patient_id")["fold"]
     arrays = cohort_arrays(mdata, modalities=modalities)
@@ -192,6 +215,8 @@ def explain_cohort(
         "convergence_delta_mean_abs": float(np.nanmean(np.abs(deltas))),
         "convergence_delta_max_abs": float(np.nanmax(np.abs(deltas))),
         "model_dir": str(model_dir),
+        "model_fingerprint": model_fingerprint(model_dir),
+        "store_fingerprint": store_fingerprint(mdata),
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

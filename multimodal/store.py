@@ -237,6 +237,22 @@ def read_cohort_store(path: str | Path) -> mudata.MuData:
     return mdata
 
 
+def store_fingerprint(mdata: mudata.MuData) -> str:
+    """A short hash naming one cohort store: its patients, each modality's features, and when it was built.
+
+    The model records it at training; explain and report refuse a store that does not carry it, so a
+    model is never explained or reported against another cohort's data, whatever the paths say.
+    """
+    import hashlib
+
+    content = {
+        "patients": [str(p) for p in mdata.obs_names],
+        "modalities": {name: [str(v) for v in adata.var_names] for name, adata in sorted(mdata.mod.items())},
+        "created": str(mdata.uns.get("provenance", {}).get("created", "")),
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def summarize_store(mdata: mudata.MuData, *, path: str | Path = "") -> str:
     """A human-readable summary: patients, modalities, coverage, outcomes, exclusions, provenance."""
     obs = mdata.obs

@@ -188,3 +188,43 @@ def test_too_few_events_for_the_folds_is_an_error(tiny_run, tmp_path):
     with pytest.raises(MultimodalError, match="2 observed events cannot be spread over 3 folds"):
         cross_validate(mdata, tmp_path / "m", params=TrainParams(folds=3, epochs=1), progress=False)
     assert not (tmp_path / "m").exists()
+
+
+def test_all_censored_is_named_as_such(tiny_run, tmp_path):
+    import pytest
+
+    from multimodal.errors import MultimodalError
+    from multimodal.model.train import TrainParams, cross_validate
+    from multimodal.store import read_cohort_store
+
+    mdata = read_cohort_store(tiny_run["store"])
+    mdata.obs["event"] = 0.0
+    with pytest.raises(MultimodalError, match="no observed event among 60 patients .*all censored"):
+        cross_validate(mdata, tmp_path / "m", params=TrainParams(folds=3, epochs=1), progress=False)
+
+
+def test_c_index_without_comparable_pairs_is_undefined_not_a_crash():
+    # the only event is at the shortest time... of nobody else: every other patient was censored earlier
+    time = np.array([10.0, 2.0, 3.0])
+    event = np.array([1.0, 0.0, 0.0])
+    assert np.isnan(harrell_c(time, event, np.array([0.1, 0.2, 0.3])))
+
+
+def test_no_response_labels_give_no_response_probability_and_strict_json(tiny_run, tmp_path):
+    """With no response column the response head is never trained: its output is not reported, and
+    metrics.json holds null (valid JSON), not NaN, for the undefined AUROC."""
+    from multimodal.model.train import TrainParams, cross_validate
+    from multimodal.store import read_cohort_store
+
+    mdata = read_cohort_store(tiny_run["store"])
+    mdata.obs["response"] = np.nan
+    cross_validate(mdata, tmp_path / "m", params=TrainParams(folds=3, epochs=2, baseline=False), progress=False)
+    predictions = pd.read_csv(tmp_path / "m" / "predictions.tsv", sep="\t")
+    assert predictions["response_prob"].isna().all() and predictions["risk"].notna().all()
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text(), parse_constant=refuse)
+    assert metrics["mean"]["auroc"] is None and all(f["auroc"] is None for f in metrics["folds"])
+    assert metrics["mean"]["c_index"] > 0

@@ -454,3 +454,26 @@ def test_report_shows_the_penalised_cox_reference(tiny_run, tmp_path):
     cox = _json.loads((tiny_run["model_dir"] / "metrics.json").read_text())["baseline"]["penalised_cox"]
     assert 'id="baseline-comparison"' in html
     assert f"{cox['pooled_c_index']:.3f}" in html.split('id="baseline-comparison"')[1].split("</table>")[0]
+
+
+def test_parts_from_another_run_are_refused_and_a_moved_model_is_not(tiny_run, tmp_path) -> None:
+    """Store, model and attributions are matched by fingerprint, not by path."""
+    moved = _copy_model(tiny_run["model_dir"], tmp_path / "moved")
+    _, text, _ = _build(tmp_path, tiny_run["store"], moved, tiny_run["explain_dir"])
+    assert "computed from model directory" not in text and "another model run" not in text
+    other = _copy_model(tiny_run["model_dir"], tmp_path / "other")
+    predictions = pd.read_csv(other / "predictions.tsv", sep="\t")
+    predictions["risk"] = predictions["risk"] * 1.01  # another training run of the same store
+    predictions.to_csv(other / "predictions.tsv", sep="\t", index=False)
+    with pytest.raises(MultimodalError, match="attributions were computed from another model run"):
+        build_report(
+            store=tiny_run["store"], model_dir=other, explain_dir=tiny_run["explain_dir"], out=tmp_path / "r.html"
+        )
+    params = json.loads((moved / "params.json").read_text())
+    params["store_fingerprint"] = "0123456789abcdef"
+    (moved / "params.json").write_text(json.dumps(params))
+    with pytest.raises(MultimodalError, match="the model was trained on another cohort store"):
+        build_report(
+            store=tiny_run["store"], model_dir=moved, explain_dir=tiny_run["explain_dir"], out=tmp_path / "r.html"
+        )
+    assert not (tmp_path / "r.html").exists()

@@ -26,6 +26,7 @@ import pandas as pd
 from multimodal.errors import MultimodalError
 from multimodal.fileio import atomic_path
 from multimodal.model.metrics import auroc, harrell_c
+from multimodal.store import store_fingerprint
 
 if TYPE_CHECKING:
     import mudata
@@ -101,6 +102,11 @@ def cross_validate(
     if n_outcome < 2 * params.folds:
         raise MultimodalError(f"{store_path or 'store'}: only {n_outcome} patients have a survival outcome")
     n_events = int(np.nansum(arrays.event))
+    if n_events == 0:
+        raise MultimodalError(
+            f"{store_path or 'store'}: no observed event among {n_outcome} patients with a survival outcome "
+            "(all censored): a survival model cannot be trained or evaluated"
+        )
     if n_events < params.folds:
         raise MultimodalError(
             f"{store_path or 'store'}: {n_events} observed events cannot be spread over {params.folds} folds "
@@ -149,6 +155,8 @@ def cross_validate(
                 probs.append(torch.sigmoid(logit).cpu().numpy().astype(float))
             data.preprocessor.save(fold_dir / "preprocessing.npz")
             risk, response_prob = np.mean(risks, axis=0), np.mean(probs, axis=0)
+            if not np.isfinite(arrays.response[train_rows]).any():  # no response label to learn from
+                response_prob = np.full_like(response_prob, np.nan)
             fold_pred = pd.DataFrame(
                 {
                     "patient_id": [arrays.patients[i] for i in test_rows],
@@ -193,9 +201,17 @@ def cross_validate(
         }
         folds.rename_axis("patient_id").reset_index().to_csv(tmp / "folds.tsv", sep="\t", index=False)
         pred.to_csv(tmp / "predictions.tsv", sep="\t", index=False)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        (tmp / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=1, allow_nan=False))
         (tmp / "params.json").write_text(
-            json.dumps({"train": asdict(params), "store": str(store_path), "modalities": arrays.modalities}, indent=1)
+            json.dumps(
+                {
+                    "train": asdict(params),
+                    "store": str(store_path),
+                    "store_fingerprint": store_fingerprint(mdata),
+                    "modalities": arrays.modalities,
+                },
+                indent=1,
+            )
         )
     log.info(
         "cross-validated C-index %.3f (mean over folds), pooled %.3f", metrics["mean"]["c_index"], pooled["c_index"]
@@ -273,6 +289,17 @@ def _baseline_summary(pred: pd.DataFrame, fold_metrics: list[dict]) -> dict:
 def _c_index(pred: pd.DataFrame, risk_column: str) -> float:
     """Harrell's C of one risk column of a predictions frame against its observed outcome."""
     return harrell_c(pred["time"].to_numpy(float), pred["event"].to_numpy(float), pred[risk_column].to_numpy(float))
+
+
+def json_safe(value):
+    """``value`` with NaN and infinities as None (JSON null): ``NaN`` is not JSON and breaks strict readers."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float | np.floating) and not np.isfinite(value):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _metrics(pred: pd.DataFrame) -> dict:

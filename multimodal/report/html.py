@@ -195,6 +195,7 @@ class _Inputs:
     importance: pd.DataFrame
     contributions: pd.DataFrame
     attribution: dict
+    store_fingerprint: str = ""
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -253,7 +254,7 @@ def _read_tsv(
     return table
 
 
-def _read_store(path: Path) -> tuple[pd.DataFrame, dict[str, tuple[int, int]], dict]:
+def _read_store(path: Path) -> tuple[pd.DataFrame, dict[str, tuple[int, int]], dict, str]:
     from multimodal.store import read_cohort_store
 
     mdata = read_cohort_store(path)
@@ -265,8 +266,10 @@ def _read_store(path: Path) -> tuple[pd.DataFrame, dict[str, tuple[int, int]], d
         if f"has_{name}" not in obs.columns:
             obs[f"has_{name}"] = np.isin(obs.index, adata.obs_names)
     shapes = {name: (int(adata.n_obs), int(adata.n_vars)) for name, adata in mdata.mod.items()}
+    from multimodal.store import store_fingerprint
+
     provenance = mdata.uns.get("provenance", {})
-    return obs, shapes, dict(provenance) if isinstance(provenance, dict) else {}
+    return obs, shapes, dict(provenance) if isinstance(provenance, dict) else {}, store_fingerprint(mdata)
 
 
 def _read_attribution(path: Path) -> dict:
@@ -320,7 +323,7 @@ def _load(store: Path, model_dir: Path, explain_dir: Path) -> _Inputs:
         index_col="patient_id",
     )
     attribution = _read_attribution(explain_dir / "attributions.zarr")
-    obs, shapes, provenance = _read_store(store)
+    obs, shapes, provenance, fingerprint = _read_store(store)
     inputs = _Inputs(
         store=store,
         model_dir=model_dir,
@@ -334,6 +337,7 @@ def _load(store: Path, model_dir: Path, explain_dir: Path) -> _Inputs:
         importance=importance,
         contributions=contributions,
         attribution=attribution,
+        store_fingerprint=fingerprint,
     )
     if not params_path.is_file():
         inputs.warn(f"{params_path}: missing; model settings are not shown")
@@ -365,14 +369,24 @@ def _check_consistency(inp: _Inputs) -> None:
             f"{len(scored - explained)} scored patient(s) have no attribution, "
             f"{len(explained - scored)} attributed patient(s) have no risk score"
         )
-    recorded_dir = inp.attribution.get("model_dir")
-    if recorded_dir:
-        try:
-            same = Path(str(recorded_dir)).resolve() == inp.model_dir.resolve()
-        except OSError:
-            same = False
-        if not same:
-            inp.warn(f"attributions were computed from model directory {recorded_dir}, not {inp.model_dir}")
+    # Which store and model each part came from, by fingerprint (paths move; contents do not lie).
+    from multimodal.explain import model_fingerprint
+
+    store_print = inp.store_fingerprint
+    for what, recorded in (
+        (f"{inp.model_dir}: the model was trained", inp.params.get("store_fingerprint")),
+        (f"{inp.explain_dir}: the attributions were computed", inp.attribution.get("store_fingerprint")),
+    ):
+        if recorded and store_print and recorded != store_print:
+            raise MultimodalError(
+                f"{what} on another cohort store (fingerprint {recorded}, {inp.store}: {store_print})"
+            )
+    recorded_model = inp.attribution.get("model_fingerprint")
+    if recorded_model and recorded_model != model_fingerprint(inp.model_dir):
+        raise MultimodalError(
+            f"{inp.explain_dir}: the attributions were computed from another model run than {inp.model_dir} "
+            f"(recorded in {inp.attribution.get('model_dir', '?')}); rerun `multimodal explain` on this model"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
