@@ -29,6 +29,8 @@ def _existing_file(value: str) -> Path:
 
 def _existing_dir(value: str) -> Path:
     path = Path(value)
+    if path.is_file():
+        raise argparse.ArgumentTypeError(f"{value}: is a file; a directory is expected here")
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"{value}: directory not found")
     return path
@@ -53,7 +55,8 @@ def _load_config(path: Path | None) -> dict:
 
 
 def _progress(args: argparse.Namespace) -> bool:
-    return not args.quiet and not os.environ.get("MULTIMODAL_NO_PROGRESS")
+    """Progress bars on a terminal only: in a rule's log file they would be thousands of redrawn lines."""
+    return not args.quiet and not os.environ.get("MULTIMODAL_NO_PROGRESS") and sys.stderr.isatty()
 
 
 # --- verbs ---------------------------------------------------------------------------------------

@@ -123,7 +123,8 @@ def assemble_cohort(
     """Join the clinical table and per-modality AnnData into one MuData keyed by patient.
 
     Every patient of the samples sheet must be in the clinical table; every modality row must be a
-    patient of the samples sheet. Patients in the clinical table alone are kept (clinical data only).
+    patient of the samples sheet. The samples sheet defines the cohort: clinical rows of other patients
+    (a pan-cancer outcome table beside one cancer's sheet) are left out, and counted by the caller.
     """
     import mudata as md
 
@@ -140,6 +141,8 @@ def assemble_cohort(
         if unknown:
             raise MultimodalError(f"{name}: patient {unknown[0]} is not in the samples sheet {samples_path}")
 
+    clinical = clinical[clinical.index.isin(samples.index)]
+    clinical_modality = clinical_modality[clinical_modality.obs_names.isin(samples.index)].copy()
     mods = {"clinical": clinical_modality}
     for name in MODALITY_ORDER[1:]:
         if name in modalities and modalities[name] is not None:
@@ -160,7 +163,7 @@ def assemble_cohort(
 
 
 def cohort_exclusions(
-    mdata: mudata.MuData, *, samples: pd.DataFrame, has_response: bool = True
+    mdata: mudata.MuData, *, n_clinical_only: int = 0, has_response: bool = True
 ) -> dict[str, dict[str, int]]:
     """Every count of what was left out, per modality and for the cohort, by reason.
 
@@ -171,7 +174,7 @@ def cohort_exclusions(
         out[name] = {k: int(v) for k, v in adata.uns.get("ingest", {}).get("exclusions", {}).items()}
     obs = mdata.obs
     out["cohort"] = {
-        "patients_in_clinical_not_in_samples_sheet": int((~obs.index.isin(samples.index)).sum()),
+        "patients_in_clinical_not_in_samples_sheet": int(n_clinical_only),
         "patients_without_survival_outcome": int((obs["time"].isna() | obs["event"].isna()).sum()),
     }
     if has_response:
@@ -306,6 +309,9 @@ def build_cohort_store(
     clinical_spec = clinical_spec or ClinicalSpec()
     samples = read_samples(samples_path)
     clinical = read_clinical(clinical_path, spec=clinical_spec)
+    in_sheet = clinical.index.isin(samples.index)  # the sheet defines the cohort; other rows are counted
+    n_clinical_only = int((~in_sheet).sum())
+    clinical = clinical[clinical.index.isin(samples.index)]
     modalities = {name: read_chunks(paths) for name, paths in modality_chunks.items() if paths}
     mdata = assemble_cohort(
         clinical=clinical,
@@ -321,6 +327,8 @@ def build_cohort_store(
     provenance = build_provenance(
         inputs=inputs,
         config=config,
-        exclusions=cohort_exclusions(mdata, samples=samples, has_response=clinical_spec.response_column is not None),
+        exclusions=cohort_exclusions(
+            mdata, n_clinical_only=n_clinical_only, has_response=clinical_spec.response_column is not None
+        ),
     )
     return write_cohort_store(mdata, out, provenance=provenance)

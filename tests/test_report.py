@@ -477,3 +477,12 @@ def test_parts_from_another_run_are_refused_and_a_moved_model_is_not(tiny_run, t
             store=tiny_run["store"], model_dir=moved, explain_dir=tiny_run["explain_dir"], out=tmp_path / "r.html"
         )
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_fold_with_few_events_is_flagged(tiny_run, tmp_path) -> None:
+    model = _copy_model(tiny_run["model_dir"], tmp_path / "model")
+    metrics = json.loads((model / "metrics.json").read_text())
+    metrics["folds"][1]["n_events"] = 3
+    (model / "metrics.json").write_text(json.dumps(metrics))
+    _, text, _ = _build(tmp_path, tiny_run["store"], model, tiny_run["explain_dir"])
+    assert "Few events behind a C-index (fold 1: 3;" in text

@@ -143,3 +143,19 @@ def test_atomic_path_sweeps_partials_of_writers_that_were_killed(tmp_path):
         tmp.mkdir()
     assert target.is_dir() and not dead.exists()
     assert alive.exists() and other_host.exists()  # a live writer here, or a recent one on another node
+
+
+def test_the_samples_sheet_defines_the_cohort(tiny_run, tmp_path):
+    """A pan-cancer outcome table beside one cohort's sheet: the other patients are left out and counted."""
+    from multimodal.store import read_cohort_store
+
+    cohort = tiny_run["cohort"]
+    lines = (cohort / "samples.tsv").read_text().splitlines(keepends=True)
+    (tmp_path / "samples.tsv").write_text("".join(lines[:51]))  # header + 50 of the 60 patients
+    target = tmp_path / "cohort.zarr"
+    build_cohort_store(
+        target, clinical_path=cohort / "clinical.tsv", samples_path=tmp_path / "samples.tsv", modality_chunks={}
+    )
+    mdata = read_cohort_store(target)
+    assert mdata.n_obs == 50 and mdata.mod["clinical"].n_obs == 50
+    assert int(mdata.uns["provenance"]["exclusions"]["cohort"]["patients_in_clinical_not_in_samples_sheet"]) == 10

@@ -29,6 +29,7 @@ def test_pyradiomics_style_export(tmp_path):
         "patients_without_table_row": 1,
         "table_rows_not_in_samples_sheet": 1,
         "text_columns_dropped": 2,
+        "all_missing_columns_dropped": 0,
         "diagnostics_columns_dropped": 2,  # diagnostics_* and pre-2.0 general_info_*
         "constant_columns_dropped": 2,  # Label, and a median equal for every patient of the cohort
         "missing_values": 1,
@@ -41,3 +42,16 @@ def test_a_text_cell_in_a_numeric_column_is_named(tmp_path):
     path.write_text("patient_id\tMYC\tERBB2\nP1\t0.5\t1\nP2\t0.1\thigh\nP3\t0.2\t2\nP4\t0.3\t0\n")
     with pytest.raises(MultimodalError, match=r"cnv\.tsv: line 3: column 'ERBB2' value 'high' is not a number"):
         feature_table(path, modality="cnv", patients=pd.Index(["P1", "P2", "P3", "P4"]))
+
+
+def test_all_missing_columns_are_named_so_and_a_table_of_strangers_stops(tmp_path):
+    path = tmp_path / "cnv.tsv"
+    path.write_text("patient_id\tMYC\tERBB2\tnotes\nP1\t0.5\t\tok\nP2\t0.1\tNA\tok\n")
+    adata = feature_table(path, modality="cnv", patients=pd.Index(["P1", "P2"]))
+    assert list(adata.var_names) == ["MYC"]
+    exclusions = adata.uns["ingest"]["exclusions"]
+    assert (exclusions["all_missing_columns_dropped"], exclusions["text_columns_dropped"]) == (1, 1)
+    with pytest.raises(
+        MultimodalError, match=r"cnv\.tsv: none of its 2 patient_id values .* \(table: 'P1'; sheet: 'XP1'\)"
+    ):
+        feature_table(path, modality="cnv", patients=pd.Index(["XP1", "XP2"]))

@@ -48,8 +48,9 @@ def feature_table(
     numeric = values.apply(lambda c: pd.to_numeric(c.str.strip(), errors="coerce"))
     is_missing = lowered.isin(MISSING)
     parsed = numeric.notna() | is_missing
+    all_missing = [c for c in values.columns if is_missing[c].all()]
     numeric_columns = [c for c in values.columns if parsed[c].all() and numeric[c].notna().any()]
-    dropped = [c for c in values.columns if c not in numeric_columns]
+    dropped = [c for c in values.columns if c not in numeric_columns and c not in all_missing]
     partly = [c for c in dropped if numeric[c].notna().mean() > 0.5]
     if partly:  # mostly numbers with some text: a broken cell, not a text column
         column = partly[0]
@@ -59,6 +60,11 @@ def feature_table(
             f"{path}: line {line}: column {column!r} value {values.at[line, column]!r} is not a number"
         )
     in_cohort = ids.isin(patients).to_numpy()
+    if not in_cohort.any():
+        raise MultimodalError(
+            f"{path}: none of its {len(ids)} {id_column} values is a patient of the samples sheet "
+            f"(table: {ids.iloc[0]!r}; sheet: {patients[0] if len(patients) else 'empty'!r})"
+        )
     constant = [c for c in numeric_columns if numeric.loc[in_cohort, c].nunique(dropna=True) <= 1]
     numeric_columns = [c for c in numeric_columns if c not in constant]
     matrix = numeric.loc[in_cohort, numeric_columns].to_numpy(dtype=np.float32)
@@ -85,6 +91,7 @@ def feature_table(
             "patients_without_table_row": int((~patients.isin(ids)).sum()),
             "table_rows_not_in_samples_sheet": int((~in_cohort).sum()),
             "text_columns_dropped": len(dropped),
+            "all_missing_columns_dropped": len(all_missing),
             "diagnostics_columns_dropped": len(diagnostics),
             "constant_columns_dropped": len(constant),
             "missing_values": int(np.isnan(matrix).sum()),

@@ -170,8 +170,10 @@ class FoldPreprocessor:
                 self.features[name] = np.zeros(0, dtype=str)
                 self.counts[name] = {"features": n_features, "too_few_training_patients": n_features, "used": 0}
                 continue
-            mean = np.nanmean(values, axis=0) if values.size else np.zeros(values.shape[1])
-            mean = np.where(np.isnan(mean), 0.0, mean)
+            observed = (~np.isnan(values)).any(axis=0)
+            mean = np.zeros(values.shape[1])
+            # a feature missing for every training patient is constant after imputation: filtered below
+            mean[observed] = np.nanmean(values[:, observed], axis=0)
             filled = np.where(np.isnan(values), mean, values)
             std = filled.std(axis=0)
             # sparse features (a gene mutated in one or two training patients) cannot be learned

@@ -528,6 +528,10 @@ def _exclusions_section(inp: _Inputs) -> str:
     )
 
 
+#: Below this many events in a held-out fold its C-index is flagged as unstable in the report.
+FEW_EVENTS = 10
+
+
 def _metrics_section(inp: _Inputs) -> str:
     m = inp.metrics
     rows, classes = [], []
@@ -587,6 +591,13 @@ def _metrics_section(inp: _Inputs) -> str:
             dl_id="metrics-patients",
         ),
     ]
+    few = [f for f in m["folds"] if isinstance(f.get("n_events"), int | float) and f["n_events"] < FEW_EVENTS]
+    if few:
+        listed = ", ".join(f"fold {_count(f.get('fold'))}: {_count(f.get('n_events'))}" for f in few)
+        parts.append(
+            f'<p class="warnings">Few events behind a C-index ({listed}; fewer than {FEW_EVENTS}): such a '
+            "fold's value can swing widely by chance. Read the pooled value and the spread, not one fold.</p>"
+        )
     parts.append(_baseline_block(m))
     parts.append(_feature_selection_table(m))
     parts.append(_params_block(inp))
