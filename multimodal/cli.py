@@ -66,8 +66,10 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     from multimodal.simulate import SimulationParams, simulate_cohort
 
     section = _load_config(args.config)["simulate"] if args.config else {}
-    settings = {key: section[key] for key in ("n_patients", "seed", "image_size") if key in section}
+    keys = ("n_patients", "seed", "image_size", "arm_kras_interaction")
+    settings = {key: section[key] for key in keys if key in section}
     given = {"n_patients": args.patients, "seed": args.seed, "image_size": args.image_size}
+    given["arm_kras_interaction"] = args.arm_kras_interaction
     settings.update({key: value for key, value in given.items() if value is not None})
     params = SimulationParams(**settings)
     out = args.out or Path(section.get("outdir", "demo"))
@@ -274,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=_positive_int, help="number of patients (default 300)")
     p.add_argument("--seed", type=int, help="random seed (default 7)")
     p.add_argument("--image-size", type=_positive_int, help="image edge length in voxels (default 40)")
+    p.add_argument(
+        "--arm-kras-interaction",
+        type=float,
+        help="log-hazard of the experimental arm in KRAS-mutant patients only (default 0: no interaction)",
+    )
     p.set_defaults(func=cmd_simulate)
 
     ingest = verbs.add_parser("ingest", help="read one modality's raw files into AnnData (.h5ad)")

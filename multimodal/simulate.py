@@ -129,6 +129,9 @@ class SimulationParams:
     image_size: int = 40
     rna_missing_fraction: float = 0.15
     imaging_missing_fraction: float = 0.20
+    #: log-hazard of the experimental arm in KRAS-mutant patients only (0: the arm acts the same in all),
+    #: a treatment-by-biomarker interaction no additive model (Cox, additive fusion head) can represent
+    arm_kras_interaction: float = 0.0
 
 
 def simulate_cohort(outdir: str | Path, *, params: SimulationParams | None = None) -> dict:
@@ -161,6 +164,7 @@ def simulate_cohort(outdir: str | Path, *, params: SimulationParams | None = Non
         + TEXTURE_HAZARD * texture_latent
         + AGE_HAZARD_PER_DECADE * (age - 63) / 10
         + ARM_HAZARD * arm
+        + params.arm_kras_interaction * arm * drivers["KRAS"]
     )
     eta = eta - eta.mean()
     baseline_rate = np.log(2) / 20.0  # median survival of 20 months at the mean hazard
@@ -252,6 +256,7 @@ def simulate_cohort(outdir: str | Path, *, params: SimulationParams | None = Non
             "site_intensity_shift": SITE_INTENSITY_SHIFT,
         },
         "clinical": {"age_log_hazard_per_decade": AGE_HAZARD_PER_DECADE, "experimental_arm": ARM_HAZARD},
+        "interaction": {"experimental_arm_x_KRAS_mutant": params.arm_kras_interaction},
         "response_model": "logit = -0.3 + 1.0 arm - 0.8 program - 0.8 TP53 - 0.5 size",
         "censoring": "uniform administrative censoring between 12 and 72 months",
         "event_fraction": float(os_event.mean()),

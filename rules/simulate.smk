@@ -10,6 +10,7 @@ if config["simulate"]["enabled"]:
             patients=config["simulate"]["n_patients"],
             seed=config["simulate"]["seed"],
             image_size=config["simulate"]["image_size"],
+            interaction=config["simulate"]["arm_kras_interaction"],
         log:
             f"{LOGS}/simulate.log",
         benchmark:
@@ -22,4 +23,4 @@ if config["simulate"]["enabled"]:
             "../envs/multimodal.yaml"
         shell:
             "multimodal simulate --out {params.outdir:q} --patients {params.patients} --seed {params.seed}"
-            " --image-size {params.image_size} > {log:q} 2>&1"
+            " --image-size {params.image_size} --arm-kras-interaction {params.interaction} > {log:q} 2>&1"

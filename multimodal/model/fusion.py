@@ -51,6 +51,7 @@ class MaskedSumFusion(nn.Module):
 
 
 FUSIONS = {"mean": MaskedMeanFusion, "sum": MaskedSumFusion}
+HEADS = ("additive", "interaction")
 
 
 class FusionNet(nn.Module):
@@ -64,8 +65,11 @@ class FusionNet(nn.Module):
         dropout: float,
         input_dropout: float,
         fusion: str = "sum",
+        head: str = "additive",
     ) -> None:
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         self.modalities = list(input_dims)
         self.encoders = nn.ModuleDict(
             {
@@ -74,13 +78,21 @@ class FusionNet(nn.Module):
             }
         )
         self.fusion = FUSIONS[fusion]()
+        # additive: risk is linear in the fused embedding, so each modality adds its own effect (a sum of
+        # per-modality functions, as in a Cox model); interaction: one hidden layer after fusion lets the
+        # effect of one modality depend on another (a treatment that helps only mutation carriers).
+        self.trunk = (
+            nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ELU(), nn.Dropout(dropout))
+            if head == "interaction"
+            else nn.Identity()
+        )
         self.risk_head = nn.Linear(hidden_dim, 1)
         self.response_head = nn.Linear(hidden_dim, 1)
 
     def forward(self, *inputs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs are one tensor per modality (in ``self.modalities`` order), Captum-style."""
         embeddings = torch.stack([self.encoders[name](x) for name, x in zip(self.modalities, inputs, strict=True)], 1)
-        fused = self.fusion(embeddings, mask)
+        fused = self.trunk(self.fusion(embeddings, mask))
         return self.risk_head(fused).squeeze(-1), self.response_head(fused).squeeze(-1)
 
 
@@ -98,11 +110,12 @@ class FusionSurvivalModel(L.LightningModule):
         weight_decay: float = 1e-3,
         response_weight: float = 0.3,
         fusion: str = "sum",
+        head: str = "additive",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = FusionNet(
-            input_dims, hidden_dim=hidden_dim, dropout=dropout, input_dropout=input_dropout, fusion=fusion
+            input_dims, hidden_dim=hidden_dim, dropout=dropout, input_dropout=input_dropout, fusion=fusion, head=head
         )
 
     @property

@@ -53,6 +53,7 @@ class TrainParams:
     max_correlation: float = 0.95
     baseline: bool = True
     fusion: str = "sum"
+    head: str = "additive"
     ensemble: int = 1
     accelerator: str = "auto"
 
@@ -235,6 +236,7 @@ def _train_member(params: TrainParams, data, out: Path, fold: int, member: int, 
         weight_decay=params.weight_decay,
         response_weight=params.response_weight,
         fusion=params.fusion,
+        head=params.head,
     )
     trainer = L.Trainer(
         max_epochs=params.epochs,
