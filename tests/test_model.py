@@ -232,8 +232,7 @@ def test_no_response_labels_give_no_response_probability_and_strict_json(tiny_ru
 
 def test_interaction_head_learns_a_cross_modality_interaction_the_additive_head_cannot():
     """Risk driven by arm x mutation (a treatment that helps only carriers): an additive head fits a sum of
-    per-modality effects and ranks near chance;
-    the interaction head recovers it."""
+    per-modality effects and ranks near chance; the interaction head recovers it."""
     torch.manual_seed(0)
     n = 400
     arm = torch.randint(0, 2, (n, 1)).float()
