@@ -50,6 +50,10 @@ def test_clinical_duplicate_ids_name_both_lines(tmp_path):
     [
         ("P9\tA\tstandard\t50\tmale\t-3\t1\t1\n", r"line 5: survival time '-3' is negative"),
         ("P9\tA\tstandard\t50\tmale\t3\tmaybe\t1\n", r"line 5: column 'os_event' value 'maybe' is not 0/1"),
+        (
+            "P9\tA\tstandard\t50\tmale\t3\t1\tdead\n",
+            r"line 5: column 'response' value 'dead' is not 0/1 \(also accepted: cr",
+        ),
         ("P9\tA\tstandard\told\tmale\t3\t1\t1\n", r"line 5: column 'age' value 'old' is not a number"),
     ],
 )

@@ -42,8 +42,14 @@ MISSING = {
     "not available",
     "unknown",
 }
-TRUE_WORDS = {"1", "1.0", "yes", "true", "responder", "response", "cr", "pr", "dead", "deceased"}
-FALSE_WORDS = {"0", "0.0", "no", "false", "non-responder", "nonresponder", "sd", "pd", "alive", "living"}
+BINARY_TRUE = {"1", "1.0", "yes", "true"}
+BINARY_FALSE = {"0", "0.0", "no", "false"}
+#: Words of the event column (vital status) and of the response column (RECIST best response).
+EVENT_WORDS = (BINARY_TRUE | {"dead", "deceased"}, BINARY_FALSE | {"alive", "living"})
+RESPONSE_WORDS = (
+    BINARY_TRUE | {"responder", "response", "cr", "pr"},
+    BINARY_FALSE | {"non-responder", "nonresponder", "sd", "pd"},
+)
 
 
 @dataclass(frozen=True)
@@ -59,16 +65,18 @@ class ClinicalSpec:
     categorical: tuple[str, ...] = field(default=("sex", "arm", "site"))
 
 
-def _binary(values: pd.Series, *, path: Path, column: str) -> pd.Series:
+def _binary(values: pd.Series, *, path: Path, column: str, words: tuple[set[str], set[str]]) -> pd.Series:
+    true_words, false_words = words
     lowered = values.str.strip().str.lower()
     out = pd.Series(np.nan, index=values.index, dtype=float)
-    out[lowered.isin(TRUE_WORDS)] = 1.0
-    out[lowered.isin(FALSE_WORDS)] = 0.0
-    bad = ~lowered.isin(TRUE_WORDS | FALSE_WORDS | MISSING)
+    out[lowered.isin(true_words)] = 1.0
+    out[lowered.isin(false_words)] = 0.0
+    bad = ~lowered.isin(true_words | false_words | MISSING)
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise MultimodalError(
-            f"{path}: line {values.index[row]}: column {column!r} value {values.iloc[row]!r} is not 0/1 (or yes/no)"
+            f"{path}: line {values.index[row]}: column {column!r} value {values.iloc[row]!r} is not 0/1 "
+            f"(also accepted: {', '.join(sorted((true_words | false_words) - BINARY_TRUE - BINARY_FALSE))}, yes/no)"
         )
     return out
 
@@ -112,9 +120,9 @@ def read_clinical(path: str | Path, *, spec: ClinicalSpec | None = None) -> pd.D
             f"{path}: line {frame.index[row]}: survival time {frame[spec.time_column].iloc[row]!r} is negative"
         )
     out["time"] = time.to_numpy()
-    out["event"] = _binary(frame[spec.event_column], path=path, column=spec.event_column).to_numpy()
+    out["event"] = _binary(frame[spec.event_column], path=path, column=spec.event_column, words=EVENT_WORDS).to_numpy()
     out["response"] = (
-        _binary(frame[spec.response_column], path=path, column=spec.response_column).to_numpy()
+        _binary(frame[spec.response_column], path=path, column=spec.response_column, words=RESPONSE_WORDS).to_numpy()
         if spec.response_column
         else np.nan
     )
