@@ -309,5 +309,8 @@ def _metrics(pred: pd.DataFrame) -> dict:
         "c_index": _c_index(pred, "risk"),
         "auroc": auroc(pred["response"].to_numpy(float), pred["response_prob"].to_numpy(float)),
         "n_test": int(len(pred)),
+        "n_test_with_outcome": int(
+            (np.isfinite(pred["time"].to_numpy(float)) & np.isfinite(pred["event"].to_numpy(float))).sum()
+        ),
         "n_events": int(np.nansum(pred["event"].to_numpy(float))),
     }

@@ -532,6 +532,14 @@ def _exclusions_section(inp: _Inputs) -> str:
 FEW_EVENTS = 10
 
 
+def _n_test(fold: dict) -> str:
+    """Held-out patients, with those that have a survival outcome (the C-index's) when fewer."""
+    n, with_outcome = fold.get("n_test"), fold.get("n_test_with_outcome")
+    if with_outcome is None or _count(with_outcome) == _count(n):
+        return _count(n)
+    return f"{_count(n)} ({_count(with_outcome)} with outcome)"
+
+
 def _metrics_section(inp: _Inputs) -> str:
     m = inp.metrics
     rows, classes = [], []
@@ -540,7 +548,7 @@ def _metrics_section(inp: _Inputs) -> str:
             [
                 _count(fold.get("fold")),
                 _count(fold.get("n_train")),
-                _count(fold.get("n_test")),
+                _n_test(fold),
                 _count(fold.get("n_events")),
                 _num(fold.get("c_index")),
                 _num(fold.get("auroc")),
