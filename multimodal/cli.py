@@ -189,7 +189,7 @@ def _torch_threads(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from multimodal.model.train import TrainParams, cross_validate
+    from multimodal.model.train import TrainParams, cross_validate, format_metric
     from multimodal.store import read_cohort_store
 
     _torch_threads(args)
@@ -203,10 +203,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     metrics = cross_validate(
         mdata, args.out, params=TrainParams.from_config(section), store_path=str(args.store), progress=_progress(args)
     )
+    mean, sd, pooled = metrics["mean"], metrics["sd"], metrics["pooled_out_of_fold"]
     print(
-        f"C-index {metrics['mean']['c_index']:.3f} ± {metrics['sd']['c_index']:.3f} over "
+        f"C-index {format_metric(mean['c_index'])} ± {format_metric(sd['c_index'])} over "
         f"{metrics['n_folds_defined']['c_index']} of {len(metrics['folds'])} folds "
-        f"(pooled {metrics['pooled_out_of_fold']['c_index']:.3f}); AUROC {metrics['mean']['auroc']:.3f}"
+        f"(pooled {format_metric(pooled['c_index'])}); AUROC {format_metric(mean['auroc'])}"
     )
 
 

@@ -262,10 +262,15 @@ def summarize_store(mdata: mudata.MuData, *, path: str | Path = "") -> str:
     lines = [f"cohort store {path}".rstrip(), f"patients: {mdata.n_obs}"]
     if "site" in obs:
         lines.append("sites: " + ", ".join(f"{k} {v}" for k, v in obs["site"].value_counts().sort_index().items()))
-    events = obs["event"].dropna()
+    with_outcome = obs["time"].notna() & obs["event"].notna()
+    try:
+        config = json.loads(str(mdata.uns.get("provenance", {}).get("config_json") or "{}")) or {}
+    except json.JSONDecodeError:
+        config = {}
+    unit = str((config.get("clinical_columns") or {}).get("time_unit") or "")
     lines.append(
-        f"survival: {int(events.sum())} events / {len(events)} patients with outcome, "
-        f"median observed time {obs['time'].median():.1f}"
+        f"survival: {int(obs.loc[with_outcome, 'event'].sum())} events / {int(with_outcome.sum())} patients with "
+        f"outcome, median observed time {obs.loc[with_outcome, 'time'].median():.1f}{' ' + unit if unit else ''}"
     )
     if obs["response"].notna().any():
         lines.append(f"response: {int(obs['response'].sum())} responders / {int(obs['response'].notna().sum())}")

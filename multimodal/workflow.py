@@ -68,7 +68,18 @@ def check_inputs(config_path: Path) -> dict:
     for key, value in named.items():
         if value and not Path(value).is_file():
             raise MultimodalError(f"{config_path}: {key}: file {value} not found (relative to {Path.cwd()})")
-    read_samples(named["samples"])  # names a bad row or a missing file by line
+    samples = read_samples(named["samples"])  # names a bad row or a missing file by line
+    from_sheet = {
+        "variants": (samples["vcf"] != "").any() or (bool(config.get("maf")) and (samples["maf_sample"] != "").any()),
+        "expression": bool(config.get("expression")) and (samples["rna_sample"] != "").any(),
+        "imaging": (samples["image"] != "").any(),
+    }
+    for name in config.get("tables") or {}:
+        if from_sheet.get(name):
+            raise MultimodalError(
+                f"{config_path}: tables.{name}: modality {name!r} also comes from the samples sheet's files; "
+                f"give it one way (or name the table differently, e.g. {name}_table)"
+            )
     return config
 
 

@@ -180,6 +180,10 @@ def test_inspect_prints_a_summary(tiny_run, capsys):
         ("clinical_colums: {id_column: x}\n", ("my.yaml: invalid configuration", "'clinical_colums' was unexpected")),
         ("model: {folds: 1}\n", ("my.yaml: invalid configuration: model.folds: 1 is less than the minimum of 2",)),
         ("maf: cohort.maf\n", ("my.yaml: maf: file cohort.maf not found",)),
+        (
+            "tables: {imaging: COHORT/clinical.tsv}\n",
+            ("my.yaml: tables.imaging: modality 'imaging' also comes from the samples sheet's files",),
+        ),
     ],
 )
 def test_run_checks_config_and_inputs_before_snakemake(
@@ -188,7 +192,7 @@ def test_run_checks_config_and_inputs_before_snakemake(
     """A typo or a missing file in the config is one line, not a schema dump or a Snakemake traceback."""
     monkeypatch.chdir(tmp_path)
     base = f"samples: {cohort_copy / 'samples.tsv'}\nclinical: {cohort_copy / 'clinical.tsv'}\n"
-    (tmp_path / "my.yaml").write_text(base + config_text)
+    (tmp_path / "my.yaml").write_text(base + config_text.replace("COHORT", str(cohort_copy)))
     assert main(["run", "-q", "--config", "my.yaml", "--cores", "1"]) == 2
     one_line_error(capsys, *expected)
     assert not (tmp_path / ".snakemake").exists()  # Snakemake never started

@@ -28,6 +28,7 @@ def test_pyradiomics_style_export(tmp_path):
     assert adata.uns["ingest"]["exclusions"] == {
         "patients_without_table_row": 1,
         "table_rows_not_in_samples_sheet": 1,
+        "table_ids_matched_by_barcode_prefix": 0,
         "text_columns_dropped": 2,
         "all_missing_columns_dropped": 0,
         "diagnostics_columns_dropped": 2,  # diagnostics_* and pre-2.0 general_info_*
@@ -55,3 +56,18 @@ def test_all_missing_columns_are_named_so_and_a_table_of_strangers_stops(tmp_pat
         MultimodalError, match=r"cnv\.tsv: none of its 2 patient_id values .* \(table: 'P1'; sheet: 'XP1'\)"
     ):
         feature_table(path, modality="cnv", patients=pd.Index(["XP1", "XP2"]))
+
+
+def test_table_rows_keyed_by_slide_barcodes_match_the_sheets_patients(tmp_path):
+    path = tmp_path / "pathomics.tsv"
+    path.write_text(
+        "slide_id\tnuclei_density\ttil_fraction\n"
+        "TCGA-05-4244-01Z-00-DX1\t0.5\t0.1\nTCGA-05-4249-01Z-00-DX1\t0.7\t0.3\nTCGA-99-0001-01Z-00-DX1\t0.2\t0.4\n"
+    )
+    patients = pd.Index(["TCGA-05-4244", "TCGA-05-4249", "TCGA-05-4250"])
+    adata = feature_table(path, modality="pathology", patients=patients, id_column="slide_id")
+    assert list(adata.obs_names) == ["TCGA-05-4244", "TCGA-05-4249"]
+    np.testing.assert_allclose(adata.X[:, 0], [0.5, 0.7])
+    exclusions = adata.uns["ingest"]["exclusions"]
+    assert exclusions["table_ids_matched_by_barcode_prefix"] == 2
+    assert (exclusions["patients_without_table_row"], exclusions["table_rows_not_in_samples_sheet"]) == (1, 1)

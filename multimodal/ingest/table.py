@@ -17,7 +17,7 @@ import pandas as pd
 
 from multimodal.errors import MultimodalError
 from multimodal.ingest.clinical import MISSING
-from multimodal.ingest.samples import check_unique_ids, read_table
+from multimodal.ingest.samples import check_unique_ids, read_table, resolve_barcodes
 
 if TYPE_CHECKING:
     import anndata
@@ -59,6 +59,12 @@ def feature_table(
         raise MultimodalError(
             f"{path}: line {line}: column {column!r} value {values.at[line, column]!r} is not a number"
         )
+    # A table keyed by sample or slide barcodes (TCGA-05-4244-01Z-00-DX1) matches the sheet's patient
+    # (TCGA-05-4244) by unique prefix, as maf_sample and rna_sample do.
+    resolved = resolve_barcodes([str(p) for p in patients], set(ids), what=f"{id_column} of {path.name}")
+    patient_of = {row_id: patient for patient, row_id in resolved.items()}
+    n_by_prefix = sum(patient != row_id for patient, row_id in resolved.items())
+    ids = ids.map(lambda row_id: patient_of.get(row_id, row_id))
     in_cohort = ids.isin(patients).to_numpy()
     if not in_cohort.any():
         raise MultimodalError(
@@ -90,6 +96,7 @@ def feature_table(
         "exclusions": {
             "patients_without_table_row": int((~patients.isin(ids)).sum()),
             "table_rows_not_in_samples_sheet": int((~in_cohort).sum()),
+            "table_ids_matched_by_barcode_prefix": int(n_by_prefix),
             "text_columns_dropped": len(dropped),
             "all_missing_columns_dropped": len(all_missing),
             "diagnostics_columns_dropped": len(diagnostics),

@@ -184,7 +184,9 @@ def cross_validate(
                     "c_index": _c_index(fold_pred, "risk_penalised_cox"),
                     "alpha": alpha,
                 }
-            log.info("fold %d: C-index %.3f, AUROC %.3f", k, fold_metrics[-1]["c_index"], fold_metrics[-1]["auroc"])
+            log.info(
+                "fold %d: C-index %s, AUROC %s", k, *(format_metric(fold_metrics[-1][m]) for m in ("c_index", "auroc"))
+            )
 
         pred = pd.concat(predictions, ignore_index=True)
         pooled = _metrics(pred)
@@ -215,7 +217,9 @@ def cross_validate(
             )
         )
     log.info(
-        "cross-validated C-index %.3f (mean over folds), pooled %.3f", metrics["mean"]["c_index"], pooled["c_index"]
+        "cross-validated C-index %s (mean over folds), pooled %s",
+        format_metric(metrics["mean"]["c_index"]),
+        format_metric(pooled["c_index"]),
     )
     return metrics
 
@@ -291,6 +295,11 @@ def _baseline_summary(pred: pd.DataFrame, fold_metrics: list[dict]) -> dict:
 def _c_index(pred: pd.DataFrame, risk_column: str) -> float:
     """Harrell's C of one risk column of a predictions frame against its observed outcome."""
     return harrell_c(pred["time"].to_numpy(float), pred["event"].to_numpy(float), pred[risk_column].to_numpy(float))
+
+
+def format_metric(value: float | None) -> str:
+    """A metric for the log: three decimals, or n/a where undefined (no response labels, no pairs)."""
+    return f"{value:.3f}" if value is not None and np.isfinite(value) else "n/a"
 
 
 def json_safe(value):
