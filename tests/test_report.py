@@ -486,3 +486,12 @@ def test_a_fold_with_few_events_is_flagged(tiny_run, tmp_path) -> None:
     (model / "metrics.json").write_text(json.dumps(metrics))
     _, text, _ = _build(tmp_path, tiny_run["store"], model, tiny_run["explain_dir"])
     assert "Few events behind a C-index (fold 1: 3;" in text
+
+
+def test_features_no_model_used_are_not_listed_among_the_top(tiny_run, tmp_path) -> None:
+    imp = pd.read_csv(tiny_run["explain_dir"] / "feature_importance.tsv", sep="\t")
+    assert (imp["mean_abs_attribution"] == 0).any()  # unused features exist (screened out or redundant)
+    _, _, page = _build(tmp_path, tiny_run["store"], tiny_run["model_dir"], tiny_run["explain_dir"])
+    for name in imp["modality"].unique():
+        rows = page.body_rows(f"top-features-{name}")
+        assert rows and all(float(r[3]) > 0 for r in rows)

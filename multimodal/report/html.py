@@ -705,6 +705,8 @@ def _logrank(time: np.ndarray, event: np.ndarray, group: np.ndarray) -> tuple[fl
 def _risk_group_section(inp: _Inputs) -> str:
     from sksurv.nonparametric import kaplan_meier_estimator
 
+    unit = f", {inp.time_unit}" if inp.time_unit else ""
+
     try:
         scored = _risk_groups(inp.predictions)
     except ValueError as exc:
@@ -761,7 +763,7 @@ def _risk_group_section(inp: _Inputs) -> str:
     parts = [
         _figure(fig, alt="Kaplan-Meier curves of high and low predicted risk groups", caption=caption),
         _table(
-            ["group", "patients scored", "with survival outcome", "events", "median survival (KM)"],
+            ["group", "patients scored", "with survival outcome", "events", f"median survival (KM{unit})"],
             rows,
             numeric=[False, True, True, True, True],
             table_id="risk-groups-table",
@@ -793,7 +795,7 @@ def _ordered(names: Iterable[str], inp: _Inputs) -> list[str]:
 
 
 def _feature_label(feature: str, gene: str, width: int = 40) -> str:
-    label = f"{feature} ({gene})" if gene and gene != feature else feature
+    label = f"{feature} ({gene})" if gene and gene not in feature else feature
     return label if len(label) <= width else label[: width - 1] + "…"
 
 
@@ -805,14 +807,17 @@ def _features_section(inp: _Inputs, top_n: int) -> str:
     gene_col = imp["gene_symbol"] if "gene_symbol" in imp.columns else pd.Series("", index=imp.index)
     parts = [
         f'<p class="note">The {top_n} features of each modality with the largest mean |attribution| over the '
-        "held-out patients who have that modality. The signed mean attribution is also shown; with a training-mean "
-        "baseline it is near zero for a feature that raises the risk of some patients and lowers it for others, "
-        "so it is not a direction of effect.</p>"
+        "held-out patients who have that modality. An attribution is a feature's share of a patient's predicted "
+        "log relative hazard (Integrated Gradients from the training-fold mean patient). The signed mean "
+        "attribution is also shown; it is near zero for a feature that raises the risk of some patients and lowers "
+        "it for others, so it is not a direction of effect. Features no fold model used (screened out, or "
+        "redundant with another) have zero attribution and are not listed.</p>"
     ]
     for name in _ordered(imp["modality"], inp):
         sub = imp[imp["modality"] == name].assign(_gene=gene_col[imp["modality"] == name])
         sub = sub.sort_values(["rank", "mean_abs_attribution"], ascending=[True, False], kind="stable")
-        top = sub.head(top_n)
+        used = sub[sub["mean_abs_attribution"].fillna(0) > 0]
+        top = used.head(top_n)
         n_patients = _count(top["n_patients"].iloc[0]) if "n_patients" in top.columns and len(top) else "n/a"
         rows = [
             [
@@ -829,7 +834,7 @@ def _features_section(inp: _Inputs, top_n: int) -> str:
             rows,
             numeric=[True, False, False, True, True],
             table_id=f"top-features-{_slug(name)}",
-            caption=f"top {len(top)} of {len(sub)} features; {n_patients} patients",
+            caption=f"top {len(top)} of {len(sub)} features ({len(used)} used by a fold model); {n_patients} patients",
         )
         fig = _new_figure(5.2, 0.26 * max(len(top), 1) + 0.9)
         ax = fig.add_subplot()
@@ -838,6 +843,9 @@ def _features_section(inp: _Inputs, top_n: int) -> str:
         ax.barh(np.arange(len(values)), np.nan_to_num(values), color=BAR_COLOUR)
         ax.set_yticks(np.arange(len(values)), labels, fontsize=8)
         ax.set_xlabel("mean |attribution|")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
         ax.set_title(name, fontsize=10)
         figure = _figure(
             fig,
