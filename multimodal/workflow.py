@@ -7,8 +7,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from multimodal.errors import MultimodalError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +72,29 @@ def check_inputs(config_path: Path) -> dict:
     for key, value in named.items():
         if value and not Path(value).is_file():
             raise MultimodalError(f"{config_path}: {key}: file {value} not found (relative to {Path.cwd()})")
-    samples = read_samples(named["samples"])  # names a bad row or a missing file by line
-    from_sheet = {
-        "variants": (samples["vcf"] != "").any() or (bool(config.get("maf")) and (samples["maf_sample"] != "").any()),
-        "expression": bool(config.get("expression")) and (samples["rna_sample"] != "").any(),
-        "imaging": (samples["image"] != "").any(),
+    sheet_modalities(read_samples(named["samples"]), config, source=str(config_path))  # bad rows, conflicts
+    return config
+
+
+def sheet_modalities(samples: pd.DataFrame, config: dict, *, source: str = "config") -> dict[str, bool]:
+    """Which modalities the samples sheet's files (with the config's MAF and counts table) provide.
+
+    Raises when a modality also comes from ``tables``: it must come one way. The rules (common.smk)
+    and ``multimodal run``'s checks both use this.
+    """
+    provided = {
+        "variants": bool((samples["vcf"] != "").any())
+        or (bool(config.get("maf")) and bool((samples["maf_sample"] != "").any())),
+        "expression": bool(config.get("expression")) and bool((samples["rna_sample"] != "").any()),
+        "imaging": bool((samples["image"] != "").any()),
     }
     for name in config.get("tables") or {}:
-        if from_sheet.get(name):
+        if provided.get(name):
             raise MultimodalError(
-                f"{config_path}: tables.{name}: modality {name!r} also comes from the samples sheet's files; "
+                f"{source}: tables.{name}: modality {name!r} also comes from the samples sheet's files; "
                 f"give it one way (or name the table differently, e.g. {name}_table)"
             )
-    return config
+    return provided
 
 
 def run_workflow(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from multimodal.ingest.samples import chunk as _chunk
+from multimodal.workflow import sheet_modalities
 
 
 SAMPLES = pd.read_csv(config["samples"], sep="\t", dtype=str, keep_default_na=False)
@@ -22,14 +23,11 @@ LOGS = f"{OUT}/logs"
 N_CHUNKS = max(1, math.ceil(len(SAMPLES) / config["ingest"]["chunk_size"]))
 CHUNKS = list(range(N_CHUNKS))
 MAF = config.get("maf") or None
-HAS_VARIANTS = bool((SAMPLES["vcf"] != "").any()) or (MAF is not None and bool((SAMPLES["maf_sample"] != "").any()))
-HAS_IMAGING = bool((SAMPLES["image"] != "").any())
-HAS_EXPRESSION = bool(config.get("expression")) and bool((SAMPLES["rna_sample"] != "").any())
-
+_FROM_SHEET = sheet_modalities(SAMPLES, config)  # also refuses a modality given both ways
+HAS_VARIANTS = _FROM_SHEET["variants"]
+HAS_IMAGING = _FROM_SHEET["imaging"]
+HAS_EXPRESSION = _FROM_SHEET["expression"]
 TABLES = dict(config.get("tables") or {})
-for _name, _present in (("variants", HAS_VARIANTS), ("expression", HAS_EXPRESSION), ("imaging", HAS_IMAGING)):
-    if _name in TABLES and _present:
-        raise ValueError(f"config: modality {_name!r} is given both as a table and by the samples sheet")
 
 wildcard_constraints:
     name="|".join(re.escape(n) for n in TABLES) or "(?!)",

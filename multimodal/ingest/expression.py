@@ -86,6 +86,29 @@ def _read(
     )
 
 
+def _is_summary_row(index: pd.Index) -> np.ndarray:
+    """HTSeq-count (``__no_feature`` ...) and STAR (``N_unmapped`` ...) summary rows."""
+    return np.asarray(index.str.startswith(SUMMARY_ROW_PREFIXES) | index.isin(STAR_SUMMARY_ROWS))
+
+
+def _raise_for_first_bad_cell(
+    path: Path,
+    sep: str,
+    names: list[str],
+    columns: list[str],
+    n_comments: int,
+    *,
+    nonnegative: bool = True,
+    skip_summary_rows: bool = False,
+) -> None:
+    """Re-read the table as text (only on the error path) and raise naming the first bad cell by file line."""
+    raw = _read(path, sep, names, columns, n_comments, str)
+    raw.index = raw.index.astype(str).str.strip()
+    line_of = np.arange(len(raw)) + 2 + n_comments  # file line of each row
+    rows = ~_is_summary_row(raw.index) if skip_summary_rows else np.ones(len(raw), dtype=bool)
+    _first_bad_cell(path, raw[rows], line_of[rows], nonnegative=nonnegative)
+
+
 def _first_bad_cell(path: Path, raw: pd.DataFrame, line_of: np.ndarray, *, nonnegative: bool = True) -> None:
     """Raise naming the first cell that is neither a number nor a missing-value token, or is negative."""
     missing = raw.isin(MISSING_VALUES).to_numpy()
@@ -149,24 +172,16 @@ def read_counts_table(
             symbols = values.pop(symbol_column[0]) if symbol_column else None
         except ValueError:  # a cell that is not a number: find and name it below
             values = None
-        raw = None
         if values is None or (~np.isfinite(values.to_numpy()) & values.notna().to_numpy()).any():
-            raw = _read(path, sep, names, columns, n_comments, str)
+            _raise_for_first_bad_cell(path, sep, names, columns, n_comments, nonnegative=nonnegative)
+            raise MultimodalError(f"{path}: cannot read the counts table's values as numbers")
+        values.index = values.index.astype(str).str.strip()
+        blank = (values.index == "") & values.isna().all(axis=1).to_numpy()
+        summary = _is_summary_row(values.index)
+        if nonnegative and (values.to_numpy() < 0).any():
+            _raise_for_first_bad_cell(path, sep, names, columns, n_comments, skip_summary_rows=True)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
         raise MultimodalError(f"{path}: cannot read counts table: {str(exc).splitlines()[0]}") from exc
-    line_of = np.arange(len(values if values is not None else raw)) + 2 + n_comments  # file line of each row
-    if raw is not None:
-        raw.index = raw.index.astype(str).str.strip()
-        _first_bad_cell(path, raw, line_of, nonnegative=nonnegative)
-        if values is None:
-            raise MultimodalError(f"{path}: cannot read the counts table's values as numbers")
-    values.index = values.index.astype(str).str.strip()
-    blank = (values.index == "") & values.isna().all(axis=1).to_numpy()
-    summary = values.index.str.startswith(SUMMARY_ROW_PREFIXES) | values.index.isin(STAR_SUMMARY_ROWS)
-    if nonnegative and (values.to_numpy() < 0).any():
-        raw = _read(path, sep, names, columns, n_comments, str)
-        raw.index = raw.index.astype(str).str.strip()
-        _first_bad_cell(path, raw[~summary & ~blank], line_of[~summary & ~blank])
     keep = ~summary & ~blank
     values = values[keep]
     with_missing = values.isna().any(axis=1).to_numpy()

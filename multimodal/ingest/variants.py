@@ -286,8 +286,7 @@ def read_maf(path: str | Path) -> dict[str, PatientVariants]:
         .groupby(sample.to_numpy(), sort=False)
         .sum()
     )
-    gene_counts = pd.Series(1, index=pd.MultiIndex.from_arrays([sample[altering], gene[altering]]))
-    per_sample_genes = gene_counts.groupby(level=[0, 1], sort=False).sum()
+    per_sample_genes = pd.DataFrame({"sample": sample[altering], "gene": gene[altering]}).value_counts(sort=False)
     result: dict[str, PatientVariants] = {}
     for barcode, row in tallies.iterrows():
         excluded = Counter({k: int(row[k]) for k in ("filter_not_pass", "no_gene_symbol", "not_protein_altering")})
