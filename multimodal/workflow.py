@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +45,6 @@ def snakemake_command(
         "--cores",
         str(cores),
         "--printshellcmds",
-        "--show-failed-logs",
     ]
     if dry_run:
         command.append("--dry-run")
@@ -58,7 +58,7 @@ def check_inputs(config_path: Path) -> dict:
     Snakemake would report a bad key with the whole schema, and a missing samples sheet as a traceback.
     """
     from multimodal.config import load_config
-    from multimodal.ingest.samples import read_samples
+    from multimodal.ingest.samples import check_data_roots, default_data_roots, read_samples
 
     config = load_config(config_path)
     if config["simulate"]["enabled"]:
@@ -69,10 +69,18 @@ def check_inputs(config_path: Path) -> dict:
     for key in ("samples", "clinical"):
         if not named[key]:
             raise MultimodalError(f"{config_path}: {key}: required (path to the {key} file)")
+    roots = config.get("data_roots") or default_data_roots(named["samples"])
+    for root in config.get("data_roots") or []:
+        if not Path(root).is_dir():
+            raise MultimodalError(f"{config_path}: data_roots: {root} is not a directory (relative to {Path.cwd()})")
+    for key, value in named.items():  # confinement first: nothing is opened before every path is checked
+        if value:
+            check_data_roots(value, roots, where=f"{config_path}: {key}")
     for key, value in named.items():
         if value and not Path(value).is_file():
             raise MultimodalError(f"{config_path}: {key}: file {value} not found (relative to {Path.cwd()})")
-    sheet_modalities(read_samples(named["samples"]), config, source=str(config_path))  # bad rows, conflicts
+    samples = read_samples(named["samples"], data_roots=roots)  # every row: IDs, confinement, files
+    sheet_modalities(samples, config, source=str(config_path))  # conflicts with tables
     return config
 
 
@@ -97,34 +105,123 @@ def sheet_modalities(samples: pd.DataFrame, config: dict, *, source: str = "conf
     return provided
 
 
+def guarded_directories(config: dict) -> list[Path]:
+    """The directories whose outputs a failed run must leave as they were: results, and the demo's inputs."""
+    directories = [Path(config["outdir"])]
+    if config["simulate"]["enabled"]:
+        directories.append(Path(config["simulate"]["outdir"]))
+    return directories
+
+
+_FAILED_RULE = re.compile(r"^Error in rule (\S+?):\s*$")
+_RULE_LOG = re.compile(r"^\s+log: (.+?)(?: \(check log file\(s\) for error details\))?\s*$")
+_VERB_ERROR = re.compile(r"^multimodal [\w ]+?: (?:unexpected )?error: ")
+
+
+def failed_rules(transcript: list[str]) -> list[tuple[str, list[str]]]:
+    """Each failed rule in Snakemake's output, with the log files it names, in the order they failed."""
+    failures: list[tuple[str, list[str]]] = []
+    for line in transcript:
+        rule = _FAILED_RULE.match(line)
+        if rule:
+            failures.append((rule.group(1), []))
+            continue
+        logged = _RULE_LOG.match(line)
+        if logged and failures and not failures[-1][1]:
+            failures[-1][1].extend(p.strip() for p in logged.group(1).split(","))
+    return failures
+
+
+def error_line(log_file: str | Path) -> str | None:
+    """The verb's one-line error in a rule's log (the last one), else the log's last non-blank line."""
+    try:
+        lines = [ln.strip() for ln in Path(log_file).read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return None
+    verb_errors = [ln for ln in lines if _VERB_ERROR.match(ln)]
+    if verb_errors:
+        return _VERB_ERROR.sub("", verb_errors[-1])
+    return lines[-1] if lines else None
+
+
+def failure_summary(transcript: list[str]) -> str:
+    """One line for the end of a failed run: the failing rule's own error, then where its log is."""
+    failures = failed_rules(transcript)
+    if not failures:
+        # Snakemake stopped before any job: the Snakefile, the config or the DAG. Its own message.
+        reasons = [ln.strip() for ln in transcript if re.search(r"(Error|Exception)\b.*:", ln) and ln.strip()]
+        reason = reasons[-1] if reasons else (transcript[-1].strip() if transcript else "no output")
+        return f"Snakemake stopped before running any rule: {reason}"
+    lines = []
+    for rule, logs in failures:
+        cause = next((e for e in map(error_line, logs) if e), None)
+        where = f" (log: {', '.join(logs)})" if logs else ""
+        lines.append(f"rule {rule}: {cause or 'failed'}{where}")
+    more = f" [and {len(lines) - 1} more failed rule(s) above]" if len(lines) > 1 else ""
+    return lines[0] + more
+
+
+def _stream(command: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
+    """Run ``command``, echoing its output to stderr as it comes; return its exit code and output lines."""
+    transcript: list[str] = []
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1
+    ) as process:
+        assert process.stdout is not None
+        try:
+            for line in process.stdout:
+                sys.stderr.write(line)
+                transcript.append(line.rstrip("\n"))
+        except KeyboardInterrupt:  # Snakemake got the same signal: let it stop its jobs and clean up
+            process.wait()
+            raise
+        return process.wait(), transcript
+
+
 def run_workflow(
     *, config: Path, cores: int, snakefile: Path | None = None, dry_run: bool = False, extra: list[str] | None = None
 ) -> int:
-    """Run Snakemake in the current directory, after checking the config and its inputs; returns 0."""
-    check_inputs(config)
+    """Run Snakemake in the current directory, after checking the config and its inputs; returns 0.
+
+    A failed run leaves every earlier output as it was (:mod:`multimodal.rollback`) and ends with one
+    line: the failing rule's own error and where its log is.
+    """
+    from multimodal.rollback import Snapshot
+
+    settings = check_inputs(config)
     command = snakemake_command(config=config, cores=cores, snakefile=snakefile, dry_run=dry_run, extra=extra)
     log.info("running: %s", " ".join(command))
     # Rules call `multimodal`: make this installation's scripts directory come first on PATH.
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    completed = subprocess.run(command, check=False, env=env)
-    if completed.returncode and any(Path(".snakemake/locks").glob("*")):
+    locked_before = any(Path(".snakemake/locks").glob("*"))
+    # Another run holding the directory may be writing these outputs: then guard nothing (Snakemake refuses).
+    snapshots = [] if locked_before else [Snapshot.take(d) for d in guarded_directories(settings)]
+    returncode = 1
+    try:
+        returncode, transcript = _stream(command, env)
+    finally:
+        restored = [unit for s in snapshots for unit in s.restore()] if returncode else []
+        for snapshot in snapshots:
+            snapshot.discard()
+        if restored:
+            log.warning(
+                "the failed run changed nothing: %d earlier output(s) put back as they were (%s)",
+                len(restored),
+                ", ".join(sorted(os.path.relpath(u) for u in restored)[:5]),
+            )
+    if returncode and (locked_before or any(Path(".snakemake/locks").glob("*"))):
         # Snakemake removes its own locks when it stops, even on a failed rule: locks left now are another
         # run's, still going or killed outright (kill -9, out of memory, a lost node).
         raise MultimodalError(
             f"{Path.cwd()} is locked by another Snakemake run; if none is running (it was killed), unlock with: "
             f"multimodal run --config {config} -- --unlock",
-            exit_code=completed.returncode,
+            exit_code=returncode,
         )
-    if completed.returncode:
-        raise MultimodalError(
-            f"workflow failed (Snakemake exit code {completed.returncode}); the failing rule's log is shown above",
-            exit_code=completed.returncode,
-        )
+    if returncode:
+        raise MultimodalError(failure_summary(transcript), exit_code=returncode)
     if not dry_run:
-        from multimodal.config import load_config
-
-        report = Path(load_config(config)["outdir"]) / "report.html"
+        report = Path(settings["outdir"]) / "report.html"
         if report.is_file():
             log.info("done: report at %s", report)
     return 0

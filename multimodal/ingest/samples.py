@@ -3,12 +3,20 @@
 Columns: ``patient_id`` (required), and any of ``vcf`` (VCF/BCF path), ``maf_sample`` (the patient's
 Tumor_Sample_Barcode in a cohort MAF), ``rna_sample`` (column name
 in the expression counts table), ``image`` and ``mask`` (NIfTI paths). An empty cell means the
-patient lacks that input. Paths are relative to the working directory the workflow runs in.
+patient lacks that input. Paths are relative to the working directory the workflow runs in, and must
+resolve (symbolic links followed) inside a data root: the directories given as ``data_roots`` in the
+config, by default the samples sheet's own directory and the working directory. A path outside them
+(``/etc/passwd``, ``../../x``, a link pointing out) is refused before any file is opened.
+
+Patient IDs become AnnData names, TSV cells and parts of file names, so they are restricted to
+:data:`PATIENT_ID_ALPHABET`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import os
+import re
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +25,45 @@ from multimodal.errors import MultimodalError
 
 FILE_COLUMNS = ("vcf", "image", "mask")
 OPTIONAL_COLUMNS = ("vcf", "maf_sample", "rna_sample", "image", "mask")
+
+#: Allowed patient IDs: 1 to 128 of ASCII letters, digits, ``.``, ``_`` and ``-``, starting with a letter
+#: or digit. Such an ID is a safe file name and TSV cell as is (no ``/``, no ``..``, no whitespace).
+PATIENT_ID_ALPHABET = "1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+_PATIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: How many offending lines one message names before giving only the count.
+MAX_LINES_NAMED = 10
+
+
+def list_lines(lines: Sequence[tuple[int, str]], *, limit: int = MAX_LINES_NAMED) -> str:
+    """``line 3 ('a/b'), line 9 ('c d') and 4 more`` for (line, value) pairs."""
+    named = ", ".join(f"line {line} ({value!r})" for line, value in lines[:limit])
+    return named + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
+
+
+def default_data_roots(sheet: str | Path) -> list[Path]:
+    """The data roots when the config names none: the samples sheet's directory and the working directory."""
+    return [Path(sheet).resolve().parent, Path.cwd().resolve()]
+
+
+def outside_data_roots(path: str | Path, roots: Sequence[str | Path]) -> Path | None:
+    """The resolved ``path`` (links followed) when it lies outside every root, else None."""
+    resolved = Path(os.path.realpath(path))
+    for root in roots:
+        if resolved.is_relative_to(Path(os.path.realpath(root))):
+            return None
+    return resolved
+
+
+def check_data_roots(path: str | Path, roots: Sequence[str | Path], *, where: str) -> None:
+    """Raise naming ``where`` (the sheet line and column, or the config key) when ``path`` escapes the roots."""
+    escaped = outside_data_roots(path, roots)
+    if escaped is not None:
+        shown = "" if str(escaped) == str(path) else f" (resolves to {escaped})"
+        raise MultimodalError(
+            f"{where}: {path}{shown} is outside the data roots ({', '.join(str(r) for r in roots)}); "
+            "move the file under one, or add its directory to data_roots in the config"
+        )
 
 
 def open_text(path: Path):
@@ -84,6 +131,23 @@ def table_separator(path: Path) -> str:
     return "," if path.name.lower().removesuffix(".gz").endswith(".csv") else "\t"
 
 
+def separator_mismatch(path: str | Path, header: str, *, sep: str) -> str | None:
+    """Why a table's header suggests the other separator than its name says, or None.
+
+    A header that does not split on ``sep`` but does on the other one (``,`` vs tab) is a CSV named
+    ``.tsv`` or the reverse; reading it would give one column and a misleading complaint later.
+    """
+    other = "," if sep == "\t" else "\t"
+    if sep in header or other not in header:
+        return None
+    said, seen = ("tab", "comma") if sep == "\t" else ("comma", "tab")
+    suffix = ".csv" if seen == "comma" else ".tsv"
+    return (
+        f"{path}: looks {seen}-separated (its header has {header.count(other) + 1} {seen}-separated fields), "
+        f"but the name says {said}-separated; rename it {suffix} or save it {said}-separated"
+    )
+
+
 def read_table(path: str | Path, *, what: str) -> pd.DataFrame:
     """Read a TSV/CSV (``.csv``/``.csv.gz`` comma-separated, else tab; gzip allowed) as strings.
 
@@ -101,18 +165,21 @@ def read_table(path: str | Path, *, what: str) -> pd.DataFrame:
     try:
         with open_text(path) as handle:
             reader = csv.reader(handle, delimiter=sep)
+            start = 1  # the line a record starts on (a quoted cell may hold a newline)
             for fields in reader:
+                line, start = start, reader.line_num + 1
                 if not any(f.strip() for f in fields):
                     continue
                 if header is None:
                     header = [f.strip() for f in fields]
+                    mismatch = separator_mismatch(path, sep.join(fields), sep=sep) if len(fields) == 1 else None
+                    if mismatch:
+                        raise MultimodalError(mismatch)
                     continue
                 if len(fields) != len(header):
-                    raise MultimodalError(
-                        f"{path}: line {reader.line_num}: {len(fields)} fields, the header has {len(header)}"
-                    )
+                    raise MultimodalError(f"{path}: line {line}: {len(fields)} fields, the header has {len(header)}")
                 rows.append(fields)
-                lines.append(reader.line_num)
+                lines.append(line)
     except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
         raise MultimodalError(f"{path}: cannot read {what}: {exc}") from exc
     if header is None:
@@ -135,8 +202,36 @@ def check_unique_ids(ids: pd.Series, *, path: str | Path, column: str) -> None:
         raise MultimodalError(f"{path}: duplicate {column} {value!r} on lines {', '.join(map(str, lines))}")
 
 
-def read_samples(path: str | Path, *, check_files: bool = True) -> pd.DataFrame:
-    """Read and validate the samples sheet; index = patient_id, missing inputs as empty strings."""
+def check_patient_ids(ids: pd.Series, *, path: str | Path) -> None:
+    """Raise naming every line (the first 10, and a count) whose ID is outside :data:`PATIENT_ID_ALPHABET`."""
+    bad = [(int(line), value) for line, value in ids.items() if value and not _PATIENT_ID.fullmatch(value)]
+    if bad:
+        raise MultimodalError(
+            f"{path}: patient_id outside the allowed alphabet ({PATIENT_ID_ALPHABET}) on "
+            f"{len(bad)} line{'s' if len(bad) > 1 else ''}: {list_lines(bad)}; IDs name files and table rows, "
+            "so rename those patients (keep the original ID as a clinical column if needed)"
+        )
+
+
+def check_cells(frame: pd.DataFrame, *, path: str | Path) -> None:
+    """Raise naming the line and column of a cell holding a control character (a newline inside quotes, a tab)."""
+    for column in frame.columns:
+        hit = frame[column][frame[column].str.contains(_CONTROL, na=False)]
+        if len(hit):
+            raise MultimodalError(
+                f"{path}: line {int(hit.index[0])}: column {column} holds a control character "
+                f"(newline or tab inside a quoted cell?): {hit.iloc[0]!r}"
+            )
+
+
+def read_samples(
+    path: str | Path, *, check_files: bool = True, data_roots: Sequence[str | Path] | None = None
+) -> pd.DataFrame:
+    """Read and validate the samples sheet; index = patient_id, missing inputs as empty strings.
+
+    With ``check_files``, every path must exist and lie inside ``data_roots`` (default:
+    :func:`default_data_roots`); this is checked for every row before any of the files is opened.
+    """
     frame = read_table(path, what="samples sheet")
     if "patient_id" not in frame.columns:
         raise MultimodalError(f"{path}: samples sheet has no 'patient_id' column (columns: {list(frame.columns)})")
@@ -146,11 +241,18 @@ def read_samples(path: str | Path, *, check_files: bool = True) -> pd.DataFrame:
         frame[column] = frame[column].str.strip()
     frame["patient_id"] = frame["patient_id"].str.strip()
     check_unique_ids(frame["patient_id"], path=path, column="patient_id")
+    check_patient_ids(frame["patient_id"], path=path)
+    check_cells(frame, path=path)
     for column in OPTIONAL_COLUMNS:  # two patients sharing one input is a sample swap, not a cohort
         given = frame[column][frame[column] != ""]
         if given.duplicated().any():
             check_unique_ids(given, path=path, column=column)
     if check_files:
+        roots = list(data_roots) if data_roots else default_data_roots(path)
+        for row, record in frame.iterrows():  # confinement first, for every row: no file is touched before
+            for column in FILE_COLUMNS:
+                if record[column]:
+                    check_data_roots(record[column], roots, where=f"{path}: line {row}: column {column}")
         for row, record in frame.iterrows():
             for column in FILE_COLUMNS:
                 value = record[column]
