@@ -108,6 +108,7 @@ def cmd_ingest_variants(args: argparse.Namespace) -> None:
         maf=args.maf,
         maf_sheet_barcodes=barcodes,
         territory_mb=args.territory_mb,
+        annotation_field=args.annotation_field,
         progress=_progress(args),
     )
     _write_h5ad(adata, args.out)
@@ -296,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = kinds.add_parser("variants", parents=[common, io, chunking], help="VCF/BCF (VEP CSQ or SnpEff ANN) or MAF")
     p.add_argument("--maf", type=_existing_file, help="cohort MAF; patients' maf_sample names their barcode")
     p.add_argument("--territory-mb", type=float, default=38.0, help="TMB denominator in Mb (default 38)")
+    p.add_argument(
+        "--annotation-field",
+        metavar="KEY",
+        help="INFO key of the VEP/SnpEff annotations, e.g. vep for VEP run with --vcf_info_field vep "
+        "(default: CSQ, then ANN)",
+    )
     p.set_defaults(func=cmd_ingest_variants)
     p = kinds.add_parser("expression", parents=[common, io], help="raw counts table, genes x samples")
     p.add_argument("--counts", type=_existing_file, required=True, help="counts table (TSV/CSV)")

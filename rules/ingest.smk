@@ -13,6 +13,9 @@ rule ingest_variants:
         maf=lambda wc, input: option("--maf", input.maf),
         n_chunks=N_CHUNKS,
         territory_mb=config["ingest"]["territory_mb"],
+        annotation_field=option("--annotation-field", [config["ingest"]["annotation_field"]])
+        if config["ingest"]["annotation_field"]
+        else "",
     log:
         f"{LOGS}/ingest_variants/chunk_{{chunk}}.log",
     benchmark:
@@ -25,7 +28,8 @@ rule ingest_variants:
         "../envs/multimodal.yaml"
     shell:
         "multimodal ingest variants -q --samples {input.samples:q} --chunk {wildcards.chunk}"
-        " --n-chunks {params.n_chunks} --territory-mb {params.territory_mb} {params.maf} --out {output:q} > {log:q} 2>&1"
+        " --n-chunks {params.n_chunks} --territory-mb {params.territory_mb} {params.maf} {params.annotation_field}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule ingest_expression:

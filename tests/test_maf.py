@@ -224,3 +224,74 @@ def test_maf_row_cut_short_is_named_not_read_as_pass(tmp_path):
     )
     with pytest.raises(MultimodalError, match=r"cut\.maf: line 4: 3 fields, the header has 4"):
         read_maf(path)
+
+
+def test_unknown_variant_classification_stops_naming_lines_values_and_the_accepted_classes(tmp_path):
+    """A KRAS missense written as 'Missense' used to vanish: counted as not protein-altering."""
+    path = tmp_path / "cohort.maf"
+    path.write_text(
+        "#version 2.4\n"
+        "Hugo_Symbol\tVariant_Classification\tTumor_Sample_Barcode\tFILTER\n"
+        "TP53\tMissense_Mutation\tS1\tPASS\n"
+        "KRAS\tMissense\tS1\tPASS\n"
+        "\n"  # blank lines are skipped by the reader, not counted as rows: line numbers stay right
+        "EGFR\tSplice_Region\tS1\tPASS\n"
+        "BRAF\t\tS2\tLowQual\n"
+    )
+    with pytest.raises(MultimodalError) as info:
+        read_maf(path)
+    message = str(info.value)
+    assert message.startswith(
+        f"{path}: unknown Variant_Classification on 2 line(s): line 4 'Missense', line 7 ''; accepted: 3'Flank, "
+    )
+    for known in ("Splice_Region", "Translation_Start_Site", "Nonstop_Mutation", "IGR", "lincRNA", "RNA", "5'Flank"):
+        assert known in message
+
+
+def test_unknown_variant_classifications_name_the_first_ten_and_the_total(tmp_path):
+    path = tmp_path / "cohort.maf.gz"
+    rows = [f"G{i}\t{'Missense' if i % 2 else 'Silent'}\tS1" for i in range(30)]
+    import gzip
+
+    with gzip.open(path, "wt") as handle:
+        handle.write("Hugo_Symbol\tVariant_Classification\tTumor_Sample_Barcode\n" + "\n".join(rows) + "\n")
+    with pytest.raises(
+        MultimodalError,
+        match=r"on 15 line\(s\): line 3 'Missense', line 5 'Missense', .*line 21 "
+        r"'Missense' \(the first 10 of 15\); accepted: ",
+    ):
+        read_maf(path)
+
+
+def test_every_known_variant_classification_is_accepted_and_counted_by_its_kind(tmp_path):
+    from multimodal.ingest.variants import MAF_KNOWN_CLASSES, MAF_PROTEIN_ALTERING, MAF_UNCLASSIFIED
+
+    for name in (
+        "Splice_Region",
+        "Translation_Start_Site",
+        "Nonstop_Mutation",
+        "IGR",
+        "Intron",
+        "RNA",
+        "3'UTR",
+        "5'Flank",
+        "lincRNA",
+        "De_novo_Start_InFrame",
+        "De_novo_Start_OutOfFrame",
+        "Start_Codon_SNP",
+        "Start_Codon_Del",
+        "Stop_Codon_Ins",
+        "Targeted_Region",
+        "Silent",
+        "Frame_Shift_Ins",
+    ):
+        assert name in MAF_KNOWN_CLASSES
+    path = tmp_path / "cohort.maf"
+    lines = [f"G{i}\t{c}\tS1" for i, c in enumerate(sorted(MAF_KNOWN_CLASSES))]
+    lines.append("KRAS\tmissense_mutation\tS1")  # a known class in another case is that class
+    path.write_text("Hugo_Symbol\tVariant_Classification\tTumor_Sample_Barcode\n" + "\n".join(lines) + "\n")
+    sample = read_maf(path)["S1"]
+    assert sum(sample.gene_counts.values()) == len(MAF_PROTEIN_ALTERING) + 1 and sample.gene_counts["KRAS"] == 1
+    assert sample.excluded["unclassified"] == len(MAF_UNCLASSIFIED)
+    n_other = len(MAF_KNOWN_CLASSES) - len(MAF_PROTEIN_ALTERING) - len(MAF_UNCLASSIFIED)
+    assert sample.excluded["not_protein_altering"] == n_other

@@ -144,12 +144,17 @@ SNPEFF_HEADER = HEADER.replace(
 )
 
 
+def snpeff(*fields: str) -> str:
+    """One SnpEff ANN entry: the given leading fields, the rest of its 16 empty, as SnpEff writes them."""
+    return "|".join([*fields, *[""] * (16 - len(fields))])
+
+
 def test_snpeff_ann_with_its_own_inframe_and_exon_loss_terms(tmp_path):
     records = [
-        ("chr1", 100, "PASS", "T|conservative_inframe_deletion|MODERATE|NRAS|ENSG00000213281|transcript|ENST1"),
-        ("chr1", 200, "PASS", "T|disruptive_inframe_insertion&splice_region_variant|MODERATE|NRAS|ENSG00000213281"),
-        ("chr1", 300, "PASS", "T|exon_loss_variant|HIGH|PTEN|ENSG00000171862"),
-        ("chr1", 400, "PASS", "T|synonymous_variant|LOW|PTEN|ENSG00000171862"),
+        ("chr1", 100, "PASS", snpeff("T", "conservative_inframe_deletion", "MODERATE", "NRAS", "ENSG00000213281")),
+        ("chr1", 200, "PASS", snpeff("T", "disruptive_inframe_insertion&splice_region_variant", "MODERATE", "NRAS")),
+        ("chr1", 300, "PASS", snpeff("T", "exon_loss_variant", "HIGH", "PTEN", "ENSG00000171862")),
+        ("chr1", 400, "PASS", snpeff("T", "synonymous_variant", "LOW", "PTEN", "ENSG00000171862")),
     ]
     path = write_vcf(tmp_path / "snpeff.vcf", records=records, header=SNPEFF_HEADER, compress=False)
     path.write_text(path.read_text().replace("CSQ=", "ANN="))
@@ -181,3 +186,251 @@ def test_pre_4_snpeff_eff_says_what_to_do(tmp_path):
     path = write_vcf(tmp_path / "eff.vcf", records=[("chr1", 1, "PASS", "x")], header=header, compress=False)
     with pytest.raises(MultimodalError, match=r"eff\.vcf: INFO/EFF is SnpEff's pre-4\.0 format"):
         read_patient_variants(path)
+
+
+# --- nothing let through (issue 9): every bad record is one line naming file, record and value ---------------
+
+RECORD = "chr1\t100\t.\tA\tT\t50\tPASS\tCSQ=T|missense_variant|MODERATE|TP53|G1\tGT\t0/1\n"
+N_HEADER_LINES = len(HEADER.splitlines())
+
+
+def write_text(path: Path, body: str, header: str = HEADER) -> Path:
+    path.write_text(header + body)
+    return path
+
+
+def as_bgzip(plain: Path, *, index: bool) -> Path:
+    """bgzip ``plain`` (as bgzip does), tabix-indexed or not."""
+    if index:
+        return Path(pysam.tabix_index(str(plain), preset="vcf", force=True, keep_original=True))
+    out = Path(f"{plain}.gz")
+    pysam.tabix_compress(str(plain), str(out), force=True)
+    return out
+
+
+def as_bcf(plain: Path) -> Path:
+    out = plain.with_suffix(".bcf")
+    with pysam.VariantFile(str(plain)) as src, pysam.VariantFile(str(out), "wb", header=src.header) as dst:
+        for record in src:
+            dst.write(record)
+    return out
+
+
+def error_of(path: Path, **kwargs) -> str:
+    with pytest.raises(MultimodalError) as info:
+        read_patient_variants(path, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+@pytest.mark.parametrize(
+    "entry, n_found",
+    [
+        ("T|missense_variant|MODERATE|TP53", 4),  # a field lost: every later field shifts
+        ("T|missense_variant|MODERATE|TP53|G1|extra", 6),  # a field too many
+        ("T|synonymous_variant|LOW|KRAS|G2,T|missense_variant|MODERATE|TP53", 4),  # only the second entry
+    ],
+)
+def test_csq_entry_with_another_field_count_than_the_header_format(tmp_path, entry, n_found):
+    body = RECORD + RECORD.replace("\t100\t", "\t200\t").replace("T|missense_variant|MODERATE|TP53|G1", entry)
+    plain = write_text(tmp_path / "a.vcf", body)
+    index = 2 if "," in entry else 1
+    expected = f"INFO/CSQ entry {index} has {n_found} '|'-separated fields, the header's CSQ Format declares 5"
+    line = N_HEADER_LINES + 2
+    assert f"a.vcf: line {line} (chr1:200): {expected}" in error_of(plain)
+    assert f"a.vcf.gz: line {line} (chr1:200): {expected}" in error_of(as_bgzip(plain, index=True))
+    assert f"a.bcf: record 2 (chr1:200): {expected}" in error_of(as_bcf(plain))
+
+
+def test_a_filtered_record_with_a_broken_annotation_is_not_let_through_either(tmp_path):
+    body = RECORD.replace("PASS", "LowQual").replace("|TP53|G1", "|TP53")
+    message = error_of(write_text(tmp_path / "a.vcf", body))
+    assert f"line {N_HEADER_LINES + 1} (chr1:100): INFO/CSQ entry 1 has 4" in message
+
+
+def test_snpeff_ann_entry_with_another_field_count_than_the_header(tmp_path):
+    body = "chr1\t100\t.\tA\tT\t50\tPASS\tANN=" + snpeff("T", "stop_gained", "HIGH", "PTEN", "G9")[:-1] + "\tGT\t0/1\n"
+    message = error_of(write_text(tmp_path / "ann.vcf", body, header=SNPEFF_HEADER))
+    assert "INFO/ANN entry 1 has 15 '|'-separated fields, the header's ANN field list declares 16" in message
+
+
+@pytest.mark.parametrize("pos, shown", [("0", "'0'"), ("-5", "'-5'"), ("", "''"), ("12ab", "'12ab'"), ("1.5", "'1.5'")])
+def test_pos_that_is_not_a_positive_whole_number_is_named(tmp_path, pos, shown):
+    body = RECORD + RECORD.replace("\t100\t", f"\t{pos}\t")
+    message = error_of(write_text(tmp_path / "a.vcf", body))
+    assert f"a.vcf: line {N_HEADER_LINES + 2}" in message and f"POS {shown} is not a" in message
+    assert "truncated" not in message
+
+
+def test_pos_0_in_a_bcf_names_the_record(tmp_path):
+    plain = write_text(tmp_path / "a.vcf", RECORD + RECORD.replace("\t100\t", "\t0\t"))
+    message = error_of(as_bcf(plain))
+    assert "a.bcf: record 2 (chr1:0): POS 0 is not a position (VCF positions start at 1)" in message
+
+
+def test_pos_beyond_the_contig_length_of_the_header(tmp_path):
+    message = error_of(write_text(tmp_path / "a.vcf", RECORD.replace("\t100\t", "\t1000001\t")))
+    assert "line 9 (chr1:1000001): POS 1000001 is beyond the end of chr1 (length 1000000" in message
+
+
+@pytest.mark.parametrize("ref", ["AXZ", "R", ".", "A-"])
+def test_ref_outside_acgtn_is_named(tmp_path, ref):
+    plain = write_text(tmp_path / "a.vcf", RECORD + RECORD.replace("\t100\t.\tA\t", f"\t200\t.\t{ref}\t"))
+    expected = f"(chr1:200): REF {ref!r} is not a sequence of A, C, G, T, N"
+    assert f"a.vcf: line {N_HEADER_LINES + 2} {expected}" in error_of(plain)
+    if ref != "A-":  # htslib writes any REF to BCF
+        assert f"a.bcf: record 2 {expected}" in error_of(as_bcf(plain))
+
+
+def test_lower_case_ref_and_symbolic_or_breakend_alts_are_fine(tmp_path):
+    body = "".join(
+        RECORD.replace("\t100\t.\tA\tT\t", f"\t{pos}\t.\t{ref}\t{alt}\t")
+        for pos, ref, alt in [(100, "acgtn", "a"), (200, "A", "<DEL>"), (300, "G", "G]chr2:500]"), (400, "C", "*,T")]
+    )
+    assert dict(read_patient_variants(write_text(tmp_path / "a.vcf", body)).gene_counts) == {"TP53": 4}
+
+
+def test_alt_that_is_not_an_allele_is_named(tmp_path):
+    message = error_of(write_text(tmp_path / "a.vcf", RECORD.replace("\tA\tT\t", "\tA\tT,!!\t")))
+    assert "line 9 (chr1:100): ALT allele '!!' is neither bases" in message
+
+
+def test_vcf_without_fileformat_line_says_what_is_missing_and_where(tmp_path):
+    message = error_of(write_text(tmp_path / "a.vcf", RECORD, header=HEADER.split("\n", 1)[1]))
+    assert "a.vcf: line 1 should be ##fileformat=VCFv4.x (the ##fileformat line is missing); found '##FILTER" in message
+    gz = as_bgzip(write_text(tmp_path / "b.vcf", RECORD, header=HEADER.split("\n", 1)[1]), index=False)
+    assert "b.vcf.gz: line 1 should be ##fileformat=VCFv4.x" in error_of(gz)
+    bom = tmp_path / "bom.vcf"
+    bom.write_bytes(b"\xef\xbb\xbf" + (HEADER + RECORD).encode())
+    assert "bom.vcf: line 1 starts with a byte-order mark (BOM)" in error_of(bom)
+    empty = tmp_path / "empty.vcf"
+    empty.write_text("")
+    assert "empty.vcf: the file is empty; line 1 of a VCF is ##fileformat=VCFv4.x" in error_of(empty)
+
+
+def test_column_header_line_with_spaces_is_named(tmp_path):
+    header = HEADER.replace("#CHROM\tPOS\tID", "#CHROM POS ID")
+    message = error_of(write_text(tmp_path / "a.vcf", RECORD, header=header))
+    assert f"a.vcf: line {N_HEADER_LINES}: the column header line must be tab-separated" in message
+    no_column_header = HEADER.replace(HEADER.splitlines()[-1] + "\n", "")
+    message = error_of(write_text(tmp_path / "b.vcf", RECORD, header=no_column_header))
+    assert f"b.vcf: line {N_HEADER_LINES}: a record before the #CHROM column header line" in message
+
+
+@pytest.mark.parametrize(
+    "bad, problem",
+    [
+        ("chr1\t300\t.\tA\tT\t50\tPASS\n", "7 tab-separated columns; a record has at least 8"),
+        ("chr1\t300\t.\tA\tT\n", "5 tab-separated columns; a record has at least 8"),
+        ("chr1\t300\t.\tA\tT\t50\tPASS\tCSQ=T|missense_variant|MODERATE|TP53|G1\tGT\n", "9 tab-separated columns, "),
+        ("\n", "the line is empty (a VCF has no blank lines; delete it)"),
+        ("# a note\n", "a '#' line after the #CHROM header line"),
+        (RECORD.replace("\t", " "), "columns separated by spaces, not tabs"),
+        (RECORD.replace("0/1\n", "x/y\n"), "htslib cannot parse this record"),
+    ],
+)
+def test_record_htslib_cannot_parse_is_named_by_line_and_problem(tmp_path, bad, problem):
+    plain = write_text(tmp_path / "a.vcf", RECORD + bad + RECORD.replace("\t100\t", "\t400\t"))
+    for path in (plain, as_bgzip(plain, index=False)):  # tabix itself refuses to index such a file
+        message = error_of(path)
+        assert f"{path.name}: line {N_HEADER_LINES + 2} (the one after chr1:100): {problem}" in message
+        assert "truncated" not in message
+
+
+def test_contig_missing_from_the_header_is_accepted(tmp_path):
+    """VCF does not require ##contig lines (htslib adds the contig); such records count as usual."""
+    body = RECORD + RECORD.replace("chr1\t100", "chr7\t100").replace("TP53", "EGFR")
+    assert dict(read_patient_variants(write_text(tmp_path / "a.vcf", body)).gene_counts) == {"TP53": 1, "EGFR": 1}
+
+
+VEP_UNDER_VEP_KEY = HEADER.replace("ID=CSQ", "ID=vep").replace(
+    "##FILTER=<ID=LowQual", '##INFO=<ID=DP,Number=1,Type=Integer,Description="Total depth">\n##FILTER=<ID=LowQual'
+)
+
+
+def test_vep_under_another_info_key_is_read_with_annotation_field(tmp_path):
+    """gnomAD-style: VEP run with --vcf_info_field vep."""
+    path = write_text(tmp_path / "a.vcf", RECORD.replace("CSQ=", "DP=40;vep="), header=VEP_UNDER_VEP_KEY)
+    message = error_of(path)
+    assert "a.vcf: no consequence annotation (INFO/CSQ from VEP or INFO/ANN from SnpEff); " in message
+    assert (
+        "the header declares INFO DP, vep; INFO/vep looks like VEP output (its Description has 'Format:'): " in message
+    )
+    assert "set ingest.annotation_field: vep" in message and "a cohort MAF (e.g. from vcf2maf)" in message
+    assert dict(read_patient_variants(path, annotation_field="vep").gene_counts) == {"TP53": 1}
+    message = error_of(path, annotation_field="CSQ")
+    assert (
+        "a.vcf: INFO/CSQ (ingest.annotation_field) is not declared in the header; the header declares INFO DP, vep"
+        in message
+    )
+    message = error_of(path, annotation_field="DP")
+    assert "a.vcf: INFO/DP is declared Type=Integer; VEP and SnpEff annotations are Type=String" in message
+
+
+def test_annotation_field_from_the_command_line_and_the_workflow_rule(tmp_path):
+    import subprocess
+
+    import yaml
+    from conftest import REPO
+
+    from multimodal.cli import main
+    from multimodal.workflow import snakemake_command
+
+    vcf = write_text(tmp_path / "a.vcf", RECORD.replace("CSQ=", "DP=40;vep="), header=VEP_UNDER_VEP_KEY)
+    (tmp_path / "samples.tsv").write_text(f"patient_id\tvcf\nP1\t{vcf}\n")
+    out = tmp_path / "v.h5ad"
+    args = ["ingest", "variants", "-q", "--samples", str(tmp_path / "samples.tsv"), "--out", str(out)]
+    assert main(args) != 0 and not out.exists()
+    assert main([*args, "--annotation-field", "vep"]) == 0
+    import anndata as ad
+
+    adata = ad.read_h5ad(out)
+    assert list(adata.var["gene_symbol"]) == ["TP53"]
+    assert adata.uns["ingest"]["params"]["annotation_field"] == "vep"
+
+    (tmp_path / "clinical.tsv").write_text("patient_id\tos_time\tos_event\nP1\t10\t1\n")
+    config = {
+        "samples": "samples.tsv",
+        "clinical": "clinical.tsv",
+        "expression": None,
+        "simulate": {"enabled": False},
+        "clinical_columns": {"response_column": None, "site_column": None, "covariates": [], "categorical": []},
+        "ingest": {"annotation_field": "vep"},
+        "outdir": "out",
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    command = snakemake_command(config=Path("c.yaml"), cores=1, snakefile=REPO / "Snakefile", dry_run=True)
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    shown = run.stdout + run.stderr
+    assert "multimodal ingest variants" in shown and "--annotation-field vep" in shown
+
+
+def test_bgzipped_vcf_without_index_is_read_and_counted(tmp_path):
+    plain = write_text(tmp_path / "a.vcf", RECORD)
+    indexed = as_bgzip(plain, index=True)
+    unindexed = as_bgzip(write_text(tmp_path / "b.vcf", RECORD), index=False)
+    bcf = as_bcf(write_text(tmp_path / "c.vcf", RECORD))
+    assert Path(f"{indexed}.tbi").is_file() and not Path(f"{unindexed}.tbi").exists()
+    assert [read_patient_variants(p).without_index for p in (plain, indexed, unindexed, bcf)] == [
+        False,
+        False,
+        True,
+        True,
+    ]
+    samples = pd.DataFrame(
+        {"vcf": [str(p) for p in (plain, indexed, unindexed, bcf)]},
+        index=pd.Index(["P1", "P2", "P3", "P4"], name="patient_id"),
+    )
+    adata = mutation_matrix(samples, progress=False)
+    assert adata.uns["ingest"]["exclusions"]["vcf_files_read_without_index"] == 2
+    np.testing.assert_array_equal(adata.X, [[1], [1], [1], [1]])
+    # chunks' counts add up in the store, like every other count
+    from multimodal.store import read_chunks
+
+    parts = []
+    for k, rows in enumerate((samples.iloc[:3], samples.iloc[3:])):
+        mutation_matrix(rows, progress=False).write_h5ad(tmp_path / f"chunk_{k}.h5ad")
+        parts.append(tmp_path / f"chunk_{k}.h5ad")
+    assert read_chunks(parts).uns["ingest"]["exclusions"]["vcf_files_read_without_index"] == 2

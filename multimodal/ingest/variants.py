@@ -9,6 +9,7 @@ many transcripts it hits. Everything not counted is tallied by reason.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -59,8 +60,25 @@ SNPEFF_PROTEIN_ALTERING = frozenset(
 )
 PROTEIN_ALTERING = HIGH_IMPACT | MODERATE_IMPACT | SNPEFF_PROTEIN_ALTERING
 
-#: SnpEff ANN is a fixed layout: Allele | Annotation | Annotation_Impact | Gene_Name | Gene_ID | ...
-SNPEFF_FIELDS = ("Allele", "Consequence", "IMPACT", "SYMBOL", "Gene")
+#: SnpEff ANN is a fixed layout of 16 fields (the ANN standard), declared in quotes in the header.
+SNPEFF_ANN_FIELDS = (
+    "Allele",
+    "Annotation",
+    "Annotation_Impact",
+    "Gene_Name",
+    "Gene_ID",
+    "Feature_Type",
+    "Feature_ID",
+    "Transcript_BioType",
+    "Rank",
+    "HGVS.c",
+    "HGVS.p",
+    "cDNA.pos / cDNA.length",
+    "CDS.pos / CDS.length",
+    "AA.pos / AA.length",
+    "Distance",
+    "ERRORS / WARNINGS / INFO",
+)
 MUTATION_SUFFIX = "_mut"
 BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 
@@ -73,6 +91,9 @@ class PatientVariants:
     n_records: int = 0
     n_pass: int = 0
     excluded: Counter = field(default_factory=Counter)
+    #: a bgzipped VCF or a BCF with neither ``.tbi`` nor ``.csi`` beside it (read in full, which is fine
+    #: for one patient's calls; counted so that a run on unindexed files is visible in the provenance)
+    without_index: bool = False
 
 
 def check_variant_file_complete(path: Path) -> None:
@@ -103,35 +124,251 @@ def check_variant_file_complete(path: Path) -> None:
             raise MultimodalError(f"{path}: truncated file (no BGZF end-of-file block); re-copy or re-compress it")
 
 
-def _annotation_layout(header, path: Path) -> tuple[str, list[str]]:
+def _has_index(path: Path) -> bool:
+    """A tabix (``.tbi``) or CSI (``.csi``) index beside a bgzipped VCF or a BCF, as htslib looks for it."""
+    return any(Path(f"{path}{suffix}").is_file() for suffix in (".tbi", ".csi"))
+
+
+@dataclass(frozen=True)
+class AnnotationLayout:
+    """Where the consequence annotations are: the INFO key, its declared fields and the three we read."""
+
+    key: str
+    fields: tuple[str, ...]
+    consequence_at: int
+    symbol_at: int
+    gene_id_at: int
+    declared_by: str  # how the message names the declaration ("the header's CSQ Format")
+
+
+def _info_keys_summary(info) -> str:
+    """The header's INFO keys for a message, flagging any that looks like VEP or SnpEff output."""
+    if not len(info):
+        return "the header declares no INFO keys"
+    keys = sorted(info)
+    shown = ", ".join(keys[:30]) + (f", ... ({len(keys)} in all)" if len(keys) > 30 else "")
+    text = f"the header declares INFO {shown}"
+    vep_like = [k for k in keys if "Format:" in (info[k].description or "")]
+    snpeff_like = [k for k in keys if _snpeff_field_list(info[k].description or "")]
+    if vep_like:
+        text += (
+            f"; INFO/{vep_like[0]} looks like VEP output (its Description has 'Format:'): set "
+            f"ingest.annotation_field: {vep_like[0]} (--annotation-field {vep_like[0]})"
+        )
+    elif snpeff_like:
+        text += (
+            f"; INFO/{snpeff_like[0]} looks like SnpEff output: set ingest.annotation_field: {snpeff_like[0]} "
+            f"(--annotation-field {snpeff_like[0]})"
+        )
+    return text
+
+
+def _snpeff_field_list(description: str) -> list[str]:
+    """SnpEff's declared ANN fields (``'Allele | Annotation | ...'``), or [] when the Description has none."""
+    match = re.search(r"'([^']*\|[^']*)'", description)
+    if not match:
+        return []
+    fields = [f.strip() for f in match.group(1).split("|")]
+    return fields if {"Annotation", "Gene_Name"} <= set(fields) else []
+
+
+def _annotation_layout(header, path: Path, annotation_field: str | None = None) -> AnnotationLayout:
     """Which INFO key holds consequence annotations and the field names inside it.
 
-    VEP declares its fields after ``Format:`` (in ``CSQ``, or in ``ANN`` with ``--vcf_info_field ANN``);
-    SnpEff's ``ANN`` has a fixed layout.
+    VEP declares its fields after ``Format:`` (in ``CSQ``, in ``ANN`` with ``--vcf_info_field ANN``, or in
+    any key named by ``--vcf_info_field``, given here as ``annotation_field``); SnpEff's ``ANN`` declares
+    its fixed layout in quotes (``'Allele | Annotation | ...'``), 16 fields by the ANN standard.
     """
     info = header.info
-    for key in ("CSQ", "ANN"):
-        if key not in info:
-            continue
-        description = info[key].description or ""
+    if annotation_field:
+        if annotation_field not in info:
+            raise MultimodalError(
+                f"{path}: INFO/{annotation_field} (ingest.annotation_field) is not declared in the header; "
+                f"{_info_keys_summary(info)}"
+            )
+        candidates: tuple[str, ...] = (annotation_field,)
+    else:
+        candidates = tuple(k for k in ("CSQ", "ANN") if k in info)
+    for key in candidates:
+        declared = info[key]
+        if declared.type != "String":
+            raise MultimodalError(
+                f"{path}: INFO/{key} is declared Type={declared.type}; VEP and SnpEff annotations are Type=String"
+            )
+        description = declared.description or ""
         if "Format:" in description:
             fields = [f.strip() for f in description.split("Format:", 1)[1].strip().strip("\"'").split("|")]
             for needed in ("Consequence", "SYMBOL"):
                 if needed not in fields:
-                    raise MultimodalError(f"{path}: {key} Format lacks the {needed} field")
-            return key, fields
-        if key == "CSQ":
-            raise MultimodalError(f"{path}: CSQ header has no 'Format:' field list")
-        return key, list(SNPEFF_FIELDS)
-    if "EFF" in info:
+                    raise MultimodalError(f"{path}: the INFO/{key} Format in the header lacks the {needed} field")
+            symbol_at = fields.index("SYMBOL")
+            return AnnotationLayout(
+                key,
+                tuple(fields),
+                fields.index("Consequence"),
+                symbol_at,
+                fields.index("Gene") if "Gene" in fields else symbol_at,
+                f"the header's {key} Format",
+            )
+        snpeff = _snpeff_field_list(description)
+        if snpeff:
+            gene_at = snpeff.index("Gene_ID") if "Gene_ID" in snpeff else snpeff.index("Gene_Name")
+            return AnnotationLayout(
+                key,
+                tuple(snpeff),
+                snpeff.index("Annotation"),
+                snpeff.index("Gene_Name"),
+                gene_at,
+                f"the header's {key} field list",
+            )
+        if key == "ANN":  # SnpEff's ANN with its field list left out: the standard's
+            return AnnotationLayout(key, SNPEFF_ANN_FIELDS, 1, 3, 4, "the ANN standard (SnpEff)")
+        raise MultimodalError(
+            f"{path}: INFO/{key} declares no field list (VEP writes 'Format: Allele|Consequence|...', SnpEff "
+            "'Allele | Annotation | ...' in its Description); cannot tell which field is the consequence"
+        )
+    if "EFF" in info and not annotation_field:
         raise MultimodalError(f"{path}: INFO/EFF is SnpEff's pre-4.0 format; re-annotate with SnpEff >= 4 (INFO/ANN)")
     raise MultimodalError(
-        f"{path}: no consequence annotation (INFO/CSQ from VEP or INFO/ANN from SnpEff); annotate the calls first"
+        f"{path}: no consequence annotation (INFO/CSQ from VEP or INFO/ANN from SnpEff); {_info_keys_summary(info)}; "
+        "annotate the calls with VEP or SnpEff, or give them as a cohort MAF (e.g. from vcf2maf) with maf_sample"
     )
 
 
-def read_patient_variants(path: str | Path) -> PatientVariants:
-    """Count PASS protein-altering variants per gene in one VCF/BCF (plain, bgzipped or BCF)."""
+# --- naming a record, and explaining what htslib could not read ------------------------------------------
+
+
+def _open_text(path: Path):
+    """A binary handle on a VCF's text: BGZF is gzip, so Python's gzip reads a bgzipped VCF."""
+    import gzip
+
+    with open(path, "rb") as handle:
+        magic = handle.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def _show(raw: bytes, limit: int = 60) -> str:
+    text = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+class _Lines:
+    """Line numbers of a text VCF's records, found by reading the file again only on an error path.
+
+    htslib refuses blank and ``#`` lines after the header, so the k-th record is the k-th line after
+    the header lines.
+    """
+
+    def __init__(self, path: Path, text: bool) -> None:
+        self.path, self.text = path, text
+        self._n_header: int | None = None
+
+    def n_header(self) -> int:
+        if self._n_header is None:
+            n = 0
+            with _open_text(self.path) as handle:
+                for line in handle:
+                    if not line.startswith(b"#"):
+                        break
+                    n += 1
+            self._n_header = n
+        return self._n_header
+
+    def record_line(self, ordinal: int) -> tuple[int, bytes | None]:
+        """(line number, raw line) of the ``ordinal``-th record (1-based); the line is None past the end."""
+        number = self.n_header() + ordinal
+        try:
+            with _open_text(self.path) as handle:
+                for k, line in enumerate(handle, start=1):
+                    if k == number:
+                        return number, line
+        except (OSError, EOFError):
+            pass
+        return number, None
+
+    def where(self, ordinal: int, chrom: str, pos: int) -> str:
+        """``line 12 (chr1:100)`` for a text VCF; ``record 5 (chr1:100)`` for a BCF."""
+        if self.text:
+            return f"line {self.n_header() + ordinal} ({chrom}:{pos})"
+        return f"record {ordinal} ({chrom}:{pos})"
+
+
+def _header_problem(path: Path, message: str) -> str:
+    """Why htslib refused a file's header, said from the text itself (htslib only asks 'is it VCF/BCF format?')."""
+    try:
+        with _open_text(path) as handle:
+            start = handle.read(4)
+            if start[:3] == b"BCF":
+                return f"{path}: htslib cannot read this BCF's header ({message}); check it with bcftools view -h"
+            handle.seek(0)
+            lines = []
+            for line in handle:
+                lines.append(line)
+                if not line.startswith(b"#") or len(lines) > 100_000:
+                    break
+    except (OSError, EOFError) as exc:
+        return f"{path}: cannot read the file: {exc}"
+    if not lines or not lines[0].strip():
+        found = "the file is empty" if not lines else "line 1 is empty"
+        return f"{path}: {found}; line 1 of a VCF is ##fileformat=VCFv4.x"
+    first = lines[0]
+    if first.startswith(b"\xef\xbb\xbf"):
+        return f"{path}: line 1 starts with a byte-order mark (BOM); save the file without it"
+    if not first.startswith(b"##fileformat=VCFv4"):
+        what = "is missing" if not first.startswith(b"##fileformat") else "is not VCFv4.x"
+        return f"{path}: line 1 should be ##fileformat=VCFv4.x (the ##fileformat line {what}); found {_show(first)}"
+    for number, line in enumerate(lines, start=1):
+        if line.startswith(b"##"):
+            continue
+        if line.startswith(b"#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO"):
+            break
+        if line.startswith(b"#"):
+            return (
+                f"{path}: line {number}: the column header line must be tab-separated "
+                f"#CHROM POS ID REF ALT QUAL FILTER INFO [FORMAT samples...]; found {_show(line)}"
+            )
+        return f"{path}: line {number}: a record before the #CHROM column header line (the header ends with it)"
+    return f"{path}: htslib cannot read the VCF header ({message})"
+
+
+def _record_problem(line: bytes | None, n_columns: int) -> str | None:
+    """What is wrong with a text record htslib could not parse, or None when it cannot be told."""
+    if line is None:
+        return None
+    if not line.strip():
+        return "the line is empty (a VCF has no blank lines; delete it)"
+    if line.startswith(b"#"):
+        return f"a '#' line after the #CHROM header line: {_show(line)}"
+    columns = line.rstrip(b"\r\n").split(b"\t")
+    if len(columns) < 8:
+        if len(line.split()) >= 8:
+            return "columns separated by spaces, not tabs"
+        return (
+            f"{len(columns)} tab-separated columns; a record has at least 8 "
+            f"(CHROM POS ID REF ALT QUAL FILTER INFO): {_show(line)}"
+        )
+    if len(columns) != n_columns and len(columns) != 8:
+        return f"{len(columns)} tab-separated columns, the #CHROM header line has {n_columns}"
+    pos = columns[1]
+    if not (pos.isdigit() and int(pos) >= 1):
+        return f"POS {_show(pos)} is not a positive whole number"
+    return None
+
+
+_BASES = re.compile(r"[ACGTN]+", re.IGNORECASE)
+#: ALT alleles: bases, '*' (overlapping deletion), symbolic <ID>, breakends (t[p[, ]p]t, .t, t.)
+_ALT = re.compile(r"\.?[ACGTN]+\.?|\*|<[^<>]+>|[ACGTN]*[\[\]][^\[\]]+[\[\]][ACGTN]*", re.IGNORECASE)
+
+
+def read_patient_variants(path: str | Path, *, annotation_field: str | None = None) -> PatientVariants:
+    """Count PASS protein-altering variants per gene in one VCF/BCF (plain, bgzipped or BCF).
+
+    ``annotation_field``: the INFO key holding VEP/SnpEff annotations (VEP's ``--vcf_info_field``);
+    None tries ``CSQ``, then ``ANN``. Every record is checked, whatever its FILTER: POS at least 1 (and
+    within its contig when the header gives the length), REF of A/C/G/T/N only, valid ALT alleles, and
+    each annotation entry with as many ``|``-separated fields as the header declares; any other record
+    stops the run with one line naming the file, the record and the value.
+    """
     import pysam
 
     path = Path(path)
@@ -143,59 +380,123 @@ def read_patient_variants(path: str | Path) -> PatientVariants:
     # are noise here: every real problem reaches us as an exception and becomes a one-line error.
     verbosity = pysam.set_verbosity(0)
     try:
-        with pysam.VariantFile(str(path)) as vcf:
-            key, fields = _annotation_layout(vcf.header, path)
-            consequence_at, symbol_at = fields.index("Consequence"), fields.index("SYMBOL")
-            gene_id_at = fields.index("Gene") if "Gene" in fields else symbol_at
-            for record in vcf:
-                result.n_records += 1
-                filters = list(record.filter.keys())
-                if filters and filters != ["PASS"]:
-                    result.excluded["filter_not_pass"] += 1
-                    continue
-                result.n_pass += 1
-                annotations = record.info.get(key)
-                if not annotations:
-                    result.excluded["no_annotation"] += 1
-                    continue
-                if isinstance(annotations, str):
-                    annotations = (annotations,)
-                genes_hit: set[str] = set()
-                genes_seen: set[str] = set()
-                for annotation in annotations:
-                    parts = annotation.split("|")
-                    if len(parts) <= max(consequence_at, symbol_at):
-                        raise MultimodalError(
-                            f"{path}: {record.chrom}:{record.pos}: {key} entry has {len(parts)} fields, "
-                            f"header declares {len(fields)}"
-                        )
-                    # A transcript without an HGNC symbol (novel genes) is counted under its gene ID.
-                    gene = parts[symbol_at].strip() or (parts[gene_id_at].strip() if gene_id_at < len(parts) else "")
-                    if not gene:
-                        continue
-                    genes_seen.add(gene)
-                    if PROTEIN_ALTERING.intersection(parts[consequence_at].split("&")):
-                        genes_hit.add(gene)
-                if not genes_seen:
-                    result.excluded["no_gene_symbol"] += 1
-                elif not genes_hit:
-                    result.excluded["not_protein_altering"] += 1
-                for gene in genes_hit:
-                    result.gene_counts[gene] += 1
-    except MultimodalError:
-        raise
-    except (OSError, ValueError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        where = f"record {result.n_records + 1}"
-        raise MultimodalError(f"{path}: cannot read variant calls at {where}: {message}") from exc
+        try:
+            vcf = pysam.VariantFile(str(path))
+        except (OSError, ValueError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise MultimodalError(_header_problem(path, message)) from exc
+        with vcf:
+            text = vcf.format != "BCF"
+            result.without_index = vcf.compression != "NONE" and not _has_index(path)
+            lines = _Lines(path, text)
+            _count_records(vcf, path, annotation_field, lines, result)
     finally:
         pysam.set_verbosity(verbosity)
     return result
 
 
+def _count_records(vcf, path: Path, annotation_field: str | None, lines: _Lines, result: PatientVariants) -> None:
+    layout = _annotation_layout(vcf.header, path, annotation_field)
+    key, n_fields = layout.key, len(layout.fields)
+    contig_length = {name: contig.length for name, contig in vcf.header.contigs.items() if contig.length}
+    n_columns = 8 + (1 + len(vcf.header.samples) if len(vcf.header.samples) else 0)
+    records = iter(vcf)
+    previous = ""
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            break
+        except (OSError, ValueError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            ordinal = result.n_records + 1
+            after = f" (the one after {previous})" if previous else ""
+            if not lines.text:
+                raise MultimodalError(
+                    f"{path}: record {ordinal}{after}: htslib cannot read it ({message}); check the file with "
+                    "bcftools view"
+                ) from exc
+            number, line = lines.record_line(ordinal)
+            # htslib says "truncated file" for any record it cannot parse; the file's end was checked above.
+            detail = "" if "truncated" in message else f" ({message})"
+            problem = _record_problem(line, n_columns) or (
+                f"htslib cannot parse this record{detail}; check its QUAL, INFO, FORMAT and sample columns "
+                "against the header"
+            )
+            raise MultimodalError(f"{path}: line {number}{after}: {problem}") from exc
+        result.n_records += 1
+        chrom, pos = record.chrom, record.pos
+        previous = f"{chrom}:{pos}"
+        if pos < 1:
+            where = lines.where(result.n_records, chrom, pos)
+            value = str(pos)
+            if lines.text:
+                _, line = lines.record_line(result.n_records)
+                columns = line.split(b"\t") if line else []
+                value = _show(columns[1]) if len(columns) > 1 else value
+            raise MultimodalError(f"{path}: {where}: POS {value} is not a position (VCF positions start at 1)")
+        if pos > contig_length.get(chrom, pos):
+            raise MultimodalError(
+                f"{path}: {lines.where(result.n_records, chrom, pos)}: POS {pos} is beyond the end of {chrom} "
+                f"(length {contig_length[chrom]} in the header's ##contig line); calls on another reference?"
+            )
+        ref = record.ref
+        if not ref or not _BASES.fullmatch(ref):
+            raise MultimodalError(
+                f"{path}: {lines.where(result.n_records, chrom, pos)}: REF {ref!r} is not a sequence of A, C, G, T, N"
+            )
+        for alt in record.alts or ():
+            if not _ALT.fullmatch(alt):
+                raise MultimodalError(
+                    f"{path}: {lines.where(result.n_records, chrom, pos)}: ALT allele {alt!r} is neither bases "
+                    "(A, C, G, T, N), '*', a symbolic <ID> nor a breakend"
+                )
+        try:
+            annotations = record.info.get(key)
+        except (ValueError, KeyError) as exc:
+            raise MultimodalError(
+                f"{path}: {lines.where(result.n_records, chrom, pos)}: cannot read INFO/{key}: {exc}"
+            ) from exc
+        if isinstance(annotations, str):
+            annotations = annotations.split(",")
+        for i, annotation in enumerate(annotations or (), start=1):
+            n_found = annotation.count("|") + 1
+            if n_found != n_fields:
+                entry = f" ({annotation[:80]!r}{'...' if len(annotation) > 80 else ''})"
+                raise MultimodalError(
+                    f"{path}: {lines.where(result.n_records, chrom, pos)}: INFO/{key} entry {i} has {n_found} "
+                    f"'|'-separated fields, {layout.declared_by} declares {n_fields}{entry}"
+                )
+        filters = list(record.filter.keys())
+        if filters and filters != ["PASS"]:
+            result.excluded["filter_not_pass"] += 1
+            continue
+        result.n_pass += 1
+        if not annotations:
+            result.excluded["no_annotation"] += 1
+            continue
+        genes_hit: set[str] = set()
+        genes_seen: set[str] = set()
+        for annotation in annotations:
+            parts = annotation.split("|")
+            # A transcript without an HGNC symbol (novel genes) is counted under its gene ID.
+            gene = parts[layout.symbol_at].strip() or parts[layout.gene_id_at].strip()
+            if not gene:
+                continue
+            genes_seen.add(gene)
+            if PROTEIN_ALTERING.intersection(parts[layout.consequence_at].split("&")):
+                genes_hit.add(gene)
+        if not genes_seen:
+            result.excluded["no_gene_symbol"] += 1
+        elif not genes_hit:
+            result.excluded["not_protein_altering"] += 1
+        for gene in genes_hit:
+            result.gene_counts[gene] += 1
+
+
 #: MAF ``Variant_Classification`` values that change the protein (the MAF counterpart of the VEP
-#: HIGH/MODERATE set above), including Oncotator's start/stop codon classes found in older TCGA MAFs.
-#: Silent, Intron, UTR, Flank, IGR, RNA, Splice_Region and De_novo_Start_* (5' UTR) are not counted.
+#: HIGH/MODERATE set above): GDC/MC3/vcf2maf/cBioPortal classes, Oncotator's start/stop codon classes
+#: and the per-variant-type splice/start/stop classes of older TCGA (Broad) MAFs.
 MAF_PROTEIN_ALTERING = frozenset(
     {
         "Missense_Mutation",
@@ -203,17 +504,39 @@ MAF_PROTEIN_ALTERING = frozenset(
         "Nonstop_Mutation",
         "Frame_Shift_Del",
         "Frame_Shift_Ins",
+        "Frame_Shift_Sub",
         "In_Frame_Del",
         "In_Frame_Ins",
         "Splice_Site",
         "Translation_Start_Site",
-        "Start_Codon_SNP",
-        "Start_Codon_Del",
-        "Start_Codon_Ins",
-        "Stop_Codon_Del",
-        "Stop_Codon_Ins",
+        *(f"Splice_Site_{t}" for t in ("SNP", "DNP", "TNP", "ONP", "Del", "Ins")),
+        *(f"Start_Codon_{t}" for t in ("SNP", "DNP", "TNP", "ONP", "Del", "Ins")),
+        *(f"Stop_Codon_{t}" for t in ("SNP", "DNP", "TNP", "ONP", "Del", "Ins")),
     }
 )
+#: Known classes that leave the protein as it is (or lie outside it): counted as not protein-altering.
+#: De_novo_Start_* are 5' UTR changes; a cBioPortal ``Fusion`` row is a structural event, not a call.
+MAF_NOT_PROTEIN_ALTERING = frozenset(
+    {
+        "Silent",
+        "Intron",
+        "3'UTR",
+        "5'UTR",
+        "3'Flank",
+        "5'Flank",
+        "IGR",
+        "RNA",
+        "lincRNA",
+        "Splice_Region",
+        "Targeted_Region",
+        "De_novo_Start_InFrame",
+        "De_novo_Start_OutOfFrame",
+        "Fusion",
+    }
+)
+#: Classes saying the annotator could not classify the variant: known, not counted, tallied on their own.
+MAF_UNCLASSIFIED = frozenset({"Unknown", "COULD_NOT_DETERMINE"})
+MAF_KNOWN_CLASSES = MAF_PROTEIN_ALTERING | MAF_NOT_PROTEIN_ALTERING | MAF_UNCLASSIFIED
 MAF_REQUIRED = ("Hugo_Symbol", "Variant_Classification", "Tumor_Sample_Barcode")
 
 
@@ -233,11 +556,59 @@ def _maf_header(path: Path) -> tuple[list[str], int]:
     raise MultimodalError(f"{path}: MAF is empty")
 
 
+def _maf_classes(values: pd.Series, path: Path, n_comments: int) -> pd.Series:
+    """``Variant_Classification`` stripped, and checked: a class not known (a typo, another tool's
+    vocabulary) would silently count as not protein-altering, so the run stops naming its lines.
+
+    A known class written in another case (``missense_mutation``) is taken as that class.
+    """
+    classes = values.str.strip()
+    unknown = ~classes.isin(MAF_KNOWN_CLASSES)
+    if not unknown.any():
+        return classes
+    by_lower = {c.lower(): c for c in MAF_KNOWN_CLASSES}
+    fixed = classes[unknown].str.lower().map(by_lower)
+    classes = classes.where(~unknown, fixed.fillna(classes[unknown]))
+    unknown = ~classes.isin(MAF_KNOWN_CLASSES)
+    if not unknown.any():
+        return classes
+    rows = np.flatnonzero(unknown.to_numpy())
+    numbers = _maf_line_numbers(path, n_comments, rows[:10])
+    shown = ", ".join(f"line {n} {v!r}" for n, v in zip(numbers, classes.iloc[rows[:10]], strict=True))
+    more = f" (the first 10 of {len(rows)})" if len(rows) > 10 else ""
+    raise MultimodalError(
+        f"{path}: unknown Variant_Classification on {len(rows)} line(s): {shown}{more}; "
+        f"accepted: {', '.join(sorted(MAF_KNOWN_CLASSES, key=str.lower))}"
+    )
+
+
+def _maf_line_numbers(path: Path, n_comments: int, rows: np.ndarray) -> list[int | str]:
+    """1-based line numbers of the MAF's 0-based data rows as pandas numbers them (blank lines skipped)."""
+    import gzip
+
+    wanted = {int(r): "?" for r in rows}
+    left = len(wanted)
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    row = -1
+    with opener(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if number <= n_comments + 1 or not line.strip(b" \r\n"):
+                continue
+            row += 1
+            if row in wanted:
+                wanted[row] = number
+                left -= 1
+                if not left:
+                    break
+    return [wanted[int(r)] for r in rows]
+
+
 def read_maf(path: str | Path) -> dict[str, PatientVariants]:
     """Count PASS protein-altering variants per gene for every tumour sample of a MAF (plain or gzipped).
 
     Records whose ``FILTER`` column (when present, as in GDC MAFs) is not PASS or ``.`` are counted as
-    filtered; ``Hugo_Symbol`` ``Unknown`` or empty counts as no gene symbol. Only the three required
+    filtered; ``Hugo_Symbol`` ``Unknown`` or empty counts as no gene symbol; a ``Variant_Classification``
+    outside :data:`MAF_KNOWN_CLASSES` stops the run, naming its lines. Only the three required
     columns and FILTER are parsed, so a multi-million-row, 120-column MAF fits in memory; only leading
     ``#`` lines are skipped (a ``#`` inside a field is data) and quotes are not special, as in GDC MAFs.
     """
@@ -270,9 +641,11 @@ def read_maf(path: str | Path) -> dict[str, PatientVariants]:
         raise MultimodalError(f"{path}: cannot read MAF (after {n_comments} '#' lines): {message}") from exc
     sample = maf["Tumor_Sample_Barcode"].str.strip()
     gene = maf["Hugo_Symbol"].str.strip()
+    classes = _maf_classes(maf["Variant_Classification"], path, n_comments)
     passed = maf["FILTER"].str.strip().isin(["PASS", ".", ""]) if "FILTER" in maf else pd.Series(True, index=maf.index)
     no_gene = passed & gene.isin(["", "Unknown"])
-    altering = passed & ~no_gene & maf["Variant_Classification"].str.strip().isin(MAF_PROTEIN_ALTERING)
+    unclassified = passed & ~no_gene & classes.isin(MAF_UNCLASSIFIED)
+    altering = passed & ~no_gene & classes.isin(MAF_PROTEIN_ALTERING)
     tallies = (
         pd.DataFrame(
             {
@@ -280,7 +653,8 @@ def read_maf(path: str | Path) -> dict[str, PatientVariants]:
                 "n_pass": passed.astype(int),
                 "filter_not_pass": (~passed).astype(int),
                 "no_gene_symbol": no_gene.astype(int),
-                "not_protein_altering": (passed & ~no_gene & ~altering).astype(int),
+                "not_protein_altering": (passed & ~no_gene & ~altering & ~unclassified).astype(int),
+                "unclassified": unclassified.astype(int),
             }
         )
         .groupby(sample.to_numpy(), sort=False)
@@ -289,7 +663,8 @@ def read_maf(path: str | Path) -> dict[str, PatientVariants]:
     per_sample_genes = pd.DataFrame({"sample": sample[altering], "gene": gene[altering]}).value_counts(sort=False)
     result: dict[str, PatientVariants] = {}
     for barcode, row in tallies.iterrows():
-        excluded = Counter({k: int(row[k]) for k in ("filter_not_pass", "no_gene_symbol", "not_protein_altering")})
+        reasons = ("filter_not_pass", "no_gene_symbol", "not_protein_altering", "unclassified")
+        excluded = Counter({k: int(row[k]) for k in reasons})
         result[str(barcode)] = PatientVariants(
             n_records=int(row["n_records"]), n_pass=int(row["n_pass"]), excluded=+excluded
         )
@@ -304,6 +679,7 @@ def mutation_matrix(
     maf: str | Path | None = None,
     maf_sheet_barcodes: Collection[str] | None = None,
     territory_mb: float = 38.0,
+    annotation_field: str | None = None,
     progress: bool = True,
 ) -> anndata.AnnData:
     """Patients x genes counts of PASS protein-altering variants, plus tumour mutational burden.
@@ -314,7 +690,8 @@ def mutation_matrix(
     passed the MAF's own calling and is kept with zero counts (counted as
     ``maf_samples_without_records``). MAF barcodes claimed by no patient are counted against
     ``maf_sheet_barcodes`` (the whole sheet's, when ``samples`` is one chunk of it; pass an empty
-    collection in all chunks but one so the count is made once).
+    collection in all chunks but one so the count is made once). ``annotation_field``: the VCFs' INFO key
+    of VEP/SnpEff annotations (None: ``CSQ``, then ``ANN``).
 
     Writes ``obs['tmb']`` (protein-altering PASS variants per Mb of ``territory_mb``), ``obs['n_records']``,
     ``obs['n_pass']``, ``layers['counts']`` and ``uns['ingest']`` with the parameters and every exclusion
@@ -345,7 +722,7 @@ def mutation_matrix(
     n_maf_missing = 0
     for pid in tqdm(samples.index, desc="variants", unit="patient", disable=not progress):
         if has_vcf[pid]:
-            per_patient[str(pid)] = read_patient_variants(samples.at[pid, "vcf"])
+            per_patient[str(pid)] = read_patient_variants(samples.at[pid, "vcf"], annotation_field=annotation_field)
         elif has_maf[pid]:
             n_maf_missing += maf_sample[pid] not in resolved
             per_patient[str(pid)] = maf_records.get(resolved.get(maf_sample[pid], ""), PatientVariants())
@@ -388,8 +765,10 @@ def mutation_matrix(
             "territory_mb": float(territory_mb),
             "filter": "FILTER in {PASS, .}",
             "protein_altering_terms": sorted(PROTEIN_ALTERING),
+            "annotation_field": annotation_field or "auto (CSQ, then ANN)",
             "maf": str(maf or ""),
             "maf_protein_altering_classes": sorted(MAF_PROTEIN_ALTERING),
+            "maf_known_classes": sorted(MAF_KNOWN_CLASSES),
         },
         "n_patients_in": int(len(samples)),
         "model_obs_features": ["tmb"],
@@ -398,6 +777,7 @@ def mutation_matrix(
             "maf_samples_without_records": int(n_maf_missing),
             "maf_samples_matched_by_barcode_prefix": int(n_by_prefix),
             "maf_samples_not_in_samples_sheet": int(n_maf_unclaimed),
+            "vcf_files_read_without_index": int(sum(pv.without_index for pv in per_patient.values())),
             **{f"records_{k}": int(v) for k, v in sorted(excluded.items())},
         },
     }
