@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from multimodal.errors import MultimodalError
-from multimodal.ingest.samples import check_field_counts, open_text, resolve_barcodes, table_separator
+from multimodal.ingest.clinical import diagnose_table, listing
+from multimodal.ingest.samples import MAX_LINES_NAMED, check_field_counts, open_text, resolve_barcodes, table_separator
 
 if TYPE_CHECKING:
     import anndata
@@ -63,6 +64,7 @@ def _table_layout(path: Path, sep: str) -> tuple[list[str], int]:
                     samples = header if len(fields) == len(header) + 1 else header[1:]
                     return [GENE_COLUMN, *samples], n
     except (OSError, EOFError, UnicodeDecodeError) as exc:
+        diagnose_table(path, what="counts table", cause=exc, comments=True)
         raise MultimodalError(f"{path}: cannot read counts table: {exc}") from exc
     raise MultimodalError(f"{path}: counts table is empty" if header is None else f"{path}: counts table has no genes")
 
@@ -91,7 +93,7 @@ def _is_summary_row(index: pd.Index) -> np.ndarray:
     return np.asarray(index.str.startswith(SUMMARY_ROW_PREFIXES) | index.isin(STAR_SUMMARY_ROWS))
 
 
-def _raise_for_first_bad_cell(
+def _reread_and_raise_for_bad_cells(
     path: Path,
     sep: str,
     names: list[str],
@@ -101,32 +103,40 @@ def _raise_for_first_bad_cell(
     nonnegative: bool = True,
     skip_summary_rows: bool = False,
 ) -> None:
-    """Re-read the table as text (only on the error path) and raise naming the first bad cell by file line."""
+    """Re-read the table as text (only on the error path) and raise naming the bad cells by file line."""
     raw = _read(path, sep, names, columns, n_comments, str)
     raw.index = raw.index.astype(str).str.strip()
     line_of = np.arange(len(raw)) + 2 + n_comments  # file line of each row
     rows = ~_is_summary_row(raw.index) if skip_summary_rows else np.ones(len(raw), dtype=bool)
-    _first_bad_cell(path, raw[rows], line_of[rows], nonnegative=nonnegative)
+    _raise_for_bad_cells(path, raw[rows], line_of[rows], nonnegative=nonnegative)
 
 
-def _first_bad_cell(path: Path, raw: pd.DataFrame, line_of: np.ndarray, *, nonnegative: bool = True) -> None:
-    """Raise naming the first cell that is neither a number nor a missing-value token, or is negative."""
+def _raise_for_bad_cells(path: Path, raw: pd.DataFrame, line_of: np.ndarray, *, nonnegative: bool = True) -> None:
+    """Raise naming every kind of bad cell (text, infinite, negative): one in full, else the first ten and the count."""
     missing = raw.isin(MISSING_VALUES).to_numpy()
     values = raw.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    bad = (~np.isfinite(values)) & ~missing
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise MultimodalError(
-            f"{path}: line {line_of[r]}: gene {raw.index[r]!r}, sample {raw.columns[c]!r}: "
-            f"value {raw.iat[r, c]!r} is not a number"
-        )
-    negative = values < 0 if nonnegative else np.zeros_like(bad)
-    if negative.any():
-        r, c = np.argwhere(negative)[0]
-        raise MultimodalError(
-            f"{path}: line {line_of[r]}: gene {raw.index[r]!r}, sample {raw.columns[c]!r}: "
-            f"negative count {raw.iat[r, c]}"
-        )
+    negative = values < 0 if nonnegative else np.zeros(values.shape, dtype=bool)
+    log_hint = " (a log-scale table? set ingest.expression_values: log, CLI --values log)"
+    kinds = (  # cells, one cell's problem (given the cell as written), several cells' problem, hint
+        (np.isnan(values) & ~missing, lambda cell: f"value {cell!r} is not a number", "cells are not numbers", ""),
+        (np.isinf(values), lambda cell: f"value {cell!r} is not finite", "cells are not finite", ""),
+        (negative, lambda cell: f"negative count {cell.strip()}", "cells hold negative counts", log_hint),
+    )
+    fragments = []
+    for bad, one, many, hint in kinds:
+        cells = np.argwhere(bad)
+        if len(cells) == 1:
+            r, c = cells[0]
+            where = f"line {line_of[r]}: gene {raw.index[r]!r}, sample {raw.columns[c]!r}"
+            fragments.append(f"{where}: {one(raw.iat[r, c])}{hint}")
+        elif len(cells):
+            entries = [
+                f"line {line_of[r]} (gene {raw.index[r]!r}, sample {raw.columns[c]!r}: {raw.iat[r, c].strip()!r})"
+                for r, c in cells[:MAX_LINES_NAMED]
+            ]
+            fragments.append(f"{len(cells)} {many}: {listing(entries, total=len(cells))}{hint}")
+    if fragments:
+        raise MultimodalError(f"{path}: {'; '.join(fragments)}")
 
 
 def read_counts_table(
@@ -140,7 +150,7 @@ def read_counts_table(
     only those samples are parsed (a pan-cancer table of 11,000 samples is read for the cohort's few
     hundred) and the others counted. Cells ``NA``/empty are missing: such genes are left out and counted.
     Checks that every other value is a finite number, non-negative unless ``nonnegative=False`` (log-scale
-    tables), and names the first offending cell.
+    tables), and names the offending cells (up to ten of each kind, with their count).
     Returns a float64 frame (genes x samples); counts of what was left out are in ``frame.attrs``.
     """
     path = Path(path)
@@ -150,7 +160,12 @@ def read_counts_table(
     names, n_comments = _table_layout(path, sep)
     repeated = sorted({c for c in names[1:] if names.count(c) > 1})
     if repeated:
-        raise MultimodalError(f"{path}: sample column {repeated[0]!r} occurs more than once in the header")
+        raise MultimodalError(
+            f"{path}: sample column {repeated[0]!r} occurs more than once in the header"
+            if len(repeated) == 1
+            else f"{path}: {len(repeated)} sample columns occur more than once in the header: "
+            + listing([repr(name) for name in repeated])
+        )
     in_file = [c for c in names[1:] if c not in ANNOTATION_COLUMNS]
     if sample_columns is None:
         wanted = set(in_file)
@@ -159,8 +174,14 @@ def read_counts_table(
     columns = [c for c in in_file if c in wanted]
     symbol_column = tuple(c for c in SYMBOL_COLUMNS if c in names[1:])[:1]
     if not in_file:
-        raise MultimodalError(f"{path}: counts table has no sample columns")
-    check_field_counts(path, sep=sep, first_line=n_comments + 2, n_fields=len(names), what="counts table")
+        diagnose_table(path, what="counts table", comments=True)
+        one_field = " (its header has one field)" if len(names) == 1 else ""
+        raise MultimodalError(f"{path}: counts table has no sample columns{one_field}")
+    try:
+        check_field_counts(path, sep=sep, first_line=n_comments + 2, n_fields=len(names), what="counts table")
+    except MultimodalError as err:
+        diagnose_table(path, what="counts table", cause=err.__cause__, comments=True)
+        raise
     if not columns:  # none of the cohort's samples is in the table: nothing to parse
         empty = pd.DataFrame(index=pd.Index([], dtype=str), dtype=np.float64)
         empty.attrs.update(summary_rows_removed=0, genes_with_missing_values=0, sample_columns_not_read=len(in_file))
@@ -173,14 +194,15 @@ def read_counts_table(
         except ValueError:  # a cell that is not a number: find and name it below
             values = None
         if values is None or (~np.isfinite(values.to_numpy()) & values.notna().to_numpy()).any():
-            _raise_for_first_bad_cell(path, sep, names, columns, n_comments, nonnegative=nonnegative)
+            _reread_and_raise_for_bad_cells(path, sep, names, columns, n_comments, nonnegative=nonnegative)
             raise MultimodalError(f"{path}: cannot read the counts table's values as numbers")
         values.index = values.index.astype(str).str.strip()
         blank = (values.index == "") & values.isna().all(axis=1).to_numpy()
         summary = _is_summary_row(values.index)
         if nonnegative and (values.to_numpy() < 0).any():
-            _raise_for_first_bad_cell(path, sep, names, columns, n_comments, skip_summary_rows=True)
+            _reread_and_raise_for_bad_cells(path, sep, names, columns, n_comments, skip_summary_rows=True)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
+        diagnose_table(path, what="counts table", cause=exc, comments=True)
         raise MultimodalError(f"{path}: cannot read counts table: {str(exc).splitlines()[0]}") from exc
     keep = ~summary & ~blank
     values = values[keep]
@@ -235,11 +257,17 @@ def expression_matrix(
     resolved = resolve_barcodes(set(claimed), counts.columns, what="expression sample column")
     n_by_prefix = sum(1 for name, column in resolved.items() if name != column)
     claimed = claimed.map(lambda name: resolved.get(name, name))
-    missing = [s for s in claimed if s not in counts.columns]
-    if missing:
-        pid = claimed.index[list(claimed).index(missing[0])]
+    missing = claimed[~claimed.isin(counts.columns)]
+    if len(missing) == 1:
         raise MultimodalError(
-            f"{source}: no column {missing[0]!r}, named as rna_sample of patient {pid} in the samples sheet"
+            f"{source}: no column {missing.iloc[0]!r}, named as rna_sample of patient {missing.index[0]} "
+            "in the samples sheet"
+        )
+    if len(missing):
+        entries = [f"{name!r} (patient {pid})" for pid, name in missing.iloc[:MAX_LINES_NAMED].items()]
+        raise MultimodalError(
+            f"{source}: {len(missing)} rna_sample values of the samples sheet are not columns of it: "
+            + listing(entries, total=len(missing))
         )
     n_unclaimed = sum(c not in set(claimed) for c in counts.columns) + counts.attrs.get("sample_columns_not_read", 0)
     n_summary_rows = int(counts.attrs.get("summary_rows_removed", 0))
@@ -257,9 +285,14 @@ def expression_matrix(
     table = matrix.to_numpy(dtype=np.float64)
     is_integer = bool(np.all(np.mod(table, 1) == 0))
     if values == "counts" and matrix.shape[0]:
-        if (matrix.sum(axis=1) == 0).any():
-            pid = matrix.index[(matrix.sum(axis=1) == 0).to_numpy()][0]
-            raise MultimodalError(f"{source}: sample {pid!r} has zero counts in every gene")
+        empty = [str(sample) for sample in matrix.index[(matrix.sum(axis=1) == 0).to_numpy()]]
+        if empty:
+            names = listing([repr(sample) for sample in empty])
+            raise MultimodalError(
+                f"{source}: sample {names} has zero counts in every gene"
+                if len(empty) == 1
+                else f"{source}: {len(empty)} samples have zero counts in every gene: {names}"
+            )
         if not is_integer and table.max() <= 50:
             raise MultimodalError(
                 f"{source}: values look log-transformed (not whole numbers, largest {table.max():.3g}); "

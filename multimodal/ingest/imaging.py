@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -63,9 +64,14 @@ def read_image_and_mask(
         mask = np.asarray(mask_raw) == label
         if not mask.any():
             raise MultimodalError(f"{mask_path}: no voxel has label {label} (labels present: {present[:10] or 'none'})")
-    n_bad = int(np.count_nonzero(~np.isfinite(image[mask])))
-    if n_bad:
-        raise MultimodalError(f"{image_path}: {n_bad} non-finite intensities (NaN or inf) inside the mask {mask_path}")
+    bad = mask & ~np.isfinite(image)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise MultimodalError(
+            f"{image_path}: {int(bad.sum())} non-finite {'intensity' if bad.sum() == 1 else 'intensities'} "
+            f"(NaN or inf) inside the mask {mask_path}, "
+            f"the first at voxel {first}"
+        )
     zooms = image_img.header.get_zooms()
     spacing = (float(zooms[0]), float(zooms[1]), float(zooms[2]))
     return image, mask, spacing
@@ -117,14 +123,25 @@ def grid_relation(
     mask_zooms = np.sort(np.asarray(mask_img.header.get_zooms()[:3], dtype=float))
     if np.max(np.abs(image_zooms - mask_zooms)) > GEOMETRY_TOLERANCE:
         raise MultimodalError(
-            f"{mask_path}: mask voxel spacing {tuple(mask_img.header.get_zooms()[:3])} differs from image spacing "
-            f"{tuple(image_img.header.get_zooms()[:3])} of {image_path} (tolerance {GEOMETRY_TOLERANCE})"
+            f"{mask_path}: mask voxel spacing {_numbers(mask_img.header.get_zooms()[:3])} mm differs from image "
+            f"spacing {_numbers(image_img.header.get_zooms()[:3])} mm of {image_path} (tolerance {GEOMETRY_TOLERANCE})"
         )
     difference = float(np.max(np.abs(image_affine - mask_affine)))
+    moved = np.max(np.abs(image_affine[:3, :3] - mask_affine[:3, :3])) <= GEOMETRY_TOLERANCE
+    where = (
+        f"origin {_numbers(mask_affine[:3, 3])} mm vs {_numbers(image_affine[:3, 3])} mm: the same grid, shifted; "
+        if moved
+        else ""
+    )
     raise MultimodalError(
         f"{mask_path}: mask affine differs from the affine of image {image_path} "
-        f"(largest difference {difference:.4g} > {GEOMETRY_TOLERANCE}; {orientation})"
+        f"({where}largest difference {difference:.4g} > {GEOMETRY_TOLERANCE}; {orientation})"
     )
+
+
+def _numbers(values) -> str:
+    """``(0.8, 0.8, 2.5)``: plain numbers (not ``np.float32(0.8)``), at most 4 significant digits."""
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
 
 
 def _on_image_grid(mask: np.ndarray, relation: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
@@ -142,16 +159,22 @@ def _on_image_grid(mask: np.ndarray, relation: tuple[np.ndarray, np.ndarray], sh
 
 def check_label_map(values: np.ndarray, mask_path: object) -> None:
     """Raise when a mask's distinct values are not those of a label map (whole numbers >= 0, not too many)."""
-    fractional = values[np.mod(values, 1) != 0]
+    finite = values[np.isfinite(values)]
+    if finite.size < values.size:
+        raise MultimodalError(
+            f"{mask_path}: mask has NaN or infinite voxels; a label map holds whole numbers (0 outside the ROI)"
+        )
+    # an image (the CT itself, the same file twice) before a soft mask: both have fractions, an image many values
+    if finite.size and (finite.min() < 0 or finite.size > MAX_MASK_LABELS):
+        raise MultimodalError(
+            f"{mask_path}: looks like an image, not a label map ({finite.size} distinct values, lowest "
+            f"{float(finite.min()):.4g}, highest {float(finite.max()):.4g}); are the image and mask columns swapped?"
+        )
+    fractional = finite[np.mod(finite, 1) != 0]
     if fractional.size:
         raise MultimodalError(
             f"{mask_path}: mask has non-integer values (e.g. {float(fractional[0]):.4g}): a soft or interpolated "
             "mask; threshold it, or resample it with nearest-neighbour interpolation"
-        )
-    if values.size and (values.min() < 0 or values.size > MAX_MASK_LABELS):
-        raise MultimodalError(
-            f"{mask_path}: looks like an image, not a label map ({values.size} distinct values, lowest "
-            f"{float(values.min()):.4g}); are the image and mask columns swapped?"
         )
 
 
@@ -191,8 +214,10 @@ def imaging_matrix(
         else:
             # Missing files fail here, before any (slow) feature extraction.
             for path, what in ((image_path, "image"), (mask_path, "mask")):
-                if not Path(str(path)).is_file():
+                if not Path(str(path)).exists():
                     raise MultimodalError(f"{path}: {what} file not found (patient {pid})")
+            if Path(str(image_path)).resolve() == Path(str(mask_path)).resolve():
+                raise MultimodalError(f"{image_path}: given as both the image and the mask of patient {pid}")
             todo.append((pid, str(image_path), str(mask_path)))
     if n_without:
         logger.info("%d of %d patients have no imaging and are left out", n_without, len(patient_ids))
@@ -276,22 +301,75 @@ def _shape3(img: SpatialImage) -> tuple[int, ...]:
 
 def _load_header(path: str | os.PathLike[str], what: str) -> SpatialImage:
     """The NIfTI image object (header read, data not yet loaded)."""
+    if Path(path).is_dir():
+        raise MultimodalError(
+            f"{path}: {what} is a directory, not a NIfTI file (a DICOM series? convert it with dcm2niix)"
+        )
     try:
         return nib.load(path)
     except _READ_ERRORS as err:
-        hint = "" if str(path).lower().endswith((".nii", ".nii.gz")) else "; convert it to NIfTI (dcm2niix, SimpleITK)"
-        raise MultimodalError(f"{path}: cannot read {what} as NIfTI ({type(err).__name__}: {err}){hint}") from err
+        raise _unreadable(path, what, err) from err
+
+
+def _unreadable(path: str | os.PathLike[str], what: str, err: BaseException) -> MultimodalError:
+    """The error for a file nibabel cannot read: a cut-short or non-NIfTI file said so, else nibabel's words."""
+    reason = _why_unreadable(Path(path))
+    if reason is None:
+        reason = f"{type(err).__name__}: {' '.join(str(err).split())}"
+    hint = "" if str(path).lower().endswith((".nii", ".nii.gz")) else "; convert it to NIfTI (dcm2niix, SimpleITK)"
+    return MultimodalError(f"{path}: cannot read {what} as NIfTI ({reason}){hint}")
+
+
+#: Bytes of a NIfTI-1 header; where its magic (``n+1``/``ni1``) sits; the NIfTI-2 magic at offset 4.
+_NIFTI1_HEADER, _NIFTI1_MAGIC_AT, _NIFTI2_MAGICS = 348, 344, (b"n+2\0", b"ni2\0")
+
+
+def _why_unreadable(path: Path) -> str | None:
+    """Why a ``.nii``/``.nii.gz`` file cannot be read, when it is empty, cut short or not NIfTI; None when unclear."""
+    import gzip
+
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return None  # another format (NRRD, DICOM, MHA): nibabel's words and the hint to convert
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if not data:
+        return "an empty file, 0 bytes"
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except EOFError:
+            return f"the gzip stream ends early, after {len(data)} bytes: the file is cut short, an interrupted copy?"
+        except (OSError, zlib.error) as exc:
+            return f"damaged gzip stream: {exc}"
+    elif path.name.lower().endswith(".gz"):
+        return "named .gz but not gzip-compressed"
+    if len(data) < _NIFTI1_HEADER:
+        return f"{len(data)} bytes, shorter than a NIfTI header of {_NIFTI1_HEADER}: the file is cut short"
+    if data[_NIFTI1_MAGIC_AT : _NIFTI1_MAGIC_AT + 4] not in (b"n+1\0", b"ni1\0") and data[4:8] not in _NIFTI2_MAGICS:
+        return "no NIfTI-1 or NIfTI-2 magic in its header: not a NIfTI file"
+    header_class = nib.Nifti2Header if data[4:8] in _NIFTI2_MAGICS else nib.Nifti1Header
+    try:
+        header = header_class.from_fileobj(io.BytesIO(data), check=False)
+        n_voxels = int(np.prod(header.get_data_shape()))
+        needed = int(header.get_data_offset()) + n_voxels * header.get_data_dtype().itemsize
+    except (HeaderDataError, ValueError, TypeError, OverflowError):  # leave the reason to nibabel
+        return None
+    if len(data) < needed:
+        return f"cut short: its header announces {needed} bytes of header and voxels, the file holds {len(data)}"
+    return None
 
 
 def _read_nifti(path: str | os.PathLike[str], what: str, dtype: type | None) -> tuple[SpatialImage, np.ndarray]:
     """Load a NIfTI file and its 3D data (scaled as float ``dtype``, or stored values when None)."""
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise MultimodalError(f"{path}: {what} file not found")
     img = _load_header(path, what)
     try:
         data = img.get_fdata(dtype=dtype) if dtype is not None else np.asanyarray(img.dataobj)
     except _READ_ERRORS as err:
-        raise MultimodalError(f"{path}: cannot read {what} as NIfTI ({type(err).__name__}: {err})") from err
+        raise _unreadable(path, what, err) from err
     if data.ndim > 3 and all(n == 1 for n in data.shape[3:]):
         data = data.reshape(data.shape[:3])
     if data.ndim != 3:

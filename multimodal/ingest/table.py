@@ -16,8 +16,15 @@ import numpy as np
 import pandas as pd
 
 from multimodal.errors import MultimodalError
-from multimodal.ingest.clinical import MISSING
-from multimodal.ingest.samples import check_unique_ids, read_table, resolve_barcodes
+from multimodal.ingest.clinical import (
+    MISSING,
+    check_rows,
+    diagnose_table,
+    id_problems,
+    line_problem,
+    raise_problems,
+)
+from multimodal.ingest.samples import MAX_LINES_NAMED, read_table, resolve_barcodes
 
 if TYPE_CHECKING:
     import anndata
@@ -36,11 +43,23 @@ def feature_table(
     import anndata as ad
 
     path = Path(path)
-    frame = read_table(path, what=f"{modality} feature table")
+    what = f"{modality} feature table"
+    try:
+        frame = read_table(path, what=what)
+    except MultimodalError as err:
+        diagnose_table(path, what=what, cause=err.__cause__)
+        raise
     if id_column not in frame.columns:
-        raise MultimodalError(f"{path}: no {id_column!r} column (columns: {list(frame.columns)[:8]}...)")
+        diagnose_table(path, what=what)
+        shown = ", ".join(map(repr, frame.columns[:MAX_LINES_NAMED])) + (
+            ", ..." if len(frame.columns) > MAX_LINES_NAMED else ""
+        )
+        raise MultimodalError(
+            f"{path}: no {id_column!r} column (columns: {shown}); set table_id_column to its ID column"
+        )
+    check_rows(frame, path, what=what)
     ids = frame[id_column].str.strip()
-    check_unique_ids(ids, path=path, column=id_column)
+    raise_problems(path, id_problems(ids, column=id_column))
     # pyradiomics batch output: diagnostics_* columns describe the image and the run, not the tumour
     diagnostics = [c for c in frame.columns if c.startswith(("diagnostics_", "general_info_"))]
     values = frame.drop(columns=[id_column, *diagnostics])
@@ -52,13 +71,17 @@ def feature_table(
     numeric_columns = [c for c in values.columns if parsed[c].all() and numeric[c].notna().any()]
     dropped = [c for c in values.columns if c not in numeric_columns and c not in all_missing]
     partly = [c for c in dropped if numeric[c].notna().mean() > 0.5]
-    if partly:  # mostly numbers with some text: a broken cell, not a text column
-        column = partly[0]
-        bad = ~parsed[column]
-        line = int(values.index[bad.to_numpy()][0])
-        raise MultimodalError(
-            f"{path}: line {line}: column {column!r} value {values.at[line, column]!r} is not a number"
+    # mostly numbers with some text: broken cells, not a text column; every such column named at once
+    problems = [
+        fragment
+        for column in partly
+        for fragment in line_problem(
+            values.loc[~parsed[column], column],
+            one=f"column {column!r} value",
+            many=f"column {column!r}",
+            problem="is not a number",
         )
+    ]
     # A table keyed by sample or slide barcodes (TCGA-05-4244-01Z-00-DX1) matches the sheet's patient
     # (TCGA-05-4244) by unique prefix, as maf_sample and rna_sample do.
     resolved = resolve_barcodes([str(p) for p in patients], set(ids), what=f"{id_column} of {path.name}")
@@ -69,13 +92,25 @@ def feature_table(
     if not in_cohort.any():
         raise MultimodalError(
             f"{path}: none of its {len(ids)} {id_column} values is a patient of the samples sheet "
-            f"(table: {ids.iloc[0]!r}; sheet: {patients[0] if len(patients) else 'empty'!r})"
+            f"(table: {ids.iloc[0]!r}; sheet: {str(patients[0]) if len(patients) else 'empty'!r})"
         )
+    infinite = np.isinf(numeric.loc[in_cohort, numeric_columns])
+    problems += [
+        fragment
+        for column in numeric_columns
+        for fragment in line_problem(
+            values.loc[in_cohort, column][infinite[column].to_numpy()],
+            one=f"column {column!r} value",
+            many=f"column {column!r}",
+            problem="is not finite",
+        )
+    ]
+    if len(problems) > MAX_LINES_NAMED:
+        problems = [*problems[:MAX_LINES_NAMED], f"and {len(problems) - MAX_LINES_NAMED} more columns"]
+    raise_problems(path, problems)
     constant = [c for c in numeric_columns if numeric.loc[in_cohort, c].nunique(dropna=True) <= 1]
     numeric_columns = [c for c in numeric_columns if c not in constant]
     matrix = numeric.loc[in_cohort, numeric_columns].to_numpy(dtype=np.float32)
-    if not np.isfinite(matrix[~np.isnan(matrix)]).all():
-        raise MultimodalError(f"{path}: infinite values in the table")
     adata = ad.AnnData(
         X=matrix,
         obs=pd.DataFrame(index=pd.Index(ids[in_cohort].to_numpy(), name="patient_id")),
