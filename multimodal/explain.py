@@ -56,6 +56,8 @@ def attribute_fold(
 
     model.eval()
     used = [j for j, x in enumerate(inputs) if x.shape[1] > 0]
+    if not used:  # no feature in any modality: the risk is the same for everyone, nothing to attribute
+        return [np.zeros((x.shape[0], 0)) for x in inputs], np.zeros(int(mask.shape[0]))
 
     def forward(*args: torch.Tensor) -> torch.Tensor:
         # Captum repeats additional args across interpolation steps, so the mask rows follow the inputs.
@@ -123,7 +125,7 @@ def explain_cohort(
     from multimodal.store import configure_zarr_v3, store_fingerprint
 
     if method not in METHODS:
-        raise MultimodalError(f"unknown attribution method {method!r}; available: {', '.join(METHODS)}")
+        raise MultimodalError(f"unknown attribution method '{method}'; available: {', '.join(METHODS)}")
     model_dir = Path(model_dir)
     params_path = model_dir / "params.json"
     if not params_path.is_file():

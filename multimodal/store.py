@@ -175,7 +175,9 @@ def cohort_exclusions(
     obs = mdata.obs
     out["cohort"] = {
         "patients_in_clinical_not_in_samples_sheet": int(n_clinical_only),
-        "patients_without_survival_outcome": int((obs["time"].isna() | obs["event"].isna()).sum()),
+        "patients_without_survival_outcome": int(
+            len(obs) - outcome_counts(obs["time"], obs["event"])["n_with_outcome"]
+        ),
     }
     if has_response:
         out["cohort"]["patients_without_response_outcome"] = int(obs["response"].isna().sum())
@@ -240,20 +242,123 @@ def read_cohort_store(path: str | Path) -> mudata.MuData:
     return mdata
 
 
+def survival_outcome(time, event) -> tuple[np.ndarray, np.ndarray]:
+    """The one definition of a usable survival outcome: ``(has_outcome, is_event)`` per patient.
+
+    A patient has a survival outcome when both its time and its event indicator are known (finite); an
+    event counts only for such a patient (an event whose time is missing is neither trained on, nor
+    evaluated, nor counted). Every count of events or of patients with an outcome (``multimodal inspect``,
+    metrics.json, the report's tables and Kaplan-Meier curves) goes through :func:`outcome_counts`.
+    """
+    t = pd.to_numeric(pd.Series(np.asarray(time).ravel()), errors="coerce").to_numpy(float)
+    e = pd.to_numeric(pd.Series(np.asarray(event).ravel()), errors="coerce").to_numpy(float)
+    has = np.isfinite(t) & np.isfinite(e)
+    return has, has & (np.nan_to_num(e) > 0)
+
+
+def outcome_counts(time, event) -> dict[str, int]:
+    """Patients with a usable survival outcome, their events and censored, by :func:`survival_outcome`."""
+    has, is_event = survival_outcome(time, event)
+    return {
+        "n_with_outcome": int(has.sum()),
+        "n_events": int(is_event.sum()),
+        "n_censored": int(has.sum() - is_event.sum()),
+    }
+
+
+#: Provenance keys that describe the store's content and are the same on every rebuild; the rest
+#: (``created``, ``command``, ``versions``, ``inputs`` paths, ``config_json`` with its paths) is not.
+FINGERPRINT_PROVENANCE = ("store_spec_version", "exclusions")
+
+
 def store_fingerprint(mdata: mudata.MuData) -> str:
-    """A short hash naming one cohort store: its patients, each modality's features, and when it was built.
+    """A short hash naming one cohort store by its content only.
+
+    Covers the patients, every modality's rows, features, matrices (``X``, layers, ``obsm``, ``varm``),
+    ``obs``/``var`` column names and values, ``uns['model_obs_features']`` and the deterministic parts of
+    the provenance (spec version, exclusion counts). It leaves out what differs between two identical
+    builds: timestamps, command lines and paths, package versions, storage dtypes and chunking. So a
+    rebuild from the same inputs anywhere has the same fingerprint, and a changed value changes it.
 
     The model records it at training; explain and report refuse a store that does not carry it, so a
     model is never explained or reported against another cohort's data, whatever the paths say.
     """
     import hashlib
 
-    content = {
-        "patients": [str(p) for p in mdata.obs_names],
-        "modalities": {name: [str(v) for v in adata.var_names] for name, adata in sorted(mdata.mod.items())},
-        "created": str(mdata.uns.get("provenance", {}).get("created", "")),
-    }
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256()
+
+    def text(label: str, value) -> None:
+        digest.update(f"{label}\x1e{value}\x1f".encode())
+
+    def frame(label: str, df: pd.DataFrame) -> None:
+        text(f"{label}.index", json.dumps([str(v) for v in df.index]))
+        for column in df.columns:
+            values = df[column]
+            text(f"{label}.column", str(column))
+            if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+                _hash_array(digest, values.to_numpy(dtype=float, na_value=np.nan))
+            else:
+                cells = ["\x00NA" if pd.isna(v) else str(v) for v in values.astype(object)]
+                text(f"{label}.values", json.dumps(cells))
+
+    frame("obs", mdata.obs)
+    for name in sorted(mdata.mod):
+        adata = mdata.mod[name]
+        text("modality", name)
+        frame(f"{name}.obs", adata.obs)
+        frame(f"{name}.var", adata.var)
+        text(f"{name}.X", adata.shape)
+        _hash_array(digest, adata.X)
+        for kind, mapping in (("layers", adata.layers), ("obsm", adata.obsm), ("varm", adata.varm)):
+            for key in sorted(mapping.keys()):
+                text(f"{name}.{kind}", key)
+                value = mapping[key]
+                if isinstance(value, pd.DataFrame):
+                    frame(f"{name}.{kind}.{key}", value)
+                else:
+                    _hash_array(digest, value)
+    text("model_obs_features", json.dumps(_plain(mdata.uns.get("model_obs_features", {})), sort_keys=True))
+    provenance = mdata.uns.get("provenance", {})
+    for key in FINGERPRINT_PROVENANCE:
+        text(f"provenance.{key}", json.dumps(_plain(provenance.get(key)), sort_keys=True, default=str))
+    return digest.hexdigest()[:16]
+
+
+def _hash_array(digest, values, *, block_cells: int = 4_000_000) -> None:
+    """Feed a 1-D or 2-D array (dense or sparse) to ``digest`` by value: as float64 in row blocks, NaN and
+    -0.0 canonical, so neither the storage dtype nor the sparse/dense form changes the hash."""
+    if values is None:
+        digest.update(b"none")
+        return
+    shape = tuple(int(s) for s in values.shape)
+    digest.update(repr(shape).encode())
+    if len(shape) == 0 or 0 in shape:
+        return
+    width = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    step = max(1, block_cells // max(width, 1))
+    for start in range(0, shape[0], step):
+        block = values[start : start + step]
+        block = block.toarray() if hasattr(block, "toarray") else np.asarray(block)
+        try:
+            block = block.astype(np.float64)
+        except (TypeError, ValueError):  # text in an array: hashed as its strings
+            digest.update(json.dumps([str(v) for v in np.ravel(block)]).encode())
+            continue
+        block = np.where(np.isnan(block), np.nan, block) + 0.0
+        digest.update(np.ascontiguousarray(block).tobytes())
+
+
+def _plain(value):
+    """Nested dicts/lists of numpy scalars and arrays as plain Python (ints as int), for a stable JSON."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def summarize_store(mdata: mudata.MuData, *, path: str | Path = "") -> str:
@@ -262,15 +367,17 @@ def summarize_store(mdata: mudata.MuData, *, path: str | Path = "") -> str:
     lines = [f"cohort store {path}".rstrip(), f"patients: {mdata.n_obs}"]
     if "site" in obs:
         lines.append("sites: " + ", ".join(f"{k} {v}" for k, v in obs["site"].value_counts().sort_index().items()))
-    with_outcome = obs["time"].notna() & obs["event"].notna()
+    with_outcome, _ = survival_outcome(obs["time"], obs["event"])
+    counts = outcome_counts(obs["time"], obs["event"])
     try:
         config = json.loads(str(mdata.uns.get("provenance", {}).get("config_json") or "{}")) or {}
     except json.JSONDecodeError:
         config = {}
     unit = str((config.get("clinical_columns") or {}).get("time_unit") or "")
+    median = float(pd.to_numeric(obs["time"], errors="coerce")[with_outcome].median()) if with_outcome.any() else np.nan
     lines.append(
-        f"survival: {int(obs.loc[with_outcome, 'event'].sum())} events / {int(with_outcome.sum())} patients with "
-        f"outcome, median observed time {obs.loc[with_outcome, 'time'].median():.1f}{' ' + unit if unit else ''}"
+        f"survival: {counts['n_events']} events / {counts['n_with_outcome']} patients with outcome, median observed "
+        f"time {f'{median:.1f}' if np.isfinite(median) else 'n/a'}{' ' + unit if unit else ''}"
     )
     if obs["response"].notna().any():
         lines.append(f"response: {int(obs['response'].sum())} responders / {int(obs['response'].notna().sum())}")

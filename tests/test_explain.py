@@ -59,10 +59,11 @@ def test_explaining_with_a_store_that_does_not_match_the_model_is_an_error(tiny_
     assert not (tmp_path / "explain" / "attributions.zarr").exists()
 
 
-def test_a_modality_too_rare_to_learn_is_masked_and_explained(tiny_run, tmp_path):
+def test_a_modality_too_rare_to_learn_is_masked_and_explained(tiny_run, tmp_path, monkeypatch):
     from multimodal.cli import main
 
     cohort = tiny_run["cohort"]
+    monkeypatch.chdir(cohort)  # the sheet's files lie under the working directory, a default data root
     sheet = pd.read_csv(cohort / "samples.tsv", sep="\t", dtype=str, keep_default_na=False)
     with_image = sheet.index[sheet["image"] != ""]
     sheet.loc[with_image[2:], ["image", "mask"]] = ""  # imaging for two patients only

@@ -220,8 +220,9 @@ def test_cohort_counts_match_store(report, tiny_run) -> None:
     outcomes = page.dls["cohort-outcomes"]
     assert outcomes["patients"] == str(len(obs))
     has_outcome = obs["time"].notna() & obs["event"].notna()
-    assert outcomes["events"] == str(int(obs["event"].sum()))
-    assert outcomes["censored"] == str(int(has_outcome.sum() - obs["event"].sum()))
+    events = int(obs.loc[has_outcome, "event"].sum())  # an event counts only with a time
+    assert outcomes["events"] == str(events)
+    assert outcomes["censored"] == str(int(has_outcome.sum()) - events)
     assert outcomes["responders"].startswith(
         f"{int((obs['response'] == 1).sum())} of {int(obs['response'].notna().sum())}"
     )
@@ -495,3 +496,19 @@ def test_features_no_model_used_are_not_listed_among_the_top(tiny_run, tmp_path)
     for name in imp["modality"].unique():
         rows = page.body_rows(f"top-features-{name}")
         assert rows and all(float(r[3]) > 0 for r in rows)
+
+
+def test_event_counts_of_metrics_and_store_that_disagree_are_flagged(tiny_run, tmp_path) -> None:
+    """A model run that counted events without a survival time (133 where the store has 122) is named."""
+    from multimodal.store import outcome_counts, read_cohort_store
+
+    obs = read_cohort_store(tiny_run["store"]).obs
+    counts = outcome_counts(obs["time"], obs["event"])
+    model = _copy_model(tiny_run["model_dir"], tmp_path / "model")
+    metrics = json.loads((model / "metrics.json").read_text())
+    assert metrics["n_events"] == counts["n_events"]
+    metrics["n_events"] = counts["n_events"] + 11
+    (model / "metrics.json").write_text(json.dumps(metrics))
+    _, text, _ = _build(tmp_path, tiny_run["store"], model, tiny_run["explain_dir"])
+    warning = f"metrics.json records {counts['n_events'] + 11} events but the cohort store has {counts['n_events']}"
+    assert warning in text.split('id="warnings"')[1].split("</div>")[0]

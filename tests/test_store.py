@@ -145,11 +145,12 @@ def test_atomic_path_sweeps_partials_of_writers_that_were_killed(tmp_path):
     assert alive.exists() and other_host.exists()  # a live writer here, or a recent one on another node
 
 
-def test_the_samples_sheet_defines_the_cohort(tiny_run, tmp_path):
+def test_the_samples_sheet_defines_the_cohort(tiny_run, tmp_path, monkeypatch):
     """A pan-cancer outcome table beside one cohort's sheet: the other patients are left out and counted."""
     from multimodal.store import read_cohort_store
 
     cohort = tiny_run["cohort"]
+    monkeypatch.chdir(cohort)  # the sheet's files lie under the working directory, a default data root
     lines = (cohort / "samples.tsv").read_text().splitlines(keepends=True)
     (tmp_path / "samples.tsv").write_text("".join(lines[:51]))  # header + 50 of the 60 patients
     target = tmp_path / "cohort.zarr"
@@ -159,3 +160,67 @@ def test_the_samples_sheet_defines_the_cohort(tiny_run, tmp_path):
     mdata = read_cohort_store(target)
     assert mdata.n_obs == 50 and mdata.mod["clinical"].n_obs == 50
     assert int(mdata.uns["provenance"]["exclusions"]["cohort"]["patients_in_clinical_not_in_samples_sheet"]) == 10
+
+
+def test_fingerprint_depends_on_content_not_on_when_or_where_the_store_was_built(tiny_run, tmp_path, monkeypatch):
+    """Two builds of the same inputs, into other directories, at other times, by another command line: the same
+    fingerprint (it used to hash the build time). One changed value, in a matrix or in obs: another one."""
+    import datetime as dt
+    import shutil
+
+    import multimodal.store
+    from multimodal.store import read_cohort_store, store_fingerprint
+
+    cohort = tiny_run["cohort"]
+    chunk = tmp_path / "imaging.h5ad"
+    ad.AnnData(
+        X=np.arange(120, dtype=np.float32).reshape(60, 2),
+        obs=pd.DataFrame(index=[f"P{i:04d}" for i in range(1, 61)]),
+        var=pd.DataFrame({"feature_class": "shape", "source": "test"}, index=["shape_a", "shape_b"]),
+    ).write_h5ad(chunk)
+    prints, created = [], []
+    for k, when in enumerate(("2026-01-01T10:00:00", "2027-06-30T23:59:59")):
+        moment = dt.datetime.fromisoformat(when).replace(tzinfo=dt.UTC)
+        monkeypatch.setattr(
+            multimodal.store, "datetime", type("Clock", (), {"now": staticmethod(lambda tz, m=moment: m)})
+        )
+        monkeypatch.setattr(multimodal.store.sys, "argv", [f"/opt/run{k}/multimodal", "assemble", f"--out=run{k}"])
+        inputs = tmp_path / f"inputs{k}"  # the clinical table copied elsewhere: another absolute path
+        inputs.mkdir()
+        shutil.copy(cohort / "clinical.tsv", inputs / "clinical.tsv")
+        store = build_cohort_store(
+            tmp_path / f"run{k}" / "cohort.zarr",
+            clinical_path=inputs / "clinical.tsv",
+            samples_path=cohort / "samples.tsv",
+            modality_chunks={"imaging": [chunk]},
+            config={"note": "same cohort"},
+        )
+        mdata = read_cohort_store(store)
+        created.append(mdata.uns["provenance"]["created"])
+        prints.append(store_fingerprint(mdata))
+    assert created[0] != created[1]
+    assert prints[0] == prints[1]
+    assert store_fingerprint(read_cohort_store(tmp_path / "run0" / "cohort.zarr")) == prints[0]  # stable re-read
+    mdata.mod["imaging"].X[3, 1] += 1.0
+    assert store_fingerprint(mdata) != prints[0]
+    mdata = read_cohort_store(tmp_path / "run0" / "cohort.zarr")
+    mdata.obs.loc[mdata.obs_names[5], "time"] += 0.5
+    assert store_fingerprint(mdata) != prints[0]
+    mdata = read_cohort_store(tmp_path / "run0" / "cohort.zarr")
+    mdata.uns["provenance"]["exclusions"]["cohort"]["patients_without_survival_outcome"] += 1
+    assert store_fingerprint(mdata) != prints[0]
+
+
+def test_summary_counts_only_events_with_a_time(tiny_run, tmp_path):
+    from multimodal.store import outcome_counts, read_cohort_store
+
+    mdata = read_cohort_store(tiny_run["store"])
+    obs = mdata.obs
+    with_event = obs.index[obs["event"] == 1][:3]
+    obs.loc[with_event, "time"] = np.nan  # an event whose survival time is missing is no usable outcome
+    counts = outcome_counts(obs["time"], obs["event"])
+    assert counts["n_events"] == int((obs["event"] == 1).sum()) - 3
+    assert counts["n_with_outcome"] == int((obs["time"].notna() & obs["event"].notna()).sum())
+    assert f"survival: {counts['n_events']} events / {counts['n_with_outcome']} patients with outcome" in (
+        summarize_store(mdata)
+    )

@@ -48,7 +48,10 @@ def cohort_arrays(mdata: mudata.MuData, *, modalities: list[str] | None = None) 
     names = modalities or list(mdata.mod)
     unknown = [m for m in names if m not in mdata.mod]
     if unknown:
-        raise MultimodalError(f"modality {unknown[0]!r} is not in the store (has {list(mdata.mod)})")
+        raise MultimodalError(f"modality '{unknown[0]}' is not in the store (it has {', '.join(map(str, mdata.mod))})")
+    absent = [c for c in ("time", "event") if c not in mdata.obs]
+    if absent:
+        raise MultimodalError(f"the store's obs has no {' or '.join(absent)} column: it holds no survival outcome")
     x, present, features = {}, {}, {}
     for name in names:
         adata = mdata.mod[name]
@@ -75,9 +78,13 @@ def cohort_arrays(mdata: mudata.MuData, *, modalities: list[str] | None = None) 
         features=features,
         x=x,
         present=present,
-        time=obs["time"].to_numpy(dtype=float),
-        event=obs["event"].to_numpy(dtype=float),
-        response=obs["response"].to_numpy(dtype=float),
+        time=pd.to_numeric(obs["time"], errors="coerce").to_numpy(dtype=float),
+        event=pd.to_numeric(obs["event"], errors="coerce").to_numpy(dtype=float),
+        response=(
+            pd.to_numeric(obs["response"], errors="coerce").to_numpy(dtype=float)
+            if "response" in obs
+            else np.full(len(patients), np.nan)
+        ),
         site=obs["site"].astype(str).to_numpy() if "site" in obs else np.array(["all"] * len(patients)),
     )
 
@@ -168,7 +175,14 @@ class FoldPreprocessor:
                 self.selected[name] = np.zeros(0, dtype=int)
                 self.mean[name] = self.scale[name] = np.zeros(0)
                 self.features[name] = np.zeros(0, dtype=str)
-                self.counts[name] = {"features": n_features, "too_few_training_patients": n_features, "used": 0}
+                self.counts[name] = {
+                    "features": n_features,
+                    "too_few_training_patients": n_features,
+                    "constant_or_sparse": 0,
+                    "redundant": 0,
+                    "not_screened_in": 0,
+                    "used": 0,
+                }
                 continue
             observed = (~np.isnan(values)).any(axis=0)
             mean = np.zeros(values.shape[1])
@@ -214,7 +228,7 @@ class FoldPreprocessor:
         elif self.screening == "variance":
             score[candidates] = std[candidates]
         else:
-            raise MultimodalError(f"unknown feature screening {self.screening!r} (cox or variance)")
+            raise MultimodalError(f"unknown feature screening '{self.screening}' (cox or variance)")
         return score
 
     def transform(self, arrays: CohortArrays, rows: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -233,8 +247,8 @@ class FoldPreprocessor:
                 and (cols.max() >= len(names) or not np.array_equal(names[cols], expected))
             ):
                 raise MultimodalError(
-                    f"modality {name!r}: the store's features differ from those the model was trained on "
-                    f"(expected {[str(f) for f in expected[:3]]}...); "
+                    f"modality '{name}': the store's features differ from those the model was trained on "
+                    f"(expected {', '.join(str(f) for f in expected[:3])}, ...); "
                     "the store and the model directory do not belong together"
                 )
             values = arrays.x[name][np.ix_(rows, cols)]

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from multimodal.errors import MultimodalError
 from multimodal.model.losses import cox_partial_likelihood, masked_bce
 
 
@@ -69,7 +70,9 @@ class FusionNet(nn.Module):
     ) -> None:
         super().__init__()
         if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+            raise MultimodalError(f"model.head must be one of {', '.join(HEADS)}, got {head}")
+        if fusion not in FUSIONS:
+            raise MultimodalError(f"model.fusion must be one of {', '.join(FUSIONS)}, got {fusion}")
         self.modalities = list(input_dims)
         self.encoders = nn.ModuleDict(
             {

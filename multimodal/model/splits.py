@@ -16,11 +16,16 @@ def assign_folds(obs: pd.DataFrame, *, n_folds: int, seed: int) -> pd.Series:
     """
     from sklearn.model_selection import StratifiedKFold
 
+    from multimodal.store import survival_outcome
+
     if n_folds < 2:
         raise MultimodalError(f"need at least 2 folds, got {n_folds}")
     if len(obs) < n_folds:
         raise MultimodalError(f"{len(obs)} patients cannot fill {n_folds} folds")
-    event = obs["event"].fillna(-1).astype(int).astype(str)
+    # strata: event, censored, or no usable outcome (an event without a time is not an event here)
+    time = obs["time"] if "time" in obs else pd.Series(0.0, index=obs.index)  # no times given: event alone
+    has, is_event = survival_outcome(time, obs["event"])
+    event = pd.Series(np.where(has, is_event.astype(int), -1).astype(str), index=obs.index)
     site = obs["site"].astype(str) if "site" in obs else pd.Series("all", index=obs.index)
     strata = event + "|" + site
     counts = strata.value_counts()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import pandas as pd
 from multimodal.errors import MultimodalError
 from multimodal.fileio import atomic_path
 from multimodal.model.metrics import auroc, harrell_c
-from multimodal.store import store_fingerprint
+from multimodal.store import outcome_counts, store_fingerprint
 
 if TYPE_CHECKING:
     import mudata
@@ -57,6 +58,55 @@ class TrainParams:
     ensemble: int = 1
     accelerator: str = "auto"
 
+    def __post_init__(self) -> None:
+        """Refuse impossible settings with one line naming the ``model.<key>`` (as the config schema does)."""
+        _require_int(self, "folds", minimum=2)
+        _require_int(self, "seed", minimum=None)
+        _require_int(self, "epochs", minimum=1)
+        _require_int(self, "hidden_dim", minimum=1)
+        _require_int(self, "ensemble", minimum=1)
+        for key in ("dropout", "input_dropout"):
+            value = _require_number(self, key, minimum=0.0)
+            if value >= 1:
+                raise MultimodalError(f"model.{key} must be below 1 (a fraction of units dropped), got {value}")
+        _require_number(self, "learning_rate", minimum=0.0, strict=True)
+        _require_number(self, "weight_decay", minimum=0.0)
+        _require_number(self, "response_weight", minimum=0.0)
+        correlation = _require_number(self, "max_correlation", minimum=0.0, strict=True)
+        if correlation > 1:
+            raise MultimodalError(f"model.max_correlation must be at most 1 (|Spearman|), got {correlation}")
+        for key, allowed in (
+            ("screening", SCREENINGS),
+            ("fusion", FUSIONS),
+            ("head", HEADS),
+            ("accelerator", ACCELERATORS),
+        ):
+            if getattr(self, key) not in allowed:
+                raise MultimodalError(
+                    f"model.{key} must be one of {', '.join(allowed)}, got {_plain_text(getattr(self, key))}"
+                )
+        if not isinstance(self.baseline, bool | np.bool_):
+            raise MultimodalError(f"model.baseline must be true or false, got {_plain_text(self.baseline)}")
+        self.baseline = bool(self.baseline)
+        if self.modalities is not None:
+            if isinstance(self.modalities, str) or not self.modalities:
+                raise MultimodalError(
+                    f"model.modalities must be a non-empty list of modality names or null (all), "
+                    f"got {_plain_text(self.modalities)}"
+                )
+            self.modalities = [str(m) for m in self.modalities]
+        limits = self.max_features if self.max_features is not None else {}
+        if not hasattr(limits, "items"):
+            raise MultimodalError(
+                f"model.max_features must map a modality to a number of features, got {_plain_text(limits)}"
+            )
+        for name, limit in limits.items():
+            if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1:
+                raise MultimodalError(
+                    f"model.max_features.{name} must be a whole number of at least 1, got {_plain_text(limit)}"
+                )
+        self.max_features = {str(k): int(v) for k, v in limits.items()}
+
     @classmethod
     def from_config(cls, section: dict | None) -> TrainParams:
         """Build from a config mapping, rejecting unknown keys."""
@@ -66,6 +116,45 @@ class TrainParams:
         if unknown:
             raise MultimodalError(f"model config: unknown setting(s) {unknown}; known: {sorted(known)}")
         return cls(**section)
+
+
+SCREENINGS = ("cox", "variance")
+FUSIONS = ("sum", "mean")
+HEADS = ("additive", "interaction")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def _plain_text(value) -> str:
+    """``value`` for a message: numbers and containers as plain text (``0.78``, not ``np.float32(0.78)``)."""
+    value = json_safe(value)
+    if isinstance(value, list | dict):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _require_int(params: TrainParams, key: str, *, minimum: int | None) -> int:
+    value = getattr(params, key)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral | float | np.floating)
+        or (not float(value).is_integer())
+    ):
+        raise MultimodalError(f"model.{key} must be a whole number, got {_plain_text(value)}")
+    if minimum is not None and value < minimum:
+        raise MultimodalError(f"model.{key} must be at least {minimum}, got {_plain_text(value)}")
+    setattr(params, key, int(value))
+    return int(value)
+
+
+def _require_number(params: TrainParams, key: str, *, minimum: float, strict: bool = False) -> float:
+    value = getattr(params, key)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(float(value)):
+        raise MultimodalError(f"model.{key} must be a number, got {_plain_text(value)}")
+    if value < minimum or (strict and value == minimum):
+        bound = f"above {minimum:g}" if strict else f"at least {minimum:g}"
+        raise MultimodalError(f"model.{key} must be {bound}, got {_plain_text(value)}")
+    setattr(params, key, float(value))
+    return float(value)
 
 
 def _quiet_lightning() -> None:
@@ -89,31 +178,34 @@ def cross_validate(
     store_path: str = "",
     progress: bool = True,
 ) -> dict:
-    """Train one model per fold, score its held-out patients, and write the model directory."""
+    """Train one model per fold, score its held-out patients, and write the model directory.
+
+    What the cohort cannot support is either refused in one line (too few patients or events for the
+    folds) or adapted to and said so: logged, and listed under ``notes`` in metrics.json (shown by the
+    report), e.g. a penalised Cox reference with fewer inner folds or skipped on a small training fold.
+    """
     import lightning as L
     import torch
 
+    from multimodal.model.baselines import INNER_FOLDS, BaselineSkipped
     from multimodal.model.data import CohortDataModule, cohort_arrays
     from multimodal.model.splits import assign_folds
 
     params = params or TrainParams()
     _quiet_lightning()
+    where = store_path or "store"
     arrays = cohort_arrays(mdata, modalities=params.modalities)
-    n_outcome = int((~(np.isnan(arrays.time) | np.isnan(arrays.event))).sum())
-    if n_outcome < 2 * params.folds:
-        raise MultimodalError(f"{store_path or 'store'}: only {n_outcome} patients have a survival outcome")
-    n_events = int(np.nansum(arrays.event))
-    if n_events == 0:
-        raise MultimodalError(
-            f"{store_path or 'store'}: no observed event among {n_outcome} patients with a survival outcome "
-            "(all censored): a survival model cannot be trained or evaluated"
-        )
-    if n_events < params.folds:
-        raise MultimodalError(
-            f"{store_path or 'store'}: {n_events} observed events cannot be spread over {params.folds} folds "
-            "(each held-out fold needs events for a C-index); use fewer folds"
-        )
+    counts = outcome_counts(arrays.time, arrays.event)
+    n_outcome, n_events = counts["n_with_outcome"], counts["n_events"]
+    check_cohort_size(n_outcome, n_events, params.folds, where=where)
     folds = assign_folds(mdata.obs, n_folds=params.folds, seed=params.seed)
+    notes: list[str] = []
+
+    def note(message: str) -> None:
+        log.warning("%s", message)
+        notes.append(message)
+
+    has_response = np.isfinite(arrays.response).any()
     predictions = []
     fold_metrics = []
     out_dir = Path(out_dir)
@@ -131,6 +223,12 @@ def cross_validate(
                 screening=params.screening,
                 max_correlation=params.max_correlation,
             )
+            train_counts = outcome_counts(arrays.time[data.train_rows], arrays.event[data.train_rows])
+            if train_counts["n_events"] == 0:
+                raise MultimodalError(
+                    f"{where}: fold {k}: none of its {train_counts['n_with_outcome']} training patients with a "
+                    "survival outcome has an observed event, so no survival model can be trained; use fewer folds"
+                )
             fold_dir = tmp / f"fold_{k}"
             if progress:
                 log.info(
@@ -141,6 +239,7 @@ def cross_validate(
                     len(test_rows),
                 )
             data.setup()  # fits the fold's preprocessing on its training rows
+            _note_preprocessing(data.preprocessor.counts, fold=k, note=note)
             inputs, mask = data.preprocessor.transform(arrays, test_rows)
             risks, probs = [], []
             for member in range(params.ensemble):
@@ -156,8 +255,13 @@ def cross_validate(
                 probs.append(torch.sigmoid(logit).cpu().numpy().astype(float))
             data.preprocessor.save(fold_dir / "preprocessing.npz")
             risk, response_prob = np.mean(risks, axis=0), np.mean(probs, axis=0)
-            if not np.isfinite(arrays.response[train_rows]).any():  # no response label to learn from
+            if not np.isfinite(arrays.response[data.train_rows]).any():  # no response label to learn from
                 response_prob = np.full_like(response_prob, np.nan)
+                if has_response:
+                    note(
+                        f"fold {k}: none of its training patients has a response label; "
+                        "its held-out patients get no response probability"
+                    )
             fold_pred = pd.DataFrame(
                 {
                     "patient_id": [arrays.patients[i] for i in test_rows],
@@ -171,19 +275,29 @@ def cross_validate(
             )
             for name, m in zip(arrays.modalities, mask.T.numpy(), strict=True):
                 fold_pred[f"has_{name}"] = m
+            baseline: dict = {}
             if params.baseline:
-                fold_pred["risk_penalised_cox"], alpha = _penalised_cox(
-                    data, arrays, _design_matrix(inputs, mask), seed=params.seed
-                )
+                try:
+                    fold_pred["risk_penalised_cox"], alpha, inner = _penalised_cox(
+                        data, arrays, _design_matrix(inputs, mask), seed=params.seed
+                    )
+                    baseline = {"alpha": alpha, "inner_folds": inner}
+                    if inner < INNER_FOLDS:
+                        note(
+                            f"fold {k}: penalised Cox penalty chosen by {inner}-fold instead of {INNER_FOLDS}-fold "
+                            f"inner cross-validation ({train_counts['n_with_outcome']} training patients, "
+                            f"{train_counts['n_events']} events)"
+                        )
+                except BaselineSkipped as exc:
+                    fold_pred["risk_penalised_cox"] = np.nan
+                    baseline = {"alpha": None, "inner_folds": None, "skipped": str(exc)}
+                    note(f"fold {k}: penalised Cox reference skipped: {exc}")
             predictions.append(fold_pred)
             fold_metrics.append(
                 _metrics(fold_pred) | {"fold": k, "n_train": len(data.train_rows), "features": data.preprocessor.counts}
             )
             if params.baseline:
-                fold_metrics[-1]["penalised_cox"] = {
-                    "c_index": _c_index(fold_pred, "risk_penalised_cox"),
-                    "alpha": alpha,
-                }
+                fold_metrics[-1]["penalised_cox"] = {"c_index": _c_index(fold_pred, "risk_penalised_cox")} | baseline
             log.info(
                 "fold %d: C-index %s, AUROC %s", k, *(format_metric(fold_metrics[-1][m]) for m in ("c_index", "auroc"))
             )
@@ -201,18 +315,22 @@ def cross_validate(
             "n_patients": len(pred),
             "n_patients_scored": int(pred["risk"].notna().sum()),
             "n_patients_with_survival_outcome": n_outcome,
+            "n_events": n_events,
+            "notes": notes,
         }
         folds.rename_axis("patient_id").reset_index().to_csv(tmp / "folds.tsv", sep="\t", index=False)
         pred.to_csv(tmp / "predictions.tsv", sep="\t", index=False)
         (tmp / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=1, allow_nan=False))
         (tmp / "params.json").write_text(
             json.dumps(
-                {
-                    "train": asdict(params),
-                    "store": str(store_path),
-                    "store_fingerprint": store_fingerprint(mdata),
-                    "modalities": arrays.modalities,
-                },
+                json_safe(
+                    {
+                        "train": asdict(params),
+                        "store": str(store_path),
+                        "store_fingerprint": store_fingerprint(mdata),
+                        "modalities": arrays.modalities,
+                    }
+                ),
                 indent=1,
             )
         )
@@ -222,6 +340,49 @@ def cross_validate(
         format_metric(pooled["c_index"]),
     )
     return metrics
+
+
+def check_cohort_size(n_outcome: int, n_events: int, folds: int, *, where: str = "store") -> None:
+    """Refuse, in one line saying what would work, a cohort too small for ``folds`` outer folds: each
+    held-out fold needs at least 2 patients with a survival outcome and 1 event for a C-index."""
+    if n_outcome == 0:
+        raise MultimodalError(f"{where}: no patient has a survival outcome (both a time and an event)")
+    if n_events == 0:
+        raise MultimodalError(
+            f"{where}: no observed event among {n_outcome} patients with a survival outcome "
+            "(all censored): a survival model cannot be trained or evaluated"
+        )
+    most = min(n_outcome // 2, n_events)
+    if most < 2:
+        raise MultimodalError(
+            f"{where}: {n_outcome} patients with a survival outcome and {n_events} observed event(s) are too few "
+            "to cross-validate (2 folds need at least 4 such patients and 2 events)"
+        )
+    if n_outcome < 2 * folds:
+        raise MultimodalError(
+            f"{where}: only {n_outcome} patients have a survival outcome; {folds} folds need at least {2 * folds} "
+            f"(2 held out per fold): set model.folds (--folds) to {most} or fewer"
+        )
+    if n_events < folds:
+        raise MultimodalError(
+            f"{where}: {n_events} observed events cannot be spread over {folds} folds (each held-out fold needs "
+            f"events for a C-index): set model.folds (--folds) to {most} or fewer"
+        )
+
+
+def _note_preprocessing(counts: dict[str, dict[str, int]], *, fold: int, note) -> None:
+    """Say so when a fold's training patients leave a modality, or every modality, without a usable feature."""
+    for name, c in counts.items():
+        if c.get("too_few_training_patients"):
+            note(
+                f"fold {fold}: modality {name} is present in fewer than 2 training patients; "
+                "it is not used by this fold's model"
+            )
+    if counts and all(c.get("used", 0) == 0 for c in counts.values()):
+        note(
+            f"fold {fold}: no feature of any modality varies enough among its training patients to be used; "
+            "this fold's model gives every held-out patient the same risk"
+        )
 
 
 def _train_member(params: TrainParams, data, out: Path, fold: int, member: int, progress: bool):
@@ -265,7 +426,7 @@ def _design_matrix(inputs, mask) -> np.ndarray:
     return np.column_stack([t.numpy() for t in inputs] + [mask.numpy().astype(float)])
 
 
-def _penalised_cox(data, arrays, test_x: np.ndarray, *, seed: int) -> tuple[np.ndarray, float]:
+def _penalised_cox(data, arrays, test_x: np.ndarray, *, seed: int) -> tuple[np.ndarray, float, int]:
     """The elastic-net Cox reference on this fold's training rows and selected features."""
     from multimodal.model.baselines import penalised_cox_risk
 
@@ -280,16 +441,32 @@ def _penalised_cox(data, arrays, test_x: np.ndarray, *, seed: int) -> tuple[np.n
 
 
 def _baseline_summary(pred: pd.DataFrame, fold_metrics: list[dict]) -> dict:
-    per_fold = [f["penalised_cox"]["c_index"] for f in fold_metrics]
-    return {
-        "penalised_cox": {
-            "model": "elastic-net Cox (scikit-survival Coxnet, l1_ratio 0.5, alpha by inner 3-fold CV)",
-            "features": "the fusion model's fold-selected, fold-scaled features plus has-modality indicators",
-            "mean_c_index": float(np.mean(per_fold)),
-            "sd_c_index": float(np.std(per_fold, ddof=1)),
-            "pooled_c_index": _c_index(pred, "risk_penalised_cox"),
-        }
+    """The reference over folds; folds where it was skipped are listed with their reason, not averaged."""
+    from multimodal.model.baselines import INNER_FOLDS
+
+    summary = {
+        "model": f"elastic-net Cox (scikit-survival Coxnet, l1_ratio 0.5, alpha by inner {INNER_FOLDS}-fold CV, "
+        "fewer inner folds on a training fold with fewer events)",
+        "features": "the fusion model's fold-selected, fold-scaled features plus has-modality indicators",
     }
+    skipped = {str(f["fold"]): f["penalised_cox"]["skipped"] for f in fold_metrics if "skipped" in f["penalised_cox"]}
+    per_fold = np.array(
+        [f["penalised_cox"]["c_index"] for f in fold_metrics if "skipped" not in f["penalised_cox"]], dtype=float
+    )
+    defined = per_fold[np.isfinite(per_fold)]
+    summary |= {
+        "n_folds_fitted": len(fold_metrics) - len(skipped),
+        "skipped_folds": skipped,
+        "mean_c_index": float(defined.mean()) if defined.size else float("nan"),
+        "sd_c_index": float(defined.std(ddof=1)) if defined.size > 1 else float("nan"),
+        "pooled_c_index": _c_index(pred, "risk_penalised_cox"),  # over the folds where it was fitted
+    }
+    if len(skipped) == len(fold_metrics):
+        reasons = list(dict.fromkeys(skipped.values()))
+        summary["skipped"] = f"skipped in every fold: {reasons[0]}" + (
+            f" (and {len(reasons) - 1} other reason(s))" if len(reasons) > 1 else ""
+        )
+    return {"penalised_cox": summary}
 
 
 def _c_index(pred: pd.DataFrame, risk_column: str) -> float:
@@ -318,8 +495,6 @@ def _metrics(pred: pd.DataFrame) -> dict:
         "c_index": _c_index(pred, "risk"),
         "auroc": auroc(pred["response"].to_numpy(float), pred["response_prob"].to_numpy(float)),
         "n_test": int(len(pred)),
-        "n_test_with_outcome": int(
-            (np.isfinite(pred["time"].to_numpy(float)) & np.isfinite(pred["event"].to_numpy(float))).sum()
-        ),
-        "n_events": int(np.nansum(pred["event"].to_numpy(float))),
+        "n_test_with_outcome": outcome_counts(pred["time"], pred["event"])["n_with_outcome"],
+        "n_events": outcome_counts(pred["time"], pred["event"])["n_events"],
     }

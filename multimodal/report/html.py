@@ -37,6 +37,7 @@ import pandas as pd
 from multimodal import __version__
 from multimodal.errors import MultimodalError
 from multimodal.fileio import atomic_path
+from multimodal.store import outcome_counts, survival_outcome
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +358,14 @@ def _check_consistency(inp: _Inputs) -> None:
             f"{int(unknown.sum())} patient(s) in {inp.model_dir / 'predictions.tsv'} are not in the cohort store, "
             f"e.g. {inp.predictions['patient_id'][unknown].iloc[0]}"
         )
+    store_counts = outcome_counts(inp.obs["time"], inp.obs["event"])
+    for key, recorded_key, what in (
+        ("n_with_outcome", "n_patients_with_survival_outcome", "patients with a survival outcome"),
+        ("n_events", "n_events", "events"),
+    ):
+        recorded = inp.metrics.get(recorded_key)
+        if recorded is not None and _count(recorded) != str(store_counts[key]):
+            inp.warn(f"metrics.json records {_count(recorded)} {what} but the cohort store has {store_counts[key]}")
     n_scored = int(np.isfinite(inp.predictions["risk"]).sum())
     recorded = inp.metrics.get("n_patients_scored")
     if recorded is not None and _count(recorded) != str(n_scored):
@@ -400,11 +409,11 @@ def _modalities(inp: _Inputs) -> list[str]:
 
 
 def _survival_arrays(time: pd.Series, event: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(usable mask, time, event as bool) for rows with a finite time and a 0/1 event."""
+    """(usable mask, time, event as bool) of the rows with a survival outcome, as the store defines it
+    (:func:`multimodal.store.survival_outcome`: an event counts only with a time)."""
+    ok, is_event = survival_outcome(time, event)
     t = pd.to_numeric(time, errors="coerce").to_numpy(float)
-    e = pd.to_numeric(event, errors="coerce").to_numpy(float)
-    ok = np.isfinite(t) & np.isfinite(e)
-    return ok, t[ok], e[ok] > 0
+    return ok, t[ok], is_event[ok]
 
 
 def _km_median(t: np.ndarray, s: np.ndarray) -> float:
@@ -425,14 +434,13 @@ def _median_follow_up(time: np.ndarray, event: np.ndarray) -> float:
 
 def _group_table(obs: pd.DataFrame, column: str, *, table_id: str, label: str) -> str:
     values = obs[column].astype(object).where(obs[column].notna(), "(missing)").astype(str)
-    ok, _, _ = _survival_arrays(obs["time"], obs["event"])
-    event = pd.to_numeric(obs["event"], errors="coerce")
+    ok, is_event = survival_outcome(obs["time"], obs["event"])
     response = pd.to_numeric(obs["response"], errors="coerce") if "response" in obs else None
     rows = []
     for level in sorted(values.unique()):
         sel = (values == level).to_numpy()
         row = [level, str(int(sel.sum())), _pct(sel.sum(), len(obs)), str(int((sel & ok).sum()))]
-        row.append(_count(np.nansum(event[sel])))
+        row.append(str(int((sel & is_event).sum())))
         if response is not None:
             row.append(f"{int(np.nansum(response[sel]))} / {int(response[sel].notna().sum())}")
         rows.append(row)
@@ -606,6 +614,13 @@ def _metrics_section(inp: _Inputs) -> str:
             f'<p class="warnings">Few events behind a C-index ({listed}; fewer than {FEW_EVENTS}): such a '
             "fold's value can swing widely by chance. Read the pooled value and the spread, not one fold.</p>"
         )
+    notes = [str(n) for n in (m.get("notes") or [])]
+    if notes:
+        items = "\n".join(f"<li>{_esc(n)}</li>" for n in notes)
+        parts.append(
+            '<div class="warnings" id="model-notes"><strong>Adapted to this cohort</strong> (recorded in '
+            f"metrics.json)\n<ul>\n{items}\n</ul>\n</div>"
+        )
     parts.append(_baseline_block(m))
     parts.append(_feature_selection_table(m))
     parts.append(_params_block(inp))
@@ -617,6 +632,19 @@ def _baseline_block(metrics: dict) -> str:
     cox = (metrics.get("baseline") or {}).get("penalised_cox")
     if not cox:
         return ""
+    if cox.get("skipped"):
+        return (
+            '<p class="warnings" id="baseline-skipped">The penalised Cox reference was not fitted: '
+            f"{_esc(cox['skipped'])}.</p>"
+        )
+    skipped = cox.get("skipped_folds") or {}
+    skipped_note = (
+        '<p class="warnings" id="baseline-skipped">The penalised Cox reference was skipped in '
+        + "; ".join(f"fold {_esc(k)} ({_esc(v)})" for k, v in skipped.items())
+        + "; its values are over the other folds.</p>"
+        if isinstance(skipped, dict) and skipped
+        else ""
+    )
     mean, sd, pooled = metrics.get("mean") or {}, metrics.get("sd") or {}, metrics.get("pooled_out_of_fold") or {}
     rows = [
         ["fusion model", f"{_num(mean.get('c_index'))} ± {_num(sd.get('c_index'))}", _num(pooled.get("c_index"))],
@@ -626,18 +654,24 @@ def _baseline_block(metrics: dict) -> str:
             _num(cox.get("pooled_c_index")),
         ],
     ]
-    return _table(
+    table = _table(
         ["model", "C-index mean ± SD over folds", "C-index pooled"],
         rows,
         numeric=[False, True, True],
         table_id="baseline-comparison",
         caption=f"Reference on the same folds: {cox.get('model', '')}; features: {cox.get('features', '')}.",
     )
+    return table + ("\n" + skipped_note if skipped_note else "")
 
 
 def _feature_selection_table(metrics: dict) -> str:
     """Features each fold's training rows left out, by step and modality (nothing dropped unseen)."""
-    steps = ("features", "constant_or_sparse", "redundant", "not_screened_in", "used")
+    steps = ["features", "constant_or_sparse", "redundant", "not_screened_in", "used"]
+    headers = ["fold", "modality", "features", "constant or sparse", "redundant", "not screened in", "used"]
+    counted = [c for f in metrics["folds"] for c in (f.get("features") or {}).values() if isinstance(c, dict)]
+    if any(c.get("too_few_training_patients") for c in counted):
+        steps.insert(1, "too_few_training_patients")
+        headers.insert(3, "modality in < 2 training patients")
     rows = []
     for fold in metrics["folds"]:
         for modality, counts in (fold.get("features") or {}).items():
@@ -645,9 +679,9 @@ def _feature_selection_table(metrics: dict) -> str:
     if not rows:
         return ""
     return _table(
-        ["fold", "modality", "features", "constant or sparse", "redundant", "not screened in", "used"],
+        headers,
         rows,
-        numeric=[False, False, True, True, True, True, True],
+        numeric=[False, False] + [True] * len(steps),
         table_id="feature-selection",
         caption="Feature selection fitted on each fold's training patients only: features constant or non-zero in "
         "too few patients, near-duplicates of an earlier feature (|Spearman| above the threshold), and features "
