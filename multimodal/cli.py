@@ -87,7 +87,7 @@ def _write_h5ad(adata, out: Path) -> None:
 def _samples_chunk(args: argparse.Namespace, samples=None):
     from multimodal.ingest.samples import chunk, read_samples
 
-    samples = read_samples(args.samples) if samples is None else samples
+    samples = read_samples(args.samples, data_roots=args.data_root) if samples is None else samples
     return chunk(samples, index=args.chunk, n_chunks=args.n_chunks) if args.n_chunks > 1 else samples
 
 
@@ -95,7 +95,7 @@ def cmd_ingest_variants(args: argparse.Namespace) -> None:
     from multimodal.ingest.samples import read_samples
     from multimodal.ingest.variants import mutation_matrix
 
-    sheet = read_samples(args.samples)
+    sheet = read_samples(args.samples, data_roots=args.data_root)
     barcodes = [b for b in sheet["maf_sample"] if b] if args.chunk == 0 else []  # unclaimed counted once
     rows = _samples_chunk(args, sheet)
     if args.maf is not None and args.n_chunks > 1:
@@ -118,7 +118,7 @@ def cmd_ingest_expression(args: argparse.Namespace) -> None:
     from multimodal.ingest.expression import expression_matrix, read_counts_table
     from multimodal.ingest.samples import read_samples
 
-    samples = read_samples(args.samples)
+    samples = read_samples(args.samples, data_roots=args.data_root)
     counts = read_counts_table(
         args.counts, sample_columns=[s for s in samples["rna_sample"] if s], nonnegative=args.values == "counts"
     )
@@ -139,7 +139,7 @@ def cmd_ingest_table(args: argparse.Namespace) -> None:
     from multimodal.ingest.samples import read_samples
     from multimodal.ingest.table import feature_table
 
-    samples = read_samples(args.samples)
+    samples = read_samples(args.samples, data_roots=args.data_root)
     adata = feature_table(args.table, modality=args.name, patients=samples.index, id_column=args.id_column)
     _write_h5ad(adata, args.out)
 
@@ -179,6 +179,7 @@ def cmd_assemble(args: argparse.Namespace) -> None:
         clinical_spec=spec,
         cohort_files=[p for p in (args.counts, args.maf, *args.table_source) if p],
         config=config if args.config else None,
+        data_roots=args.data_root,
     )
 
 
@@ -293,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     io = argparse.ArgumentParser(add_help=False)
     io.add_argument("--samples", type=_existing_file, required=True, help="samples sheet (TSV)")
     io.add_argument("--out", type=Path, required=True, help="output .h5ad")
+    io.add_argument(
+        "--data-root",
+        type=Path,
+        action="append",
+        default=[],
+        help="a directory the sheet's files must resolve into (repeatable; default: the sheet's and the working one)",
+    )
 
     p = kinds.add_parser("variants", parents=[common, io, chunking], help="VCF/BCF (VEP CSQ or SnpEff ANN) or MAF")
     p.add_argument("--maf", type=_existing_file, help="cohort MAF; patients' maf_sample names their barcode")
@@ -354,6 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=_existing_file, help="config (clinical column names; kept in provenance)")
     p.add_argument("--out", type=Path, required=True, help="output cohort store (.zarr directory)")
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        action="append",
+        default=[],
+        help="a directory the sheet's files must resolve into (repeatable; default: the sheet's and the working one)",
+    )
     p.set_defaults(func=cmd_assemble)
 
     p = verbs.add_parser("train", parents=[common], help="k-fold cross-validation of the fusion model")

@@ -409,6 +409,7 @@ def build_cohort_store(
     clinical_spec: ClinicalSpec | None = None,
     cohort_files: list[str | Path] | None = None,
     config: dict | None = None,
+    data_roots: list[str | Path] | None = None,
 ) -> Path:
     """Read the clinical table, samples sheet and per-modality chunk files; write the cohort store.
 
@@ -419,7 +420,7 @@ def build_cohort_store(
     from multimodal.ingest.samples import read_samples
 
     clinical_spec = clinical_spec or ClinicalSpec()
-    samples = read_samples(samples_path)
+    samples = read_samples(samples_path, data_roots=data_roots)
     clinical = read_clinical(clinical_path, spec=clinical_spec)
     in_sheet = clinical.index.isin(samples.index)  # the sheet defines the cohort; other rows are counted
     n_clinical_only = int((~in_sheet).sum())

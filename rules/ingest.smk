@@ -29,7 +29,7 @@ rule ingest_variants:
     shell:
         "multimodal ingest variants -q --samples {input.samples:q} --chunk {wildcards.chunk}"
         " --n-chunks {params.n_chunks} --territory-mb {params.territory_mb} {params.maf} {params.annotation_field}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output:q} {DATA_ROOTS} > {log:q} 2>&1"
 
 
 rule ingest_expression:
@@ -52,7 +52,7 @@ rule ingest_expression:
         "../envs/multimodal.yaml"
     shell:
         "multimodal ingest expression -q --samples {input.samples:q} --counts {input.counts:q}"
-        " --values {params.values} --out {output:q}"
+        " --values {params.values} --out {output:q} {DATA_ROOTS}"
         " > {log:q} 2>&1"
 
 
@@ -81,7 +81,7 @@ rule ingest_imaging:
     shell:
         "multimodal ingest imaging -q --samples {input.samples:q} --chunk {wildcards.chunk}"
         " --n-chunks {params.n_chunks} --bin-count {params.bin_count} {params.mask_label}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output:q} {DATA_ROOTS} > {log:q} 2>&1"
 
 
 rule ingest_table:
@@ -104,4 +104,4 @@ rule ingest_table:
         "../envs/multimodal.yaml"
     shell:
         "multimodal ingest table -q --samples {input.samples:q} --table {input.table:q} --name {wildcards.name}"
-        " --id-column {params.id_column:q} --out {output:q} > {log:q} 2>&1"
+        " --id-column {params.id_column:q} --out {output:q} {DATA_ROOTS} > {log:q} 2>&1"

@@ -118,7 +118,9 @@ At least one job did not complete successfully."""
 
 def test_the_failing_rules_own_error_ends_the_run(tmp_path):
     log = tmp_path / "assemble.log"
-    log.write_text("10:00:01 multimodal INFO: reading\nmultimodal assemble: error: c.tsv: line 6: os_time -3 is negative\n")
+    log.write_text(
+        "10:00:01 multimodal INFO: reading\nmultimodal assemble: error: c.tsv: line 6: os_time -3 is negative\n"
+    )
     summary = failure_summary(TRANSCRIPT.format(log=log).splitlines())
     assert summary == f"rule assemble: c.tsv: line 6: os_time -3 is negative (log: {log})"
 
