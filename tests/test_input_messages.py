@@ -74,7 +74,7 @@ def test_a_tab_separated_table_named_csv_is_named_so(tmp_path, kind):
         handle.write(TABLES[kind])
     assert message(lambda: read_any(kind, path)) == (
         f"{path}: looks tab-separated (its header has {FIELDS[kind]} tab-separated fields), "
-        "but the name says comma-separated; rename it .tsv or save it comma-separated"
+        "but the name says comma-separated; rename it .tsv.gz or save it comma-separated"
     )
 
 

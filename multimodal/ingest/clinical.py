@@ -7,7 +7,6 @@ are allowed (kept in the store, left out of model fitting and counted); malforme
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,14 +15,7 @@ import numpy as np
 import pandas as pd
 
 from multimodal.errors import MultimodalError
-from multimodal.ingest.samples import (
-    MAX_LINES_NAMED,
-    list_lines,
-    open_text,
-    read_table,
-    separator_mismatch,
-    table_separator,
-)
+from multimodal.ingest.textfile import check_rows, diagnose_table, id_problems, line_problem, raise_problems, read_table
 
 if TYPE_CHECKING:
     import anndata
@@ -73,154 +65,6 @@ class ClinicalSpec:
     categorical: tuple[str, ...] = field(default=("sex", "arm", "site"))
 
 
-def diagnose_table(path: Path, *, what: str, cause: BaseException | None = None, comments: bool = False) -> None:
-    """On an error path only: raise a clearer message when the file is not the text table its name says.
-
-    Looks for a gzip stream cut short or a ``.gz`` that is not gzip, a binary file (an Excel
-    workbook), UTF-16 or non-UTF-8 text, and a comma-separated file named ``.tsv`` (or the reverse).
-    Returns when none applies, so the caller raises its own message. ``cause`` is the exception behind
-    the caller's error; ``comments`` skips leading ``#`` lines (featureCounts, GCT).
-    """
-    import csv
-    import gzip
-
-    gz = path.name.lower().endswith(".gz")
-    if gz and isinstance(cause, EOFError):
-        raise MultimodalError(
-            f"{path}: the gzip stream ends early: the file is cut short (an interrupted download or copy?); "
-            "fetch or compress it again"
-        ) from cause
-    if gz and isinstance(cause, gzip.BadGzipFile):
-        raise MultimodalError(
-            f"{path}: is named .gz but is not gzip-compressed; compress it, or drop .gz from its name"
-        ) from cause
-    try:
-        with (gzip.open if gz else open)(path, "rb") as handle:
-            head = handle.read(1 << 16)
-    except (OSError, EOFError):
-        return
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00\x00\x00\x00" in (head[0:8:2], head[1:8:2]):
-        raise MultimodalError(f"{path}: {what} is UTF-16 text; save it as UTF-8")
-    if head.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):
-        raise MultimodalError(
-            f"{path}: {what} is an Excel workbook (or another binary file), not a text table; "
-            "export it as tab-separated (.tsv) or comma-separated (.csv) text"
-        )
-    if b"\x00" in head:
-        raise MultimodalError(f"{path}: {what} is a binary file, not a text table")
-    if isinstance(cause, UnicodeDecodeError) or _first_non_utf8(head, final=False) is not None:
-        found = _first_non_utf8_line(path, gz)
-        if found is not None:
-            line, byte = found
-            raise MultimodalError(
-                f"{path}: line {line}: byte 0x{byte:02x} is not UTF-8 (a Latin-1 or Windows-1252 export?); "
-                f"save the {what} as UTF-8"
-            )
-    sep = table_separator(path)
-    other = "," if sep == "\t" else "\t"
-    try:
-        with open_text(path) as handle:
-            lines = []
-            for line in handle:
-                if line.strip() and not (comments and not lines and line.startswith("#")):
-                    lines.append(line)
-                if len(lines) >= 50:
-                    break
-    except (OSError, EOFError, UnicodeDecodeError):
-        return
-    if not lines:
-        return
-    mismatch = separator_mismatch(path, lines[0].rstrip("\r\n"), sep=sep)  # a header of one field: read_table's words
-    if mismatch:
-        raise MultimodalError(mismatch)
-    # A header holding both separators: rows that split evenly only on the other one tell
-    n_sep = [len(row) for row in csv.reader(lines, delimiter=sep)]
-    n_other = [len(row) for row in csv.reader(lines, delimiter=other)]
-    rows_sep, rows_other = n_sep[1:], n_other[1:]
-    evenly = len(set(n_sep)) > 1 and len(set(rows_other)) == 1
-    if rows_other and evenly and all(o > s for o, s in zip(rows_other, rows_sep, strict=True)):
-        said, seen = ("tab", "comma") if sep == "\t" else ("comma", "tab")
-        raise MultimodalError(
-            f"{path}: looks {seen}-separated (its rows have {rows_other[0]} {seen}-separated fields, its header "
-            f"{n_sep[0]} {said}-separated ones), but the name says {said}-separated; "
-            f"rename it {'.csv' if seen == 'comma' else '.tsv'} or save it {said}-separated"
-        )
-
-
-def _first_non_utf8(data: bytes, *, final: bool) -> int | None:
-    """Offset of the first byte of ``data`` that is not UTF-8; a sequence cut at the end passes unless ``final``."""
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None if not final and exc.reason == "unexpected end of data" else exc.start
-    return None
-
-
-def _first_non_utf8_line(path: Path, gz: bool) -> tuple[int, int] | None:
-    """(line number, byte) of the first byte of the file that is not UTF-8."""
-    import gzip
-
-    try:
-        with (gzip.open if gz else open)(path, "rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                offset = _first_non_utf8(line, final=True)
-                if offset is not None:
-                    return number, line[offset]
-    except (OSError, EOFError):
-        return None
-    return None
-
-
-def listing(entries: Sequence[str], *, total: int | None = None) -> str:
-    """The first ``MAX_LINES_NAMED`` entries joined by commas, then `` and N more`` (as ``list_lines`` does)."""
-    total = len(entries) if total is None else total
-    shown = ", ".join(entries[:MAX_LINES_NAMED])
-    return shown + (f" and {total - MAX_LINES_NAMED} more" if total > MAX_LINES_NAMED else "")
-
-
-def line_problem(bad: pd.Series, *, one: str, many: str, problem: str, hint: str = "") -> list[str]:
-    """A message fragment for offending raw cells (``bad``: values indexed by file line), or none.
-
-    One line: ``line 5: <one> '<value>' <problem><hint>``; several: ``<many> <problem> on N lines:
-    line 3 ('x'), line 7 ('y') and 2 more<hint>`` (ten named), so the file can be fixed in one go.
-    """
-    if bad.empty:
-        return []
-    if len(bad) == 1:
-        return [f"line {int(bad.index[0])}: {one} {str(bad.iloc[0])!r} {problem}{hint}"]
-    pairs = [(int(line), str(value)) for line, value in bad.items()]
-    return [f"{many} {problem} on {len(bad)} lines: {list_lines(pairs)}{hint}"]
-
-
-def raise_problems(path: Path, fragments: list[str]) -> None:
-    """Raise one message holding every problem found (``FILE: problem; problem``), if any."""
-    if fragments:
-        raise MultimodalError(f"{path}: {'; '.join(fragments)}")
-
-
-def id_problems(ids: pd.Series, *, column: str) -> list[str]:
-    """Empty and repeated IDs (``ids`` stripped, indexed by file line): every one named, up to ten of each."""
-    fragments = []
-    empty = ids[ids == ""]
-    if len(empty) == 1:
-        fragments.append(f"line {int(empty.index[0])}: empty {column}")
-    elif len(empty):
-        lines = [f"line {int(line)}" for line in empty.index]
-        fragments.append(f"empty {column} on {len(empty)} lines: {listing(lines)}")
-    given = ids[ids != ""]
-    repeated = given[given.duplicated(keep=False)]
-    groups = [
-        (value, ", ".join(str(int(line)) for line in lines))
-        for value, lines in repeated.groupby(repeated, sort=False).groups.items()
-    ]
-    if len(groups) == 1:
-        fragments.append(f"duplicate {column} {groups[0][0]!r} on lines {groups[0][1]}")
-    elif groups:
-        named = listing([f"{value!r} (lines {lines})" for value, lines in groups])
-        fragments.append(f"{len(groups)} duplicate {column} values: {named}")
-    return fragments
-
-
 def _binary(values: pd.Series, *, column: str, words: tuple[set[str], set[str]]) -> tuple[pd.Series, list[str]]:
     true_words, false_words = words
     lowered = values.str.strip().str.lower()
@@ -257,12 +101,6 @@ def _numeric(
     return numbers, fragments
 
 
-def check_rows(frame: pd.DataFrame, path: Path, *, what: str) -> None:
-    """Raise when a table read by ``read_table`` has a header but no rows."""
-    if frame.empty:
-        raise MultimodalError(f"{path}: {what} has a header but no rows")
-
-
 def read_clinical(path: str | Path, *, spec: ClinicalSpec | None = None) -> pd.DataFrame:
     """Read and validate the clinical table; index = patient_id, outcome columns typed.
 
@@ -274,11 +112,7 @@ def read_clinical(path: str | Path, *, spec: ClinicalSpec | None = None) -> pd.D
     spec = spec or ClinicalSpec()
     path = Path(path)
     what = "clinical table"
-    try:
-        frame = read_table(path, what=what)
-    except MultimodalError as err:
-        diagnose_table(path, what=what, cause=err.__cause__)
-        raise
+    frame = read_table(path, what=what)  # names a cut gzip, UTF-16, Excel, a mixed-up separator
     needed = [spec.id_column, spec.time_column, spec.event_column, *spec.covariates]
     needed += [c for c in (spec.response_column, spec.site_column) if c]
     absent = [c for c in dict.fromkeys(needed) if c not in frame.columns]

@@ -16,8 +16,15 @@ import numpy as np
 import pandas as pd
 
 from multimodal.errors import MultimodalError
-from multimodal.ingest.clinical import diagnose_table, listing
-from multimodal.ingest.samples import MAX_LINES_NAMED, check_field_counts, open_text, resolve_barcodes, table_separator
+from multimodal.ingest.samples import resolve_barcodes
+from multimodal.ingest.textfile import (
+    MAX_LINES_NAMED,
+    check_field_counts,
+    diagnose_table,
+    listing,
+    open_text,
+    table_separator,
+)
 
 if TYPE_CHECKING:
     import anndata

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from multimodal.errors import MultimodalError
+from multimodal.ingest.textfile import id_problems, list_lines, raise_problems, read_table
 
 FILE_COLUMNS = ("vcf", "image", "mask")
 OPTIONAL_COLUMNS = ("vcf", "maf_sample", "rna_sample", "image", "mask")
@@ -31,14 +32,6 @@ OPTIONAL_COLUMNS = ("vcf", "maf_sample", "rna_sample", "image", "mask")
 PATIENT_ID_ALPHABET = "1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
 _PATIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-#: How many offending lines one message names before giving only the count.
-MAX_LINES_NAMED = 10
-
-
-def list_lines(lines: Sequence[tuple[int, str]], *, limit: int = MAX_LINES_NAMED) -> str:
-    """``line 3 ('a/b'), line 9 ('c d') and 4 more`` for (line, value) pairs."""
-    named = ", ".join(f"line {line} ({value!r})" for line, value in lines[:limit])
-    return named + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
 
 
 def default_data_roots(sheet: str | Path) -> list[Path]:
@@ -64,37 +57,6 @@ def check_data_roots(path: str | Path, roots: Sequence[str | Path], *, where: st
             f"{where}: {path}{shown} is outside the data roots ({', '.join(str(r) for r in roots)}); "
             "move the file under one, or add its directory to data_roots in the config"
         )
-
-
-def open_text(path: Path):
-    """Open a text table for reading, gzipped or not (by extension), skipping a UTF-8 byte-order mark."""
-    import gzip
-
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    return opener(path, "rt", encoding="utf-8-sig", newline="")
-
-
-def check_field_counts(path: Path, *, sep: str, first_line: int, n_fields: int, what: str) -> None:
-    """Raise naming the first line from ``first_line`` (1-based) on whose field count is not ``n_fields``.
-
-    pandas, reading selected columns, pads a short row (a cut-off file, a lost tab) with empty cells and
-    drops a long row's extras without a word; one pass over the raw bytes catches both. Blank lines pass.
-    """
-    import gzip
-
-    separator = sep.encode()
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                if number < first_line or line.count(separator) == n_fields - 1 or not line.strip():
-                    continue
-                raise MultimodalError(
-                    f"{path}: line {number}: {line.count(separator) + 1} fields, the header has {n_fields} "
-                    f"(a cut-off file or a lost separator?) in the {what}"
-                )
-    except (OSError, EOFError) as exc:
-        raise MultimodalError(f"{path}: cannot read {what}: {exc}") from exc
 
 
 def resolve_barcodes(requested: Collection[str], available: Collection[str], *, what: str) -> dict[str, str]:
@@ -126,91 +88,16 @@ def resolve_barcodes(requested: Collection[str], available: Collection[str], *, 
     return resolved
 
 
-def table_separator(path: Path) -> str:
-    """``,`` for ``.csv``/``.csv.gz``, else tab."""
-    return "," if path.name.lower().removesuffix(".gz").endswith(".csv") else "\t"
-
-
-def separator_mismatch(path: str | Path, header: str, *, sep: str) -> str | None:
-    """Why a table's header suggests the other separator than its name says, or None.
-
-    A header that does not split on ``sep`` but does on the other one (``,`` vs tab) is a CSV named
-    ``.tsv`` or the reverse; reading it would give one column and a misleading complaint later.
-    """
-    other = "," if sep == "\t" else "\t"
-    if sep in header or other not in header:
-        return None
-    said, seen = ("tab", "comma") if sep == "\t" else ("comma", "tab")
-    suffix = ".csv" if seen == "comma" else ".tsv"
-    return (
-        f"{path}: looks {seen}-separated (its header has {header.count(other) + 1} {seen}-separated fields), "
-        f"but the name says {said}-separated; rename it {suffix} or save it {said}-separated"
-    )
-
-
-def read_table(path: str | Path, *, what: str) -> pd.DataFrame:
-    """Read a TSV/CSV (``.csv``/``.csv.gz`` comma-separated, else tab; gzip allowed) as strings.
-
-    The index is each row's line number in the file (the header is line 1), so messages can name
-    it; blank lines are skipped, and a row with more or fewer fields than the header is an error.
-    """
-    import csv
-
-    path = Path(path)
-    if not path.is_file():
-        raise MultimodalError(f"{path}: {what} not found")
-    sep = table_separator(path)
-    header: list[str] | None = None
-    rows, lines = [], []
-    try:
-        with open_text(path) as handle:
-            reader = csv.reader(handle, delimiter=sep)
-            start = 1  # the line a record starts on (a quoted cell may hold a newline)
-            for fields in reader:
-                line, start = start, reader.line_num + 1
-                if not any(f.strip() for f in fields):
-                    continue
-                if header is None:
-                    header = [f.strip() for f in fields]
-                    mismatch = separator_mismatch(path, sep.join(fields), sep=sep) if len(fields) == 1 else None
-                    if mismatch:
-                        raise MultimodalError(mismatch)
-                    continue
-                if len(fields) != len(header):
-                    raise MultimodalError(f"{path}: line {line}: {len(fields)} fields, the header has {len(header)}")
-                rows.append(fields)
-                lines.append(line)
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
-        raise MultimodalError(f"{path}: cannot read {what}: {exc}") from exc
-    if header is None:
-        raise MultimodalError(f"{path}: {what} is empty")
-    duplicated = sorted({c for c in header if header.count(c) > 1})
-    if duplicated:
-        raise MultimodalError(f"{path}: column {duplicated[0]!r} occurs more than once in the header")
-    return pd.DataFrame(rows, columns=header, index=pd.Index(lines, name="line"), dtype=str)
-
-
-def check_unique_ids(ids: pd.Series, *, path: str | Path, column: str) -> None:
-    """Raise naming both lines when a value occurs twice (``ids`` indexed by file line number)."""
-    empty = ids[ids.str.strip() == ""]
-    if len(empty):
-        raise MultimodalError(f"{path}: line {int(empty.index[0])}: empty {column}")
-    duplicated = ids[ids.duplicated(keep=False)]
-    if len(duplicated):
-        value = duplicated.iloc[0]
-        lines = [int(i) for i in duplicated.index[duplicated == value]]
-        raise MultimodalError(f"{path}: duplicate {column} {value!r} on lines {', '.join(map(str, lines))}")
-
-
-def check_patient_ids(ids: pd.Series, *, path: str | Path) -> None:
-    """Raise naming every line (the first 10, and a count) whose ID is outside :data:`PATIENT_ID_ALPHABET`."""
+def patient_id_problems(ids: pd.Series) -> list[str]:
+    """Every line (the first 10, and a count) whose ID is outside :data:`PATIENT_ID_ALPHABET`, as one fragment."""
     bad = [(int(line), value) for line, value in ids.items() if value and not _PATIENT_ID.fullmatch(value)]
-    if bad:
-        raise MultimodalError(
-            f"{path}: patient_id outside the allowed alphabet ({PATIENT_ID_ALPHABET}) on "
-            f"{len(bad)} line{'s' if len(bad) > 1 else ''}: {list_lines(bad)}; IDs name files and table rows, "
-            "so rename those patients (keep the original ID as a clinical column if needed)"
-        )
+    if not bad:
+        return []
+    return [
+        f"patient_id outside the allowed alphabet ({PATIENT_ID_ALPHABET}) on {len(bad)} "
+        f"line{'s' if len(bad) > 1 else ''}: {list_lines(bad)}; IDs name files and table rows, so rename those "
+        "patients (keep the original ID as a clinical column if needed)"
+    ]
 
 
 def check_cells(frame: pd.DataFrame, *, path: str | Path) -> None:
@@ -240,13 +127,12 @@ def read_samples(
             frame[column] = ""
         frame[column] = frame[column].str.strip()
     frame["patient_id"] = frame["patient_id"].str.strip()
-    check_unique_ids(frame["patient_id"], path=path, column="patient_id")
-    check_patient_ids(frame["patient_id"], path=path)
-    check_cells(frame, path=path)
+    problems = id_problems(frame["patient_id"], column="patient_id") + patient_id_problems(frame["patient_id"])
     for column in OPTIONAL_COLUMNS:  # two patients sharing one input is a sample swap, not a cohort
         given = frame[column][frame[column] != ""]
-        if given.duplicated().any():
-            check_unique_ids(given, path=path, column=column)
+        problems += [p for p in id_problems(given, column=column) if "empty" not in p]
+    raise_problems(Path(path), problems)
+    check_cells(frame, path=path)
     if check_files:
         roots = list(data_roots) if data_roots else default_data_roots(path)
         for row, record in frame.iterrows():  # confinement first, for every row: no file is touched before

@@ -16,15 +16,17 @@ import numpy as np
 import pandas as pd
 
 from multimodal.errors import MultimodalError
-from multimodal.ingest.clinical import (
-    MISSING,
+from multimodal.ingest.clinical import MISSING
+from multimodal.ingest.samples import resolve_barcodes
+from multimodal.ingest.textfile import (
+    MAX_LINES_NAMED,
     check_rows,
     diagnose_table,
     id_problems,
     line_problem,
     raise_problems,
+    read_table,
 )
-from multimodal.ingest.samples import MAX_LINES_NAMED, read_table, resolve_barcodes
 
 if TYPE_CHECKING:
     import anndata
@@ -44,11 +46,7 @@ def feature_table(
 
     path = Path(path)
     what = f"{modality} feature table"
-    try:
-        frame = read_table(path, what=what)
-    except MultimodalError as err:
-        diagnose_table(path, what=what, cause=err.__cause__)
-        raise
+    frame = read_table(path, what=what)  # names a cut gzip, UTF-16, Excel, a mixed-up separator
     if id_column not in frame.columns:
         diagnose_table(path, what=what)
         shown = ", ".join(map(repr, frame.columns[:MAX_LINES_NAMED])) + (
