@@ -434,3 +434,101 @@ def test_bgzipped_vcf_without_index_is_read_and_counted(tmp_path):
         mutation_matrix(rows, progress=False).write_h5ad(tmp_path / f"chunk_{k}.h5ad")
         parts.append(tmp_path / f"chunk_{k}.h5ad")
     assert read_chunks(parts).uns["ingest"]["exclusions"]["vcf_files_read_without_index"] == 2
+
+
+# --- consequence terms outside VEP's and SnpEff's vocabulary stop the run (issue 9) ------------------------
+
+
+def test_vep_csq_with_a_misspelt_consequence_is_named_with_the_near_match(tmp_path):
+    body = RECORD + RECORD.replace("\t100\t", "\t200\t").replace("missense_variant", "missense_varaint")
+    plain = write_text(tmp_path / "a.vcf", body)
+    expected = (
+        "INFO/CSQ entry 1: Consequence 'missense_varaint' is not a known consequence term (did you mean "
+        "'missense_variant'?); the known vocabulary is the Sequence Ontology terms of Ensembl VEP and SnpEff"
+    )
+    line = N_HEADER_LINES + 2
+    assert f"a.vcf: line {line} (chr1:200): {expected}" in error_of(plain)
+    assert f"a.vcf.gz: line {line} (chr1:200): {expected}" in error_of(as_bgzip(plain, index=True))
+    assert f"a.bcf: record 2 (chr1:200): {expected}" in error_of(as_bcf(plain))
+
+
+def test_snpeff_ann_with_another_tools_term_is_named(tmp_path):
+    """ANNOVAR's ``nonsynonymous_SNV`` in a SnpEff-style ANN: not SnpEff's vocabulary, so not guessed at."""
+    records = [
+        ("chr1", 100, "PASS", snpeff("T", "stop_gained", "HIGH", "PTEN", "G9")),
+        ("chr1", 200, "PASS", snpeff("T", "nonsynonymous_SNV", "MODERATE", "PTEN", "G9")),
+    ]
+    path = write_vcf(tmp_path / "ann.vcf", records=records, header=SNPEFF_HEADER, compress=False)
+    path.write_text(path.read_text().replace("CSQ=", "ANN="))
+    message = error_of(path)
+    assert (
+        f"ann.vcf: line {N_HEADER_LINES + 2} (chr1:200): INFO/ANN entry 1: Annotation 'nonsynonymous_SNV' "
+        "is not a known consequence term; the known vocabulary is the Sequence Ontology terms of Ensembl VEP and "
+        "SnpEff" in message
+    )
+
+
+def test_compound_consequence_checks_every_part(tmp_path):
+    """``splice_region_variant&foo_variant``: one known part does not let the unknown one through."""
+    body = RECORD.replace(
+        "T|missense_variant|MODERATE|TP53|G1",
+        "T|synonymous_variant|LOW|KRAS|G2,T|splice_region_variant&foo_variant|LOW|TP53|G1",
+    )
+    message = error_of(write_text(tmp_path / "a.vcf", body))
+    assert (
+        f"a.vcf: line {N_HEADER_LINES + 1} (chr1:100): INFO/CSQ entry 2: Consequence "
+        "'splice_region_variant&foo_variant' has the unknown term 'foo_variant'; the known vocabulary" in message
+    )
+
+
+@pytest.mark.parametrize(
+    "consequence, problem",
+    [
+        ("", "Consequence is empty"),
+        ("missense_variant&", "Consequence 'missense_variant&' has an empty term"),
+        ("Missense", "Consequence 'Missense' is not a known consequence term"),
+    ],
+)
+def test_filtered_record_with_an_unknown_or_empty_consequence_is_not_let_through(tmp_path, consequence, problem):
+    body = RECORD.replace("PASS", "LowQual").replace("|missense_variant|", f"|{consequence}|")
+    message = error_of(write_text(tmp_path / "a.vcf", body))
+    assert f"line {N_HEADER_LINES + 1} (chr1:100): INFO/CSQ entry 1: {problem}" in message
+
+
+def test_every_vep_and_snpeff_term_is_accepted_and_only_protein_altering_ones_count(tmp_path):
+    from multimodal.ingest.variants import (
+        CONSEQUENCE_TERMS,
+        PROTEIN_ALTERING,
+        SNPEFF_EFFECTS,
+        VEP_CONSEQUENCES,
+    )
+
+    assert len(VEP_CONSEQUENCES) == 41 and PROTEIN_ALTERING <= CONSEQUENCE_TERMS
+    assert {"exon_loss_variant", "gene_fusion", "intragenic_variant", "sequence_feature"} <= SNPEFF_EFFECTS
+    terms = sorted(CONSEQUENCE_TERMS)
+    records = [("chr1", 100 + k, "PASS", f"T|{term}|MODIFIER|G_{term}|E{k}") for k, term in enumerate(terms)]
+    records.append(("chr2", 100, "PASS", f"T|{'&'.join(terms)}|HIGH|ALL|E0"))  # every term in one compound
+    records.append(("chr2", 200, "PASS", "T|Missense_Variant&SPLICE_REGION_VARIANT|MODERATE|CASE|E1"))  # case
+    result = read_patient_variants(write_vcf(tmp_path / "all.vcf", records=records, compress=False))
+    counted = {gene.removeprefix("G_") for gene in result.gene_counts} - {"ALL", "CASE"}
+    assert counted == set(PROTEIN_ALTERING)
+    assert result.gene_counts["ALL"] == 1 and result.gene_counts["CASE"] == 1
+    assert result.excluded["not_protein_altering"] == len(terms) - len(PROTEIN_ALTERING)
+    snpeff_records = [
+        ("chr1", 100 + k, "PASS", snpeff("T", term, "MODIFIER", f"G_{term}")) for k, term in enumerate(terms)
+    ]
+    path = write_vcf(tmp_path / "all_ann.vcf", records=snpeff_records, header=SNPEFF_HEADER, compress=False)
+    path.write_text(path.read_text().replace("CSQ=", "ANN="))
+    assert {g.removeprefix("G_") for g in read_patient_variants(path).gene_counts} == set(PROTEIN_ALTERING)
+
+
+def test_the_simulators_demo_vcfs_use_known_terms_and_pass(tiny_cohort):
+    from multimodal.ingest.variants import CONSEQUENCE_TERMS
+    from multimodal.simulate import DRIVER_CONSEQUENCES, PASSENGER_CONSEQUENCES
+
+    for term, _, _ in (*PASSENGER_CONSEQUENCES, *DRIVER_CONSEQUENCES):
+        assert CONSEQUENCE_TERMS.issuperset(term.split("&")), term
+    vcfs = sorted((tiny_cohort / "vcf").glob("*.vcf.gz"))
+    assert len(vcfs) == 60
+    total = sum(sum(read_patient_variants(p).gene_counts.values()) for p in vcfs)
+    assert total > 0

@@ -3,11 +3,14 @@
 A record counts for a gene when it passed every filter (FILTER=PASS, or ``.`` meaning no filters
 were applied) and at least one of its annotations for that gene has a protein-altering
 consequence (the HIGH and MODERATE impact terms below). Each record counts once per gene, however
-many transcripts it hits. Everything not counted is tallied by reason.
+many transcripts it hits. Everything not counted is tallied by reason. A consequence term outside
+VEP's and SnpEff's vocabulary (:data:`CONSEQUENCE_TERMS`) stops the run: it would otherwise count as
+not protein-altering without a word.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 from collections import Counter
@@ -59,6 +62,88 @@ SNPEFF_PROTEIN_ALTERING = frozenset(
     }
 )
 PROTEIN_ALTERING = HIGH_IMPACT | MODERATE_IMPACT | SNPEFF_PROTEIN_ALTERING
+
+#: Every consequence term Ensembl VEP calculates (its 41 Sequence Ontology terms, most severe first, as in
+#: Bio::EnsEMBL::Variation::Utils::Constants %OVERLAP_CONSEQUENCES and the "Calculated variant
+#: consequences" page above). TFBS_ablation is MODERATE there but regulatory, so not counted.
+VEP_CONSEQUENCES = frozenset(
+    {
+        *HIGH_IMPACT,
+        *MODERATE_IMPACT,
+        "splice_donor_5th_base_variant",
+        "splice_region_variant",
+        "splice_donor_region_variant",
+        "splice_polypyrimidine_tract_variant",
+        "incomplete_terminal_codon_variant",
+        "start_retained_variant",
+        "stop_retained_variant",
+        "synonymous_variant",
+        "coding_sequence_variant",
+        "mature_miRNA_variant",
+        "5_prime_UTR_variant",
+        "3_prime_UTR_variant",
+        "non_coding_transcript_exon_variant",
+        "intron_variant",
+        "NMD_transcript_variant",
+        "non_coding_transcript_variant",
+        "coding_transcript_variant",
+        "upstream_gene_variant",
+        "downstream_gene_variant",
+        "TFBS_ablation",
+        "TFBS_amplification",
+        "TF_binding_site_variant",
+        "regulatory_region_ablation",
+        "regulatory_region_amplification",
+        "regulatory_region_variant",
+        "intergenic_variant",
+        "sequence_variant",
+    }
+)
+#: Terms of older VEP releases, still found in archived annotations: nc_transcript_variant and
+#: non_coding_exon_variant (non_coding_transcript_* since Ensembl 77), initiator_codon_variant (LOW impact;
+#: start_lost since Ensembl 80). Not counted, as before.
+VEP_RETIRED_CONSEQUENCES = frozenset({"initiator_codon_variant", "non_coding_exon_variant", "nc_transcript_variant"})
+#: SnpEff's ANN effect terms (org.snpeff.snpEffect.EffectType.toSequenceOntology, all releases since 4.0,
+#: and the effect table of https://pcingola.github.io/SnpEff/snpeff/inputoutput/) that VEP does not write.
+#: Its HIGH structural terms (feature_ablation, duplication, inversion, chromosome_number_variation,
+#: rearranged_at_DNA_level, protein_protein_contact, structural_interaction_variant) are not counted: they
+#: are copy-number/structural or structure-annotation events, not protein-altering point mutations.
+SNPEFF_EFFECTS = frozenset(
+    {
+        *SNPEFF_PROTEIN_ALTERING,
+        "chromosome_number_variation",
+        "duplication",
+        "inversion",
+        "feature_ablation",
+        "feature_fusion",
+        "rearranged_at_DNA_level",
+        "protein_protein_contact",
+        "structural_interaction_variant",
+        "initiator_codon_variant",
+        "non_canonical_start_codon",
+        "5_prime_UTR_premature_start_codon_gain_variant",
+        "5_prime_UTR_truncation",
+        "3_prime_UTR_truncation",
+        "splice_branch_variant",
+        "non_coding_exon_variant",
+        "exon_variant",
+        "exon_region",
+        "intragenic_variant",
+        "intergenic_region",
+        "conserved_intergenic_variant",
+        "conserved_intron_variant",
+        "gene_variant",
+        "transcript_variant",
+        "transcript",
+        "miRNA",
+        "sequence_feature",
+        "chromosome",
+        "custom",
+    }
+)
+CONSEQUENCE_TERMS = VEP_CONSEQUENCES | VEP_RETIRED_CONSEQUENCES | SNPEFF_EFFECTS
+#: Known terms by lower case: a known term in another case (``Missense_Variant``) is taken as that term.
+_CONSEQUENCE_BY_LOWER = {t.lower(): t for t in CONSEQUENCE_TERMS}
 
 #: SnpEff ANN is a fixed layout of 16 fields (the ANN standard), declared in quotes in the header.
 SNPEFF_ANN_FIELDS = (
@@ -366,7 +451,8 @@ def read_patient_variants(path: str | Path, *, annotation_field: str | None = No
     ``annotation_field``: the INFO key holding VEP/SnpEff annotations (VEP's ``--vcf_info_field``);
     None tries ``CSQ``, then ``ANN``. Every record is checked, whatever its FILTER: POS at least 1 (and
     within its contig when the header gives the length), REF of A/C/G/T/N only, valid ALT alleles, and
-    each annotation entry with as many ``|``-separated fields as the header declares; any other record
+    each annotation entry with as many ``|``-separated fields as the header declares, and each of its
+    ``&``-joined consequence terms in :data:`CONSEQUENCE_TERMS` (VEP's and SnpEff's); any other record
     stops the run with one line naming the file, the record and the value.
     """
     import pysam
@@ -459,32 +545,37 @@ def _count_records(vcf, path: Path, annotation_field: str | None, lines: _Lines,
             ) from exc
         if isinstance(annotations, str):
             annotations = annotations.split(",")
+        entries: list[tuple[list[str], list[str]]] = []  # (fields, consequence terms) of each entry
         for i, annotation in enumerate(annotations or (), start=1):
-            n_found = annotation.count("|") + 1
-            if n_found != n_fields:
+            parts = annotation.split("|")
+            if len(parts) != n_fields:
                 entry = f" ({annotation[:80]!r}{'...' if len(annotation) > 80 else ''})"
                 raise MultimodalError(
-                    f"{path}: {lines.where(result.n_records, chrom, pos)}: INFO/{key} entry {i} has {n_found} "
+                    f"{path}: {lines.where(result.n_records, chrom, pos)}: INFO/{key} entry {i} has {len(parts)} "
                     f"'|'-separated fields, {layout.declared_by} declares {n_fields}{entry}"
                 )
+            consequence = parts[layout.consequence_at]
+            terms = [t.strip() for t in consequence.split("&")]
+            if not CONSEQUENCE_TERMS.issuperset(terms):
+                terms = _known_terms(terms, consequence, path, lines.where(result.n_records, chrom, pos), layout, i)
+            entries.append((parts, terms))
         filters = list(record.filter.keys())
         if filters and filters != ["PASS"]:
             result.excluded["filter_not_pass"] += 1
             continue
         result.n_pass += 1
-        if not annotations:
+        if not entries:
             result.excluded["no_annotation"] += 1
             continue
         genes_hit: set[str] = set()
         genes_seen: set[str] = set()
-        for annotation in annotations:
-            parts = annotation.split("|")
+        for parts, terms in entries:
             # A transcript without an HGNC symbol (novel genes) is counted under its gene ID.
             gene = parts[layout.symbol_at].strip() or parts[layout.gene_id_at].strip()
             if not gene:
                 continue
             genes_seen.add(gene)
-            if PROTEIN_ALTERING.intersection(parts[layout.consequence_at].split("&")):
+            if PROTEIN_ALTERING.intersection(terms):
                 genes_hit.add(gene)
         if not genes_seen:
             result.excluded["no_gene_symbol"] += 1
@@ -492,6 +583,38 @@ def _count_records(vcf, path: Path, annotation_field: str | None, lines: _Lines,
             result.excluded["not_protein_altering"] += 1
         for gene in genes_hit:
             result.gene_counts[gene] += 1
+
+
+def _known_terms(
+    terms: list[str], consequence: str, path: Path, where: str, layout: AnnotationLayout, entry: int
+) -> list[str]:
+    """``terms`` as known consequence terms (one in another case taken as that term), or the error.
+
+    A term outside :data:`CONSEQUENCE_TERMS` (a typo, another tool's vocabulary) would count as not
+    protein-altering without a word, so the run stops naming the file, the record, the entry and the term.
+    """
+    known = [_CONSEQUENCE_BY_LOWER.get(t.lower(), t) for t in terms]
+    unknown = next((t for t in known if t not in CONSEQUENCE_TERMS), None)
+    if unknown is None:
+        return known
+    field_name = layout.fields[layout.consequence_at]
+    shown = f"{consequence[:80]!r}{'...' if len(consequence) > 80 else ''}"
+    if not consequence.strip():
+        what = f"{field_name} is empty"
+    elif not unknown:
+        what = f"{field_name} {shown} has an empty term"
+    else:
+        close = difflib.get_close_matches(unknown.lower(), _CONSEQUENCE_BY_LOWER, n=3, cutoff=0.8)
+        hint = f" (did you mean {' or '.join(repr(_CONSEQUENCE_BY_LOWER[c]) for c in close)}?)" if close else ""
+        if len(terms) > 1:
+            what = f"{field_name} {shown} has the unknown term {unknown!r}{hint}"
+        else:
+            what = f"{field_name} {unknown!r} is not a known consequence term{hint}"
+    raise MultimodalError(
+        f"{path}: {where}: INFO/{layout.key} entry {entry}: {what}; the known vocabulary is the Sequence Ontology "
+        "terms of Ensembl VEP and SnpEff (multimodal.ingest.variants.CONSEQUENCE_TERMS); annotate the calls with "
+        "VEP or SnpEff, or fix the term"
+    )
 
 
 #: MAF ``Variant_Classification`` values that change the protein (the MAF counterpart of the VEP
@@ -542,7 +665,7 @@ MAF_REQUIRED = ("Hugo_Symbol", "Variant_Classification", "Tumor_Sample_Barcode")
 
 def _maf_header(path: Path) -> tuple[list[str], int]:
     """The MAF's column names and how many leading ``#`` lines (``#version 2.4`` ...) precede them."""
-    from multimodal.ingest.samples import open_text
+    from multimodal.ingest.textfile import open_text
 
     n_comments = 0
     try:
@@ -614,7 +737,7 @@ def read_maf(path: str | Path) -> dict[str, PatientVariants]:
     """
     import csv
 
-    from multimodal.ingest.samples import check_field_counts
+    from multimodal.ingest.textfile import check_field_counts
 
     path = Path(path)
     if not path.is_file():
