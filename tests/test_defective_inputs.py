@@ -335,3 +335,26 @@ def test_a_rerun_after_the_failures_has_nothing_to_do(finished, capsys):
     err = capsys.readouterr().err
     assert "Nothing to be done" in err, err[-3000:]
     assert results_digest(workdir) == finished["digest"]
+
+
+def test_a_four_patient_cohort_is_told_which_folds_work_then_runs(finished, capsys):
+    """The default 5 folds cannot be held out of 4 patients: one line says what works; with it the run ends."""
+    workdir = finished["workdir"]
+    clinical = pd.read_csv(workdir / "cohort/clinical.tsv", sep="\t", dtype=str).set_index("patient_id")
+    with_vcf = [f"P{i:04d}" for i in range(1, 31)]
+    events = clinical.loc[with_vcf, "os_event"].astype(float)
+    four = list(events[events == 1].index[:2]) + list(events[events == 0].index[:2])
+    sheet = pd.read_csv(workdir / "cohort/samples.tsv", sep="\t", dtype=str, keep_default_na=False)
+    sheet[sheet["patient_id"].isin(four)].to_csv(workdir / "cohort/four.tsv", sep="\t", index=False)
+    config = dict(finished["config"], samples="cohort/four.tsv", maf=None, outdir="results/four")
+    config["model"] = dict(config["model"], folds=5)
+    (workdir / "four.yaml").write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+    assert run(workdir, "four.yaml") != 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("multimodal run: error: rule train: ") and "only 4 patients" in last, last
+    assert "set model.folds (--folds) to 2 or fewer" in last and "logs/train.log" in last, last
+    config["model"]["folds"] = 2
+    (workdir / "four.yaml").write_text(yaml.safe_dump(config))
+    assert run(workdir, "four.yaml") == 0, capsys.readouterr().err[-3000:]
+    assert (workdir / "results/four/report.html").is_file()

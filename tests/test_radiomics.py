@@ -388,3 +388,12 @@ def test_ibsi_digital_phantom(tag: str, phantom_features: dict[str, float]) -> N
     # IBSI reports values to 3 significant digits; a tolerance of 0 means "equal after rounding".
     rounding = 0.5 * 10 ** (math.floor(math.log10(abs(reference))) - 2) if reference else 0.0
     assert abs(ours - reference) <= max(tolerance, rounding) + 1e-12, f"{tag}: ours {ours}, IBSI {reference}"
+
+
+def test_bad_settings_print_plain_numbers():
+    """numpy scalars (nibabel's zooms are np.float32) print as numbers, not np.float32(...)."""
+    cube = np.ones((4, 4, 4))
+    with pytest.raises(MultimodalError, match=r"got 1, -1, 2\.5$"):
+        extract_radiomics(cube, cube, spacing=(np.float32(1), np.float32(-1), np.float32(2.5)))
+    with pytest.raises(MultimodalError, match=r"bin_width must be a positive number, got -0\.5$"):
+        extract_radiomics(cube, cube, spacing=(1, 1, 1), bin_width=np.float64(-0.5))

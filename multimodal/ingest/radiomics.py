@@ -148,12 +148,13 @@ def extract_radiomics(
         raise MultimodalError(f"mask shape {mask.shape} differs from image shape {image.shape}")
     spacing_t = tuple(float(s) for s in spacing)
     if len(spacing_t) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing_t):
-        raise MultimodalError(f"spacing must be three positive numbers (mm), got {spacing!r}")
+        shown = ", ".join(f"{v:g}" for v in spacing_t)
+        raise MultimodalError(f"spacing must be three positive numbers (mm), got {shown}")
     if bin_width is None:
         if isinstance(bin_count, bool) or int(bin_count) != bin_count or bin_count < 1:
-            raise MultimodalError(f"bin_count must be a positive integer, got {bin_count!r}")
+            raise MultimodalError(f"bin_count must be a positive integer, got {bin_count}")
     elif not (math.isfinite(bin_width) and bin_width > 0):
-        raise MultimodalError(f"bin_width must be a positive number, got {bin_width!r}")
+        raise MultimodalError(f"bin_width must be a positive number, got {bin_width:g}")
 
     roi = mask > 0
     n_voxels = int(np.count_nonzero(roi))
