@@ -1,8 +1,14 @@
-"""Encoders, fusion and the LightningModule that trains them.
+"""Encoders, fusion strategies and the LightningModule that trains them.
 
-One encoder per modality maps that modality's features to a shared embedding; the fusion layer
-combines the embeddings of the modalities a patient *has* (a mask, never zero-filled inputs taken
-as measurements); two heads give the log relative hazard and the response logit.
+One encoder per modality maps that modality's features to a shared embedding; a fusion strategy (a
+plain ``nn.Module``, chosen by ``model.fusion``) combines what the modalities a patient *has* say
+(a mask, never zero-filled inputs taken as measurements); two heads give the log relative hazard and
+the response logit. Optionally a linear term on the same selected features is added to the risk
+("wide and deep"): with the deep term weighted 0 the model is a penalised Cox model.
+
+Every strategy takes ``mask`` (patients x modalities, bool) and guarantees that a patient's outputs do
+not depend on the inputs of a modality it lacks: the gradient of its risk with respect to those
+inputs is exactly zero.
 """
 
 from __future__ import annotations
@@ -34,8 +40,20 @@ class ModalityEncoder(nn.Module):
         return self.net(x)
 
 
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the modalities each patient has (``logits``, ``mask``: patients x modalities).
+
+    Absent modalities get weight exactly 0 (and no gradient); a patient with no modality gets all zeros.
+    """
+    filled = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
+    return torch.softmax(filled, dim=1) * mask.to(logits.dtype)
+
+
 class MaskedMeanFusion(nn.Module):
     """Mean of the embeddings of the modalities each patient has."""
+
+    takes_inputs = False
+    gives_outputs = False
 
     def forward(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``embeddings``: patients x modalities x hidden; ``mask``: patients x modalities (bool)."""
@@ -47,16 +65,194 @@ class MaskedSumFusion(nn.Module):
     """Sum of the embeddings of the modalities each patient has: each modality adds its own effect, as
     log-hazards of independent factors do; an absent modality adds nothing (its training mean)."""
 
+    takes_inputs = False
+    gives_outputs = False
+
     def forward(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return (embeddings * mask.to(embeddings.dtype).unsqueeze(-1)).sum(dim=1)
 
 
-FUSIONS = {"mean": MaskedMeanFusion, "sum": MaskedSumFusion}
+class GatedAttentionFusion(nn.Module):
+    """Gated attention over modality embeddings (Ilse et al. 2018): a weight per modality and patient from
+    ``w . (tanh(V e) * sigmoid(U e))``, renormalised over the modalities the patient has; the fused
+    embedding is the weighted mean. :meth:`weights` gives the per-patient modality weights."""
+
+    takes_inputs = False
+    gives_outputs = False
+
+    def __init__(self, hidden_dim: int, *, attention_dim: int | None = None) -> None:
+        super().__init__()
+        attention_dim = attention_dim or hidden_dim
+        self.value = nn.Linear(hidden_dim, attention_dim)
+        self.gate = nn.Linear(hidden_dim, attention_dim)
+        self.score = nn.Linear(attention_dim, 1)
+
+    def weights(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits = self.score(torch.tanh(self.value(embeddings)) * torch.sigmoid(self.gate(embeddings))).squeeze(-1)
+        return masked_softmax(logits, mask)
+
+    def forward(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (self.weights(embeddings, mask).unsqueeze(-1) * embeddings).sum(dim=1)
+
+
+class BilinearFusion(nn.Module):
+    """Gated Kronecker-product fusion (Pathomic Fusion, Chen et al. 2020), for any number of modalities.
+
+    Each embedding is projected to ``bilinear_dim`` units and gated by a sigmoid of all the patient's
+    (masked) embeddings; a 1 is appended to each gated vector, so the Kronecker product of them holds
+    every unimodal term and every product of modalities; a linear layer maps it to the hidden size. An
+    absent modality's vector is (0, ..., 0, 1), the neutral element: the product reduces to that of
+    the modalities the patient has. Size: (bilinear_dim + 1) ** modalities inputs to the last layer.
+    """
+
+    takes_inputs = False
+    gives_outputs = False
+
+    def __init__(self, n_modalities: int, hidden_dim: int, *, bilinear_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.projections = nn.ModuleList(
+            nn.Sequential(nn.Linear(hidden_dim, bilinear_dim), nn.ELU()) for _ in range(n_modalities)
+        )
+        self.gates = nn.ModuleList(nn.Linear(n_modalities * hidden_dim, bilinear_dim) for _ in range(n_modalities))
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Sequential(
+            nn.Linear((bilinear_dim + 1) ** n_modalities, hidden_dim), nn.ELU(), nn.Dropout(dropout)
+        )
+
+    def forward(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        present = mask.to(embeddings.dtype).unsqueeze(-1)
+        embeddings = embeddings * present
+        context = embeddings.flatten(1)
+        one = torch.ones(embeddings.shape[0], 1, dtype=embeddings.dtype, device=embeddings.device)
+        product = one
+        for j, (projection, gate) in enumerate(zip(self.projections, self.gates, strict=True)):
+            z = torch.sigmoid(gate(context)) * projection(embeddings[:, j]) * present[:, j]
+            v = torch.cat([self.dropout(z), one], dim=1)
+            product = (product.unsqueeze(2) * v.unsqueeze(1)).flatten(1)
+        return self.out(product)
+
+
+class EarlyFusion(nn.Module):
+    """Early fusion: one projection of the concatenated features of the modalities a patient has.
+
+    An absent modality's features are multiplied by 0 before the projection (masked), and a learned
+    missing-indicator vector per modality is added instead, so "not measured" is told apart from
+    "measured at the training mean". Replaces the per-modality encoders.
+    """
+
+    takes_inputs = True
+    gives_outputs = False
+
+    def __init__(self, input_dims: dict[str, int], hidden_dim: int, *, dropout: float, input_dropout: float) -> None:
+        super().__init__()
+        self.n_features = sum(input_dims.values())
+        self.input_dropout = nn.Dropout(input_dropout)
+        self.projection = nn.Linear(max(self.n_features, 1), hidden_dim)
+        self.missing = nn.Parameter(torch.zeros(len(input_dims), hidden_dim))
+        self.out = nn.Sequential(nn.ELU(), nn.Dropout(dropout))
+
+    def forward(self, inputs: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        present = mask.to(inputs[0].dtype)
+        if self.n_features:
+            x = torch.cat([x * present[:, j : j + 1] for j, x in enumerate(inputs)], dim=1)
+        else:
+            x = torch.zeros(mask.shape[0], 1, dtype=present.dtype, device=mask.device)
+        return self.out(self.projection(self.input_dropout(x)) + (1 - present) @ self.missing)
+
+
+class LateFusion(nn.Module):
+    """Late fusion: each modality its own risk and response logit (a linear head on its embedding),
+    combined by learned modality weights renormalised over the modalities each patient has."""
+
+    takes_inputs = False
+    gives_outputs = True
+
+    def __init__(self, n_modalities: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(hidden_dim, 2) for _ in range(n_modalities))
+        self.weight_logits = nn.Parameter(torch.zeros(n_modalities))
+
+    def weights(self, mask: torch.Tensor) -> torch.Tensor:
+        return masked_softmax(self.weight_logits.expand(mask.shape), mask)
+
+    def forward(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Patients x 2: combined (risk, response logit)."""
+        outputs = torch.stack([head(embeddings[:, j]) for j, head in enumerate(self.heads)], dim=1)
+        return (self.weights(mask).unsqueeze(-1) * outputs).sum(dim=1)
+
+
+FUSIONS = ("sum", "mean", "early", "attention", "bilinear", "late")
 HEADS = ("additive", "interaction")
 
 
+def make_fusion(
+    name: str, input_dims: dict[str, int], *, hidden_dim: int, dropout: float, input_dropout: float, bilinear_dim: int
+) -> nn.Module:
+    """The fusion module ``model.fusion`` names."""
+    n = len(input_dims)
+    if name == "sum":
+        return MaskedSumFusion()
+    if name == "mean":
+        return MaskedMeanFusion()
+    if name == "attention":
+        return GatedAttentionFusion(hidden_dim)
+    if name == "bilinear":
+        return BilinearFusion(n, hidden_dim, bilinear_dim=bilinear_dim, dropout=dropout)
+    if name == "early":
+        return EarlyFusion(input_dims, hidden_dim, dropout=dropout, input_dropout=input_dropout)
+    if name == "late":
+        return LateFusion(n, hidden_dim)
+    raise MultimodalError(f"model.fusion must be one of {', '.join(FUSIONS)}, got {name}")
+
+
+class ModalityDropout(nn.Module):
+    """In training only, drop each modality a patient has with probability ``p`` (per patient, per step),
+    never all of them: a patient all of whose modalities were drawn keeps one, chosen at random. The
+    dropped modality is masked, exactly as if the patient lacked it. Identity in eval mode."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, mask: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return mask
+        keep = mask & ~(torch.rand(mask.shape, device=mask.device) < self.p)
+        lost_all = mask.any(dim=1) & ~keep.any(dim=1)
+        if lost_all.any():
+            score = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, -1.0)
+            chosen = nn.functional.one_hot(score.argmax(dim=1), mask.shape[1]).bool()
+            keep = keep | (chosen & lost_all.unsqueeze(1))
+        return keep
+
+
+class LinearRisk(nn.Module):
+    """The wide part: ``beta . x`` over the selected, scaled features of the modalities a patient has,
+    plus a learned offset per modality the patient lacks (the missing indicator) — the design of the
+    penalised Cox reference. Starts at 0 (the Cox null model)."""
+
+    def __init__(self, input_dims: dict[str, int]) -> None:
+        super().__init__()
+        self.n_features = sum(input_dims.values())
+        self.coef = nn.Parameter(torch.zeros(self.n_features))
+        self.missing = nn.Parameter(torch.zeros(len(input_dims)))
+
+    def forward(self, inputs: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        present = mask.to(self.coef.dtype)
+        risk = (1 - present) @ self.missing
+        if self.n_features:
+            x = torch.cat([x * present[:, j : j + 1] for j, x in enumerate(inputs)], dim=1)
+            risk = risk + x @ self.coef
+        return risk
+
+    def penalty(self, *, l1: float, l2: float) -> torch.Tensor:
+        """``l1 * sum|beta| + l2 * sum(beta^2) / 2`` (the missing-indicator offsets are not penalised)."""
+        return l1 * self.coef.abs().sum() + 0.5 * l2 * (self.coef**2).sum()
+
+
 class FusionNet(nn.Module):
-    """Per-modality encoders, masked fusion, and risk and response heads."""
+    """Per-modality encoders, a fusion strategy, risk and response heads, and an optional linear term:
+    ``risk = linear(x) + neural_weight * deep(x)``."""
 
     def __init__(
         self,
@@ -67,40 +263,83 @@ class FusionNet(nn.Module):
         input_dropout: float,
         fusion: str = "sum",
         head: str = "additive",
+        modality_dropout: float = 0.0,
+        linear: bool = False,
+        neural_weight: float = 1.0,
+        bilinear_dim: int = 8,
     ) -> None:
         super().__init__()
         if head not in HEADS:
             raise MultimodalError(f"model.head must be one of {', '.join(HEADS)}, got {head}")
         if fusion not in FUSIONS:
             raise MultimodalError(f"model.fusion must be one of {', '.join(FUSIONS)}, got {fusion}")
+        if fusion == "late" and head != "additive":
+            raise MultimodalError(
+                "model.head: interaction needs a fusion that mixes modalities; model.fusion: late gives each "
+                "modality its own risk (use head: additive, or another fusion)"
+            )
+        if neural_weight == 0 and not linear:
+            raise MultimodalError(
+                "model.neural_weight is 0 and model.linear is false: the model would have no risk term"
+            )
         self.modalities = list(input_dims)
+        self.modality_dropout = ModalityDropout(modality_dropout)
+        self.fusion = make_fusion(
+            fusion,
+            input_dims,
+            hidden_dim=hidden_dim,
+            dropout=dropout,
+            input_dropout=input_dropout,
+            bilinear_dim=bilinear_dim,
+        )
         self.encoders = nn.ModuleDict(
-            {
+            {}
+            if self.fusion.takes_inputs
+            else {
                 name: ModalityEncoder(dim, hidden_dim, dropout=dropout, input_dropout=input_dropout)
                 for name, dim in input_dims.items()
             }
         )
-        self.fusion = FUSIONS[fusion]()
-        # additive: risk is linear in the fused embedding, so each modality adds its own effect (a sum of
-        # per-modality functions, as in a Cox model); interaction: one hidden layer after fusion lets the
-        # effect of one modality depend on another (a treatment that helps only mutation carriers).
-        self.trunk = (
-            nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ELU(), nn.Dropout(dropout))
-            if head == "interaction"
-            else nn.Identity()
-        )
-        self.risk_head = nn.Linear(hidden_dim, 1)
-        self.response_head = nn.Linear(hidden_dim, 1)
+        if not self.fusion.gives_outputs:
+            # additive: risk is linear in the fused embedding, so with sum fusion each modality adds its own
+            # effect (a sum of per-modality functions, as in a Cox model); interaction: one hidden layer after
+            # fusion lets the effect of one modality depend on another (a treatment that helps only carriers).
+            self.trunk = (
+                nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ELU(), nn.Dropout(dropout))
+                if head == "interaction"
+                else nn.Identity()
+            )
+            self.risk_head = nn.Linear(hidden_dim, 1)
+            self.response_head = nn.Linear(hidden_dim, 1)
+        self.linear = LinearRisk(input_dims) if linear else None
+        self.neural_weight = float(neural_weight)
+
+    def embeddings(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Patients x modalities x hidden: each modality's encoder output (masking is the fusion's job)."""
+        return torch.stack([self.encoders[name](x) for name, x in zip(self.modalities, inputs, strict=True)], 1)
 
     def forward(self, *inputs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs are one tensor per modality (in ``self.modalities`` order), Captum-style."""
-        embeddings = torch.stack([self.encoders[name](x) for name, x in zip(self.modalities, inputs, strict=True)], 1)
-        fused = self.trunk(self.fusion(embeddings, mask))
-        return self.risk_head(fused).squeeze(-1), self.response_head(fused).squeeze(-1)
+        inputs = list(inputs)
+        mask = self.modality_dropout(mask)
+        if self.fusion.takes_inputs:
+            fused = self.fusion(inputs, mask)
+        else:
+            fused = self.fusion(self.embeddings(inputs), mask)
+        if self.fusion.gives_outputs:
+            risk, logit = fused[:, 0], fused[:, 1]
+        else:
+            fused = self.trunk(fused)
+            risk, logit = self.risk_head(fused).squeeze(-1), self.response_head(fused).squeeze(-1)
+        risk = self.neural_weight * risk
+        if self.linear is not None:
+            risk = risk + self.linear(inputs, mask)
+        return risk, logit
 
 
 class FusionSurvivalModel(L.LightningModule):
-    """Trains :class:`FusionNet` on Cox partial likelihood plus weighted response cross-entropy."""
+    """Trains :class:`FusionNet` on Cox partial likelihood plus weighted response cross-entropy, plus the
+    L1/L2 penalty of the linear term when there is one. Weight decay applies to the deep part only."""
 
     def __init__(
         self,
@@ -114,11 +353,27 @@ class FusionSurvivalModel(L.LightningModule):
         response_weight: float = 0.3,
         fusion: str = "sum",
         head: str = "additive",
+        modality_dropout: float = 0.0,
+        linear: bool = False,
+        neural_weight: float = 1.0,
+        linear_l1: float = 0.0,
+        linear_l2: float = 0.01,
+        linear_learning_rate: float = 0.03,
+        bilinear_dim: int = 8,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = FusionNet(
-            input_dims, hidden_dim=hidden_dim, dropout=dropout, input_dropout=input_dropout, fusion=fusion, head=head
+            input_dims,
+            hidden_dim=hidden_dim,
+            dropout=dropout,
+            input_dropout=input_dropout,
+            fusion=fusion,
+            head=head,
+            modality_dropout=modality_dropout,
+            linear=linear,
+            neural_weight=neural_weight,
+            bilinear_dim=bilinear_dim,
         )
 
     @property
@@ -144,13 +399,13 @@ class FusionSurvivalModel(L.LightningModule):
         cox = cox_partial_likelihood(risk, time, event)
         bce = masked_bce(logit, response)
         loss = cox + self.hparams.response_weight * bce
-        self.log_dict(
-            {"train_cox": cox, "train_bce": bce, "train_loss": loss},
-            prog_bar=False,
-            on_epoch=True,
-            on_step=False,
-            batch_size=len(time),
-        )
+        logged = {"train_cox": cox, "train_bce": bce}
+        if self.net.linear is not None:
+            logged["train_linear_penalty"] = self.net.linear.penalty(
+                l1=self.hparams.linear_l1, l2=self.hparams.linear_l2
+            )
+            loss = loss + logged["train_linear_penalty"]
+        self.log_dict(logged | {"train_loss": loss}, prog_bar=False, on_epoch=True, on_step=False, batch_size=len(time))
         return loss
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
@@ -159,6 +414,10 @@ class FusionSurvivalModel(L.LightningModule):
         return {"risk": risk, "response_prob": torch.sigmoid(logit)}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay
-        )
+        linear = list(self.net.linear.parameters()) if self.net.linear is not None else []
+        linear_ids = {id(p) for p in linear}
+        deep = [p for p in self.parameters() if id(p) not in linear_ids]
+        groups = [{"params": deep, "lr": self.hparams.learning_rate, "weight_decay": self.hparams.weight_decay}]
+        if linear:  # penalised explicitly (L1/L2 in the loss), not by weight decay
+            groups.append({"params": linear, "lr": self.hparams.linear_learning_rate, "weight_decay": 0.0})
+        return torch.optim.AdamW(groups)

@@ -55,6 +55,13 @@ class TrainParams:
     baseline: bool = True
     fusion: str = "sum"
     head: str = "additive"
+    modality_dropout: float = 0.0
+    linear: bool = False
+    neural_weight: float = 1.0
+    linear_l1: float = 0.0
+    linear_l2: float = 0.01
+    linear_learning_rate: float = 0.03
+    bilinear_dim: int = 8
     ensemble: int = 1
     accelerator: str = "auto"
 
@@ -72,6 +79,7 @@ class TrainParams:
         _require_number(self, "learning_rate", minimum=0.0, strict=True)
         _require_number(self, "weight_decay", minimum=0.0)
         _require_number(self, "response_weight", minimum=0.0)
+        _check_fusion_settings(self)
         correlation = _require_number(self, "max_correlation", minimum=0.0, strict=True)
         if correlation > 1:
             raise MultimodalError(f"model.max_correlation must be at most 1 (|Spearman|), got {correlation}")
@@ -119,9 +127,32 @@ class TrainParams:
 
 
 SCREENINGS = ("cox", "variance")
-FUSIONS = ("sum", "mean")
+FUSIONS = ("sum", "mean", "early", "attention", "bilinear", "late")
 HEADS = ("additive", "interaction")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def _check_fusion_settings(params: TrainParams) -> None:
+    """The fusion, modality-dropout and linear-term settings, in one line each (as the config schema does)."""
+    _require_int(params, "bilinear_dim", minimum=1)
+    if _require_number(params, "modality_dropout", minimum=0.0) >= 1:
+        raise MultimodalError(
+            f"model.modality_dropout must be below 1 (a probability of dropping a modality), "
+            f"got {_plain_text(params.modality_dropout)}"
+        )
+    for key in ("neural_weight", "linear_l1", "linear_l2"):
+        _require_number(params, key, minimum=0.0)
+    _require_number(params, "linear_learning_rate", minimum=0.0, strict=True)
+    if not isinstance(params.linear, bool | np.bool_):
+        raise MultimodalError(f"model.linear must be true or false, got {_plain_text(params.linear)}")
+    params.linear = bool(params.linear)
+    if params.neural_weight == 0 and not params.linear:
+        raise MultimodalError("model.neural_weight is 0 and model.linear is false: the model would have no risk term")
+    if params.fusion == "late" and params.head == "interaction":
+        raise MultimodalError(
+            "model.head: interaction needs a fusion that mixes modalities; model.fusion: late gives each "
+            "modality its own risk (use head: additive, or another fusion)"
+        )
 
 
 def _plain_text(value) -> str:
@@ -402,6 +433,13 @@ def _train_member(params: TrainParams, data, out: Path, fold: int, member: int, 
         response_weight=params.response_weight,
         fusion=params.fusion,
         head=params.head,
+        modality_dropout=params.modality_dropout,
+        linear=params.linear,
+        neural_weight=params.neural_weight,
+        linear_l1=params.linear_l1,
+        linear_l2=params.linear_l2,
+        linear_learning_rate=params.linear_learning_rate,
+        bilinear_dim=params.bilinear_dim,
     )
     trainer = L.Trainer(
         max_epochs=params.epochs,
