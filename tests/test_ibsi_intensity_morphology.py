@@ -125,14 +125,21 @@ def test_moran_geary_equal_brute_force_with_anisotropic_spacing() -> None:
     assert geary == pytest.approx(brute_c, rel=1e-9)
 
 
-def test_local_intensity_equals_brute_force_at_image_edge() -> None:
+@pytest.mark.parametrize("at_edge", [True, False])
+def test_local_intensity_equals_brute_force(at_edge: bool) -> None:
     rng = np.random.default_rng(3)
-    image = rng.integers(0, 50, (12, 10, 8)).astype(float)
-    mask = np.zeros(image.shape, dtype=bool)
-    mask[:5, 2:7, 3:] = True  # touches three image faces
-    image[1, 3, 7] = 99.0  # the hottest ROI voxel, at the edge
-    image[0, 0, 0] = 500.0  # outside the ROI, but inside spheres around ROI voxels
     spacing = (1.5, 2.0, 3.0)
+    image = rng.integers(0, 50, (20, 18, 14)).astype(float)
+    mask = np.zeros(image.shape, dtype=bool)
+    if at_edge:
+        mask[:5, 2:7, 9:] = True  # touches three image faces: spheres there hold fewer voxels
+        image[1, 3, 13] = 99.0  # the hottest ROI voxel, at the edge
+        image[0, 0, 10] = 500.0  # outside the ROI, but inside spheres around ROI voxels
+    else:
+        mask[8:12, 7:11, 5:9] = True  # every sphere around an ROI voxel lies inside the image
+        image[10, 9, 7] = 99.0
+        image[10, 9, 5] = 99.0  # two hottest voxels: the higher local mean counts
+        image[6, 9, 5] = 500.0
     ours = local_intensity_features(image, mask, spacing)
     pos = np.argwhere(np.ones(image.shape, dtype=bool)) * np.asarray(spacing)
     flat = image.ravel()

@@ -159,38 +159,49 @@ def _sphere_kernel(spacing: tuple[float, float, float]) -> np.ndarray:
     return (dist2 <= PEAK_RADIUS_MM**2 * (1 + 1e-12)).astype(np.float64)
 
 
+def bounding_box(roi: np.ndarray) -> tuple[slice, ...]:
+    """Slices of the bounding box of the non-empty 3D boolean ``roi``."""
+    # One pass over the full array (any along the last axis), then only the small projections.
+    plane = roi.any(axis=2)
+    rows = np.flatnonzero(plane.any(axis=1))
+    cols = np.flatnonzero(plane.any(axis=0))
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    depth = np.flatnonzero(roi[r0:r1, c0:c1].any(axis=(0, 1)))
+    return slice(r0, r1), slice(c0, c1), slice(int(depth[0]), int(depth[-1]) + 1)
+
+
 def _local_intensity(image: np.ndarray, roi: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, float]:
     kernel = _sphere_kernel(spacing)
-    half = [n // 2 for n in kernel.shape]
     # Work on the ROI bounding box grown by the sphere radius (clipped to the image): every voxel a
     # sphere around an ROI voxel can reach, and zero padding beyond it is exactly "outside the image".
-    idx = np.nonzero(roi)
-    box = tuple(
-        slice(max(int(ix.min()) - h, 0), min(int(ix.max()) + h + 1, n))
-        for ix, h, n in zip(idx, half, image.shape, strict=True)
-    )
+    half = [n // 2 for n in kernel.shape]
+    inner = bounding_box(roi)
+    # The box grown by the radius reaches beyond the image: spheres there average fewer voxels.
+    clipped = any(b.start < h or b.stop + h > n for b, h, n in zip(inner, half, roi.shape, strict=True))
+    box = tuple(slice(max(b.start - h, 0), min(b.stop + h, n)) for b, h, n in zip(inner, half, roi.shape, strict=True))
     img = image[box]
     sub_roi = roi[box]
     # Sphere sums by FFT convolution (scipy): with ~10^3 kernel cells a direct filter costs ~10^3
-    # operations per voxel. Counts divide out the voxels beyond the image edge.
-    sums = _convolve_same(img, kernel)
-    counts = np.rint(_convolve_same(np.ones_like(img), kernel))
-    local_mean = sums[sub_roi] / counts[sub_roi]
+    # operations per voxel. Circular, of length >= box + radius and >= the kernel, the kernel centred on
+    # index 0: a sphere wrapping around either end meets only zero padding.
+    fast = [sfft.next_fast_len(max(d + h, 2 * h + 1), real=True) for d, h in zip(img.shape, half, strict=True)]
+    padded = np.zeros(fast)
+    padded[tuple(slice(0, k) for k in kernel.shape)] = kernel
+    kernel_hat = sfft.rfftn(np.roll(padded, [-h for h in half], axis=(0, 1, 2)))
+    crop = tuple(slice(0, d) for d in img.shape)
+    sums = sfft.irfftn(sfft.rfftn(img, fast) * kernel_hat, fast)[crop][sub_roi]
+    if clipped:
+        # Count the image voxels in each sphere.
+        counts = np.rint(sfft.irfftn(sfft.rfftn(np.ones_like(img), fast) * kernel_hat, fast)[crop][sub_roi])
+    else:
+        counts = kernel.sum()
+    local_mean = sums / counts
     values = img[sub_roi]
     hottest = values == values.max()
     return {
         "loc_peak_loc": float(local_mean[hottest].max()),
         "loc_peak_glob": float(local_mean.max()),
     }
-
-
-def _convolve_same(data: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Linear convolution of ``data`` with the symmetric ``kernel``, cropped to ``data``'s shape (centred)."""
-    full = [d + k - 1 for d, k in zip(data.shape, kernel.shape, strict=True)]
-    fast = [sfft.next_fast_len(n, real=True) for n in full]
-    out = sfft.irfftn(sfft.rfftn(data, fast) * sfft.rfftn(kernel, fast), fast)
-    start = [k // 2 for k in kernel.shape]
-    return out[tuple(slice(s, s + d) for s, d in zip(start, data.shape, strict=True))]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from scipy import fft as sfft
 from scipy.spatial import ConvexHull
 from scipy.spatial.distance import pdist
 
-from multimodal.ingest.ibsi_intensity import validate_roi
+from multimodal.ingest.ibsi_intensity import bounding_box, validate_roi
 
 MORPH_TAGS = (
     "morph_volume",
@@ -77,8 +77,7 @@ def ibsi_morphology_features(
 
     image, roi, sp = validate_roi(image, mask, spacing)
     spacing_a = np.asarray(sp)
-    idx = np.nonzero(roi)
-    box = tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in idx)
+    box = bounding_box(roi)
     roi_box = roi[box]
     img_box = image[box]
     values = img_box[roi_box]
@@ -168,6 +167,13 @@ def ibsi_ellipsoid_area(a: float, b: float, c: float, n_terms: int = 20) -> floa
     return 4.0 * math.pi * a * b * total
 
 
+def _even_fast_len(n: int) -> int:
+    length = sfft.next_fast_len(n, real=True)
+    while length % 2:
+        length = sfft.next_fast_len(length + 1, real=True)
+    return length
+
+
 def moran_geary(image: np.ndarray, roi: np.ndarray, spacing: tuple[float, float, float]) -> tuple[float, float]:
     """Moran's I and Geary's C of the ROI intensities, over all pairs of distinct ROI voxels, weight 1/d.
 
@@ -187,22 +193,33 @@ def moran_geary(image: np.ndarray, roi: np.ndarray, spacing: tuple[float, float,
     if n < 2 or ss == 0:
         return math.nan, math.nan
     m = roi.astype(np.float64)
-    # Circular convolution of length >= 2 s - 1 per axis holds every displacement -(s-1)..(s-1) once.
-    shape = [sfft.next_fast_len(2 * s - 1, real=True) for s in roi.shape]
-    disp = np.ogrid[tuple(slice(0, L) for L in shape)]
-    dist2 = np.zeros(shape)
-    for g, length, h in zip(disp, shape, spacing, strict=True):
-        d = np.where(g < length - g, g, g - length)  # wrapped displacement index
-        dist2 = dist2 + (d * h) ** 2
-    with np.errstate(divide="ignore"):
-        w = np.where(dist2 > 0, 1.0 / np.sqrt(dist2), 0.0)
-    w_hat = sfft.rfftn(w, shape)
-    crop = tuple(slice(0, s) for s in roi.shape)
-    wz = sfft.irfftn(sfft.rfftn(z, shape) * w_hat, shape)[crop]
-    wm = sfft.irfftn(sfft.rfftn(m, shape) * w_hat, shape)[crop]
-    zwz = float(np.sum(z * wz))
-    w_sum = float(np.sum(m * wm))
-    geary_pairs = 2.0 * float(np.sum(z * z * wm)) - 2.0 * zwz
+    # Circular correlation of even length L >= 2 s - 1 per axis holds every displacement -(s-1)..(s-1)
+    # once; even, so that the weights' spectrum is a DCT-I of one octant (below).
+    shape = [_even_fast_len(2 * s - 1) for s in roi.shape]
+    # w(d) = 1/|d| (mm) is even in every axis: its FFT over the wrapped grid is the DCT-I of the octant
+    # d = 0..L/2 (real), 1/8 of the work of the full transform, then mirrored along the first two axes
+    # (the last keeps rfft's half spectrum).
+    d2 = [(np.arange(length // 2 + 1) * h) ** 2 for length, h in zip(shape, spacing, strict=True)]
+    w = d2[0][:, None, None] + d2[1][None, :, None] + d2[2][None, None, :]
+    w[0, 0, 0] = 1.0
+    np.sqrt(w, out=w)
+    np.reciprocal(w, out=w)
+    w[0, 0, 0] = 0.0  # a voxel is not its own neighbour
+    w_hat = sfft.dctn(w, type=1)
+    w_hat = np.concatenate([w_hat, w_hat[-2:0:-1]], axis=0)
+    w_hat = np.concatenate([w_hat, w_hat[:, -2:0:-1]], axis=1)
+    # The sums <a, w * b> by Parseval, straight from the spectra (no inverse transforms); rfft's half
+    # spectrum counts twice except its first and (even length) Nyquist planes.
+    half = np.full(w_hat.shape[-1], 2.0)
+    half[0] = half[-1] = 1.0
+    w_hat *= half / float(np.prod(shape))
+    z_hat = sfft.rfftn(z, shape)
+    m_hat = sfft.rfftn(m, shape)
+    z2_hat = sfft.rfftn(z * z, shape)
+    zwz = float(np.sum(w_hat * (z_hat.real**2 + z_hat.imag**2)))
+    w_sum = float(np.sum(w_hat * (m_hat.real**2 + m_hat.imag**2)))
+    cross_re = z2_hat.real * m_hat.real + z2_hat.imag * m_hat.imag  # Re(conj(z2_hat) m_hat)
+    geary_pairs = 2.0 * float(np.sum(w_hat * cross_re)) - 2.0 * zwz
     moran = n / w_sum * zwz / ss
     geary = (n - 1) / (2.0 * w_sum) * geary_pairs / ss
     return float(moran), float(geary)
