@@ -1,23 +1,24 @@
-"""Imaging ingest: NIfTI image/mask pairs per patient into a patients x radiomics-features AnnData."""
+"""Imaging ingest: image/mask pairs per patient into a patients x radiomics-features AnnData.
+
+Images are NIfTI, NRRD or a DICOM series directory; masks NIfTI, NRRD, DICOM SEG or DICOM RTSTRUCT
+(read by :mod:`multimodal.ingest.medical_images` into one volume-with-geometry representation).
+"""
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import warnings
-import zlib
 from pathlib import Path
 
 import anndata
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError, SpatialImage
 from tqdm import tqdm
 
 from multimodal.errors import MultimodalError
+from multimodal.ingest.medical_images import Volume, read_image, read_mask
 from multimodal.ingest.radiomics import FEATURE_CLASSES, extract_radiomics
 
 logger = logging.getLogger(__name__)
@@ -27,9 +28,6 @@ EXTRACTOR = "multimodal.radiomics v1"
 # Largest absolute difference allowed between the image's and the mask's voxel sizes and affines.
 GEOMETRY_TOLERANCE = 1e-3
 
-# What nibabel, gzip and the file system raise for a damaged or unreadable NIfTI file.
-_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
-
 
 def read_image_and_mask(
     image_path: str | os.PathLike[str],
@@ -37,25 +35,47 @@ def read_image_and_mask(
     *,
     label: int | None = None,
     labels_seen: list[int] | None = None,
+    roi: str | None = None,
+    roi_from_sheet: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """Read a NIfTI image and its ROI mask, checked to be usable together.
+    """Read an image and its ROI mask, checked to be usable together.
 
-    Returns the image as float64, the mask as bool (voxels equal to ``label``, or every voxel > 0 when
-    ``label`` is None) and the voxel spacing in mm from the image header. ``labels_seen``, when given,
-    receives the mask's distinct non-zero labels (a segmentation may hold tumour, oedema, organ ...).
-    A 4D file whose extra dimensions have size 1 counts as 3D. Raises :class:`MultimodalError` naming
-    the file when a file is missing or unreadable, the image is not 3D, the mask's shape, voxel size
-    or affine differs from the image's, the mask is empty (or lacks ``label``), or the image has
-    non-finite intensities inside the mask.
+    The image is NIfTI, NRRD or a directory holding one DICOM series; the mask NIfTI, NRRD, DICOM SEG or
+    DICOM RTSTRUCT (see :mod:`multimodal.ingest.medical_images`). Returns the image as float64, the mask
+    as bool (voxels equal to ``label``, or every voxel > 0 when ``label`` is None; the SEG segment or
+    RTSTRUCT ROI named ``roi``) and the voxel spacing in mm. ``labels_seen``, when given, receives the
+    mask's distinct non-zero labels (a segmentation may hold tumour, oedema, organ ...). A 4D file whose
+    extra dimensions have size 1 counts as 3D. Raises :class:`MultimodalError` naming the file when a
+    file is missing or unreadable, the image is not 3D, the mask's shape, voxel size or affine differs
+    from the image's, the mask is empty (or lacks ``label``), or the image has non-finite intensities
+    inside the mask.
     """
-    image_img, image = _read_nifti(image_path, "image", np.float64)
-    mask_img, mask_raw = _read_nifti(mask_path, "mask", None)
-    mask_raw = _on_image_grid(mask_raw, grid_relation(image_img, mask_img, image_path, mask_path), image.shape)
+    image, mask, spacing, present, _ = _image_and_mask(
+        image_path, mask_path, label=label, roi=roi, roi_from_sheet=roi_from_sheet
+    )
+    if labels_seen is not None:
+        labels_seen[:] = present
+    return image, mask, spacing
+
+
+def _image_and_mask(
+    image_path: str | os.PathLike[str],
+    mask_path: str | os.PathLike[str],
+    *,
+    label: int | None,
+    roi: str | None,
+    roi_from_sheet: bool,
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], list[int], int | None]:
+    """:func:`read_image_and_mask`, also giving the labels present and the label taken (None: every non-zero)."""
+    image_volume, mask_volume, label = _read_pair(
+        image_path, mask_path, roi=roi, label=label, roi_from_sheet=roi_from_sheet, pixels=True
+    )
+    image = image_volume.data
+    relation = grid_relation(image_volume, mask_volume, image_path, mask_path)
+    mask_raw = _on_image_grid(mask_volume.data, relation, image.shape)
     values = np.unique(mask_raw)
     check_label_map(values, mask_path)
     present = [int(v) for v in values if v != 0]
-    if labels_seen is not None:
-        labels_seen[:] = present
     if label is None:
         mask = np.asarray(mask_raw) > 0
         if not mask.any():
@@ -72,9 +92,43 @@ def read_image_and_mask(
             f"(NaN or inf) inside the mask {mask_path}, "
             f"the first at voxel {first}"
         )
-    zooms = image_img.header.get_zooms()
-    spacing = (float(zooms[0]), float(zooms[1]), float(zooms[2]))
-    return image, mask, spacing
+    spacing = (float(image_volume.spacing[0]), float(image_volume.spacing[1]), float(image_volume.spacing[2]))
+    return image, mask, spacing, present, label
+
+
+def _read_pair(
+    image_path: str | os.PathLike[str],
+    mask_path: str | os.PathLike[str],
+    *,
+    roi: str | None,
+    label: int | None,
+    roi_from_sheet: bool,
+    pixels: bool,
+) -> tuple[Volume, Volume, int | None]:
+    """The image and mask volumes (headers only unless ``pixels``) and the label that is the ROI."""
+    image = read_image(image_path, pixels=pixels)
+    if pixels and image.data is not None and image.data.ndim != 3:
+        raise MultimodalError(f"{image_path}: image must be 3D, got {image.data.ndim}D with shape {image.data.shape}")
+    mask, label = read_mask(mask_path, image, roi=roi, label=label, roi_from_sheet=roi_from_sheet, pixels=pixels)
+    return image, mask, label
+
+
+def check_pair(
+    image_path: str | os.PathLike[str],
+    mask_path: str | os.PathLike[str],
+    *,
+    roi: str | None = None,
+    label: int | None = None,
+    roi_from_sheet: bool = False,
+) -> None:
+    """Raise when an image and mask cannot be used together, from their headers (no voxel data read).
+
+    Formats, geometry, the series a DICOM SEG/RTSTRUCT references and the ROI/segment name are checked.
+    """
+    image, mask, _ = _read_pair(
+        image_path, mask_path, roi=roi, label=label, roi_from_sheet=roi_from_sheet, pixels=False
+    )
+    grid_relation(image, mask, image_path, mask_path)
 
 
 #: More distinct values than a label map plausibly holds (TotalSegmentator has 117 labels).
@@ -82,15 +136,16 @@ MAX_MASK_LABELS = 1000
 
 
 def grid_relation(
-    image_img: SpatialImage, mask_img: SpatialImage, image_path: object, mask_path: object
+    image_img: Volume, mask_img: Volume, image_path: object, mask_path: object
 ) -> tuple[np.ndarray, np.ndarray]:
     """How mask voxels map onto image voxels, from the headers alone: (signed axis permutation, offset).
 
     Identity and zero when the mask shares the image's grid; a permutation/flip when the mask is the same
     grid stored in another orientation (LPS vs RAS, another axis order: reoriented exactly, no
     interpolation). Anything else (another shape, voxel size or position) raises, naming both files.
+    Works on the geometry of any format (:class:`~multimodal.ingest.medical_images.Volume`).
     """
-    image_shape, mask_shape = _shape3(image_img), _shape3(mask_img)
+    image_shape, mask_shape = tuple(image_img.shape), tuple(mask_img.shape)
     for path, what, shape in ((image_path, "image", image_shape), (mask_path, "mask", mask_shape)):
         if len(shape) != 3:
             raise MultimodalError(f"{path}: {what} must be 3D, got {len(shape)}D with shape {shape}")
@@ -119,12 +174,12 @@ def grid_relation(
             f"{mask_path}: mask shape {mask_shape} differs from image shape {image_shape} of {image_path}"
             + (cropped if inside else f" ({orientation})")
         )
-    image_zooms = np.sort(np.asarray(image_img.header.get_zooms()[:3], dtype=float))
-    mask_zooms = np.sort(np.asarray(mask_img.header.get_zooms()[:3], dtype=float))
+    image_zooms = np.sort(np.asarray(image_img.spacing[:3], dtype=float))
+    mask_zooms = np.sort(np.asarray(mask_img.spacing[:3], dtype=float))
     if np.max(np.abs(image_zooms - mask_zooms)) > GEOMETRY_TOLERANCE:
         raise MultimodalError(
-            f"{mask_path}: mask voxel spacing {_numbers(mask_img.header.get_zooms()[:3])} mm differs from image "
-            f"spacing {_numbers(image_img.header.get_zooms()[:3])} mm of {image_path} (tolerance {GEOMETRY_TOLERANCE})"
+            f"{mask_path}: mask voxel spacing {_numbers(mask_img.spacing[:3])} mm differs from image "
+            f"spacing {_numbers(image_img.spacing[:3])} mm of {image_path} (tolerance {GEOMETRY_TOLERANCE})"
         )
     difference = float(np.max(np.abs(image_affine - mask_affine)))
     moved = np.max(np.abs(image_affine[:3, :3] - mask_affine[:3, :3])) <= GEOMETRY_TOLERANCE
@@ -179,17 +234,25 @@ def check_label_map(values: np.ndarray, mask_path: object) -> None:
 
 
 def imaging_matrix(
-    samples: pd.DataFrame, *, bin_count: int = 32, mask_label: int | None = None, progress: bool = True
+    samples: pd.DataFrame,
+    *,
+    bin_count: int = 32,
+    mask_label: int | None = None,
+    roi_name: str | None = None,
+    progress: bool = True,
 ) -> anndata.AnnData:
     """Radiomics features of every patient with imaging, as a patients x features AnnData.
 
-    ``samples`` is indexed by patient ID with columns ``image`` and ``mask`` (NIfTI paths, relative
-    to the working directory). A patient whose image and mask are both empty or NaN has no imaging:
-    it is left out and counted in ``uns["ingest"]["exclusions"]["patients_without_imaging"]``. Any
-    unusable file, or an image without a mask or a mask without an image, raises
-    :class:`MultimodalError`. With ``mask_label`` the ROI is the voxels with that label; without, every
-    non-zero voxel, and masks holding more than one label are counted
-    (``exclusions["masks_with_several_labels_merged"]``) so a merged ROI is never silent.
+    ``samples`` is indexed by patient ID with columns ``image`` and ``mask`` (paths relative to the
+    working directory: images NIfTI, NRRD or a DICOM series directory, masks NIfTI, NRRD, DICOM SEG or
+    RTSTRUCT) and optionally ``roi``, the name of the RTSTRUCT ROI or SEG segment that is the tumour
+    (default ``roi_name``; an RTSTRUCT of one ROI needs none). A patient whose image and mask are both
+    empty or NaN has no imaging: it is left out and counted in
+    ``uns["ingest"]["exclusions"]["patients_without_imaging"]``. Any unusable file, or an image without
+    a mask or a mask without an image, raises :class:`MultimodalError`. With ``mask_label`` the ROI is
+    the voxels with that label; without, every non-zero voxel, and masks holding more than one label are
+    counted (``exclusions["masks_with_several_labels_merged"]``) so a merged ROI is never silent. Only
+    voxel data and geometry are read from the files: no DICOM attribute reaches the AnnData.
     """
     missing = [col for col in ("image", "mask") if col not in samples.columns]
     if missing:
@@ -201,6 +264,12 @@ def imaging_matrix(
         raise MultimodalError(f"imaging samples table lists patients more than once: {duplicated[:10]}")
 
     todo: list[tuple[str, str, str]] = []
+    rois: dict[str, tuple[str | None, bool]] = {}  # patient -> (ROI name, given in the sheet)
+    sheet_rois = samples["roi"] if "roi" in samples.columns else pd.Series([None] * len(samples), index=samples.index)
+    for pid, cell in zip(patient_ids, sheet_rois, strict=True):
+        rois[pid] = (None if _blank(cell) else str(cell).strip(), True)
+        if rois[pid][0] is None:
+            rois[pid] = (roi_name or None, False)
     n_without = 0
     for pid, image_path, mask_path in zip(patient_ids, samples["image"], samples["mask"], strict=True):
         has_image = not _blank(image_path)
@@ -223,8 +292,9 @@ def imaging_matrix(
         logger.info("%d of %d patients have no imaging and are left out", n_without, len(patient_ids))
 
     # Every pair's headers (format, geometry) are checked before any slow extraction starts.
-    for _, image_path, mask_path in todo:
-        grid_relation(_load_header(image_path, "image"), _load_header(mask_path, "mask"), image_path, mask_path)
+    for pid, image_path, mask_path in todo:
+        roi, from_sheet = rois[pid]
+        check_pair(image_path, mask_path, roi=roi, label=mask_label, roi_from_sheet=from_sheet)
 
     names = list(FEATURE_CLASSES)
     rows = np.empty((len(todo), len(names)), dtype=np.float32)
@@ -232,9 +302,11 @@ def imaging_matrix(
     for row, (pid, image_path, mask_path) in enumerate(
         tqdm(todo, desc="radiomics", unit="patient", disable=not progress)
     ):
-        labels: list[int] = []
-        image, mask, spacing = read_image_and_mask(image_path, mask_path, label=mask_label, labels_seen=labels)
-        if mask_label is None and len(labels) > 1:
+        roi, from_sheet = rois[pid]
+        image, mask, spacing, labels, taken = _image_and_mask(
+            image_path, mask_path, label=mask_label, roi=roi, roi_from_sheet=from_sheet
+        )
+        if taken is None and len(labels) > 1:
             n_merged += 1
             merged_example = merged_example or f"{mask_path}: labels {labels[:10]}"
         try:
@@ -268,6 +340,7 @@ def imaging_matrix(
                 "bin_count": int(bin_count),
                 "extractor": EXTRACTOR,
                 "mask_label": "any non-zero" if mask_label is None else int(mask_label),
+                **({"roi_name": str(roi_name)} if roi_name else {}),
             },
             "exclusions": {
                 "patients_without_imaging": int(n_without),
@@ -291,87 +364,3 @@ def _blank(value: object) -> bool:
         return bool(pd.isna(value))
     except (TypeError, ValueError):
         return False
-
-
-def _shape3(img: SpatialImage) -> tuple[int, ...]:
-    """The 3D shape of an image whose extra dimensions, if any, have size 1."""
-    shape = tuple(int(n) for n in img.shape)
-    return shape[:3] if len(shape) > 3 and all(n == 1 for n in shape[3:]) else shape
-
-
-def _load_header(path: str | os.PathLike[str], what: str) -> SpatialImage:
-    """The NIfTI image object (header read, data not yet loaded)."""
-    if Path(path).is_dir():
-        raise MultimodalError(
-            f"{path}: {what} is a directory, not a NIfTI file (a DICOM series? convert it with dcm2niix)"
-        )
-    try:
-        return nib.load(path)
-    except _READ_ERRORS as err:
-        raise _unreadable(path, what, err) from err
-
-
-def _unreadable(path: str | os.PathLike[str], what: str, err: BaseException) -> MultimodalError:
-    """The error for a file nibabel cannot read: a cut-short or non-NIfTI file said so, else nibabel's words."""
-    reason = _why_unreadable(Path(path))
-    if reason is None:
-        reason = f"{type(err).__name__}: {' '.join(str(err).split())}"
-    hint = "" if str(path).lower().endswith((".nii", ".nii.gz")) else "; convert it to NIfTI (dcm2niix, SimpleITK)"
-    return MultimodalError(f"{path}: cannot read {what} as NIfTI ({reason}){hint}")
-
-
-#: Bytes of a NIfTI-1 header; where its magic (``n+1``/``ni1``) sits; the NIfTI-2 magic at offset 4.
-_NIFTI1_HEADER, _NIFTI1_MAGIC_AT, _NIFTI2_MAGICS = 348, 344, (b"n+2\0", b"ni2\0")
-
-
-def _why_unreadable(path: Path) -> str | None:
-    """Why a ``.nii``/``.nii.gz`` file cannot be read, when it is empty, cut short or not NIfTI; None when unclear."""
-    import gzip
-
-    if not path.name.lower().endswith((".nii", ".nii.gz")):
-        return None  # another format (NRRD, DICOM, MHA): nibabel's words and the hint to convert
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    if not data:
-        return "an empty file, 0 bytes"
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except EOFError:
-            return f"the gzip stream ends early, after {len(data)} bytes: the file is cut short, an interrupted copy?"
-        except (OSError, zlib.error) as exc:
-            return f"damaged gzip stream: {exc}"
-    elif path.name.lower().endswith(".gz"):
-        return "named .gz but not gzip-compressed"
-    if len(data) < _NIFTI1_HEADER:
-        return f"{len(data)} bytes, shorter than a NIfTI header of {_NIFTI1_HEADER}: the file is cut short"
-    if data[_NIFTI1_MAGIC_AT : _NIFTI1_MAGIC_AT + 4] not in (b"n+1\0", b"ni1\0") and data[4:8] not in _NIFTI2_MAGICS:
-        return "no NIfTI-1 or NIfTI-2 magic in its header: not a NIfTI file"
-    header_class = nib.Nifti2Header if data[4:8] in _NIFTI2_MAGICS else nib.Nifti1Header
-    try:
-        header = header_class.from_fileobj(io.BytesIO(data), check=False)
-        n_voxels = int(np.prod(header.get_data_shape()))
-        needed = int(header.get_data_offset()) + n_voxels * header.get_data_dtype().itemsize
-    except (HeaderDataError, ValueError, TypeError, OverflowError):  # leave the reason to nibabel
-        return None
-    if len(data) < needed:
-        return f"cut short: its header announces {needed} bytes of header and voxels, the file holds {len(data)}"
-    return None
-
-
-def _read_nifti(path: str | os.PathLike[str], what: str, dtype: type | None) -> tuple[SpatialImage, np.ndarray]:
-    """Load a NIfTI file and its 3D data (scaled as float ``dtype``, or stored values when None)."""
-    if not Path(path).exists():
-        raise MultimodalError(f"{path}: {what} file not found")
-    img = _load_header(path, what)
-    try:
-        data = img.get_fdata(dtype=dtype) if dtype is not None else np.asanyarray(img.dataobj)
-    except _READ_ERRORS as err:
-        raise _unreadable(path, what, err) from err
-    if data.ndim > 3 and all(n == 1 for n in data.shape[3:]):
-        data = data.reshape(data.shape[:3])
-    if data.ndim != 3:
-        raise MultimodalError(f"{path}: {what} must be 3D, got {data.ndim}D with shape {data.shape}")
-    return img, data
