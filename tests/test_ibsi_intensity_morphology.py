@@ -228,6 +228,21 @@ def test_bad_input_is_one_line_error() -> None:
     bad[1, 1, 1] = np.nan
     with pytest.raises(MultimodalError, match="1 non-finite"):
         ibsi_morphology_features(bad, cube, (1, 1, 1))
+    with pytest.raises(MultimodalError, match="bin_count must be a positive integer, got 0"):
+        ibsi_intensity_features(cube, cube, (1, 1, 1), bin_count=0)
+    with pytest.raises(MultimodalError, match=r"ivh_bin_width must be a positive number, got -2\.5"):
+        ibsi_intensity_features(cube, cube, (1, 1, 1), ivh_bin_width=np.float32(-2.5))
+
+
+def test_non_finite_voxels_outside_the_roi_are_left_out_of_the_peak_spheres() -> None:
+    image = np.full((9, 9, 9), 2.0)
+    image[4, 4, 4] = 8.0
+    mask = np.zeros_like(image)
+    mask[3:6, 3:6, 3:6] = 1
+    clean = local_intensity_features(image, mask, (1, 1, 1))
+    image[0, 4, 4] = np.nan  # 4 mm from the hottest voxel: inside its sphere, outside the ROI
+    padded = local_intensity_features(image, mask, (1, 1, 1))
+    assert math.isfinite(padded["loc_peak_loc"]) and padded["loc_peak_loc"] > clean["loc_peak_loc"]
 
 
 def test_single_voxel_roi_is_defined_where_ibsi_defines_it() -> None:

@@ -20,11 +20,14 @@ Conventions, as in IBSI 1:
   image edge are simply absent). ``loc_peak_loc`` is that mean around the ROI's hottest voxel (the highest
   such mean if several voxels share the maximum), ``loc_peak_glob`` the highest mean around any ROI voxel.
 * ``ivh_*``: without ``ivh_bin_width`` an integer-valued ROI (CT HU, the IBSI phantom) is used as is,
-  with every integer from the ROI minimum to its maximum as a level; another ROI gets ``ivh_bin_count``
-  equal bins (FBN, levels 1..N). With ``ivh_bin_width`` the levels are the bin centres of an FBS
-  discretisation from the ROI minimum. ``V_x`` is the volume fraction at intensity fraction ``x``,
-  ``I_x`` the lowest level present in at most a fraction ``x`` of the volume (one level above the
-  maximum when none is).
+  with every integer from the ROI minimum to its maximum as a level (up to a million levels); another
+  ROI gets ``ivh_bin_count`` equal bins (FBN, levels 1..N). With ``ivh_bin_width`` the levels are the
+  bin centres of an FBS discretisation from the ROI minimum. ``V_x`` is the volume fraction at
+  intensity fraction ``x``, ``I_x`` the lowest level present in at most a fraction ``x`` of the volume
+  (one level above the maximum when none is). ``ivh_auc`` (trapezoidal area under the IVH) has no
+  IBSI consensus value.
+* ``ih_*`` and ``ivh_*`` use the ROI minimum as the lower bound of fixed bin width discretisation;
+  IBSI uses the re-segmentation range's lower bound when there is one (none here).
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ from scipy import fft as sfft
 
 from multimodal.errors import MultimodalError
 from multimodal.ingest.radiomics import discretise
+
+#: An integer-valued ROI spanning more levels than this gets the fixed bin number IVH instead.
+_IVH_MAX_LEVELS = 1_000_000
 
 #: Radius (mm) of the sphere of 1 cm^3 used by the local intensity features.
 PEAK_RADIUS_MM = 10.0 * (3.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
@@ -130,6 +136,12 @@ def ibsi_intensity_features(
     uses ``bin_width=1``); ``ivh_bin_count``/``ivh_bin_width`` the intensity-volume histogram (see the
     module docstring).
     """
+    for name, count in (("bin_count", bin_count), ("ivh_bin_count", ivh_bin_count)):
+        if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 1:
+            raise MultimodalError(f"{name} must be a positive integer, got {count}")
+    for name, width in (("bin_width", bin_width), ("ivh_bin_width", ivh_bin_width)):
+        if width is not None and not (math.isfinite(width) and width > 0):
+            raise MultimodalError(f"{name} must be a positive number, got {float(width):g}")
     image, roi, spacing_t = validate_roi(image, mask, spacing)
     values = image[roi]
     features: dict[str, float] = {}
@@ -181,6 +193,12 @@ def _local_intensity(image: np.ndarray, roi: np.ndarray, spacing: tuple[float, f
     box = tuple(slice(max(b.start - h, 0), min(b.stop + h, n)) for b, h, n in zip(inner, half, roi.shape, strict=True))
     img = image[box]
     sub_roi = roi[box]
+    finite = np.isfinite(img)
+    if not finite.all():
+        # NaN/inf outside the ROI (a scanner's padding value): left out of the spheres, like voxels
+        # beyond the image edge.
+        img = np.where(finite, img, 0.0)
+        clipped = True
     # Sphere sums by FFT convolution (scipy): with ~10^3 kernel cells a direct filter costs ~10^3
     # operations per voxel. Circular, of length >= box + radius and >= the kernel, the kernel centred on
     # index 0: a sphere wrapping around either end meets only zero padding.
@@ -191,8 +209,8 @@ def _local_intensity(image: np.ndarray, roi: np.ndarray, spacing: tuple[float, f
     crop = tuple(slice(0, d) for d in img.shape)
     sums = sfft.irfftn(sfft.rfftn(img, fast) * kernel_hat, fast)[crop][sub_roi]
     if clipped:
-        # Count the image voxels in each sphere.
-        counts = np.rint(sfft.irfftn(sfft.rfftn(np.ones_like(img), fast) * kernel_hat, fast)[crop][sub_roi])
+        # Count the (finite) image voxels in each sphere.
+        counts = np.rint(sfft.irfftn(sfft.rfftn(finite.astype(np.float64), fast) * kernel_hat, fast)[crop][sub_roi])
     else:
         counts = kernel.sum()
     local_mean = sums / counts
@@ -289,7 +307,7 @@ def intensity_volume_histogram_features(
         n_bins = int(index.max()) + 1
         level_values = lo + (np.arange(n_bins) + 0.5) * bin_width
         step = float(bin_width)
-    elif np.all(values == np.round(values)):
+    elif hi - lo < _IVH_MAX_LEVELS and np.all(values == np.round(values)):
         index = (values - lo).astype(np.int64)
         n_bins = int(hi - lo) + 1
         level_values = lo + np.arange(n_bins, dtype=np.float64)
