@@ -255,3 +255,13 @@ def test_single_voxel_roi_is_defined_where_ibsi_defines_it() -> None:
     g = ibsi_intensity_features(image, mask, (1, 1, 1))
     assert g["stat_mean"] == 13.0 and g["stat_kurt"] == 0.0
     assert g["loc_peak_loc"] == pytest.approx(13.0)  # the 3x3x3 image is symmetric around the voxel
+
+
+def test_flat_roi_has_no_enclosing_ellipsoid() -> None:
+    image = np.arange(5 * 6 * 3, dtype=float).reshape(5, 6, 3)
+    mask = np.zeros_like(image)
+    mask[1:4, 1:5, 1] = 1  # one slice thick: least PCA axis 0
+    f = ibsi_morphology_features(image, mask, (1.0, 1.0, 2.0))
+    assert f["morph_pca_least_axis"] == 0.0 and f["morph_pca_flatness"] == 0.0
+    assert math.isnan(f["morph_vol_dens_aee"]) and math.isnan(f["morph_area_dens_aee"])
+    assert f["morph_volume"] > 0 and math.isfinite(f["morph_moran_i"])

@@ -32,6 +32,7 @@ import numpy as np
 from scipy import fft as sfft
 from scipy.spatial import ConvexHull
 from scipy.spatial.distance import pdist
+from skimage.measure import marching_cubes
 
 from multimodal.ingest.ibsi_intensity import bounding_box, validate_roi
 
@@ -73,8 +74,6 @@ def ibsi_morphology_features(
     intensity-based ones (centre of mass shift, integrated intensity, Moran's I, Geary's C) use the raw
     intensities.
     """
-    from skimage.measure import marching_cubes  # ~0.3 s import: only when morphology is asked for
-
     image, roi, sp = validate_roi(image, mask, spacing)
     spacing_a = np.asarray(sp)
     box = bounding_box(roi)
@@ -106,6 +105,7 @@ def ibsi_morphology_features(
         lam = np.full(3, math.nan)
     major, minor, least = (4.0 * math.sqrt(v) for v in lam)
     semi = 0.5 * np.array([major, minor, least])
+    aee_volume = 4.0 / 3.0 * math.pi * float(np.prod(semi))  # NaN for one voxel, 0 for a flat ROI
 
     total = float(values.sum())
     centre = coords.mean(axis=0)
@@ -131,7 +131,7 @@ def ibsi_morphology_features(
         "morph_pca_flatness": math.sqrt(lam[2] / lam[0]) if lam[0] > 0 else math.nan,
         "morph_vol_dens_aabb": volume / float(np.prod(extent)),
         "morph_area_dens_aabb": area / float(aabb_area),
-        "morph_vol_dens_aee": volume / (4.0 / 3.0 * math.pi * float(np.prod(semi))),
+        "morph_vol_dens_aee": volume / aee_volume if aee_volume > 0 else math.nan,
         "morph_area_dens_aee": area / ibsi_ellipsoid_area(*semi),
         "morph_vol_dens_conv_hull": volume / float(hull.volume),
         "morph_area_dens_conv_hull": area / float(hull.area),
