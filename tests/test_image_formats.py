@@ -416,3 +416,42 @@ def test_geometry_mismatches_keep_their_wording_for_every_format(files: dict[str
         r"on, but image .*ct\.nii\.gz is NIfTI",
     ):
         check_pair(files["nifti"], files["seg"], roi="GTV")
+
+
+def test_an_oblique_series_follows_the_dicom_definition_of_position(tmp_path: Path) -> None:
+    """Voxel (i, j) of slice k lies at ImagePositionPatient + i * column spacing * row + j * row spacing * column."""
+    angle = np.deg2rad(20)
+    row, col = np.array([np.cos(angle), np.sin(angle), 0.0]), np.array([0.0, 0.0, -1.0])  # tilted coronal
+    normal = np.cross(row, col)
+    hu = ct_volume()
+    directory = tmp_path / "oblique"
+    sources = write_series(directory, hu)
+    for path in directory.iterdir():  # re-orient every slice; slice k at k * 2.5 mm against the normal
+        ds = pydicom.dcmread(path)
+        k = int(ds.InstanceNumber) - 1
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*row, *col)]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in ORIGIN - k * SPACING[2] * normal]
+        ds.save_as(path)
+    volume = read_dicom_series(directory, "image")
+    assert len(sources) == volume.shape[2] == 8
+    for path in directory.iterdir():
+        ds = pydicom.dcmread(path)
+        k_written = int(ds.InstanceNumber) - 1
+        k = volume.shape[2] - 1 - k_written  # ordered along the normal: the last written slice comes first
+        for i, j in ((0, 0), (5, 3), (15, 15)):
+            expected = (
+                np.array([float(v) for v in ds.ImagePositionPatient]) + i * SPACING[0] * row + j * SPACING[1] * col
+            )
+            np.testing.assert_allclose((volume.lps_affine @ [i, j, k, 1])[:3], expected, atol=1e-5)
+            assert volume.data[i, j, k] == float(ds.pixel_array[j, i]) - 1024
+    assert volume.spacing == pytest.approx(SPACING)
+
+
+def test_a_nifti_mask_in_canonical_orientation_over_a_dicom_series(files: dict[str, str], tmp_path: Path) -> None:
+    """dcm2niix-style RAS+ reorientation of the mask (axes flipped) is undone exactly, not interpolated."""
+    stored = nib.Nifti1Image((label_map() == 1).astype(np.uint8), LPS_TO_RAS @ lps_affine())
+    canonical = nib.as_closest_canonical(stored)
+    assert nib.aff2axcodes(canonical.affine) != nib.aff2axcodes(stored.affine)
+    nib.save(canonical, tmp_path / "ras.nii.gz")
+    _, mask, _ = read_image_and_mask(files["ct"], tmp_path / "ras.nii.gz")
+    np.testing.assert_array_equal(mask, label_map() == 1)
