@@ -98,6 +98,8 @@ _NGT_NAMES: tuple[str, ...] = ("coarseness", "contrast", "busyness", "complexity
 
 # Above this many cells a histogram is counted with np.unique instead of a dense np.bincount.
 _DENSE_LIMIT = 1 << 23
+# NGTDM's pairwise feature arrays hold up to this many cells (K x K per matrix) at a time.
+_CHUNK_CELLS = 1 << 20
 _LN2 = math.log(2.0)
 
 
@@ -262,101 +264,126 @@ def _cm(ctx: _Context, aggregations: tuple[str, ...]) -> dict[str, float]:
     k = ctx.k
     lv = ctx.lv
     n_slices = ctx.n_slices
-    planar = np.zeros((n_slices, _N_IN_PLANE, k, k))  # per slice and in-plane direction
-    other = np.zeros((len(_DIRECTIONS) - _N_IN_PLANE, k, k))
-    for d, direction in enumerate(_DIRECTIONS):
-        if d >= _N_IN_PLANE and "3D" not in aggregations:
-            break
-        src, dst = _pair_slices(lv.shape, direction)
+    n_dir = len(_DIRECTIONS) if "3D" in aggregations else _N_IN_PLANE
+    # Count the voxel pairs per (slice and in-plane direction, or other direction; i; j) once: every
+    # aggregation merges these cells. Only non-zero cells are kept, so a fine discretisation (large K)
+    # costs no more than a coarse one.
+    n_rows = n_slices * _N_IN_PLANE + n_dir - _N_IN_PLANE
+    dense = np.zeros((n_rows, k * k)) if n_rows * k * k <= _DENSE_LIMIT else None
+    rows, codes = [], []
+    for d in range(n_dir):
+        src, dst = _pair_slices(lv.shape, _DIRECTIONS[d])
         a = lv[src]
         b = lv[dst]
         both = (a > 0) & (b > 0)
         a = a[both].astype(np.int64) - 1
         b = b[both].astype(np.int64) - 1
-        codes = np.concatenate([a * k + b, b * k + a])
+        code = np.concatenate([a * k + b, b * k + a])  # both orders: symmetric matrices
         if d < _N_IN_PLANE:
-            s = np.broadcast_to(np.arange(n_slices)[:, None, None], both.shape)[both]
-            s = np.concatenate([s, s])
-            planar[:, d] = _histogram(s * (k * k) + codes, n_slices * k * k).reshape(n_slices, k, k)
+            row = np.tile(np.nonzero(both)[0] * _N_IN_PLANE + d, 2)
         else:
-            other[d - _N_IN_PLANE] = _histogram(codes, k * k).reshape(k, k)
+            row = np.full(code.size, n_slices * _N_IN_PLANE + d - _N_IN_PLANE, dtype=np.int64)
+        if dense is None:
+            rows.append(row)
+            codes.append(code)
+        elif d < _N_IN_PLANE:
+            counts = np.bincount(row // _N_IN_PLANE * (k * k) + code, minlength=n_slices * k * k)
+            dense[d : n_slices * _N_IN_PLANE : _N_IN_PLANE] = counts.reshape(n_slices, k * k)
+        else:
+            dense[n_slices * _N_IN_PLANE + d - _N_IN_PLANE] = np.bincount(code, minlength=k * k)
+    if dense is None:
+        cells, cnt = _merge_cells(np.concatenate(rows) * (k * k) + np.concatenate(codes), None, n_rows * k * k)
+    else:
+        cells = np.flatnonzero(dense)
+        cnt = dense.ravel()[cells]
+    row = cells // (k * k)
+    i = (cells // k) % k
+    j = cells % k
+    planar = row < n_slices * _N_IN_PLANE
+    dir_a = np.where(planar, row % _N_IN_PLANE, row - n_slices * _N_IN_PLANE + _N_IN_PLANE)
+    slc = row // _N_IN_PLANE
+
+    def feats(group: np.ndarray, n_groups: int, *, all_directions: bool = False) -> dict[str, np.ndarray]:
+        sel = slice(None) if all_directions else planar
+        return _glcm_features(group, i[sel], j[sel], cnt[sel], n_groups, g=ctx.g, n_levels=ctx.n_levels)
+
     out: dict[str, float] = {}
-    feats = lambda mats: _glcm_features(mats, ctx.g, ctx.n_levels)  # noqa: E731
     if "2D" in aggregations:
-        _put(out, "cm", "2D_avg", feats(planar.reshape(-1, k, k)))
-        _put(out, "cm", "2D_comb", feats(planar.sum(axis=1)))
+        _put(out, "cm", "2D_avg", feats(row[planar], n_slices * _N_IN_PLANE))
+        _put(out, "cm", "2D_comb", feats(slc[planar], n_slices))
     if "2_5D" in aggregations:
-        _put(out, "cm", "2_5D_avg", feats(planar.sum(axis=0)))
-        _put(out, "cm", "2_5D_comb", feats(planar.sum(axis=(0, 1))[None]))
+        _put(out, "cm", "2_5D_avg", feats(dir_a[planar], _N_IN_PLANE))
+        _put(out, "cm", "2_5D_comb", feats(np.zeros(int(planar.sum()), dtype=np.int64), 1))
     if "3D" in aggregations:
-        per_direction = np.concatenate([planar.sum(axis=0), other])
-        _put(out, "cm", "3D_avg", feats(per_direction))
-        _put(out, "cm", "3D_comb", feats(per_direction.sum(axis=0)[None]))
+        _put(out, "cm", "3D_avg", feats(dir_a, len(_DIRECTIONS), all_directions=True))
+        _put(out, "cm", "3D_comb", feats(np.zeros_like(dir_a), 1, all_directions=True))
     return out
 
 
-def _glcm_features(mats: np.ndarray, g: np.ndarray, n_levels: int) -> dict[str, np.ndarray]:
-    """IBSI GLCM features of each (K, K) count matrix in ``mats`` (symmetric), NaN for an empty one."""
-    n_mats, k, _ = mats.shape
-    total = mats.sum(axis=(1, 2))
-    p = mats / np.where(total > 0, total, 1.0)[:, None, None]
-    gi = g[:, None]
-    gj = g[None, :]
-    pi = p.sum(axis=2)
-    pj = p.sum(axis=1)
-    mu_i = pi @ g
-    mu_j = pj @ g
-    var_i = pi @ g**2 - mu_i**2
-    var_j = pj @ g**2 - mu_j**2
-    diff = gi - gj
-    absdiff = np.abs(diff)
+def _glcm_features(
+    group: np.ndarray, i: np.ndarray, j: np.ndarray, counts: np.ndarray, n_groups: int, *, g: np.ndarray, n_levels: int
+) -> dict[str, np.ndarray]:
+    """IBSI GLCM features of the symmetric matrices M_group[i, j] holding ``counts``, one value per group
+    (NaN for an empty one). Works on the non-zero cells; ``i``, ``j`` index the grey levels ``g``."""
+    k = g.size
+    cells, c = _merge_cells((group * k + i) * k + j, counts, n_groups * k * k)
+    group = cells // (k * k)
+    gi = g[(cells // k) % k]
+    gj = g[cells % k]
+    total = np.bincount(group, weights=c, minlength=n_groups)
+    p = c / np.where(total > 0, total, 1.0)[group]
 
     def wsum(weight: np.ndarray) -> np.ndarray:
-        return np.einsum("nij,ij->n", p, weight) if weight.ndim == 2 else np.einsum("nij,nij->n", p, weight)
+        return np.bincount(group, weights=p * weight, minlength=n_groups)
 
-    # Diagonal (|i - j| = 0..Ng-1) and cross-diagonal (i + j = 2..2Ng) probabilities.
-    groups = np.arange(n_mats)[:, None, None]
-    n_diff = n_levels
+    # Marginals (rows and columns agree: the matrices are symmetric), diagonal (|i - j| = 0..Ng-1) and
+    # cross-diagonal (i + j = 2..2Ng) probabilities, all dense per group.
+    marginal = np.bincount(group * k + (cells // k) % k, weights=p, minlength=n_groups * k).reshape(n_groups, k)
+    mu = marginal @ g
+    var = np.sum(marginal * (g[None, :] - mu[:, None]) ** 2, axis=1)
+    diff = gi - gj
+    absdiff = np.abs(diff)
     n_sum = 2 * n_levels + 1
-    p_diff = np.bincount((groups * n_diff + absdiff.astype(np.int64)).ravel(), weights=p.ravel(),
-                         minlength=n_mats * n_diff).reshape(n_mats, n_diff)  # fmt: skip
-    p_sum = np.bincount((groups * n_sum + (gi + gj).astype(np.int64)).ravel(), weights=p.ravel(),
-                        minlength=n_mats * n_sum).reshape(n_mats, n_sum)  # fmt: skip
-    kd = np.arange(n_diff, dtype=np.float64)
+    p_diff = np.bincount(group * n_levels + absdiff.astype(np.int64), weights=p, minlength=n_groups * n_levels)
+    p_diff = p_diff.reshape(n_groups, n_levels)
+    p_sum = np.bincount(group * n_sum + (gi + gj).astype(np.int64), weights=p, minlength=n_groups * n_sum)
+    p_sum = p_sum.reshape(n_groups, n_sum)
+    kd = np.arange(n_levels, dtype=np.float64)
     ks = np.arange(n_sum, dtype=np.float64)
     diff_avg = p_diff @ kd
     sum_avg = p_sum @ ks
-    joint_entr = entr(p).sum(axis=(1, 2)) / _LN2
-    hx = entr(pi).sum(axis=1) / _LN2
-    pipj = pi[:, :, None] * pj[:, None, :]
+    joint_entr = np.bincount(group, weights=entr(p), minlength=n_groups) / _LN2
+    hx = entr(marginal).sum(axis=1) / _LN2
+    marg_i = marginal.ravel()[group * k + (cells // k) % k]
+    marg_j = marginal.ravel()[group * k + cells % k]
+    hxy1 = -wsum(np.log2(marg_i * marg_j))
+    hxy2 = 2.0 * hx  # -sum_ij p_i p_j log2(p_i p_j) = HX + HY
+    joint_max = np.zeros(n_groups)
+    np.maximum.at(joint_max, group, p)
+    cluster = gi + gj - 2.0 * mu[group]
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_pipj = np.where(pipj > 0, np.log2(np.where(pipj > 0, pipj, 1.0)), 0.0)
-        hxy1 = -np.sum(p * log_pipj, axis=(1, 2))
-        hxy2 = -np.sum(pipj * log_pipj, axis=(1, 2))
-        sigma = np.sqrt(np.clip(var_i, 0, None) * np.clip(var_j, 0, None))
-        corr = np.where(sigma > 0, (wsum(gi * gj) - mu_i * mu_j) / np.where(sigma > 0, sigma, 1.0), 1.0)
+        corr = np.where(var > 0, (wsum(gi * gj) - mu**2) / np.where(var > 0, var, 1.0), 1.0)
         info_corr1 = np.where(hx > 0, (joint_entr - hxy1) / np.where(hx > 0, hx, 1.0), 0.0)
-    cluster = gi[None] + gj[None] - (mu_i + mu_j)[:, None, None]
-    off_diag = absdiff > 0
+        inv_var = wsum(np.where(absdiff > 0, 1.0 / np.where(absdiff > 0, diff**2, 1.0), 0.0))
     feats = {
-        "joint_max": p.max(axis=(1, 2)),
-        "joint_avg": mu_i,
-        "joint_var": var_i,
+        "joint_max": joint_max,
+        "joint_avg": mu,
+        "joint_var": var,
         "joint_entr": joint_entr,
         "diff_avg": diff_avg,
-        "diff_var": p_diff @ kd**2 - diff_avg**2,
+        "diff_var": np.sum(p_diff * (kd[None, :] - diff_avg[:, None]) ** 2, axis=1),
         "diff_entr": entr(p_diff).sum(axis=1) / _LN2,
         "sum_avg": sum_avg,
-        "sum_var": p_sum @ ks**2 - sum_avg**2,
+        "sum_var": np.sum(p_sum * (ks[None, :] - sum_avg[:, None]) ** 2, axis=1),
         "sum_entr": entr(p_sum).sum(axis=1) / _LN2,
-        "energy": np.sum(p**2, axis=(1, 2)),
+        "energy": np.bincount(group, weights=p**2, minlength=n_groups),
         "contrast": wsum(diff**2),
         "dissimilarity": wsum(absdiff),
         "inv_diff": wsum(1.0 / (1.0 + absdiff)),
         "inv_diff_norm": wsum(1.0 / (1.0 + absdiff / n_levels)),
         "inv_diff_mom": wsum(1.0 / (1.0 + diff**2)),
         "inv_diff_mom_norm": wsum(1.0 / (1.0 + diff**2 / n_levels**2)),
-        "inv_var": wsum(np.where(off_diag, 1.0 / np.where(off_diag, diff**2, 1.0), 0.0)),
+        "inv_var": inv_var,
         "corr": corr,
         "auto_corr": wsum(gi * gj),
         "clust_tend": wsum(cluster**2),
@@ -365,8 +392,17 @@ def _glcm_features(mats: np.ndarray, g: np.ndarray, n_levels: int) -> dict[str, 
         "info_corr1": info_corr1,
         "info_corr2": np.sqrt(1.0 - np.exp(-2.0 * np.clip(hxy2 - joint_entr, 0, None))),
     }
-    empty = total == 0
-    return {name: np.where(empty, np.nan, feats[name]) for name in _CM_NAMES}
+    return {name: np.where(total > 0, feats[name], np.nan) for name in _CM_NAMES}
+
+
+def _merge_cells(codes: np.ndarray, weights: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ``codes`` (all in 0..size-1) and the summed ``weights`` (default 1 each) of each, as float."""
+    if size <= _DENSE_LIMIT:
+        dense = np.bincount(codes, weights=weights, minlength=size)
+        cells = np.flatnonzero(dense)
+        return cells, dense[cells].astype(np.float64)
+    cells, inverse = np.unique(codes, return_inverse=True)
+    return cells, np.bincount(inverse.ravel(), weights=weights, minlength=cells.size).astype(np.float64)
 
 
 def _pair_slices(shape: tuple[int, ...], direction: tuple[int, int, int]) -> tuple[tuple[slice, ...], ...]:
@@ -522,11 +558,21 @@ def _ngt(ctx: _Context, aggregations: tuple[str, ...]) -> dict[str, float]:
         code = group * k + lvl[has]
         n = np.bincount(code, minlength=n_groups * k).reshape(n_groups, k)
         s = np.bincount(code, weights=s_i, minlength=n_groups * k).reshape(n_groups, k)
-        _put(out, "ngt", agg, _ngtdm_features(n.astype(np.float64), s, ctx.g))
+        _put(out, "ngt", agg, _by_chunks(_ngtdm_features, k, n.astype(np.float64), s, g=ctx.g))
     return out
 
 
-def _ngtdm_features(n: np.ndarray, s: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
+def _by_chunks(function, k: int, *arrays: np.ndarray, **kwargs) -> dict[str, np.ndarray]:
+    """``function(*arrays)`` on bounded runs of the arrays' first axis (K x K temporaries per item),
+    the per-item results concatenated."""
+    chunk = max(1, _CHUNK_CELLS // (k * k))
+    if arrays[0].shape[0] <= chunk:
+        return function(*arrays, **kwargs)
+    parts = [function(*(x[i : i + chunk] for x in arrays), **kwargs) for i in range(0, arrays[0].shape[0], chunk)]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def _ngtdm_features(n: np.ndarray, s: np.ndarray, *, g: np.ndarray) -> dict[str, np.ndarray]:
     """IBSI NGTDM features per row of ``n`` (voxel counts per grey level) and ``s`` (summed differences)."""
     n_vc = n.sum(axis=1)
     p = n / np.where(n_vc > 0, n_vc, 1.0)[:, None]
@@ -600,17 +646,7 @@ def _ij_features(
     j_max = int(j.max()) + 1 if j.size else 1
     # Collapse the entries into the non-zero cells of the matrices; everything below works on cells.
     cell_size = n_groups * k * j_max
-    codes = (group * k + lvl) * j_max + j
-    if counts is None:
-        cells, c = _unique_counts(codes, cell_size)
-        c = c.astype(np.float64)
-    elif cell_size <= _DENSE_LIMIT:
-        dense = np.bincount(codes, weights=counts, minlength=cell_size)
-        cells = np.flatnonzero(dense)
-        c = dense[cells]
-    else:
-        cells, inverse = np.unique(codes, return_inverse=True)
-        c = np.bincount(inverse.ravel(), weights=counts)
+    cells, c = _merge_cells((group * k + lvl) * j_max + j, counts, cell_size)
     cell_group = cells // (k * j_max)
     cell_lvl = (cells // j_max) % k
     jf = (cells % j_max).astype(np.float64)
@@ -657,20 +693,6 @@ def _ij_features(
     if energy:
         feats["energy"] = np.bincount(cell_group, weights=p**2, minlength=n_groups)
     return {name: np.where(n_s > 0, value, np.nan) for name, value in feats.items()}
-
-
-def _unique_counts(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct values of ``codes`` (all in 0..size-1) and how often each occurs."""
-    if size <= _DENSE_LIMIT:
-        counts = np.bincount(codes, minlength=size)
-        present = np.flatnonzero(counts)
-        return present, counts[present]
-    return np.unique(codes, return_counts=True)
-
-
-def _histogram(codes: np.ndarray, size: int) -> np.ndarray:
-    """Dense counts of ``codes`` (all in 0..size-1) as float."""
-    return np.bincount(codes, minlength=size).astype(np.float64)
 
 
 def _put(out: dict[str, float], family: str, suffix: str, feats: dict[str, np.ndarray]) -> None:
