@@ -152,7 +152,9 @@ def test_glcm_2d_matches_scikit_image() -> None:
         assert ours[f"{ibsi}_2D_avg"] == pytest.approx(float(np.mean(values)), rel=1e-9), ibsi
 
 
-def _brute_force_zones(levels: np.ndarray, mask: np.ndarray, in_plane: bool) -> list[tuple[int, int, int, int]]:
+def _brute_force_zones(
+    levels: np.ndarray, mask: np.ndarray, in_plane: bool, dist_mask: np.ndarray | None = None
+) -> list[tuple[int, int, int, int]]:
     """(level, size, distance, slice) of each zone (26-connected, or 8-connected in slices along axis 0) by
     flood fill, the distance to the ROI border (6- or 4-connected steps) by breadth-first search."""
     shape = levels.shape
@@ -160,11 +162,15 @@ def _brute_force_zones(levels: np.ndarray, mask: np.ndarray, in_plane: bool) -> 
     offsets = [(a, b, c) for a in steps for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)]
     faces = [o for o in offsets if sum(map(abs, o)) == 1]
 
-    def inside(p):
-        return all(0 <= p[i] < shape[i] for i in range(3)) and mask[p]
+    dist_mask = mask if dist_mask is None else dist_mask
+
+    def inside(p, region=mask):
+        return all(0 <= p[i] < shape[i] for i in range(3)) and region[p]
 
     dist = {}
-    frontier = [p for p in zip(*np.nonzero(mask), strict=True) if any(not inside(_add(p, f)) for f in faces)]
+    frontier = [
+        p for p in zip(*np.nonzero(dist_mask), strict=True) if any(not inside(_add(p, f), dist_mask) for f in faces)
+    ]
     for p in frontier:
         dist[p] = 1
     while frontier:
@@ -172,7 +178,7 @@ def _brute_force_zones(levels: np.ndarray, mask: np.ndarray, in_plane: bool) -> 
         for p in frontier:
             for f in faces:
                 q = _add(p, f)
-                if inside(q) and q not in dist:
+                if inside(q, dist_mask) and q not in dist:
                     dist[q] = dist[p] + 1
                     nxt.append(q)
         frontier = nxt
@@ -200,16 +206,28 @@ def _add(p, o):
 
 
 @pytest.mark.parametrize("aggregation", ["3D", "2_5D", "2D"])
-def test_zone_families_match_brute_force(aggregation: str) -> None:
+@pytest.mark.parametrize("own_distance_mask", [False, True])
+def test_zone_families_match_brute_force(aggregation: str, own_distance_mask: bool) -> None:
     rng = np.random.default_rng(2)
     levels = rng.integers(1, 4, size=(7, 8, 6))
     mask = ndimage.binary_opening(rng.random((7, 8, 6)) < 0.8)
     mask[3, 3, 3] = False  # a hole: its neighbours are on the border
-    zones = np.array(_brute_force_zones(levels, mask, in_plane=aggregation != "3D"), dtype=float)
-    ours = ibsi_texture_features(levels, mask, 3, families=["szm", "dzm"], aggregations=[aggregation], slice_axis=0)
+    dist_mask = None
+    if own_distance_mask:  # the ROI before re-segmentation, reaching beyond the ROI's bounding box
+        levels = np.pad(levels, 2, constant_values=2)
+        mask = np.pad(mask, 2)
+        mask[2:9, 2:10, 2] = False
+        dist_mask = ndimage.binary_dilation(mask, iterations=2)
+        assert (dist_mask.shape > np.ptp(np.nonzero(mask), axis=1) + 1).all()
+    zones = np.array(_brute_force_zones(levels, mask, aggregation != "3D", dist_mask), dtype=float)
+    assert (zones[:, 2].min() > 1) == own_distance_mask
+    ours = ibsi_texture_features(
+        levels, mask, 3, families=["szm", "dzm"], aggregations=[aggregation], slice_axis=0, distance_mask=dist_mask
+    )
     expected: dict[str, list[float]] = {}
-    groups = [zones[zones[:, 3] == s] for s in range(7)] if aggregation == "2D" else [zones]
-    voxels = mask.reshape(7, -1).sum(axis=1) if aggregation == "2D" else [mask.sum()]
+    n_slices = mask.shape[0]
+    groups = [zones[zones[:, 3] == s] for s in range(n_slices)] if aggregation == "2D" else [zones]
+    voxels = mask.reshape(n_slices, -1).sum(axis=1) if aggregation == "2D" else [mask.sum()]
     for group, n_voxels in zip(groups, voxels, strict=True):
         if not len(group):
             continue
@@ -252,6 +270,7 @@ def test_undefined_features_are_nan_not_errors() -> None:
         ({"families": ["glcm"]}, "unknown texture families"),
         ({"aggregations": ["3D_avg"]}, "unknown texture families/aggregations"),
         ({"distance_mask": np.ones((3, 3, 3))}, "distance_mask shape"),
+        ({"distance_mask": np.eye(2, dtype=bool)[:, :, None].repeat(2, axis=2)}, "4 voxels of mask lie outside"),
     ],
 )
 def test_bad_input(kwargs, message) -> None:

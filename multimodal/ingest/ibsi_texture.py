@@ -137,6 +137,9 @@ def ibsi_texture_features(
         distance_mask = np.asarray(distance_mask).astype(bool, copy=False)
         if distance_mask.shape != mask.shape:
             raise MultimodalError(f"distance_mask shape {distance_mask.shape} differs from mask shape {mask.shape}")
+        outside = int(np.count_nonzero(mask & ~distance_mask))
+        if outside:
+            raise MultimodalError(f"{outside} voxels of mask lie outside distance_mask (it must contain the ROI)")
     if isinstance(n_levels, bool) or int(n_levels) != n_levels or n_levels < 1:
         raise MultimodalError(f"n_levels must be a positive integer, got {n_levels}")
     n_levels = int(n_levels)
@@ -152,18 +155,25 @@ def ibsi_texture_features(
     if lo < 1 or hi > n_levels:
         raise MultimodalError(f"grey levels inside the mask must lie in 1..{n_levels}, found {lo:g}..{hi:g}")
 
-    # Crop to the bounding box of both masks, slices along axis 0; only grey levels present in the ROI
+    # Crop to the bounding box of the ROI, slices along axis 0; only grey levels present in the ROI
     # get a matrix row (g holds their values), so the matrices stay small for a fine discretisation.
-    both = mask if distance_mask is None else mask | distance_mask
-    box = tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in np.nonzero(both))
+    box = _bounding_box(mask)
     roi = np.moveaxis(mask[box], slice_axis, 0)
-    dist_roi = roi if distance_mask is None else np.moveaxis(distance_mask[box], slice_axis, 0)
+    if distance_mask is None:
+        dist_roi, dist_crop = roi, (slice(None),) * 3
+    else:  # its own bounding box, which holds the ROI's; dist_crop cuts the ROI's out of it
+        dist_box = _bounding_box(distance_mask)
+        dist_roi = np.moveaxis(distance_mask[dist_box], slice_axis, 0)
+        crop = [slice(b.start - d.start, b.stop - d.start) for b, d in zip(box, dist_box, strict=True)]
+        axis = slice_axis % 3
+        dist_crop = (crop[axis], *(crop[ax] for ax in range(3) if ax != axis))  # the order moveaxis gives
     present = np.unique(roi_values).astype(np.int64)
     lut = np.zeros(n_levels + 1, dtype=np.int32)
     lut[present] = np.arange(1, present.size + 1, dtype=np.int32)
     lv = np.zeros(roi.shape, dtype=np.int32)
     lv[roi] = lut[np.moveaxis(levels[box], slice_axis, 0)[roi].astype(np.int64)]
-    ctx = _Context(lv=lv, roi=roi, dist_roi=dist_roi, g=present.astype(np.float64), n_levels=n_levels)
+    ctx = _Context(lv=lv, roi=roi, g=present.astype(np.float64), n_levels=n_levels)
+    ctx.dist_roi, ctx.dist_crop = dist_roi, dist_crop
 
     out: dict[str, float] = {}
     for family in FAMILIES:
@@ -172,13 +182,18 @@ def ibsi_texture_features(
     return out
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    return tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in np.nonzero(mask))
+
+
 class _Context:
     """The cropped volume (slices along axis 0) and what several families derive from it."""
 
-    def __init__(self, lv: np.ndarray, roi: np.ndarray, dist_roi: np.ndarray, g: np.ndarray, n_levels: int):
+    def __init__(self, lv: np.ndarray, roi: np.ndarray, g: np.ndarray, n_levels: int):
         self.lv = lv  # grey-level index 1..K inside the ROI, 0 outside
         self.roi = roi
-        self.dist_roi = dist_roi
+        self.dist_roi = roi  # the mask the GLDZM distance is measured in ...
+        self.dist_crop: tuple[slice, ...] = (slice(None),) * 3  # ... and where lv lies in it
         self.g = g  # grey level of each index 1..K (g[k - 1])
         self.k = g.size
         self.n_levels = n_levels
@@ -228,6 +243,7 @@ class _Context:
             # IBSI 3.9: distance to the ROI edge in 4- (2D) / 6-connected (3D) steps, voxels outside the
             # ROI (and outside the image) being the edge; a voxel on the border is at distance 1.
             dist = ndimage.distance_transform_cdt(np.pad(self.dist_roi, 1), metric=cross)[1:-1, 1:-1, 1:-1]
+            dist = dist[self.dist_crop]
             # Zones are the connected components of the graph joining neighbouring ROI voxels of equal
             # grey level: one pass over the 13 (or 4 in-plane) directions and one connected_components
             # call, instead of one ndimage.label per grey level (3x faster at 32 levels).
@@ -434,17 +450,24 @@ def _rlm(ctx: _Context, aggregations: tuple[str, ...]) -> dict[str, float]:
     n_slices = ctx.n_slices
     n_len = max(ctx.lv.shape) + 1
     n_rows = n_slices * _N_IN_PLANE + n_dir - _N_IN_PLANE
-    dense = np.zeros((n_rows, k * n_len))
+    dense = np.zeros((n_rows, k * n_len)) if n_rows * k * n_len <= _DENSE_LIMIT else None
+    codes = []
     for d in range(n_dir):
         run_lv, run_len, run_slice = _runs(ctx.lv, _DIRECTIONS[d])
         code = (run_lv - 1) * n_len + run_len
-        if d < _N_IN_PLANE:
+        row = run_slice * _N_IN_PLANE + d if d < _N_IN_PLANE else n_slices * _N_IN_PLANE + d - _N_IN_PLANE
+        if dense is None:
+            codes.append(row * (k * n_len) + code)
+        elif d < _N_IN_PLANE:
             counts = np.bincount(run_slice * (k * n_len) + code, minlength=n_slices * k * n_len)
             dense[d : n_slices * _N_IN_PLANE : _N_IN_PLANE] = counts.reshape(n_slices, k * n_len)
         else:
-            dense[n_slices * _N_IN_PLANE + d - _N_IN_PLANE] = np.bincount(code, minlength=k * n_len)
-    cells = np.flatnonzero(dense)
-    cnt = dense.ravel()[cells]
+            dense[row] = np.bincount(code, minlength=k * n_len)
+    if dense is None:
+        cells, cnt = _merge_cells(np.concatenate(codes), None, n_rows * k * n_len)
+    else:
+        cells = np.flatnonzero(dense)
+        cnt = dense.ravel()[cells]
     len_a = cells % n_len
     lvl_a = (cells // n_len) % k
     fine = cells // (n_len * k)
