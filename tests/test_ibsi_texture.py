@@ -247,6 +247,7 @@ def test_zone_families_match_brute_force(aggregation: str, own_distance_mask: bo
         assert ours[f"{tag}_{aggregation}"] == pytest.approx(np.mean(values)), tag
 
 
+@pytest.mark.filterwarnings("error")
 def test_undefined_features_are_nan_not_errors() -> None:
     mask = np.zeros((3, 3, 3), bool)
     mask[1, 1, 1] = True
@@ -254,6 +255,13 @@ def test_undefined_features_are_nan_not_errors() -> None:
     assert len(single) == 408
     nan = {tag for tag, value in single.items() if math.isnan(value)}
     assert nan == {tag for tag in single if tag.startswith(("cm_", "ngt_"))}  # no voxel pair, no neighbour
+    # Two blobs with an empty slice between them: that slice is left out of the 2D averages.
+    gap = np.ones((4, 4, 5), bool)
+    gap[:, :, 2] = False
+    levels = np.arange(80).reshape(4, 4, 5) % 3 + 1
+    with_gap = ibsi_texture_features(levels, gap, 3)
+    without = ibsi_texture_features(np.delete(levels, 2, axis=2), np.delete(gap, 2, axis=2), 3)
+    assert all(with_gap[t] == pytest.approx(without[t]) for t in with_gap if "_2D" in t)
     flat = ibsi_texture_features(np.full((4, 4, 4), 2), np.ones((4, 4, 4), bool), 4)
     assert all(math.isfinite(v) for v in flat.values())
     assert flat["cm_corr_3D_avg"] == 1.0 and flat["ngt_coarseness_3D"] == 1e6

@@ -708,7 +708,7 @@ def _ij_features(
         "glnu_norm": glnu_sum / safe_n**2,
         "jnu": jnu_sum / safe_n,
         "jnu_norm": jnu_sum / safe_n**2,
-        "perc": n_s / n_voxels,
+        "perc": n_s / np.where(n_voxels > 0, n_voxels, 1.0),
         "gl_var": mean((gi - mu_g[cell_group]) ** 2),
         "j_var": mean((jf - mu_j[cell_group]) ** 2),
         "entr": np.bincount(cell_group, weights=entr(p), minlength=n_groups) / _LN2,
