@@ -196,9 +196,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     _torch_threads(args)
     section = dict(_load_config(args.config)["model"]) if args.config else {}
-    for key in ("folds", "epochs", "seed"):
+    for key in ("folds", "epochs", "seed", "repeats", "bootstrap"):
         if getattr(args, key) is not None:
             section[key] = getattr(args, key)
+    if args.splits is not None:
+        section["splits"] = str(args.splits)
     if args.accelerator:
         section["accelerator"] = args.accelerator
     mdata = read_cohort_store(args.store)
@@ -378,6 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=_positive_int)
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--splits",
+        type=Path,
+        help="folds from a folds.tsv, a split file or a directory of splits_<k>.csv (train, val patient IDs)",
+    )
+    p.add_argument("--repeats", type=_positive_int, help="repeated k-fold: reshuffled folds, seed + r")
+    p.add_argument("--bootstrap", type=int, help="bootstrap resamples for the metrics' 95%% CIs (0: none)")
     p.add_argument("--accelerator", choices=["auto", "cpu", "gpu", "cuda", "mps"])
     p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's own choice)")
     p.set_defaults(func=cmd_train)

@@ -35,15 +35,16 @@ def penalised_cox_risk(
     seed: int = 0,
 ) -> tuple[np.ndarray, float, int]:
     """Elastic-net Cox: the penalty is chosen by inner cross-validation (Harrell's C; stratified by event
-    when plain folds would leave one without events) on the training rows only. Returns the held-out
-    risk scores, the chosen alpha and the number of inner folds used (``inner_folds``, or fewer on a
-    training fold with few events or patients).
+    when plain folds would leave one without events) on the training rows only, over one warm-started
+    penalty path per fit (the training fold's, then one per inner fold) rather than a refit per penalty.
+    Returns the held-out risk scores, the chosen alpha and the number of inner folds used (``inner_folds``,
+    or fewer on a training fold with few events or patients).
 
-    Raises :class:`BaselineSkipped` with the reason when the training rows cannot support the model.
+    Raises :class:`BaselineSkipped` with the reason when the training rows cannot support the model, or when
+    the fit fails in any way (the reference never costs the fusion model its results).
     """
-    from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
-    from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
-    from sksurv.linear_model import CoxnetSurvivalAnalysis
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import KFold, StratifiedKFold
     from sksurv.util import Surv
 
     event = np.asarray(train_event, dtype=float) > 0
@@ -61,22 +62,66 @@ def penalised_cox_risk(
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
-        # the weakest penalties can fail numerically on small folds; they score 0.5 and are not chosen
-        warnings.simplefilter("ignore", FitFailedWarning)
         splits = list(KFold(n_splits=k, shuffle=True, random_state=seed).split(train_x))
         if any(not event[train].any() or not event[test].any() for train, test in splits):
             # few events: unstratified inner folds would fit or score some penalties without any event
             splits = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(train_x, event))
         try:
-            path = CoxnetSurvivalAnalysis(l1_ratio=l1_ratio, alpha_min_ratio=0.01, n_alphas=15).fit(train_x, y)
-            search = GridSearchCV(
-                CoxnetSurvivalAnalysis(l1_ratio=l1_ratio, fit_baseline_model=False),
-                param_grid={"alphas": [[a] for a in path.alphas_]},
-                cv=splits,
-                error_score=0.5,
-            ).fit(train_x, y)
-        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+            # one warm-started path on the whole training fold gives the penalties and the final model ...
+            path = _fit_path(train_x, y, l1_ratio=l1_ratio, alphas=None)
+            alphas = np.asarray(path.alphas_, dtype=float)
+            # ... and one path per inner fold scores every penalty on that inner fold's held-out rows
+            scores = np.full((len(splits), len(alphas)), 0.5)  # a penalty an inner fold cannot fit scores 0.5
+            for i, (inner_train, inner_test) in enumerate(splits):
+                try:
+                    inner = _fit_path(train_x[inner_train], y[inner_train], l1_ratio=l1_ratio, alphas=alphas)
+                except _FIT_ERRORS:
+                    continue
+                for j, alpha in enumerate(alphas):
+                    if j < len(inner.alphas_):
+                        scores[i, j] = _c_index(y[inner_test], inner.predict(train_x[inner_test], alpha=alpha))
+            best = float(alphas[int(np.argmax(scores.mean(axis=0)))])  # ties: the strongest penalty
+            risk = path.predict(test_x, alpha=best)
+        except Exception as exc:  # noqa: BLE001 - any failure of the reference skips it, never the run
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BaselineSkipped(f"Coxnet could not be fitted on this training fold ({first})") from exc
-    best = search.best_estimator_
-    return best.predict(test_x), float(best.alphas[0]), k
+    return np.asarray(risk, dtype=float), best, k
+
+
+#: numerical failures of a Coxnet fit on a small or ill-conditioned fold
+_FIT_ERRORS = (ValueError, ArithmeticError, np.linalg.LinAlgError)
+
+
+def _fit_path(x: np.ndarray, y: np.ndarray, *, l1_ratio: float, alphas: np.ndarray | None):
+    """One warm-started Coxnet fit of a whole penalty path (``alphas``, or 15 from the data). If the weakest
+    penalties fail numerically ("weights are too large"), the path is cut to its stronger half and refitted."""
+    from sksurv.linear_model import CoxnetSurvivalAnalysis
+
+    def fit(**path):
+        return CoxnetSurvivalAnalysis(l1_ratio=l1_ratio, fit_baseline_model=False, **path).fit(x, y)
+
+    if alphas is None:
+        for ratio in (0.01, 0.1, 0.5):
+            try:
+                return fit(alpha_min_ratio=ratio, n_alphas=15)
+            except _FIT_ERRORS:
+                if ratio == 0.5:
+                    raise
+    while True:
+        try:
+            return fit(alphas=alphas)
+        except _FIT_ERRORS:
+            if len(alphas) <= 1:
+                raise
+            alphas = alphas[: len(alphas) // 2]
+
+
+def _c_index(y: np.ndarray, risk: np.ndarray) -> float:
+    """Harrell's C on an inner fold (0.5 where undefined or not finite, like a failed penalty)."""
+    from sksurv.metrics import concordance_index_censored
+
+    try:
+        value = concordance_index_censored(y["event"], y["time"], np.asarray(risk, dtype=float))[0]
+    except Exception:  # noqa: BLE001 - no comparable pairs, non-finite scores
+        return 0.5
+    return float(value) if np.isfinite(value) else 0.5

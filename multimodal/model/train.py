@@ -52,6 +52,11 @@ class TrainParams:
     max_features: dict[str, int] = field(default_factory=lambda: {"expression": 20, "variants": 20})
     screening: str = "cox"
     max_correlation: float = 0.95
+    default_max_features: int = 50
+    splits: str | None = None
+    repeats: int = 1
+    bootstrap: int = 1000
+    eval_times: list[float] | None = None
     baseline: bool = True
     fusion: str = "sum"
     head: str = "additive"
@@ -114,6 +119,7 @@ class TrainParams:
                     f"model.max_features.{name} must be a whole number of at least 1, got {_plain_text(limit)}"
                 )
         self.max_features = {str(k): int(v) for k, v in limits.items()}
+        _check_evaluation_settings(self)
 
     @classmethod
     def from_config(cls, section: dict | None) -> TrainParams:
@@ -220,7 +226,8 @@ def cross_validate(
 
     from multimodal.model.baselines import INNER_FOLDS, BaselineSkipped
     from multimodal.model.data import CohortDataModule, cohort_arrays
-    from multimodal.model.splits import assign_folds
+    from multimodal.model.metrics import breslow_survival, evaluation_settings
+    from multimodal.model.splits import assigned_plan, read_splits, write_folds
 
     params = params or TrainParams()
     _quiet_lightning()
@@ -228,13 +235,28 @@ def cross_validate(
     arrays = cohort_arrays(mdata, modalities=params.modalities)
     counts = outcome_counts(arrays.time, arrays.event)
     n_outcome, n_events = counts["n_with_outcome"], counts["n_events"]
-    check_cohort_size(n_outcome, n_events, params.folds, where=where)
-    folds = assign_folds(mdata.obs, n_folds=params.folds, seed=params.seed)
+    if params.splits:
+        plan = read_splits(params.splits, arrays.patients)
+    else:
+        check_cohort_size(n_outcome, n_events, params.folds, where=where)
+        plan = assigned_plan(mdata.obs, n_folds=params.folds, seed=params.seed, repeats=params.repeats)
+    settings = evaluation_settings(
+        arrays.time, arrays.event, times=params.eval_times, n_bootstrap=params.bootstrap, seed=params.seed
+    )
+    budget = _feature_budget(params, arrays.modalities)
     notes: list[str] = []
+    current = {"repeat": 0}
+    survival: dict[int, np.ndarray] = {}  # per fold of the first repeat: held-out survival functions
+    repeat_predictions: list[pd.DataFrame] = []
+    repeat_fold_metrics: list[dict] = []
 
     def note(message: str) -> None:
+        message = f"repeat {current['repeat']}, {message}" if current["repeat"] else message
         log.warning("%s", message)
         notes.append(message)
+
+    if plan.untested:
+        note(_untested_note(plan))
 
     has_response = np.isfinite(arrays.response).any()
     predictions = []
@@ -242,15 +264,15 @@ def cross_validate(
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        for k in range(params.folds):
-            L.seed_everything(params.seed + k, workers=True, verbose=False)
-            test_rows = np.flatnonzero(folds.to_numpy() == k)
-            train_rows = np.flatnonzero(folds.to_numpy() != k)
+        for r, k, (train_rows, test_rows) in _schedule(plan):
+            current["repeat"] = r
+            L.seed_everything(params.seed + k + REPEAT_SEED_STEP * r, workers=True, verbose=False)
+            root = tmp if r == 0 else tmp / f"repeat_{r}"
             data = CohortDataModule(
                 arrays,
                 train_rows=train_rows,
                 test_rows=test_rows,
-                max_features=params.max_features,
+                max_features=budget,
                 screening=params.screening,
                 max_correlation=params.max_correlation,
             )
@@ -260,32 +282,42 @@ def cross_validate(
                     f"{where}: fold {k}: none of its {train_counts['n_with_outcome']} training patients with a "
                     "survival outcome has an observed event, so no survival model can be trained; use fewer folds"
                 )
-            fold_dir = tmp / f"fold_{k}"
+            fold_dir = root / f"fold_{k}"
             if progress:
                 log.info(
                     "fold %d/%d: %d training, %d held-out patients",
                     k + 1,
-                    params.folds,
+                    plan.n_folds,
                     len(data.train_rows),
                     len(test_rows),
                 )
             data.setup()  # fits the fold's preprocessing on its training rows
             _note_preprocessing(data.preprocessor.counts, fold=k, note=note)
             inputs, mask = data.preprocessor.transform(arrays, test_rows)
-            risks, probs = [], []
+            train_inputs, train_mask = data.preprocessor.transform(arrays, data.train_rows)
+            risks, probs, train_risks = [], [], []
             for member in range(params.ensemble):
                 # members differ only in their seed: averaging them removes much of a small cohort's
                 # optimisation noise without touching the folds or the preprocessing
-                L.seed_everything(params.seed + k + 1000 * member, workers=True, verbose=False)
-                model = _train_member(params, data, tmp, k, member, progress)
+                L.seed_everything(params.seed + k + 1000 * member + REPEAT_SEED_STEP * r, workers=True, verbose=False)
+                model = _train_member(params, data, root, k, member, progress)
                 model.eval()
                 with torch.no_grad():
                     device = next(model.parameters()).device
                     risk, logit = model(*[t.to(device) for t in inputs], mask=mask.to(device))
+                    train_risk = model(*[t.to(device) for t in train_inputs], mask=train_mask.to(device))[0]
+                train_risks.append(train_risk.cpu().numpy().astype(float))
                 risks.append(risk.cpu().numpy().astype(float))
                 probs.append(torch.sigmoid(logit).cpu().numpy().astype(float))
             data.preprocessor.save(fold_dir / "preprocessing.npz")
             risk, response_prob = np.mean(risks, axis=0), np.mean(probs, axis=0)
+            fold_survival = breslow_survival(
+                np.mean(train_risks, axis=0),
+                arrays.time[data.train_rows],
+                arrays.event[data.train_rows],
+                risk,
+                settings.grid,
+            )
             if not np.isfinite(arrays.response[data.train_rows]).any():  # no response label to learn from
                 response_prob = np.full_like(response_prob, np.nan)
                 if has_response:
@@ -319,18 +351,34 @@ def cross_validate(
                             f"inner cross-validation ({train_counts['n_with_outcome']} training patients, "
                             f"{train_counts['n_events']} events)"
                         )
-                except BaselineSkipped as exc:
+                except Exception as exc:  # noqa: BLE001 - a failed reference is recorded; training goes on
+                    exc = exc if isinstance(exc, BaselineSkipped) else BaselineSkipped(_reason(exc))
                     fold_pred["risk_penalised_cox"] = np.nan
                     baseline = {"alpha": None, "inner_folds": None, "skipped": str(exc)}
                     note(f"fold {k}: penalised Cox reference skipped: {exc}")
-            predictions.append(fold_pred)
-            fold_metrics.append(
+            clinical: dict = {}
+            if params.baseline:
+                fold_pred["risk_clinical_cox"], clinical = _clinical_cox(data, arrays, inputs, seed=params.seed)
+                if "skipped" in clinical and clinical["skipped"] != baseline.get("skipped"):  # else said once
+                    note(f"fold {k}: clinical-only Cox reference skipped: {clinical['skipped']}")
+            if r:
+                repeat_predictions.append(fold_pred.assign(repeat=r))
+            else:
+                predictions.append(fold_pred)
+                survival[k] = fold_survival
+            metrics_list = fold_metrics if r == 0 else repeat_fold_metrics
+            metrics_list.append(
                 _metrics(fold_pred) | {"fold": k, "n_train": len(data.train_rows), "features": data.preprocessor.counts}
             )
+            metrics_list[-1] |= {"repeat": r} if r else {}
+            metrics_list[-1]["feature_budget"] = {name: budget.get(name) for name in arrays.modalities}
             if params.baseline:
-                fold_metrics[-1]["penalised_cox"] = {"c_index": _c_index(fold_pred, "risk_penalised_cox")} | baseline
+                metrics_list[-1]["penalised_cox"] = {"c_index": _c_index(fold_pred, "risk_penalised_cox")} | baseline
+                metrics_list[-1]["clinical_cox"] = {"c_index": _c_index(fold_pred, "risk_clinical_cox")} | clinical
+            if r == 0:
+                metrics_list[-1]["evaluation"] = _evaluate(fold_pred, settings, fold_survival, salt=k + 1)
             log.info(
-                "fold %d: C-index %s, AUROC %s", k, *(format_metric(fold_metrics[-1][m]) for m in ("c_index", "auroc"))
+                "fold %d: C-index %s, AUROC %s", k, *(format_metric(metrics_list[-1][m]) for m in ("c_index", "auroc"))
             )
 
         pred = pd.concat(predictions, ignore_index=True)
@@ -338,7 +386,9 @@ def cross_validate(
         per_fold = pd.DataFrame(fold_metrics)
         metrics = {
             "folds": fold_metrics,
-            "baseline": _baseline_summary(pred, fold_metrics) if params.baseline else {},
+            "baseline": (_baseline_summary(pred, fold_metrics) | _clinical_summary(pred, fold_metrics))
+            if params.baseline
+            else {},
             "mean": {m: float(per_fold[m].mean()) for m in ("c_index", "auroc")},  # NaN folds skipped
             "sd": {m: float(per_fold[m].std(ddof=1)) for m in ("c_index", "auroc")},
             "n_folds_defined": {m: int(per_fold[m].notna().sum()) for m in ("c_index", "auroc")},
@@ -349,7 +399,12 @@ def cross_validate(
             "n_events": n_events,
             "notes": notes,
         }
-        folds.rename_axis("patient_id").reset_index().to_csv(tmp / "folds.tsv", sep="\t", index=False)
+        metrics |= _evaluation_summary(pred, survival, settings, plan, repeat_predictions, repeat_fold_metrics)
+        write_folds(plan, arrays.patients, tmp / "folds.tsv")
+        if repeat_predictions:
+            pd.concat([pred.assign(repeat=0), *repeat_predictions], ignore_index=True).to_csv(
+                tmp / "predictions_repeats.tsv", sep="\t", index=False
+            )
         pred.to_csv(tmp / "predictions.tsv", sep="\t", index=False)
         (tmp / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=1, allow_nan=False))
         (tmp / "params.json").write_text(
@@ -536,3 +591,170 @@ def _metrics(pred: pd.DataFrame) -> dict:
         "n_test_with_outcome": outcome_counts(pred["time"], pred["event"])["n_with_outcome"],
         "n_events": outcome_counts(pred["time"], pred["event"])["n_events"],
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Splits, repeats, feature budgets, the clinical-only reference and the bootstrap evaluation.
+
+#: seed offset between repeats of k-fold cross-validation (repeat 0 keeps the seeds of a single run)
+REPEAT_SEED_STEP = 100_000
+
+
+def _check_evaluation_settings(params: TrainParams) -> None:
+    """``default_max_features``, ``splits``, ``repeats``, ``bootstrap`` and ``eval_times``, one line each."""
+    _require_int(params, "default_max_features", minimum=1)
+    _require_int(params, "repeats", minimum=1)
+    _require_int(params, "bootstrap", minimum=0)
+    params.default_max_features, params.repeats, params.bootstrap = (
+        int(params.default_max_features),
+        int(params.repeats),
+        int(params.bootstrap),
+    )
+    if params.splits is not None:
+        if not isinstance(params.splits, str | Path) or not str(params.splits).strip():
+            raise MultimodalError(
+                "model.splits must be a folds.tsv, a split file or a directory of them, "
+                f"got {_plain_text(params.splits)}"
+            )
+        params.splits = str(params.splits)
+        if params.repeats != 1:
+            raise MultimodalError(
+                "model.repeats repeats folds the run assigns itself; with model.splits the folds come from the "
+                f"split files: set model.repeats to 1 (got {params.repeats})"
+            )
+    if params.eval_times is not None:
+        times = params.eval_times
+        if isinstance(times, str | bytes) or not isinstance(times, list | tuple) or not times:
+            raise MultimodalError(f"model.eval_times must be a list of times or null, got {_plain_text(times)}")
+        for t in times:
+            if isinstance(t, bool) or not isinstance(t, numbers.Real) or not np.isfinite(t) or t <= 0:
+                raise MultimodalError(f"model.eval_times must hold times above 0, got {_plain_text(t)}")
+        params.eval_times = sorted(float(t) for t in times)
+
+
+def _feature_budget(params: TrainParams, modalities: list[str]) -> dict[str, int]:
+    """The most features each modality may bring into a fold's model: ``max_features`` where listed, else
+    ``default_max_features`` (a table modality with thousands of columns is screened like expression)."""
+    return {name: int(params.max_features.get(name, params.default_max_features)) for name in modalities}
+
+
+def _schedule(plan):
+    """``(repeat, fold, (train_rows, test_rows))`` over every repeat and fold of a plan."""
+    for r, folds in enumerate(plan.folds):
+        for k, rows in enumerate(folds):
+            yield r, k, rows
+
+
+def _untested_note(plan) -> str:
+    listed = ", ".join(plan.untested[:10]) + (f" and {len(plan.untested) - 10} more" if len(plan.untested) > 10 else "")
+    return (
+        f"{len(plan.untested)} cohort patient(s) are held out by no fold of the splits ({plan.source}), "
+        f"so they get no prediction: {listed}"
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a reference model's failure."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _clinical_cox(data, arrays, inputs, *, seed: int) -> tuple[np.ndarray, dict]:
+    """The elastic-net Cox reference on the clinical modality alone (its fold-selected, fold-scaled covariates),
+    penalty chosen as for the full reference. A failure is recorded as the reason; training goes on."""
+    from multimodal.model.baselines import BaselineSkipped, penalised_cox_risk
+
+    skipped = np.full(len(data.test_rows), np.nan)
+    if "clinical" not in arrays.modalities:
+        return skipped, {"alpha": None, "inner_folds": None, "skipped": "the model has no clinical modality"}
+    j = arrays.modalities.index("clinical")
+    train = data.train_rows
+    try:
+        train_inputs, _ = data.preprocessor.transform(arrays, train)
+        risk, alpha, inner = penalised_cox_risk(
+            train_inputs[j].numpy(), arrays.time[train], arrays.event[train], inputs[j].numpy(), seed=seed
+        )
+    except Exception as exc:  # noqa: BLE001 - a failed reference is recorded; training goes on
+        reason = str(exc) if isinstance(exc, BaselineSkipped) else _reason(exc)
+        return skipped, {"alpha": None, "inner_folds": None, "skipped": reason}
+    return risk, {"alpha": alpha, "inner_folds": inner}
+
+
+def _clinical_summary(pred: pd.DataFrame, fold_metrics: list[dict]) -> dict:
+    """The clinical-only reference over folds, as :func:`_baseline_summary` does for the full one."""
+    entries = [f.get("clinical_cox") or {} for f in fold_metrics]
+    skipped = {str(f["fold"]): e["skipped"] for f, e in zip(fold_metrics, entries, strict=True) if "skipped" in e}
+    values = np.array([e.get("c_index") for e in entries if "skipped" not in e], dtype=float)
+    defined = values[np.isfinite(values)]
+    summary = {
+        "model": "elastic-net Cox on the clinical modality alone (same folds, penalty chosen the same way)",
+        "features": "the clinical modality's fold-selected, fold-scaled covariates",
+        "n_folds_fitted": len(fold_metrics) - len(skipped),
+        "skipped_folds": skipped,
+        "mean_c_index": float(defined.mean()) if defined.size else float("nan"),
+        "sd_c_index": float(defined.std(ddof=1)) if defined.size > 1 else float("nan"),
+        "pooled_c_index": _c_index(pred, "risk_clinical_cox") if "risk_clinical_cox" in pred else float("nan"),
+    }
+    if fold_metrics and len(skipped) == len(fold_metrics):
+        summary["skipped"] = f"skipped in every fold: {next(iter(skipped.values()))}"
+    return {"clinical_cox": summary}
+
+
+def _evaluate(pred: pd.DataFrame, settings, survival: np.ndarray | None, *, salt: int) -> dict:
+    """Bootstrap metrics of one held-out set (a fold, or all out-of-fold predictions)."""
+    from multimodal.model.metrics import evaluate_held_out
+
+    references = {
+        name: pred[f"risk_{name}"].to_numpy(float)
+        for name in ("penalised_cox", "clinical_cox")
+        if f"risk_{name}" in pred and pred[f"risk_{name}"].notna().any()
+    }
+    return evaluate_held_out(
+        pred["time"].to_numpy(float),
+        pred["event"].to_numpy(float),
+        pred["risk"].to_numpy(float),
+        settings,
+        survival=survival,
+        response=pred["response"].to_numpy(float),
+        response_prob=pred["response_prob"].to_numpy(float),
+        references=references,
+        salt=salt,
+    )
+
+
+def _evaluation_summary(pred, survival, settings, plan, repeat_predictions, repeat_fold_metrics) -> dict:
+    """metrics.json's ``evaluation`` (settings and pooled bootstrap metrics; per fold under ``folds``),
+    ``splits`` (where the folds came from, who no fold tests) and, for repeated k-fold, ``repeats``."""
+    pooled_survival = np.vstack([survival[k] for k in sorted(survival)]) if survival else None
+    out = {
+        "evaluation": {"settings": settings.describe(), "pooled": _evaluate(pred, settings, pooled_survival, salt=0)},
+        "splits": {
+            "source": plan.source,
+            "n_folds": plan.n_folds,
+            "repeats": plan.repeats,
+            "n_patients_held_out_by_no_fold": len(plan.untested),
+            "patients_held_out_by_no_fold": plan.untested,
+        },
+    }
+    if repeat_predictions:
+        everything = pd.concat([pred.assign(repeat=0), *repeat_predictions], ignore_index=True)
+        per_repeat = []
+        for r, part in everything.groupby("repeat", sort=True):
+            per_fold = np.array([_c_index(fold, "risk") for _, fold in part.groupby("fold")], dtype=float)
+            entry = {
+                "repeat": int(r),
+                "pooled_c_index": _c_index(part, "risk"),
+                "mean_c_index": float(per_fold[np.isfinite(per_fold)].mean()) if np.isfinite(per_fold).any() else None,
+            }
+            if "risk_penalised_cox" in part:
+                entry["pooled_c_index_penalised_cox"] = _c_index(part, "risk_penalised_cox")
+            per_repeat.append(entry)
+        values = np.array([e["pooled_c_index"] for e in per_repeat], dtype=float)
+        out["repeats"] = {
+            "n": len(per_repeat),
+            "per_repeat": per_repeat,
+            "folds": repeat_fold_metrics,
+            "mean_pooled_c_index": float(np.nanmean(values)),
+            "sd_pooled_c_index": float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else float("nan"),
+        }
+    return out

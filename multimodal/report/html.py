@@ -622,6 +622,7 @@ def _metrics_section(inp: _Inputs) -> str:
             f"metrics.json)\n<ul>\n{items}\n</ul>\n</div>"
         )
     parts.append(_baseline_block(m))
+    parts.append(_evaluation_block(m))
     parts.append(_feature_selection_table(m))
     parts.append(_params_block(inp))
     return "\n".join(parts)
@@ -654,6 +655,15 @@ def _baseline_block(metrics: dict) -> str:
             _num(cox.get("pooled_c_index")),
         ],
     ]
+    clinical = (metrics.get("baseline") or {}).get("clinical_cox")
+    if isinstance(clinical, dict) and not clinical.get("skipped"):
+        rows.append(
+            [
+                "clinical-only Cox (reference)",
+                f"{_num(clinical.get('mean_c_index'))} ± {_num(clinical.get('sd_c_index'))}",
+                _num(clinical.get("pooled_c_index")),
+            ]
+        )
     table = _table(
         ["model", "C-index mean ± SD over folds", "C-index pooled"],
         rows,
@@ -662,6 +672,72 @@ def _baseline_block(metrics: dict) -> str:
         caption=f"Reference on the same folds: {cox.get('model', '')}; features: {cox.get('features', '')}.",
     )
     return table + ("\n" + skipped_note if skipped_note else "")
+
+
+def _with_ci(entry: Any) -> str:
+    """``0.712 (0.650-0.770)``: a metric and its bootstrap 95% CI from metrics.json; n/a where undefined."""
+    if not isinstance(entry, dict):
+        return "n/a"
+    ci = entry.get("ci95")
+    interval = f" ({_num(ci[0])} to {_num(ci[1])})" if isinstance(ci, list) and len(ci) == 2 else ""
+    return _num(entry.get("value")) + interval
+
+
+def _evaluation_block(metrics: dict) -> str:
+    """Harrell's and Uno's C, time-dependent AUC, integrated Brier score, AUROC and AUPRC with bootstrap 95%
+    CIs per fold and pooled, and the paired bootstrap of the C-index difference against the references."""
+    evaluation = metrics.get("evaluation")
+    if not isinstance(evaluation, dict) or not isinstance(evaluation.get("pooled"), dict):
+        return ""
+    settings = evaluation.get("settings") or {}
+    times = [t for t in settings.get("auc_times") or [] if isinstance(t, int | float)]
+    sets = [(f"fold {_count(f.get('fold'))}", f.get("evaluation")) for f in metrics["folds"]]
+    sets.append(("pooled out-of-fold", evaluation["pooled"]))
+    rows, classes = [], []
+    for label, entry in sets:
+        if not isinstance(entry, dict):
+            continue
+        auc = {a.get("time"): a for a in entry.get("time_auc") or [] if isinstance(a, dict)}
+        rows.append(
+            [label, _with_ci(entry.get("harrell_c")), _with_ci(entry.get("uno_c"))]
+            + [_with_ci(auc.get(t)) for t in times]
+            + [_with_ci(entry.get(m)) for m in ("integrated_brier", "auroc", "auprc")]
+        )
+        classes.append("summary" if label.startswith("pooled") else None)
+    headers = ["held-out set", "Harrell's C", "Uno's C"] + [f"AUC at {_num(t, '.4g')}" for t in times]
+    headers += ["integrated Brier", "AUROC", "AUPRC"]
+    parts = [
+        _table(
+            headers,
+            rows,
+            numeric=[False] + [True] * (len(headers) - 1),
+            table_id="metrics-ci",
+            caption=f"Bootstrap 95% CIs ({_count(settings.get('bootstrap_resamples'))} seeded resamples of each "
+            f"held-out set's patients). Uno's C truncated at {_num(settings.get('uno_tau'), '.4g')}; time-dependent "
+            "(cumulative/dynamic) AUC and the integrated Brier score weight by the inverse probability of censoring; "
+            "survival functions from a Breslow baseline hazard fitted on each training fold. Lower Brier is better.",
+            row_classes=classes,
+        )
+    ]
+    diffs = evaluation["pooled"].get("c_index_difference") or {}
+    names = {"penalised_cox": "penalised Cox", "clinical_cox": "clinical-only Cox"}
+    diff_rows = [
+        [f"fusion model minus {names.get(k, k)}", _with_ci(v), _count(v.get("n"))]
+        for k, v in diffs.items()
+        if isinstance(v, dict)
+    ]
+    if diff_rows:
+        parts.append(
+            _table(
+                ["comparison (pooled out-of-fold)", "Harrell's C difference (95% CI)", "patients"],
+                diff_rows,
+                numeric=[False, True, True],
+                table_id="c-index-difference",
+                caption="Paired bootstrap: both models scored on the same resampled patients; a CI excluding 0 "
+                "means the difference is unlikely to be chance.",
+            )
+        )
+    return "\n".join(parts)
 
 
 def _feature_selection_table(metrics: dict) -> str:
@@ -676,12 +752,16 @@ def _feature_selection_table(metrics: dict) -> str:
     for fold in metrics["folds"]:
         for modality, counts in (fold.get("features") or {}).items():
             rows.append([_count(fold.get("fold")), modality, *[_count(counts.get(step, 0)) for step in steps]])
+            if any("feature_budget" in f for f in metrics["folds"]):  # the most the modality may use
+                rows[-1].append(_count((fold.get("feature_budget") or {}).get(modality)))
     if not rows:
         return ""
+    if any("feature_budget" in f for f in metrics["folds"]):
+        headers.append("budget")
     return _table(
         headers,
         rows,
-        numeric=[False, False] + [True] * len(steps),
+        numeric=[False, False] + [True] * (len(headers) - 2),
         table_id="feature-selection",
         caption="Feature selection fitted on each fold's training patients only: features constant or non-zero in "
         "too few patients, near-duplicates of an earlier feature (|Spearman| above the threshold), and features "
