@@ -54,6 +54,14 @@ def _load_config(path: Path | None) -> dict:
     return load_config(path)
 
 
+def _data_roots(args: argparse.Namespace) -> list[Path] | None:
+    """``--data-root`` directories, else the config's ``data_roots``; None: the default (the sheet's and the cwd)."""
+    if args.data_root:
+        return list(args.data_root)
+    roots = _load_config(args.config)["data_roots"] if getattr(args, "config", None) else []
+    return [Path(r) for r in roots] or None
+
+
 def _progress(args: argparse.Namespace) -> bool:
     """Progress bars on a terminal only: in a rule's log file they would be thousands of redrawn lines."""
     return not args.quiet and not os.environ.get("MULTIMODAL_NO_PROGRESS") and sys.stderr.isatty()
@@ -87,7 +95,7 @@ def _write_h5ad(adata, out: Path) -> None:
 def _samples_chunk(args: argparse.Namespace, samples=None):
     from multimodal.ingest.samples import chunk, read_samples
 
-    samples = read_samples(args.samples, data_roots=args.data_root) if samples is None else samples
+    samples = read_samples(args.samples, data_roots=_data_roots(args)) if samples is None else samples
     return chunk(samples, index=args.chunk, n_chunks=args.n_chunks) if args.n_chunks > 1 else samples
 
 
@@ -95,7 +103,7 @@ def cmd_ingest_variants(args: argparse.Namespace) -> None:
     from multimodal.ingest.samples import read_samples
     from multimodal.ingest.variants import mutation_matrix
 
-    sheet = read_samples(args.samples, data_roots=args.data_root)
+    sheet = read_samples(args.samples, data_roots=_data_roots(args))
     barcodes = [b for b in sheet["maf_sample"] if b] if args.chunk == 0 else []  # unclaimed counted once
     rows = _samples_chunk(args, sheet)
     if args.maf is not None and args.n_chunks > 1:
@@ -118,7 +126,7 @@ def cmd_ingest_expression(args: argparse.Namespace) -> None:
     from multimodal.ingest.expression import expression_matrix, read_counts_table
     from multimodal.ingest.samples import read_samples
 
-    samples = read_samples(args.samples, data_roots=args.data_root)
+    samples = read_samples(args.samples, data_roots=_data_roots(args))
     counts = read_counts_table(
         args.counts, sample_columns=[s for s in samples["rna_sample"] if s], nonnegative=args.values == "counts"
     )
@@ -139,7 +147,7 @@ def cmd_ingest_table(args: argparse.Namespace) -> None:
     from multimodal.ingest.samples import read_samples
     from multimodal.ingest.table import feature_table
 
-    samples = read_samples(args.samples, data_roots=args.data_root)
+    samples = read_samples(args.samples, data_roots=_data_roots(args))
     adata = feature_table(args.table, modality=args.name, patients=samples.index, id_column=args.id_column)
     _write_h5ad(adata, args.out)
 
@@ -179,7 +187,7 @@ def cmd_assemble(args: argparse.Namespace) -> None:
         clinical_spec=spec,
         cohort_files=[p for p in (args.counts, args.maf, *args.table_source) if p],
         config=config if args.config else None,
-        data_roots=args.data_root,
+        data_roots=_data_roots(args),
     )
 
 
@@ -303,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="a directory the sheet's files must resolve into (repeatable; default: the sheet's and the working one)",
     )
+    io.add_argument("--config", type=_existing_file, help="config (its data_roots, unless --data-root is given)")
 
     p = kinds.add_parser("variants", parents=[common, io, chunking], help="VCF/BCF (VEP CSQ or SnpEff ANN) or MAF")
     p.add_argument("--maf", type=_existing_file, help="cohort MAF; patients' maf_sample names their barcode")

@@ -34,7 +34,7 @@ rule assemble:
         "../envs/multimodal.yaml"
     shell:
         "multimodal assemble -q --clinical {input.clinical:q} --samples {input.samples:q} {params.variants}"
-        " {params.expression} {params.imaging} {params.maf} {params.tables} {params.config} --out {output:q} {DATA_ROOTS}"
+        " {params.expression} {params.imaging} {params.maf} {params.tables} {params.config} --out {output:q}"
         " > {log:q} 2>&1"
 
 

@@ -70,6 +70,3 @@ def table_options(input_tables):
 # one section (or a comment) must not rerun every stage. Each rule lists its own section in `params`,
 # so Snakemake reruns exactly the stages whose settings changed.
 CONFIG_OPTION = option("--config", workflow.configfiles[-1:])
-# Where input paths may resolve to (config data_roots; none: the verbs' default, the sheet's directory and
-# the working directory). Not a rerun trigger: it decides what is allowed, not what is computed.
-DATA_ROOTS = " ".join(option("--data-root", [root]) for root in config.get("data_roots") or [])

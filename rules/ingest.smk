@@ -13,6 +13,7 @@ rule ingest_variants:
         maf=lambda wc, input: option("--maf", input.maf),
         n_chunks=N_CHUNKS,
         territory_mb=config["ingest"]["territory_mb"],
+        config=CONFIG_OPTION,  # for data_roots
         annotation_field=option("--annotation-field", [config["ingest"]["annotation_field"]])
         if config["ingest"]["annotation_field"]
         else "",
@@ -29,7 +30,7 @@ rule ingest_variants:
     shell:
         "multimodal ingest variants -q --samples {input.samples:q} --chunk {wildcards.chunk}"
         " --n-chunks {params.n_chunks} --territory-mb {params.territory_mb} {params.maf} {params.annotation_field}"
-        " --out {output:q} {DATA_ROOTS} > {log:q} 2>&1"
+        " --out {output:q} {params.config} > {log:q} 2>&1"
 
 
 rule ingest_expression:
@@ -40,6 +41,7 @@ rule ingest_expression:
         f"{OUT}/interim/expression/expression.h5ad",
     params:
         values=config["ingest"]["expression_values"],
+        config=CONFIG_OPTION,  # for data_roots
     log:
         f"{LOGS}/ingest_expression.log",
     benchmark:
@@ -52,7 +54,7 @@ rule ingest_expression:
         "../envs/multimodal.yaml"
     shell:
         "multimodal ingest expression -q --samples {input.samples:q} --counts {input.counts:q}"
-        " --values {params.values} --out {output:q} {DATA_ROOTS}"
+        " --values {params.values} --out {output:q} {params.config}"
         " > {log:q} 2>&1"
 
 
@@ -65,6 +67,7 @@ rule ingest_imaging:
     params:
         n_chunks=N_CHUNKS,
         bin_count=config["ingest"]["bin_count"],
+        config=CONFIG_OPTION,  # for data_roots
         mask_label=option("--mask-label", [str(config["ingest"]["mask_label"])])
         if config["ingest"]["mask_label"]
         else "",
@@ -81,7 +84,7 @@ rule ingest_imaging:
     shell:
         "multimodal ingest imaging -q --samples {input.samples:q} --chunk {wildcards.chunk}"
         " --n-chunks {params.n_chunks} --bin-count {params.bin_count} {params.mask_label}"
-        " --out {output:q} {DATA_ROOTS} > {log:q} 2>&1"
+        " --out {output:q} {params.config} > {log:q} 2>&1"
 
 
 rule ingest_table:
@@ -92,6 +95,7 @@ rule ingest_table:
         f"{OUT}/interim/table/{{name}}.h5ad",
     params:
         id_column=config["table_id_column"],
+        config=CONFIG_OPTION,  # for data_roots
     log:
         f"{LOGS}/ingest_table/{{name}}.log",
     benchmark:
@@ -104,4 +108,4 @@ rule ingest_table:
         "../envs/multimodal.yaml"
     shell:
         "multimodal ingest table -q --samples {input.samples:q} --table {input.table:q} --name {wildcards.name}"
-        " --id-column {params.id_column:q} --out {output:q} {DATA_ROOTS} > {log:q} 2>&1"
+        " --id-column {params.id_column:q} --out {output:q} {params.config} > {log:q} 2>&1"
