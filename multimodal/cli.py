@@ -138,7 +138,11 @@ def cmd_ingest_imaging(args: argparse.Namespace) -> None:
     from multimodal.ingest.imaging import imaging_matrix
 
     adata = imaging_matrix(
-        _samples_chunk(args), bin_count=args.bin_count, mask_label=args.mask_label, progress=_progress(args)
+        _samples_chunk(args),
+        bin_count=args.bin_count,
+        mask_label=args.mask_label,
+        roi_name=args.roi_name,
+        progress=_progress(args),
     )
     _write_h5ad(adata, args.out)
 
@@ -339,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         help="ROI = mask voxels with this label (default: every non-zero voxel; multi-label masks counted)",
+    )
+    p.add_argument(
+        "--roi-name",
+        help="DICOM SEG segment or RTSTRUCT ROI to use where the sheet's roi column is empty (e.g. GTV)",
     )
     p.set_defaults(func=cmd_ingest_imaging)
 

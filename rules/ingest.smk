@@ -71,6 +71,7 @@ rule ingest_imaging:
         mask_label=option("--mask-label", [str(config["ingest"]["mask_label"])])
         if config["ingest"]["mask_label"]
         else "",
+        roi_name=option("--roi-name", [config["ingest"]["roi_name"]]) if config["ingest"]["roi_name"] else "",
     log:
         f"{LOGS}/ingest_imaging/chunk_{{chunk}}.log",
     benchmark:
@@ -83,7 +84,7 @@ rule ingest_imaging:
         "../envs/multimodal.yaml"
     shell:
         "multimodal ingest imaging -q --samples {input.samples:q} --chunk {wildcards.chunk}"
-        " --n-chunks {params.n_chunks} --bin-count {params.bin_count} {params.mask_label}"
+        " --n-chunks {params.n_chunks} --bin-count {params.bin_count} {params.mask_label} {params.roi_name}"
         " --out {output:q} {params.config} > {log:q} 2>&1"
 
 

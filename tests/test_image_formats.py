@@ -7,6 +7,8 @@ RTSTRUCT over it (pydicom), NRRD copies (pynrrd) and the NIfTI reference (nibabe
 from __future__ import annotations
 
 import datetime
+import os
+import shutil
 from pathlib import Path
 
 import anndata
@@ -455,3 +457,56 @@ def test_a_nifti_mask_in_canonical_orientation_over_a_dicom_series(files: dict[s
     nib.save(canonical, tmp_path / "ras.nii.gz")
     _, mask, _ = read_image_and_mask(files["ct"], tmp_path / "ras.nii.gz")
     np.testing.assert_array_equal(mask, label_map() == 1)
+
+
+def test_the_samples_sheet_names_a_dicom_series_and_its_roi(files: dict[str, str], tmp_path: Path) -> None:
+    """Through the command line: a directory in the image column, the ROI by the roi column or --roi-name."""
+    from multimodal.cli import main
+
+    copy = tmp_path / "ct_copy"  # one series per patient: the same directory twice would be a sample swap
+    shutil.copytree(files["ct"], copy)
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text(
+        "patient_id\timage\tmask\troi\n"
+        f"RT\t{files['ct']}\t{files['rtstruct']}\tGTV\n"
+        f"SEG\t{copy}\t{files['seg']}\t\n"
+    )
+    out = tmp_path / "imaging.h5ad"
+    root = str(Path(files["ct"]).parent)
+    args = ["ingest", "imaging", "-q", "--samples", str(sheet), "--out", str(out), "--data-root", root]
+    args += ["--data-root", str(tmp_path)]
+    assert main([*args, "--roi-name", "GTV", "--bin-count", "16"]) == 0
+    adata = anndata.read_h5ad(out)
+    np.testing.assert_allclose(adata["RT"].X[0], adata["SEG"].X[0], rtol=1e-6, equal_nan=True)
+
+
+def test_a_file_of_a_dicom_series_linking_out_of_the_data_roots_is_refused(
+    files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from multimodal.cli import main
+
+    series = tmp_path / "ct"
+    shutil.copytree(files["ct"], series)
+    os.symlink("/etc/passwd", series / "zz.dcm")
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text(f"patient_id\timage\tmask\nP1\t{series}\t{files['nifti_mask']}\n")
+    out = tmp_path / "imaging.h5ad"
+    root = str(Path(files["ct"]).parent)
+    code = main(
+        [
+            "ingest",
+            "imaging",
+            "-q",
+            "--samples",
+            str(sheet),
+            "--out",
+            str(out),
+            "--data-root",
+            str(tmp_path),
+            "--data-root",
+            root,
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and not out.exists()
+    assert "line 2: column image" in err and "zz.dcm (resolves to /etc/passwd) is outside the data roots" in err, err

@@ -2,7 +2,8 @@
 
 Columns: ``patient_id`` (required), and any of ``vcf`` (VCF/BCF path), ``maf_sample`` (the patient's
 Tumor_Sample_Barcode in a cohort MAF), ``rna_sample`` (column name
-in the expression counts table), ``image`` and ``mask`` (NIfTI paths). An empty cell means the
+in the expression counts table), ``image`` (NIfTI, NRRD, or a directory holding one DICOM series), ``mask`` (NIfTI, NRRD, DICOM SEG or
+RTSTRUCT) and ``roi`` (the SEG segment or RTSTRUCT ROI to use). An empty cell means the
 patient lacks that input. Paths are relative to the working directory the workflow runs in, and must
 resolve (symbolic links followed) inside a data root: the directories given as ``data_roots`` in the
 config, by default the samples sheet's own directory and the working directory. A path outside them
@@ -138,15 +139,21 @@ def read_samples(
         for row, record in frame.iterrows():  # confinement first, for every row: no file is touched before
             for column in FILE_COLUMNS:
                 if record[column]:
-                    check_data_roots(record[column], roots, where=f"{path}: line {row}: column {column}")
+                    where = f"{path}: line {row}: column {column}"
+                    check_data_roots(record[column], roots, where=where)
+                    if column == "image" and Path(record[column]).is_dir():  # a DICOM series: each file it holds
+                        for entry in Path(record[column]).iterdir():
+                            check_data_roots(entry, roots, where=where)
         for row, record in frame.iterrows():
             for column in FILE_COLUMNS:
                 value = record[column]
+                if value and column == "image" and Path(value).is_dir():
+                    continue  # a DICOM series, read by multimodal.ingest.medical_images
                 if value and Path(value).is_dir():
                     hint = (
                         "give the VCF/BCF file"
                         if column == "vcf"
-                        else "a DICOM series? images and masks are read as NIfTI: convert with dcm2niix"
+                        else "a mask is a file: NIfTI, NRRD, DICOM SEG or RTSTRUCT"
                     )
                     raise MultimodalError(
                         f"{path}: line {row}: {column} {value} of patient {record['patient_id']} is a directory; {hint}"
