@@ -143,11 +143,14 @@ def explain_cohort(
     full = {name: np.full((len(arrays.patients), len(arrays.features[name])), np.nan) for name in modalities}
     risk = np.full(len(arrays.patients), np.nan)
     deltas = np.full(len(arrays.patients), np.nan)
-    n_folds = int(fold_of.max()) + 1
+    # A patient no fold holds out (user splits may leave some out) has no fold, hence no attribution.
+    n_folds = int(np.nanmax(fold_of)) + 1 if np.isfinite(fold_of).any() else 0
     for k in tqdm(range(n_folds), desc="explain", unit="fold", disable=not progress):
         fold_dir = model_dir / f"fold_{k}"
-        prep = FoldPreprocessor.load(fold_dir / "preprocessing.npz")
         rows = np.flatnonzero(fold_of == k)
+        if not rows.size:
+            continue
+        prep = FoldPreprocessor.load(fold_dir / "preprocessing.npz")
         inputs, mask = prep.transform(arrays, rows)
         checkpoints = sorted(fold_dir.glob("model_*.ckpt"))
         if not checkpoints:

@@ -79,6 +79,11 @@ def check_inputs(config_path: Path) -> dict:
     for key, value in named.items():
         if value and not Path(value).is_file():
             raise MultimodalError(f"{config_path}: {key}: file {value} not found (relative to {Path.cwd()})")
+    splits = config["model"].get("splits")  # a file or a directory of split files
+    if splits:
+        check_data_roots(splits, roots, where=f"{config_path}: model.splits")
+        if not Path(splits).exists():
+            raise MultimodalError(f"{config_path}: model.splits: {splits} not found (relative to {Path.cwd()})")
     samples = read_samples(named["samples"], data_roots=roots)  # every row: IDs, confinement, files
     sheet_modalities(samples, config, source=str(config_path))  # conflicts with tables
     return config

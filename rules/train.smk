@@ -4,6 +4,7 @@
 rule train:
     input:
         store=f"{OUT}/cohort.zarr",
+        splits=config["model"]["splits"] or [],  # user folds: a file, or a directory of split files
     output:
         directory(f"{OUT}/model"),
     params:

@@ -157,6 +157,12 @@ def test_user_splits_leaving_patients_out_are_counted_and_round_trip(store40, tm
     assert [t.tolist() for t, _ in plan.folds[0]] == [list(range(10, 36)), list(range(10)) + list(range(20, 36))]
     cross_validate(store40, tmp_path / "m2", params=TrainParams(splits=str(tmp_path / "m"), **FAST), progress=False)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "m2" / "predictions.tsv", sep="\t"), predictions)
+    # explained: held-out patients only; the ones no fold holds out get no attribution (was a crash)
+    from multimodal.explain import explain_cohort
+
+    explain_cohort(store40, tmp_path / "m", tmp_path / "x", n_steps=4, progress=False)
+    contributions = pd.read_csv(tmp_path / "x" / "modality_contributions.tsv", sep="\t", index_col=0)
+    assert contributions["risk"].notna().sum() == 20 and contributions.loc[ids[20:], "risk"].isna().all()
 
 
 def test_repeated_k_fold(run40, store40, tmp_path):

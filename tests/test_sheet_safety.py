@@ -4,6 +4,7 @@ failed workflow ends with the failing rule's own line."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,22 @@ def test_a_log_without_our_error_gives_its_last_line(tmp_path):
 def test_a_failure_before_any_rule_gives_snakemakes_reason():
     transcript = ["Building DAG of jobs...", "MissingInputException in rule assemble in file x.smk, line 4:", "..."]
     assert failure_summary(transcript).startswith("Snakemake stopped before running any rule: MissingInputException")
+
+
+def test_config_paths_are_confined_too(project):
+    """The config's files (clinical, expression, maf, tables, model.splits) are checked before any is opened."""
+    import yaml
+
+    from multimodal.workflow import check_inputs
+
+    (project / "sheets/clinical.tsv").write_text("patient_id\tos_time\tos_event\nP1\t1\t0\n")
+    sheet(project, "P1\tdata/a.vcf")
+    base = {"samples": "sheets/samples.tsv", "clinical": "sheets/clinical.tsv", "outdir": "results"}
+    for key, value, where in [
+        ("clinical", "/etc/passwd", "clinical"),
+        ("tables", {"cnv": "../../../../../../etc/passwd"}, "tables.cnv"),
+        ("model", {"splits": "/etc"}, "model.splits"),
+    ]:
+        (project / "c.yaml").write_text(yaml.safe_dump({**base, key: value}))
+        with pytest.raises(MultimodalError, match=rf"c\.yaml: {re.escape(where)}: .* is outside the data roots"):
+            check_inputs(Path("c.yaml"))

@@ -1,8 +1,8 @@
 """The samples sheet: one row per patient, naming that patient's input files.
 
 Columns: ``patient_id`` (required), and any of ``vcf`` (VCF/BCF path), ``maf_sample`` (the patient's
-Tumor_Sample_Barcode in a cohort MAF), ``rna_sample`` (column name
-in the expression counts table), ``image`` (NIfTI, NRRD, or a directory holding one DICOM series), ``mask`` (NIfTI, NRRD, DICOM SEG or
+Tumor_Sample_Barcode in a cohort MAF), ``rna_sample`` (column name in the expression counts table),
+``image`` (NIfTI, NRRD, or a directory holding one DICOM series), ``mask`` (NIfTI, NRRD, DICOM SEG or
 RTSTRUCT) and ``roi`` (the SEG segment or RTSTRUCT ROI to use). An empty cell means the
 patient lacks that input. Paths are relative to the working directory the workflow runs in, and must
 resolve (symbolic links followed) inside a data root: the directories given as ``data_roots`` in the
