@@ -63,8 +63,8 @@ class TrainParams:
     modality_dropout: float = 0.0
     linear: bool = False
     neural_weight: float = 1.0
-    linear_l1: float = 0.0
-    linear_l2: float = 0.01
+    linear_l1: float = 0.03
+    linear_l2: float = 0.1
     linear_learning_rate: float = 0.03
     bilinear_dim: int = 8
     ensemble: int = 1
