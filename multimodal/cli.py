@@ -36,6 +36,16 @@ def _existing_dir(value: str) -> Path:
     return path
 
 
+def _positive_number(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not (number > 0 and number != float("inf")):
+        raise argparse.ArgumentTypeError(f"{value} must be a positive number")
+    return number
+
+
 def _positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -140,6 +150,8 @@ def cmd_ingest_imaging(args: argparse.Namespace) -> None:
     adata = imaging_matrix(
         _samples_chunk(args),
         bin_count=args.bin_count,
+        bin_width=args.bin_width,
+        texture_aggregations=args.texture_aggregations,
         mask_label=args.mask_label,
         roi_name=args.roi_name,
         progress=_progress(args),
@@ -337,7 +349,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_ingest_expression)
     p = kinds.add_parser("imaging", parents=[common, io, chunking], help="radiomics from NIfTI image + mask")
-    p.add_argument("--bin-count", type=_positive_int, default=32, help="grey levels for texture (default 32)")
+    p.add_argument(
+        "--bin-count",
+        type=_positive_int,
+        default=32,
+        help="fixed bin number (IBSI FBN) for histogram and texture (default 32)",
+    )
+    p.add_argument(
+        "--bin-width",
+        type=_positive_number,
+        default=None,
+        help="fixed bin width (IBSI FBS) from the ROI minimum, in image units, instead of --bin-count",
+    )
+    p.add_argument(
+        "--texture-aggregations",
+        nargs="+",
+        choices=("2D", "2_5D", "3D"),
+        default=["3D"],
+        help="IBSI texture aggregations (default 3D)",
+    )
     p.add_argument(
         "--mask-label",
         type=_positive_int,

@@ -67,6 +67,10 @@ rule ingest_imaging:
     params:
         n_chunks=N_CHUNKS,
         bin_count=config["ingest"]["bin_count"],
+        bin_width=option("--bin-width", [str(config["ingest"]["bin_width"])])
+        if config["ingest"].get("bin_width")
+        else "",
+        aggregations=" ".join(config["ingest"].get("texture_aggregations") or ["3D"]),
         config=CONFIG_OPTION,  # for data_roots
         mask_label=option("--mask-label", [str(config["ingest"]["mask_label"])])
         if config["ingest"]["mask_label"]
@@ -84,7 +88,8 @@ rule ingest_imaging:
         "../envs/multimodal.yaml"
     shell:
         "multimodal ingest imaging -q --samples {input.samples:q} --chunk {wildcards.chunk}"
-        " --n-chunks {params.n_chunks} --bin-count {params.bin_count} {params.mask_label} {params.roi_name}"
+        " --n-chunks {params.n_chunks} --bin-count {params.bin_count} {params.bin_width}"
+        " --texture-aggregations {params.aggregations} {params.mask_label} {params.roi_name}"
         " --out {output:q} {params.config} > {log:q} 2>&1"
 
 

@@ -13,7 +13,7 @@ import pytest
 from scipy import ndimage
 
 from multimodal.errors import MultimodalError
-from multimodal.ingest.ibsi_texture import AGGREGATIONS, FAMILIES, ibsi_texture_features
+from multimodal.ingest.ibsi_texture import FAMILIES, ibsi_texture_features
 
 IBSI_DIR = Path(__file__).parent / "data" / "ibsi"
 
@@ -287,24 +287,5 @@ def test_bad_input(kwargs, message) -> None:
         ibsi_texture_features(**args)
 
 
-def test_speed_on_a_clinical_sized_roi() -> None:
-    """128 x 128 x 64 volume, ~30k-voxel ROI, 32 grey levels: well under a second for everything.
-    When written: 0.055 s CPU for the 3D aggregations, 0.083 s for all, where pyradiomics 3.0.1 took
-    0.28 s for its texture classes (glcm, glrlm, glszm, ngtdm, gldm) and 0.37 s for all its default
-    classes on the same volume; generous bounds because the test machines are shared."""
-    rng = np.random.default_rng(0)
-    image = ndimage.gaussian_filter(rng.normal(size=(128, 128, 64)), 1.5)
-    x, y, z = np.ogrid[:128, :128, :64]
-    mask = ((x - 64) / 22) ** 2 + ((y - 64) / 22) ** 2 + ((z - 32) / 15) ** 2 <= 1
-    values = image[mask]
-    levels = np.zeros(image.shape, dtype=np.int64)
-    levels[mask] = np.minimum(np.floor(32 * (values - values.min()) / np.ptp(values)).astype(np.int64) + 1, 32)
-    assert 29_000 < mask.sum() < 31_000
-    timings = {}
-    for aggregations in (("3D",), AGGREGATIONS):
-        start = time.perf_counter()
-        features = ibsi_texture_features(levels, mask, 32, aggregations=aggregations)
-        timings[aggregations] = time.perf_counter() - start
-        assert all(math.isfinite(v) for v in features.values())
-    assert len(features) == 408
-    assert timings[("3D",)] < 3.0 and timings[AGGREGATIONS] < 4.0, timings
+# Timings (ours vs pyradiomics 3.0.1 on a 128 x 128 x 64 volume, ~30k-voxel ROI) are not asserted here:
+# benchmarks/radiomics_benchmark.py prints them, benchmarks/README.md records them.

@@ -12,7 +12,9 @@ import pytest
 
 from multimodal.errors import MultimodalError
 from multimodal.ingest.imaging import imaging_matrix, read_image_and_mask
-from multimodal.ingest.radiomics import FEATURE_CLASSES, extract_radiomics
+from multimodal.ingest.radiomics import AGGREGATIONS, NATIVE_NAMES, extract_radiomics, feature_classes
+
+FEATURE_CLASSES = feature_classes()  # the default: 3D texture aggregations
 
 IBSI_DIR = Path(__file__).parent / "data" / "ibsi"
 
@@ -68,6 +70,11 @@ def test_imaging_matrix_two_patients_and_one_without_imaging(cohort: pd.DataFram
     assert adata.var_names.tolist() == list(FEATURE_CLASSES)
     assert adata.X.dtype == np.float32
     assert adata.var["feature_class"].tolist() == list(FEATURE_CLASSES.values())
+    assert adata.var["ibsi_tag"].tolist() == list(FEATURE_CLASSES)
+    assert adata.var.loc["morph_vol_approx", "native_name"] == "shape_voxel_volume"
+    assert adata.var.loc["cm_joint_max_3D_avg", "native_name"] == "glcm_joint_maximum"
+    assert adata.var.loc["szm_sze_3D", "native_name"] == ""  # no v1 name
+    assert (adata.var["native_name"] != "").sum() == len(NATIVE_NAMES)
     assert set(adata.var["source"]) == {"radiomics"}
     assert adata.obs["image"].tolist() == ["p1.nii.gz", "p2.nii"]
 
@@ -76,14 +83,23 @@ def test_imaging_matrix_two_patients_and_one_without_imaging(cohort: pd.DataFram
     expected = extract_radiomics(image2, mask2, spacing=spacing2, bin_count=16)
     np.testing.assert_allclose(adata["P2"].X[0], np.array(list(expected.values()), dtype=np.float32))
     # The voxel size comes from the header: 5 x 9 x 7 voxels of 0.8 x 0.8 x 2.5 mm.
-    volume = adata["P2", "shape_voxel_volume"].X[0, 0]
+    volume = adata["P2", "morph_vol_approx"].X[0, 0]
     assert volume == pytest.approx(5 * 9 * 7 * 0.8 * 0.8 * 2.5, rel=1e-5)
-    assert adata["P1", "shape_voxel_volume"].X[0, 0] == pytest.approx(6 * 8 * 4)
+    assert adata["P1", "morph_vol_approx"].X[0, 0] == pytest.approx(6 * 8 * 4)
 
     ingest = adata.uns["ingest"]
     assert ingest == {
         "modality": "imaging",
-        "params": {"bin_count": 16, "extractor": "multimodal.radiomics v1", "mask_label": "any non-zero"},
+        "params": {
+            "discretisation": "FBN",
+            "bin_count": 16,
+            "extractor": "multimodal.radiomics v2 (IBSI 1)",
+            "texture_aggregations": ["3D"],
+            "ivh_levels": "integer intensities of an integer-valued ROI, else 1000 equal bins",
+            "resampling": "none",
+            "re_segmentation": "none",
+            "mask_label": "any non-zero",
+        },
         "exclusions": {
             "patients_without_imaging": 1,
             "undefined_feature_values": 0,
@@ -95,6 +111,25 @@ def test_imaging_matrix_two_patients_and_one_without_imaging(cohort: pd.DataFram
     adata.write_h5ad(tmp_path / "imaging.h5ad")
     back = anndata.read_h5ad(tmp_path / "imaging.h5ad")
     assert back.uns["ingest"]["exclusions"]["patients_without_imaging"] == 1
+    assert back.var["native_name"].tolist() == adata.var["native_name"].tolist()
+
+
+def test_bin_width_and_aggregations_from_the_settings(cohort: pd.DataFrame) -> None:
+    adata = imaging_matrix(cohort, bin_width=5.0, texture_aggregations=["2D", "3D"], progress=False)
+    assert adata.var_names.tolist() == list(feature_classes(["2D", "3D"]))
+    assert "rlm_sre_2D_avg" in adata.var_names and "rlm_sre_2_5D_avg" not in adata.var_names
+    params = adata.uns["ingest"]["params"]
+    assert params["discretisation"] == "FBS" and params["bin_width"] == 5.0 and "bin_count" not in params
+    assert params["texture_aggregations"] == ["2D", "3D"]
+    image2, mask2, spacing2 = read_image_and_mask("p2.nii", "p2_mask.nii")
+    expected = extract_radiomics(image2, mask2, spacing=spacing2, bin_width=5.0, aggregations=["2D", "3D"])
+    np.testing.assert_allclose(adata["P2"].X[0], np.array(list(expected.values()), dtype=np.float32))
+    every = imaging_matrix(cohort, texture_aggregations=AGGREGATIONS, progress=False)
+    assert every.shape == (2, 75 + 3 * 136)
+    with pytest.raises(MultimodalError, match="texture aggregations"):
+        imaging_matrix(cohort, texture_aggregations=["4D"], progress=False)
+    with pytest.raises(MultimodalError, match="bin_width"):
+        imaging_matrix(cohort, bin_width=-1.0, progress=False)
 
 
 def test_no_patient_with_imaging_gives_empty_matrix() -> None:
@@ -222,7 +257,7 @@ def test_multi_label_masks_are_counted_or_one_label_selected(tmp_path: Path, mon
     tumour = imaging_matrix(samples, mask_label=1, progress=False)
     assert tumour.uns["ingest"]["exclusions"]["masks_with_several_labels_merged"] == 0
     assert tumour.uns["ingest"]["params"]["mask_label"] == 1
-    volume = list(tumour.var_names).index("shape_voxel_volume")
+    volume = list(tumour.var_names).index("morph_vol_approx")
     assert merged.X[0, volume] == pytest.approx(6 * 8 * 4)
     assert tumour.X[0, volume] == pytest.approx(6 * 8 * 2)
     with pytest.raises(MultimodalError, match=r"m\.nii\.gz: no voxel has label 3 \(labels present: \[1, 2\]\)"):

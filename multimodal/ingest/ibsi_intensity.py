@@ -38,7 +38,7 @@ import numpy as np
 from scipy import fft as sfft
 
 from multimodal.errors import MultimodalError
-from multimodal.ingest.radiomics import discretise
+from multimodal.ingest.ibsi_discretisation import discretise
 
 #: An integer-valued ROI spanning more levels than this gets the fixed bin number IVH instead.
 _IVH_MAX_LEVELS = 1_000_000

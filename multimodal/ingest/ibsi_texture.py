@@ -182,6 +182,24 @@ def ibsi_texture_features(
     return out
 
 
+def texture_tags(families: Iterable[str] = FAMILIES, aggregations: Iterable[str] = AGGREGATIONS) -> list[str]:
+    """The IBSI tags :func:`ibsi_texture_features` returns for ``families`` and ``aggregations``, in its
+    order (families in :data:`FAMILIES` order, then aggregations in :data:`AGGREGATIONS` order)."""
+    families = tuple(families)
+    aggregations = tuple(aggregations)
+    tags: list[str] = []
+    for family in FAMILIES:
+        if family not in families:
+            continue
+        names = _CM_NAMES if family == "cm" else _NGT_NAMES if family == "ngt" else _IJ_NAMES[family]
+        for agg in AGGREGATIONS:
+            if agg not in aggregations:
+                continue
+            suffixes = (f"{agg}_avg", f"{agg}_comb") if family in ("cm", "rlm") else (agg,)
+            tags += [f"{family}_{name}_{suffix}" for suffix in suffixes for name in names]
+    return tags
+
+
 def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
     return tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in np.nonzero(mask))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import anndata
@@ -19,11 +20,16 @@ from tqdm import tqdm
 
 from multimodal.errors import MultimodalError
 from multimodal.ingest.medical_images import Volume, read_image, read_mask
-from multimodal.ingest.radiomics import FEATURE_CLASSES, extract_radiomics
+from multimodal.ingest.radiomics import (
+    DEFAULT_AGGREGATIONS,
+    EXTRACTOR,
+    NATIVE_NAMES,
+    check_aggregations,
+    extract_radiomics,
+    feature_classes,
+)
 
 logger = logging.getLogger(__name__)
-
-EXTRACTOR = "multimodal.radiomics v1"
 
 # Largest absolute difference allowed between the image's and the mask's voxel sizes and affines.
 GEOMETRY_TOLERANCE = 1e-3
@@ -237,11 +243,19 @@ def imaging_matrix(
     samples: pd.DataFrame,
     *,
     bin_count: int = 32,
+    bin_width: float | None = None,
+    texture_aggregations: Iterable[str] = DEFAULT_AGGREGATIONS,
     mask_label: int | None = None,
     roi_name: str | None = None,
     progress: bool = True,
 ) -> anndata.AnnData:
-    """Radiomics features of every patient with imaging, as a patients x features AnnData.
+    """IBSI 1 radiomics features of every patient with imaging, as a patients x features AnnData.
+
+    Features (:func:`multimodal.ingest.radiomics.extract_radiomics`) are named by their IBSI tag, with
+    ``var['ibsi_tag']``, ``var['feature_class']`` (the IBSI family) and ``var['native_name']`` (the
+    multimodal.radiomics v1 name, empty where there was none). Discretisation is ``bin_count`` fixed
+    bins (IBSI FBN) or, when given, fixed bins of width ``bin_width`` (FBS); ``texture_aggregations``
+    any of ``"2D"``, ``"2_5D"``, ``"3D"``. The settings are recorded in ``uns["ingest"]["params"]``.
 
     ``samples`` is indexed by patient ID with columns ``image`` and ``mask`` (paths relative to the
     working directory: images NIfTI, NRRD or a DICOM series directory, masks NIfTI, NRRD, DICOM SEG or
@@ -257,6 +271,9 @@ def imaging_matrix(
     missing = [col for col in ("image", "mask") if col not in samples.columns]
     if missing:
         raise MultimodalError(f"imaging samples table has no column {', '.join(map(repr, missing))}")
+    aggregations = check_aggregations(texture_aggregations)
+    if bin_width is not None and not (np.isfinite(bin_width) and bin_width > 0):
+        raise MultimodalError(f"bin_width must be a positive number, got {float(bin_width):g}")
     patient_ids = [str(pid) for pid in samples.index]
     index = pd.Index(patient_ids)
     duplicated = sorted(set(index[index.duplicated()]))
@@ -296,7 +313,8 @@ def imaging_matrix(
         roi, from_sheet = rois[pid]
         check_pair(image_path, mask_path, roi=roi, label=mask_label, roi_from_sheet=from_sheet)
 
-    names = list(FEATURE_CLASSES)
+    classes = feature_classes(aggregations)
+    names = list(classes)
     rows = np.empty((len(todo), len(names)), dtype=np.float32)
     n_merged, merged_example = 0, ""
     for row, (pid, image_path, mask_path) in enumerate(
@@ -312,7 +330,9 @@ def imaging_matrix(
         try:
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # tiny ROIs: undefined values become NaN, counted
-                features = extract_radiomics(image, mask, spacing=spacing, bin_count=bin_count)
+                features = extract_radiomics(
+                    image, mask, spacing=spacing, bin_count=bin_count, bin_width=bin_width, aggregations=aggregations
+                )
         except MultimodalError as err:
             raise MultimodalError(f"{image_path} (mask {mask_path}, patient {pid}): {err}") from err
         rows[row] = [features[name] for name in names]
@@ -330,15 +350,26 @@ def imaging_matrix(
         index=pd.Index([t[0] for t in todo], name="patient_id"),
     )
     var = pd.DataFrame(
-        {"feature_class": [FEATURE_CLASSES[name] for name in names], "source": "radiomics"},
+        {
+            "feature_class": [classes[name] for name in names],
+            "ibsi_tag": names,
+            "native_name": [NATIVE_NAMES.get(name, "") for name in names],
+            "source": "radiomics",
+        },
         index=pd.Index(names, name="feature"),
     )
     uns = {
         "ingest": {
             "modality": "imaging",
             "params": {
-                "bin_count": int(bin_count),
+                # IBSI FBN (fixed bin number) unless a bin width is given (FBS, from the ROI minimum)
+                "discretisation": "FBN" if bin_width is None else "FBS",
+                **({"bin_count": int(bin_count)} if bin_width is None else {"bin_width": float(bin_width)}),
                 "extractor": EXTRACTOR,
+                "texture_aggregations": list(aggregations),
+                "ivh_levels": "integer intensities of an integer-valued ROI, else 1000 equal bins",
+                "resampling": "none",
+                "re_segmentation": "none",
                 "mask_label": "any non-zero" if mask_label is None else int(mask_label),
                 **({"roi_name": str(roi_name)} if roi_name else {}),
             },
