@@ -246,7 +246,7 @@ def test_a_training_fold_without_events_is_one_line(tmp_path, monkeypatch):
         ({"folds": 1}, "model.folds must be at least 2, got 1"),
         ({"epochs": 2.5}, "model.epochs must be a whole number, got 2.5"),
         ({"head": "deep"}, "model.head must be one of additive, interaction, got deep"),
-        ({"fusion": "max"}, "model.fusion must be one of sum, mean, got max"),
+        ({"fusion": "max"}, "model.fusion must be one of sum, mean, early, attention, bilinear, late, got max"),
         ({"dropout": np.float32(1.5)}, "model.dropout must be below 1 (a fraction of units dropped), got 1.5"),
         ({"learning_rate": np.float64(0)}, "model.learning_rate must be above 0, got 0.0"),
         (
