@@ -317,16 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
     chunking = argparse.ArgumentParser(add_help=False)
     chunking.add_argument("--chunk", type=int, default=0, help="which chunk of patients (0-based)")
     chunking.add_argument("--n-chunks", type=_positive_int, default=1, help="split the samples sheet in this many")
-    io = argparse.ArgumentParser(add_help=False)
-    io.add_argument("--samples", type=_existing_file, required=True, help="samples sheet (TSV)")
-    io.add_argument("--out", type=Path, required=True, help="output .h5ad")
-    io.add_argument(
+    roots = argparse.ArgumentParser(add_help=False)
+    roots.add_argument(
         "--data-root",
         type=Path,
         action="append",
         default=[],
-        help="a directory the sheet's files must resolve into (repeatable; default: the sheet's and the working one)",
+        help="a directory the sheet's files must resolve into (repeatable; default: the config's data_roots, "
+        "else the sheet's and the working one)",
     )
+    io = argparse.ArgumentParser(add_help=False, parents=[roots])
+    io.add_argument("--samples", type=_existing_file, required=True, help="samples sheet (TSV)")
+    io.add_argument("--out", type=Path, required=True, help="output .h5ad")
     io.add_argument("--config", type=_existing_file, help="config (its data_roots, unless --data-root is given)")
 
     p = kinds.add_parser("variants", parents=[common, io, chunking], help="VCF/BCF (VEP CSQ or SnpEff ANN) or MAF")
@@ -386,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", default="patient_id", help="column holding patient IDs (default patient_id)")
     p.set_defaults(func=cmd_ingest_table)
 
-    p = verbs.add_parser("assemble", parents=[common], help="join modalities and clinical data into cohort.zarr")
+    p = verbs.add_parser("assemble", parents=[common, roots], help="join modalities and clinical data into cohort.zarr")
     p.add_argument("--clinical", type=_existing_file, required=True, help="clinical/outcome table")
     p.add_argument("--samples", type=_existing_file, required=True, help="samples sheet")
     p.add_argument("--variants", type=_existing_file, nargs="*", default=[], help="variant .h5ad chunks")
@@ -411,13 +413,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=_existing_file, help="config (clinical column names; kept in provenance)")
     p.add_argument("--out", type=Path, required=True, help="output cohort store (.zarr directory)")
-    p.add_argument(
-        "--data-root",
-        type=Path,
-        action="append",
-        default=[],
-        help="a directory the sheet's files must resolve into (repeatable; default: the sheet's and the working one)",
-    )
     p.set_defaults(func=cmd_assemble)
 
     p = verbs.add_parser("train", parents=[common], help="k-fold cross-validation of the fusion model")
