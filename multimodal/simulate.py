@@ -39,7 +39,7 @@ DRIVER_GENES = {"TP53": 1.5, "KRAS": 1.3, "STK11": 1.4}
 DRIVER_FREQUENCY = {"TP53": 0.35, "KRAS": 0.25, "STK11": 0.2}
 PROGRAM_GENES = ("MKI67", "TOP2A", "CCNB1", "BUB1", "AURKA", "CDK1", "CENPF", "FOXM1")
 PROGRAM_HAZARD = 1.5
-IMAGING_FEATURE = "shape_voxel_volume"
+IMAGING_FEATURE = "morph_volume"  # IBSI tag of the tumour volume (v1: shape_voxel_volume)
 SIZE_HAZARD = 1.5
 INTENSITY_HAZARD = 0.3
 TEXTURE_HAZARD = 0.3
@@ -257,6 +257,7 @@ def simulate_cohort(outdir: str | Path, *, params: SimulationParams | None = Non
         },
         "clinical": {"age_log_hazard_per_decade": AGE_HAZARD_PER_DECADE, "experimental_arm": ARM_HAZARD},
         "interaction": {"experimental_arm_x_KRAS_mutant": params.arm_kras_interaction},
+        "treatment_benefit": _true_benefit(patients, drivers["KRAS"], params.arm_kras_interaction),
         "response_model": "logit = -0.3 + 1.0 arm - 0.8 program - 0.8 TP53 - 0.5 size",
         "censoring": "uniform administrative censoring between 12 and 72 months",
         "event_fraction": float(os_event.mean()),
@@ -266,6 +267,17 @@ def simulate_cohort(outdir: str | Path, *, params: SimulationParams | None = Non
         tmp.write_text(json.dumps(truth, indent=1))
     log.info("simulated %d patients under %s (event fraction %.2f)", n, outdir, os_event.mean())
     return truth
+
+
+def _true_benefit(patients: list[str], kras: np.ndarray, interaction: float) -> dict:
+    """Each patient's true benefit of the experimental arm (log hazard under standard minus under experimental)
+    and whether it exceeds the arm's common effect (a benefiter: KRAS-mutant when the interaction is negative)."""
+    benefit = -(ARM_HAZARD + interaction * kras)
+    return {
+        "definition": "log hazard under the standard arm minus under the experimental arm (positive: benefit)",
+        "per_patient": {pid: float(b) for pid, b in zip(patients, benefit, strict=True)},
+        "benefiter": {pid: int(b > -ARM_HAZARD + 1e-12) for pid, b in zip(patients, benefit, strict=True)},
+    }
 
 
 def _write_table(frame: pd.DataFrame, path: Path) -> None:
