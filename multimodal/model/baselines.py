@@ -125,3 +125,10 @@ def _c_index(y: np.ndarray, risk: np.ndarray) -> float:
     except Exception:  # noqa: BLE001 - no comparable pairs, non-finite scores
         return 0.5
     return float(value) if np.isfinite(value) else 0.5
+
+
+def arm_interaction_design(x: np.ndarray, arm: np.ndarray) -> np.ndarray:
+    """Design of a Cox model with treatment interactions: features ``x``, arm indicators ``arm`` (patients x
+    non-reference arms) and every arm x feature product (the arm's effect may depend on each feature)."""
+    products = (arm[:, :, None] * x[:, None, :]).reshape(len(x), -1)
+    return np.column_stack([x, arm, products])

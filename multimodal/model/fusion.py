@@ -267,6 +267,7 @@ class FusionNet(nn.Module):
         linear: bool = False,
         neural_weight: float = 1.0,
         bilinear_dim: int = 8,
+        treatment_modality: str | None = None,
     ) -> None:
         super().__init__()
         if head not in HEADS:
@@ -283,6 +284,13 @@ class FusionNet(nn.Module):
                 "model.neural_weight is 0 and model.linear is false: the model would have no risk term"
             )
         self.modalities = list(input_dims)
+        # the treatment arm (``model.treatment``) is an input of its own: it enters only the arm term
+        # below, never an encoder, the fusion or the linear term, so a counterfactual changes only it
+        self.treatment_index = self.modalities.index(treatment_modality) if treatment_modality else None
+        n_treatment = input_dims[treatment_modality] if treatment_modality else 0
+        if treatment_modality:
+            input_dims = {k: v for k, v in input_dims.items() if k != treatment_modality}
+        self.feature_modalities = list(input_dims)
         self.modality_dropout = ModalityDropout(modality_dropout)
         self.fusion = make_fusion(
             fusion,
@@ -313,27 +321,44 @@ class FusionNet(nn.Module):
             self.response_head = nn.Linear(hidden_dim, 1)
         self.linear = LinearRisk(input_dims) if linear else None
         self.neural_weight = float(neural_weight)
+        if treatment_modality:
+            # arm x features: each non-reference arm's log-hazard effect is a linear function of the
+            # patient's fused representation (after the interaction head's hidden layer, if any)
+            self.treatment_effect = nn.Linear(hidden_dim, max(n_treatment, 1))
+            self.n_treatment = n_treatment
 
     def embeddings(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Patients x modalities x hidden: each modality's encoder output (masking is the fusion's job)."""
-        return torch.stack([self.encoders[name](x) for name, x in zip(self.modalities, inputs, strict=True)], 1)
+        return torch.stack([self.encoders[name](x) for name, x in zip(self.feature_modalities, inputs, strict=True)], 1)
 
     def forward(self, *inputs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs are one tensor per modality (in ``self.modalities`` order), Captum-style."""
         inputs = list(inputs)
+        treatment = None
+        if self.treatment_index is not None:
+            j = self.treatment_index
+            arm = inputs.pop(j)
+            treatment = arm * mask[:, j : j + 1].to(arm.dtype)
+            mask = torch.cat([mask[:, :j], mask[:, j + 1 :]], dim=1)
         mask = self.modality_dropout(mask)
         if self.fusion.takes_inputs:
             fused = self.fusion(inputs, mask)
         else:
-            fused = self.fusion(self.embeddings(inputs), mask)
+            embeddings = self.embeddings(inputs)
+            fused = self.fusion(embeddings, mask)
         if self.fusion.gives_outputs:
             risk, logit = fused[:, 0], fused[:, 1]
+            representation = MaskedMeanFusion()(embeddings, mask) if treatment is not None else None
         else:
             fused = self.trunk(fused)
+            representation = fused
             risk, logit = self.risk_head(fused).squeeze(-1), self.response_head(fused).squeeze(-1)
         risk = self.neural_weight * risk
         if self.linear is not None:
             risk = risk + self.linear(inputs, mask)
+        if treatment is not None and self.n_treatment:
+            # sum over non-reference arms of (arm input) x (that arm's effect for this patient)
+            risk = risk + (treatment * self.treatment_effect(representation)).sum(dim=1)
         return risk, logit
 
 
@@ -360,6 +385,7 @@ class FusionSurvivalModel(L.LightningModule):
         linear_l2: float = 0.1,
         linear_learning_rate: float = 0.03,
         bilinear_dim: int = 8,
+        treatment_modality: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -374,6 +400,7 @@ class FusionSurvivalModel(L.LightningModule):
             linear=linear,
             neural_weight=neural_weight,
             bilinear_dim=bilinear_dim,
+            treatment_modality=treatment_modality,
         )
 
     @property

@@ -69,6 +69,9 @@ class TrainParams:
     bilinear_dim: int = 8
     ensemble: int = 1
     accelerator: str = "auto"
+    #: ``{column: arm, reference: standard}``: the arm as an input of its own, counterfactual risk under every
+    #: arm and predicted benefit per patient (multimodal.model.benefit); None (default): no such thing
+    treatment: dict | None = None
 
     def __post_init__(self) -> None:
         """Refuse impossible settings with one line naming the ``model.<key>`` (as the config schema does)."""
@@ -120,6 +123,10 @@ class TrainParams:
                 )
         self.max_features = {str(k): int(v) for k, v in limits.items()}
         _check_evaluation_settings(self)
+        if self.treatment is not None:
+            from multimodal.model.benefit import TreatmentSpec
+
+            self.treatment = asdict(TreatmentSpec.from_config(self.treatment))
 
     @classmethod
     def from_config(cls, section: dict | None) -> TrainParams:
@@ -233,6 +240,12 @@ def cross_validate(
     _quiet_lightning()
     where = store_path or "store"
     arrays = cohort_arrays(mdata, modalities=params.modalities)
+    spec, levels = None, []
+    if params.treatment is not None:
+        from multimodal.model.benefit import TreatmentSpec, with_treatment
+
+        spec = TreatmentSpec(**params.treatment)
+        arrays, levels = with_treatment(arrays, mdata.obs, spec)
     counts = outcome_counts(arrays.time, arrays.event)
     n_outcome, n_events = counts["n_with_outcome"], counts["n_events"]
     if params.splits:
@@ -276,6 +289,10 @@ def cross_validate(
                 screening=params.screening,
                 max_correlation=params.max_correlation,
             )
+            if spec is not None:
+                from multimodal.model.benefit import arm_aware_preprocessor
+
+                data.preprocessor = arm_aware_preprocessor(data.preprocessor)
             train_counts = outcome_counts(arrays.time[data.train_rows], arrays.event[data.train_rows])
             if train_counts["n_events"] == 0:
                 raise MultimodalError(
@@ -295,7 +312,7 @@ def cross_validate(
             _note_preprocessing(data.preprocessor.counts, fold=k, note=note)
             inputs, mask = data.preprocessor.transform(arrays, test_rows)
             train_inputs, train_mask = data.preprocessor.transform(arrays, data.train_rows)
-            risks, probs, train_risks = [], [], []
+            risks, probs, train_risks, arm_risks = [], [], [], []
             for member in range(params.ensemble):
                 # members differ only in their seed: averaging them removes much of a small cohort's
                 # optimisation noise without touching the folds or the preprocessing
@@ -309,6 +326,10 @@ def cross_validate(
                 train_risks.append(train_risk.cpu().numpy().astype(float))
                 risks.append(risk.cpu().numpy().astype(float))
                 probs.append(torch.sigmoid(logit).cpu().numpy().astype(float))
+                if spec is not None:
+                    from multimodal.model.benefit import counterfactual_risks
+
+                    arm_risks.append(counterfactual_risks(model, data.preprocessor, arrays, test_rows, levels))
             data.preprocessor.save(fold_dir / "preprocessing.npz")
             risk, response_prob = np.mean(risks, axis=0), np.mean(probs, axis=0)
             fold_survival = breslow_survival(
@@ -338,6 +359,8 @@ def cross_validate(
             )
             for name, m in zip(arrays.modalities, mask.T.numpy(), strict=True):
                 fold_pred[f"has_{name}"] = m
+            if spec is not None:
+                _add_benefit(fold_pred, np.mean(arm_risks, axis=0), data, arrays, test_rows, spec, levels, params, note)
             baseline: dict = {}
             if params.baseline:
                 try:
@@ -400,6 +423,10 @@ def cross_validate(
             "notes": notes,
         }
         metrics |= _evaluation_summary(pred, survival, settings, plan, repeat_predictions, repeat_fold_metrics)
+        if spec is not None:
+            from multimodal.model.benefit import evaluate_benefit
+
+            metrics["benefit"] = evaluate_benefit(pred, levels, spec, n_bootstrap=params.bootstrap, seed=params.seed)
         write_folds(plan, arrays.patients, tmp / "folds.tsv")
         if repeat_predictions:
             pd.concat([pred.assign(repeat=0), *repeat_predictions], ignore_index=True).to_csv(
@@ -476,6 +503,7 @@ def _train_member(params: TrainParams, data, out: Path, fold: int, member: int, 
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
+    from multimodal.model.benefit import TREATMENT_MODALITY
     from multimodal.model.fusion import FusionSurvivalModel
 
     model = FusionSurvivalModel(
@@ -495,6 +523,7 @@ def _train_member(params: TrainParams, data, out: Path, fold: int, member: int, 
         linear_l2=params.linear_l2,
         linear_learning_rate=params.linear_learning_rate,
         bilinear_dim=params.bilinear_dim,
+        **({"treatment_modality": TREATMENT_MODALITY} if params.treatment is not None else {}),
     )
     trainer = L.Trainer(
         max_epochs=params.epochs,
@@ -512,6 +541,28 @@ def _train_member(params: TrainParams, data, out: Path, fold: int, member: int, 
     trainer.fit(model, datamodule=data)
     trainer.save_checkpoint(str(out / f"fold_{fold}" / f"model_{member}.ckpt"))
     return model
+
+
+def _add_benefit(fold_pred, risks, data, arrays, test_rows, spec, levels, params, note) -> None:
+    """A fold's treatment columns: the observed arm, ``risk_<arm>``, ``benefit_<arm>`` and ``benefit`` (the
+    model's counterfactual risks) and, with the references on, the same benefit from a Cox model with arm
+    interactions (``benefit_cox_interaction_<arm>``); a failed reference fit is noted, the model's stand."""
+    from multimodal.model.benefit import add_benefit_columns, cox_interaction_benefit
+
+    arm = np.asarray(arrays.x["treatment"][test_rows])
+    observed = np.where(np.isnan(arm).any(axis=1), None, np.array(levels, dtype=object)[0])
+    for i, level in enumerate(levels[1:]):
+        observed = np.where(arm[:, i] == 1, level, observed)
+    fold_pred["arm"] = observed
+    add_benefit_columns(fold_pred, risks, levels)
+    if not params.baseline:
+        return
+    try:
+        cox_risks, _, _ = cox_interaction_benefit(data, arrays, test_rows, levels, seed=params.seed)
+    except Exception as exc:  # noqa: BLE001 - a failed reference is recorded; training goes on
+        note(f"fold {int(fold_pred['fold'].iloc[0])}: Cox-with-arm-interactions reference skipped: {_reason(exc)}")
+        cox_risks = np.full((len(test_rows), len(levels)), np.nan)
+    add_benefit_columns(fold_pred, cox_risks, levels, suffix="_cox_interaction")
 
 
 def _design_matrix(inputs, mask) -> np.ndarray:
