@@ -47,6 +47,7 @@ SECTIONS = (
     ("exclusions", "Exclusions"),
     ("metrics", "Cross-validated metrics"),
     ("risk-groups", "Risk groups"),
+    ("benefit", "Who benefits"),  # only for a run with model.treatment
     ("features", "Top features"),
     ("contributions", "Modality contributions"),
     ("provenance", "Provenance"),
@@ -901,6 +902,112 @@ def _risk_group_section(inp: _Inputs) -> str:
     return "\n".join(parts)
 
 
+def _benefit_section(inp: _Inputs) -> str:
+    """Predicted treatment benefit (``model.treatment``): its distribution by arm received, calibration of
+    benefit by tertiles, the C-for-benefit with its bootstrap CI and, where a truth was given, the AUROC for
+    the true benefiters; the assumption it rests on and the sign convention are stated first."""
+    benefit = inp.metrics["benefit"]
+    pred = inp.predictions
+    reference = str(benefit.get("reference", ""))
+    parts = [
+        f"<p><strong>Assumption:</strong> {_esc(benefit.get('assumption', ''))}.</p>",
+        f"<p><strong>Sign:</strong> {_esc(benefit.get('sign', ''))}. Model: {_esc(benefit.get('head', ''))}; "
+        f"each held-out patient is scored under every arm by the fold's model, everything but the arm as "
+        f"measured.</p>",
+    ]
+    for level, entry in (benefit.get("by_arm") or {}).items():
+        column = f"benefit_{level}"
+        heading = f"{level} against {reference}"
+        parts.append(f"<h3>{_esc(heading)}</h3>")
+        if column in pred and "arm" in pred:
+            values = pd.to_numeric(pred[column], errors="coerce")
+            fig = _new_figure(6.4, 3.2)
+            ax = fig.add_subplot()
+            arms = [a for a in (reference, level) if (pred["arm"] == a).any()]
+            data = [values[(pred["arm"] == a) & values.notna()].to_numpy() for a in arms]
+            if any(len(d) for d in data):
+                ax.hist(data, bins=30, label=[f"received {a}" for a in arms], color=["#2e6fa8", "#c0392b"][: len(arms)])
+                ax.axvline(0.0, color="black", linewidth=0.8)
+                ax.set_xlabel(f"predicted benefit of {level} (log hazard, reference minus {level})")
+                ax.set_ylabel("patients")
+                ax.legend(frameon=False)
+                parts.append(
+                    _figure(
+                        fig,
+                        alt=f"distribution of predicted benefit of {level} by arm received",
+                        caption="Out-of-fold predicted benefit per patient, by the arm received; right of 0 the "
+                        f"model expects {level} to lower the patient's hazard.",
+                    )
+                )
+        rows, pairs = (
+            [],
+            [("patients (both arms)", _count(entry.get("n_patients"))), ("treated", _count(entry.get("n_treated")))],
+        )
+        for name, label in (("model", "fusion model"), ("cox_interaction", "Cox with arm x feature terms")):
+            result = entry.get(name)
+            if not isinstance(result, dict):
+                continue
+            ci = result.get("c_for_benefit_ci")
+            ci_text = f" (95% CI {_num(ci[0])}-{_num(ci[1])})" if isinstance(ci, list) and len(ci) == 2 else ""
+            pairs.append(
+                (
+                    f"C-for-benefit, {label}",
+                    f"{_num(result.get('c_for_benefit'))}{ci_text} over {_count(result.get('n_informative_pairs'))} "
+                    f"informative of {_count(result.get('n_pairs'))} matched pairs",
+                )
+            )
+            for group in result.get("calibration") or []:
+                lo, hi = (group.get("predicted_range") or [None, None])[:2]
+                rows.append(
+                    [
+                        label,
+                        _count(group.get("group")),
+                        f"{_num(lo)} to {_num(hi)}",
+                        _count(group.get("n")),
+                        _count(group.get("n_treated")),
+                        _count(group.get("n_events")),
+                        _num(group.get("mean_predicted_benefit")),
+                        _num(group.get("observed_minus_log_hr")),
+                        _num(group.get("km_difference")),
+                    ]
+                )
+        truth = entry.get("truth")
+        if isinstance(truth, dict):
+            pairs += [
+                ("true benefiters", f"{_count(truth.get('n_benefiters'))}: {truth.get('benefiters', '')}"),
+                ("AUROC for true benefiters, fusion model", _num(truth.get("auroc_model"))),
+                ("AUROC for true benefiters, Cox with arm x feature terms", _num(truth.get("auroc_cox_interaction"))),
+                ("AUROC for true benefiters, oracle (true benefit)", _num(truth.get("auroc_oracle"))),
+                ("C-for-benefit, oracle (true benefit)", _num(truth.get("oracle_c_for_benefit"))),
+            ]
+        parts.append(_kv(pairs, dl_id=f"benefit-{_slug(level)}"))
+        if rows:
+            parts.append(
+                _table(
+                    [
+                        "model",
+                        "tertile",
+                        "predicted benefit",
+                        "patients",
+                        "treated",
+                        "events",
+                        "mean predicted",
+                        "observed -log HR",
+                        f"KM difference at {_num(benefit.get('km_time'), '.3g')}",
+                    ],
+                    rows,
+                    numeric=[False, True, False, True, True, True, True, True, True],
+                    table_id=f"benefit-calibration-{_slug(level)}",
+                    caption="Calibration of benefit: tertiles of predicted benefit; observed benefit is minus the "
+                    f"log hazard ratio of {level} against {reference} within the tertile, and the Kaplan-Meier "
+                    f"survival of {level} minus {reference} at the median observed time. Calibrated: observed "
+                    "-log HR close to the mean predicted.",
+                )
+            )
+    parts.append(f'<p class="note">C-for-benefit: {_esc(benefit.get("c_for_benefit_method", ""))}.</p>')
+    return "\n".join(parts)
+
+
 def _ordered(names: Iterable[str], inp: _Inputs) -> list[str]:
     names = list(dict.fromkeys(names))
     preferred = [str(m) for m in (inp.params.get("modalities") or [])] + list(MODALITY_ORDER)
@@ -1122,13 +1229,16 @@ def render_report(
         "contributions": _contributions_section(inp),
         "provenance": _provenance_section(inp, generated),
     }
+    if isinstance(inp.metrics.get("benefit"), dict):
+        sections["benefit"] = _benefit_section(inp)
+    shown = [(key, heading) for key, heading in SECTIONS if key in sections]
     body = []
     if inp.warnings:
         items = "\n".join(f"<li>{_esc(w)}</li>" for w in inp.warnings)
         body.append(f'<div class="warnings" id="warnings"><strong>Checks</strong>\n<ul>\n{items}\n</ul>\n</div>')
-    for key, heading in SECTIONS:
+    for key, heading in shown:
         body.append(f'<section id="{key}">\n<h2>{_esc(heading)}</h2>\n{sections[key]}\n</section>')
-    toc = "\n".join(f'<li><a href="#{key}">{_esc(heading)}</a></li>' for key, heading in SECTIONS)
+    toc = "\n".join(f'<li><a href="#{key}">{_esc(heading)}</a></li>' for key, heading in shown)
     subtitle = "\n".join(
         f"<p>{_esc(label)}: <code>{_esc(path)}</code></p>"
         for label, path in (("cohort store", store), ("model", model_dir), ("attributions", explain_dir))
