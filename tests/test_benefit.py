@@ -287,3 +287,18 @@ def test_a_treatment_run_on_the_pipeline_store_and_its_who_benefits_section(tiny
     shown = render_report(store=tiny_run["store"], model_dir=with_benefit, explain_dir=tiny_run["explain_dir"])
     assert '<section id="benefit">\n<h2>Who benefits</h2>' in shown and 'href="#benefit"' in shown
     assert shown.index('id="risk-groups"') < shown.index('id="benefit"') < shown.index('id="features"')
+
+
+def test_the_config_schema_takes_a_treatment_and_defaults_to_none():
+    from multimodal.config import validate_config
+
+    base = {"samples": "s.tsv", "clinical": "c.tsv"}
+    assert validate_config(dict(base))["model"].get("treatment") is None
+    config = validate_config(dict(base, model={"treatment": {"column": "arm", "reference": "standard"}}))
+    assert TrainParams.from_config(config["model"]).treatment == {
+        "column": "arm",
+        "reference": "standard",
+        "truth": None,
+    }
+    with pytest.raises(MultimodalError, match="'reference' is a required property"):
+        validate_config(dict(base, model={"treatment": {"column": "arm"}}))
