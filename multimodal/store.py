@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STORE_SPEC_VERSION = "0.1.0"
+STORE_SPEC_VERSION = "0.2.0"
 MODALITY_ORDER = ("clinical", "variants", "expression", "imaging")
 TRACKED_PACKAGES = (
     "anndata",
