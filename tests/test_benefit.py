@@ -95,6 +95,7 @@ def test_counterfactual_prediction_changes_only_the_arm_input():
     with torch.no_grad():
         model.net.treatment_effect.weight.zero_()
         model.net.treatment_effect.bias.zero_()
+        model.net.treatment_linear.weight.zero_()
     flat = counterfactual_risks(model, pre, arrays, rows, levels)
     assert np.allclose(flat[:, 0], flat[:, 1])
 
@@ -122,6 +123,7 @@ def test_benefit_is_risk_under_the_reference_minus_risk_under_the_arm():
     scale = float(pre.scale[TREATMENT_MODALITY][0])  # the arm input is fold-scaled like any feature
     with torch.no_grad():
         net.treatment_effect.weight.zero_()
+        net.treatment_linear.weight.zero_()
         net.treatment_effect.bias.fill_(-0.7 * scale)
     risks = counterfactual_risks(net, pre, arrays, rows, levels)
     assert np.allclose(risks[:, 0] - risks[:, 1], 0.7, atol=1e-5)

@@ -4,7 +4,8 @@ With ``model.treatment: {column: arm, reference: standard}`` the arm (a column o
 the store's ``obs``) becomes an input of its own, the ``treatment`` pseudo-modality: one indicator per
 non-reference arm, taken out of the clinical covariates, never read by an encoder or the fusion, and
 entering the risk only through the arm x features term of :class:`~multimodal.model.fusion.FusionNet`
-(each arm's log-hazard effect is a linear function of the patient's fused representation).
+(each arm's log-hazard effect is a linear function of the patient's fused representation plus a linear
+function of its selected, scaled features).
 
 For each held-out patient the fold's model is evaluated with the arm input set to every level and
 everything else as measured (:func:`counterfactual_arrays`), giving ``risk_<arm>`` (log relative hazard)
@@ -384,7 +385,8 @@ def evaluate_benefit(
         "arms": levels,
         "assumption": ASSUMPTION,
         "sign": SIGN,
-        "head": "arm x features: each non-reference arm's log-hazard effect is linear in the fused representation",
+        "head": "arm x features: each non-reference arm's log-hazard effect is linear in the patient's fused "
+        "representation and in its selected, scaled features",
         "c_for_benefit_method": C_FOR_BENEFIT_METHOD,
         "calibration_method": "tertiles of predicted benefit; observed = minus the log hazard ratio of the arm "
         "(one-covariate Cox in the group) and Kaplan-Meier survival of the arm minus the reference at "

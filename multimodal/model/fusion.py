@@ -325,6 +325,9 @@ class FusionNet(nn.Module):
             # arm x features: each non-reference arm's log-hazard effect is a linear function of the
             # patient's fused representation (after the interaction head's hidden layer, if any)
             self.treatment_effect = nn.Linear(hidden_dim, max(n_treatment, 1))
+            # and linear in the patient's selected, scaled features (as a Cox model with arm x feature terms)
+            self.treatment_linear = nn.Linear(max(sum(input_dims.values()), 1), max(n_treatment, 1), bias=False)
+            nn.init.zeros_(self.treatment_linear.weight)
             self.n_treatment = n_treatment
 
     def embeddings(self, inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -358,7 +361,12 @@ class FusionNet(nn.Module):
             risk = risk + self.linear(inputs, mask)
         if treatment is not None and self.n_treatment:
             # sum over non-reference arms of (arm input) x (that arm's effect for this patient)
-            risk = risk + (treatment * self.treatment_effect(representation)).sum(dim=1)
+            effect = self.treatment_effect(representation)
+            if sum(x.shape[1] for x in inputs):
+                present = mask.to(treatment.dtype)
+                flat = torch.cat([x * present[:, j : j + 1] for j, x in enumerate(inputs)], dim=1)
+                effect = effect + self.treatment_linear(flat)
+            risk = risk + (treatment * effect).sum(dim=1)
         return risk, logit
 
 
