@@ -9,6 +9,11 @@ Writes one model directory (atomically):
 - ``fold_<k>/model_<j>.ckpt`` (Lightning checkpoint of ensemble member j), ``fold_<k>/preprocessing.npz``,
   ``fold_<k>/log_<j>/metrics.csv`` (training curves);
 - ``params.json``: the training parameters and the store it read.
+
+With ``model.treatment`` (multimodal.model.benefit) predictions.tsv also holds each patient's ``arm``, the
+counterfactual ``risk_<arm>`` under every arm, ``benefit_<arm>`` and ``benefit`` (risk under the reference
+minus under the arm) and the same from a Cox model with arm interactions (``benefit_cox_interaction*``);
+metrics.json gets a ``benefit`` section.
 """
 
 from __future__ import annotations
