@@ -134,7 +134,14 @@ def explain_cohort(
     check_model_store(params.get("store_fingerprint"), mdata, model_dir=model_dir)
     modalities = params["modalities"]
     folds = pd.read_csv(model_dir / "folds.tsv", sep="\t", dtype={"patient_id": str}).set_index("patient_id")["fold"]
-    arrays = cohort_arrays(mdata, modalities=modalities)
+    if params.get("train", {}).get("treatment"):  # the arm: rebuilt from obs as training did
+        from multimodal.model.benefit import TREATMENT_MODALITY, TreatmentSpec, with_treatment
+
+        stored = [m for m in modalities if m != TREATMENT_MODALITY]
+        spec = TreatmentSpec(**params["train"]["treatment"])
+        arrays, _ = with_treatment(cohort_arrays(mdata, modalities=stored), mdata.obs, spec)
+    else:
+        arrays = cohort_arrays(mdata, modalities=modalities)
     missing = [p for p in arrays.patients if p not in folds.index]
     if missing:
         raise MultimodalError(f"{model_dir}: patient {missing[0]} of the store has no fold; store and model differ")
@@ -185,7 +192,7 @@ def explain_cohort(
         order = np.argsort(-mean_abs, kind="stable")
         ranks = np.empty(len(order), dtype=int)
         ranks[order] = np.arange(1, len(order) + 1)
-        source_var = mdata.mod[name].var
+        source_var = mdata.mod[name].var if name in mdata.mod else pd.DataFrame()  # the arm: no store modality
         for j, feature in enumerate(arrays.features[name]):
             importance_rows.append(
                 {

@@ -269,7 +269,14 @@ def test_a_treatment_run_on_the_pipeline_store_and_its_who_benefits_section(tiny
     observed = np.where(pred["arm"] == "standard", pred["risk_standard"], pred["risk_experimental"])
     assert np.allclose(observed, pred["risk"], atol=1e-5)  # the counterfactual under the arm received is factual
     assert metrics["benefit"]["by_arm"]["experimental"]["truth"]["auroc_oracle"] is not None
-    # explain does not yet handle the treatment input, so the section is rendered from the run's outputs here
+    # explained and reported end to end: the arm input is rebuilt from obs, attributions cover it
+    from multimodal.explain import explain_cohort
+
+    explain_cohort(mdata, tmp_path / "model", tmp_path / "explain", n_steps=4, progress=False)
+    importance = pd.read_csv(tmp_path / "explain" / "feature_importance.tsv", sep="\t")
+    assert "arm=experimental" in set(importance["feature"])
+    full = render_report(store=tiny_run["store"], model_dir=tmp_path / "model", explain_dir=tmp_path / "explain")
+    assert '<section id="benefit">' in full
     run = SimpleNamespace(metrics=json.loads((tmp_path / "model" / "metrics.json").read_text()), predictions=pred)
     html = _benefit_section(run)
     assert "<img" in html and 'id="benefit-calibration-experimental"' in html and "C-for-benefit" in html

@@ -19,9 +19,9 @@ Slices are planes orthogonal to ``slice_axis`` (2 for the (x, y, z) arrays nibab
 Why by hand: pyradiomics (3.0.1 installs only with ``--no-build-isolation``) has direction-averaged 3D
 and per-slice 2D matrices but none of IBSI's merged (``comb``) or 2.5D aggregations and no GLDZM;
 MIRP 2.7 (IBSI 1 compliant) requires pandas >= 3, which our anndata pin excludes, and is ~57x slower
-(docs/imaging-extractors.md); scikit-image's ``graycomatrix`` is 2D only. Everything here is numpy/scipy: ``np.bincount`` for the matrices,
-``scipy.sparse.csgraph.connected_components`` for the zones and ``scipy.ndimage.distance_transform_cdt``
-for the GLDZM distance map.
+(docs/imaging-extractors.md); scikit-image's ``graycomatrix`` is 2D only. Everything here is numpy/scipy:
+``np.bincount`` for the matrices, ``scipy.sparse.csgraph.connected_components`` for the zones and
+``scipy.ndimage.distance_transform_cdt`` for the GLDZM distance map.
 
 Conventions where IBSI leaves a value undefined (never hit by the IBSI digital phantom), following
 pyradiomics: GLCM correlation of a matrix with one grey level is 1, its first information correlation
