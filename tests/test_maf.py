@@ -118,7 +118,9 @@ def test_workflow_on_a_user_config_with_a_maf_and_a_radiomics_table(tiny_cohort,
     out = tmp_path / "results/maf only"
     summary = (out / "cohort_summary.txt").read_text()
     assert "variants" in summary and "expression" not in summary
-    assert f"imaging     {len(radiomics):>6} patients x     50 features" in summary
+    varying = int((radiomics.drop(columns="Image").nunique(dropna=True) > 1).sum())  # constant columns left out
+    assert varying > 150  # the IBSI families, not the 50 features of store spec 0.1
+    assert f"imaging     {len(radiomics):>6} patients x {varying:>6} features" in summary
     assert not (tmp_path / "demo").exists()  # the shipped demo settings did not leak into this config
     predictions = pd.read_csv(out / "model/predictions.tsv", sep="\t")
     assert len(predictions) == 60
