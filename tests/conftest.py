@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+IBSI_DIR = Path(__file__).parent / "data" / "ibsi"
 os.environ.setdefault("MULTIMODAL_NO_PROGRESS", "1")
 
 
@@ -36,6 +37,19 @@ def run_workflow_in(workdir: Path, config: str) -> int:
         )
     finally:
         os.chdir(previous)
+
+
+def ibsi_reference() -> dict[str, tuple[float, float]]:
+    """IBSI 1 digital phantom consensus: tag -> (value, tolerance), for the tags that have a value."""
+    import csv
+
+    with open(IBSI_DIR / "ibsi_1_dig_phantom_reference.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter=";"))
+    return {
+        row["tag"]: (float(row["reference value"]), float(row["tolerance"] or 0))
+        for row in rows
+        if row["reference value"]
+    }
 
 
 @pytest.fixture(scope="session")

@@ -4,13 +4,12 @@ the IBSI digital phantom consensus values, and independent checks of what the ph
 
 from __future__ import annotations
 
-import csv
 import math
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import IBSI_DIR, ibsi_reference
 from scipy.spatial.distance import cdist
 
 from multimodal.errors import MultimodalError
@@ -31,7 +30,6 @@ from multimodal.ingest.ibsi_morphology import (
     moran_geary,
 )
 
-IBSI_DIR = Path(__file__).parent / "data" / "ibsi"
 OUR_TAGS = MORPH_TAGS + LOC_TAGS + STAT_TAGS + IH_TAGS + IVH_TAGS
 
 #: Tags of ours within tolerance on the phantom: every one with a consensus value (25 morphology, 2 local
@@ -39,17 +37,9 @@ OUR_TAGS = MORPH_TAGS + LOC_TAGS + STAT_TAGS + IH_TAGS + IVH_TAGS
 PHANTOM_WITHIN_TOLERANCE = 74
 
 
-def _reference() -> dict[str, tuple[float, float]]:
-    with open(IBSI_DIR / "ibsi_1_dig_phantom_reference.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter=";"))
-    return {
-        row["tag"]: (float(row["reference value"]), float(row["tolerance"] or 0))
-        for row in rows
-        if row["reference value"]
-    }
 
 
-REFERENCE = _reference()
+REFERENCE = ibsi_reference()
 TESTED = sorted(tag for tag in OUR_TAGS if tag in REFERENCE)
 
 

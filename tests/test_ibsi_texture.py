@@ -2,37 +2,26 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import time
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import IBSI_DIR, ibsi_reference
 from scipy import ndimage
 
 from multimodal.errors import MultimodalError
 from multimodal.ingest.ibsi_texture import FAMILIES, ibsi_texture_features
-
-IBSI_DIR = Path(__file__).parent / "data" / "ibsi"
 
 #: Texture tags of the phantom reference within tolerance; every one of the 408 texture tags with a
 #: consensus value (6 families, all 2D / 2.5D / 3D aggregations). Lower it only with a reason.
 MIN_WITHIN_TOLERANCE = 408
 
 
-def _reference() -> dict[str, tuple[float, float]]:
-    with open(IBSI_DIR / "ibsi_1_dig_phantom_reference.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter=";"))
-    return {
-        row["tag"]: (float(row["reference value"]), float(row["tolerance"] or 0))
-        for row in rows
-        if row["reference value"] and row["tag"].split("_", 1)[0] in FAMILIES
-    }
 
 
-REFERENCE = _reference()
+REFERENCE = {tag: v for tag, v in ibsi_reference().items() if tag.split("_", 1)[0] in FAMILIES}
 
 
 def _within(tag: str, value: float) -> bool:

@@ -6,14 +6,13 @@ The families themselves are tested against the phantom and independent reference
 
 from __future__ import annotations
 
-import csv
 import math
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import scipy.stats
+from conftest import IBSI_DIR, ibsi_reference
 
 from multimodal.errors import MultimodalError
 from multimodal.ingest.ibsi_intensity import IH_TAGS, IVH_TAGS, LOC_TAGS, STAT_TAGS
@@ -26,8 +25,6 @@ from multimodal.ingest.radiomics import (
     extract_radiomics,
     feature_classes,
 )
-
-IBSI_DIR = Path(__file__).parent / "data" / "ibsi"
 
 
 def _sphere(shape: tuple[int, int, int], spacing: tuple[float, float, float], radius_mm: float) -> np.ndarray:
@@ -250,14 +247,6 @@ def test_glrlm_features_of_a_single_run() -> None:
 PHANTOM_WITHIN_TOLERANCE = 482
 
 
-def _ibsi_reference() -> dict[str, tuple[float, float]]:
-    with open(IBSI_DIR / "ibsi_1_dig_phantom_reference.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter=";"))
-    return {
-        row["tag"]: (float(row["reference value"]), float(row["tolerance"] or 0))
-        for row in rows
-        if row["reference value"]
-    }
 
 
 def _within(reference: float, tolerance: float, value: float) -> bool:
@@ -271,7 +260,7 @@ def test_ibsi_digital_phantom_end_to_end() -> None:
     mask = np.asarray(nib.load(IBSI_DIR / "mask.nii.gz").dataobj)
     spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
     features = extract_radiomics(image.get_fdata(), mask, spacing=spacing, bin_width=1.0, aggregations=AGGREGATIONS)
-    reference = _ibsi_reference()
+    reference = ibsi_reference()
     tested = [tag for tag in features if tag in reference]
     assert set(features) - set(tested) == {"ivh_auc"}  # the one tag without a consensus value
     outside = {tag: (features[tag], reference[tag]) for tag in tested if not _within(*reference[tag], features[tag])}
