@@ -208,9 +208,12 @@ def build_provenance(
 def write_cohort_store(mdata: mudata.MuData, path: str | Path, *, provenance: dict) -> Path:
     """Write ``mdata`` to ``path`` as a Zarr v3 MuData store, atomically."""
     configure_zarr_v3()
+    settings = {name: adata.uns.get("ingest", {}).get("params") for name, adata in mdata.mod.items()}
+    settings = {name: value for name, value in settings.items() if value is not None}
+    provenance = dict(provenance, ingest_params_json=json.dumps(_plain(settings), sort_keys=True, default=str))
     mdata.uns["provenance"] = provenance
     for adata in mdata.mod.values():
-        adata.uns.pop("ingest", None)  # folded into provenance; keep modality uns lean
+        adata.uns.pop("ingest", None)  # folded into provenance (exclusions, ingest_params_json); modality uns lean
     path = Path(path)
     with atomic_path(path) as tmp:
         mdata.write_zarr(str(tmp))

@@ -224,3 +224,14 @@ def test_summary_counts_only_events_with_a_time(tiny_run, tmp_path):
     assert f"survival: {counts['n_events']} events / {counts['n_with_outcome']} patients with outcome" in (
         summarize_store(mdata)
     )
+
+
+def test_each_modalitys_ingest_settings_are_kept_in_the_provenance(tiny_run):
+    """The radiomics discretisation and the variant settings survive into the store (they used to be dropped)."""
+    import json
+
+    from multimodal.store import read_cohort_store
+
+    settings = json.loads(read_cohort_store(tiny_run["store"]).uns["provenance"]["ingest_params_json"])
+    assert {"variants", "imaging", "expression"} <= set(settings)
+    assert settings["imaging"]["bin_count"] == 32
