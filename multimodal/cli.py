@@ -154,6 +154,11 @@ def cmd_ingest_imaging(args: argparse.Namespace) -> None:
         texture_aggregations=args.texture_aggregations,
         mask_label=args.mask_label,
         roi_name=args.roi_name,
+        resample_spacing=args.resample_spacing,
+        interpolation=args.interpolation,
+        round_intensities=args.round_intensities,
+        resegment_range=args.resegment_range,
+        outlier_sd=args.outlier_sd,
         progress=_progress(args),
     )
     _write_h5ad(adata, args.out)
@@ -379,6 +384,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--roi-name",
         help="DICOM SEG segment or RTSTRUCT ROI to use where the sheet's roi column is empty (e.g. GTV)",
+    )
+    p.add_argument(
+        "--resample-spacing",
+        type=_positive_number,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="IBSI: resample image and mask to this voxel spacing in mm, grid centres aligned (default: none)",
+    )
+    p.add_argument(
+        "--interpolation",
+        choices=("linear", "cubic_spline", "nearest"),
+        default="linear",
+        help="image interpolation for --resample-spacing (default linear; the mask: linear, then >= 0.5)",
+    )
+    p.add_argument(
+        "--round-intensities", action="store_true", help="round intensities to integers after resampling (CT)"
+    )
+    p.add_argument(
+        "--resegment-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="IBSI range re-segmentation, e.g. -1000 400 (HU): ROI voxels outside leave the intensity mask",
+    )
+    p.add_argument(
+        "--outlier-sd",
+        type=_positive_number,
+        default=None,
+        help="IBSI outlier re-segmentation: ROI voxels beyond mean +- this many SD leave the intensity mask",
     )
     p.set_defaults(func=cmd_ingest_imaging)
 

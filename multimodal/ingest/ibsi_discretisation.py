@@ -15,7 +15,8 @@ def discretise(values: np.ndarray, *, bin_count: int = 32, bin_width: float | No
     Fixed bin number (IBSI FBN): ``floor(Ng * (x - min) / (max - min)) + 1``, the maximum going to
     level Ng; a constant ROI is all level 1. Fixed bin width (IBSI FBS, when ``bin_width`` is given):
     ``floor((x - min) / bin_width) + 1`` with the ROI minimum as the lower bound (IBSI uses the
-    re-segmentation range's lower bound when there is one; there is none here).
+    re-segmentation range's lower bound when there is one; ``ingest.resegment_range`` does not move it
+    yet: FBS bins still start at the intensity mask's minimum).
     """
     values = np.asarray(values, dtype=np.float64)
     lo = float(values.min())

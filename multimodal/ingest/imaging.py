@@ -19,6 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from multimodal.errors import MultimodalError
+from multimodal.ingest.ibsi_processing import ImageProcessing
 from multimodal.ingest.medical_images import Volume, read_image, read_mask
 from multimodal.ingest.radiomics import (
     DEFAULT_AGGREGATIONS,
@@ -247,6 +248,11 @@ def imaging_matrix(
     texture_aggregations: Iterable[str] = DEFAULT_AGGREGATIONS,
     mask_label: int | None = None,
     roi_name: str | None = None,
+    resample_spacing: Iterable[float] | None = None,
+    interpolation: str = "linear",
+    round_intensities: bool = False,
+    resegment_range: Iterable[float] | None = None,
+    outlier_sd: float | None = None,
     progress: bool = True,
 ) -> anndata.AnnData:
     """IBSI 1 radiomics features of every patient with imaging, as a patients x features AnnData.
@@ -267,11 +273,26 @@ def imaging_matrix(
     the voxels with that label; without, every non-zero voxel, and masks holding more than one label are
     counted (``exclusions["masks_with_several_labels_merged"]``) so a merged ROI is never silent. Only
     voxel data and geometry are read from the files: no DICOM attribute reaches the AnnData.
+
+    IBSI image processing (:mod:`multimodal.ingest.ibsi_processing`; all off by default):
+    ``resample_spacing`` (mm along the image's array axes) resamples image and mask onto a grid of that
+    spacing with centres aligned, the image by ``interpolation`` (``linear``, ``cubic_spline``,
+    ``nearest``), the mask linearly then thresholded at 0.5; ``round_intensities`` rounds intensities
+    to integers (CT). ``resegment_range`` ``(lo, hi)`` and ``outlier_sd`` (mean +- that many SD) take
+    ROI voxels out of the intensity mask (the morphological mask stays as segmented); the voxels removed
+    are ``obs['resegmented_voxels_removed']`` and, summed, ``exclusions['resegmented_voxels_removed']``.
     """
     missing = [col for col in ("image", "mask") if col not in samples.columns]
     if missing:
         raise MultimodalError(f"imaging samples table has no column {', '.join(map(repr, missing))}")
     aggregations = check_aggregations(texture_aggregations)
+    processing = ImageProcessing(
+        resample_spacing=None if resample_spacing is None else tuple(resample_spacing),  # type: ignore[arg-type]
+        interpolation=interpolation,
+        round_intensities=bool(round_intensities),
+        resegment_range=None if resegment_range is None else tuple(resegment_range),  # type: ignore[arg-type]
+        outlier_sd=outlier_sd,
+    )
     if bin_width is not None and not (np.isfinite(bin_width) and bin_width > 0):
         raise MultimodalError(f"bin_width must be a positive number, got {float(bin_width):g}")
     patient_ids = [str(pid) for pid in samples.index]
@@ -317,6 +338,7 @@ def imaging_matrix(
     names = list(classes)
     rows = np.empty((len(todo), len(names)), dtype=np.float32)
     n_merged, merged_example = 0, ""
+    removed = np.zeros(len(todo), dtype=np.int64)
     for row, (pid, image_path, mask_path) in enumerate(
         tqdm(todo, desc="radiomics", unit="patient", disable=not progress)
     ):
@@ -328,10 +350,17 @@ def imaging_matrix(
             n_merged += 1
             merged_example = merged_example or f"{mask_path}: labels {labels[:10]}"
         try:
+            image, mask, intensity_mask, spacing, removed[row] = processing.apply(image, mask, spacing)
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # tiny ROIs: undefined values become NaN, counted
                 features = extract_radiomics(
-                    image, mask, spacing=spacing, bin_count=bin_count, bin_width=bin_width, aggregations=aggregations
+                    image,
+                    mask,
+                    spacing=spacing,
+                    bin_count=bin_count,
+                    bin_width=bin_width,
+                    aggregations=aggregations,
+                    intensity_mask=intensity_mask if processing.resegments else None,
                 )
         except MultimodalError as err:
             raise MultimodalError(f"{image_path} (mask {mask_path}, patient {pid}): {err}") from err
@@ -349,6 +378,8 @@ def imaging_matrix(
         {"image": [t[1] for t in todo], "mask": [t[2] for t in todo]},
         index=pd.Index([t[0] for t in todo], name="patient_id"),
     )
+    if processing.resegments:
+        obs["resegmented_voxels_removed"] = removed
     var = pd.DataFrame(
         {
             "feature_class": [classes[name] for name in names],
@@ -368,8 +399,7 @@ def imaging_matrix(
                 "extractor": EXTRACTOR,
                 "texture_aggregations": list(aggregations),
                 "ivh_levels": "integer intensities of an integer-valued ROI, else 1000 equal bins",
-                "resampling": "none",
-                "re_segmentation": "none",
+                **processing.params(),  # resampling and re-segmentation: "none" unless configured
                 "mask_label": "any non-zero" if mask_label is None else int(mask_label),
                 **({"roi_name": str(roi_name)} if roi_name else {}),
             },
@@ -378,6 +408,7 @@ def imaging_matrix(
                 # e.g. texture of a one-voxel ROI: left missing, imputed inside each training fold
                 "undefined_feature_values": int(np.isnan(rows).sum()),
                 "masks_with_several_labels_merged": int(n_merged),
+                **({"resegmented_voxels_removed": int(removed.sum())} if processing.resegments else {}),
             },
             "n_patients_in": len(patient_ids),
         }

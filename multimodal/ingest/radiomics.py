@@ -13,7 +13,8 @@ Radiology 2020):
 
 Every IBSI 1 digital phantom tag these modules compute is within the IBSI tolerance
 (``tests/test_ibsi_intensity_morphology.py``, ``tests/test_ibsi_texture.py``). Every non-zero mask
-voxel is the ROI, used as both morphological and intensity mask: no resampling, no re-segmentation.
+voxel is the ROI, the morphological mask and, unless re-segmentation gives another (``intensity_mask``,
+:mod:`multimodal.ingest.ibsi_processing`), the intensity mask; resampling happens before, in the ingest.
 Discretisation (``ih_*`` and texture) is a fixed bin number over the ROI range (IBSI FBN, default 32)
 or a fixed bin width from the ROI minimum (FBS); the IVH uses an integer-valued ROI's intensities as
 its levels (CT HU), else 1000 equal bins. A feature undefined for the ROI (PCA axes of one voxel,
@@ -156,6 +157,7 @@ def extract_radiomics(
     bin_count: int = 32,
     bin_width: float | None = None,
     aggregations: Iterable[str] = DEFAULT_AGGREGATIONS,
+    intensity_mask: np.ndarray | None = None,
 ) -> dict[str, float]:
     """IBSI 1 features of ``image`` inside ``mask`` (voxels > 0), keyed and ordered as :func:`feature_classes`.
 
@@ -163,7 +165,9 @@ def extract_radiomics(
     and texture come from ``bin_count`` equal bins over the ROI range, or from bins of width
     ``bin_width`` (from the ROI minimum) when it is given. ``aggregations``: the texture aggregations,
     any of ``"2D"``, ``"2_5D"``, ``"3D"``. Raises :class:`MultimodalError` for an empty mask, non-finite
-    intensities in the ROI, or inconsistent arguments.
+    intensities in the ROI, or inconsistent arguments. ``intensity_mask``, when given (IBSI
+    re-segmentation, :mod:`multimodal.ingest.ibsi_processing`), is the ROI of every intensity and texture
+    family; ``mask`` stays the morphological mask (``morph_*``).
     """
     aggregations = check_aggregations(aggregations)
     if bin_width is None:
@@ -172,10 +176,11 @@ def extract_radiomics(
         bin_count = int(bin_count)
     elif not (math.isfinite(bin_width) and bin_width > 0):
         raise MultimodalError(f"bin_width must be a positive number, got {float(bin_width):g}")
-    image, roi, spacing_t = validate_roi(image, mask, spacing)
+    image, morph_roi, spacing_t = validate_roi(image, mask, spacing)
+    roi = morph_roi if intensity_mask is None else validate_roi(image, intensity_mask, spacing_t)[1]
 
     features: dict[str, float] = {}
-    features.update(ibsi_morphology_features(image, roi, spacing_t))
+    features.update(ibsi_morphology_features(image, morph_roi, spacing_t))
     features.update(ibsi_intensity_features(image, roi, spacing_t, bin_count=bin_count, bin_width=bin_width))
     grey, n_levels = discretise(image[roi], bin_count=bin_count, bin_width=bin_width)
     levels = np.zeros(roi.shape, dtype=np.int64)
