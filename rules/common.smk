@@ -61,6 +61,18 @@ def option(flag, files):
     return " ".join([flag, *(shlex.quote(str(f)) for f in files)]) if files else ""
 
 
+def imaging_processing_options(ingest):
+    """The optional IBSI image-processing flags of ``ingest imaging``; none by default."""
+    options = [
+        option("--resample-spacing", [str(s) for s in ingest.get("resample_spacing") or []]),
+        option("--interpolation", [ingest.get("interpolation") or "linear"]) if ingest.get("resample_spacing") else "",
+        "--round-intensities" if ingest.get("round_intensities") else "",
+        option("--resegment-range", [str(b) for b in ingest.get("resegment_range") or []]),
+        option("--outlier-sd", [str(ingest["outlier_sd"])]) if ingest.get("outlier_sd") else "",
+    ]
+    return " ".join(o for o in options if o)
+
+
 def table_options(input_tables):
     """``--table NAME=PATH ...`` for the assemble command."""
     return option("--table", [f"{Path(p).stem}={p}" for p in input_tables])

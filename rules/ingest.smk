@@ -76,21 +76,7 @@ rule ingest_imaging:
         if config["ingest"]["mask_label"]
         else "",
         roi_name=option("--roi-name", [config["ingest"]["roi_name"]]) if config["ingest"]["roi_name"] else "",
-        processing="".join(  # each option with its leading space: nothing at all by default
-            " " + opt
-            for opt in (
-                option("--resample-spacing", [str(s) for s in config["ingest"].get("resample_spacing") or []]),
-                option("--interpolation", [config["ingest"].get("interpolation") or "linear"])
-                if config["ingest"].get("resample_spacing")
-                else "",
-                "--round-intensities" if config["ingest"].get("round_intensities") else "",
-                option("--resegment-range", [str(b) for b in config["ingest"].get("resegment_range") or []]),
-                option("--outlier-sd", [str(config["ingest"]["outlier_sd"])])
-                if config["ingest"].get("outlier_sd")
-                else "",
-            )
-            if opt
-        ),
+        processing=imaging_processing_options(config["ingest"]),
     log:
         f"{LOGS}/ingest_imaging/chunk_{{chunk}}.log",
     benchmark:
@@ -104,7 +90,7 @@ rule ingest_imaging:
     shell:
         "multimodal ingest imaging -q --samples {input.samples:q} --chunk {wildcards.chunk}"
         " --n-chunks {params.n_chunks} --bin-count {params.bin_count} {params.bin_width}"
-        " --texture-aggregations {params.aggregations} {params.mask_label} {params.roi_name}{params.processing}"
+        " --texture-aggregations {params.aggregations} {params.mask_label} {params.roi_name} {params.processing}"
         " --out {output:q} {params.config} > {log:q} 2>&1"
 
 
