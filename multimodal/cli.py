@@ -64,12 +64,14 @@ def _load_config(path: Path | None) -> dict:
     return load_config(path)
 
 
-def _data_roots(args: argparse.Namespace) -> list[Path] | None:
-    """``--data-root`` directories, else the config's ``data_roots``; None: the default (the sheet's and the cwd)."""
+def _data_roots(args: argparse.Namespace, config: dict | None = None) -> list[Path] | None:
+    """``--data-root`` directories, else the config's ``data_roots`` (``config`` when the verb already loaded
+    it); None: the default (the sheet's and the working directory)."""
     if args.data_root:
         return list(args.data_root)
-    roots = _load_config(args.config)["data_roots"] if getattr(args, "config", None) else []
-    return [Path(r) for r in roots] or None
+    if config is None:
+        config = _load_config(args.config) if getattr(args, "config", None) else {}
+    return [Path(r) for r in config.get("data_roots") or []] or None
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -208,7 +210,7 @@ def cmd_assemble(args: argparse.Namespace) -> None:
         clinical_spec=spec,
         cohort_files=[p for p in (args.counts, args.maf, *args.table_source) if p],
         config=config if args.config else None,
-        data_roots=_data_roots(args),
+        data_roots=_data_roots(args, config),
     )
 
 

@@ -73,17 +73,15 @@ def check_inputs(config_path: Path) -> dict:
     for root in config.get("data_roots") or []:
         if not Path(root).is_dir():
             raise MultimodalError(f"{config_path}: data_roots: {root} is not a directory (relative to {Path.cwd()})")
-    for key, value in named.items():  # confinement first: nothing is opened before every path is checked
+    splits = config["model"].get("splits")  # a file or a directory of split files
+    for key, value in (named | {"model.splits": splits}).items():  # confinement first, for every path
         if value:
             check_data_roots(value, roots, where=f"{config_path}: {key}")
     for key, value in named.items():
         if value and not Path(value).is_file():
             raise MultimodalError(f"{config_path}: {key}: file {value} not found (relative to {Path.cwd()})")
-    splits = config["model"].get("splits")  # a file or a directory of split files
-    if splits:
-        check_data_roots(splits, roots, where=f"{config_path}: model.splits")
-        if not Path(splits).exists():
-            raise MultimodalError(f"{config_path}: model.splits: {splits} not found (relative to {Path.cwd()})")
+    if splits and not Path(splits).exists():
+        raise MultimodalError(f"{config_path}: model.splits: {splits} not found (relative to {Path.cwd()})")
     samples = read_samples(named["samples"], data_roots=roots)  # every row: IDs, confinement, files
     sheet_modalities(samples, config, source=str(config_path))  # conflicts with tables
     return config
@@ -157,13 +155,11 @@ def failure_summary(transcript: list[str]) -> str:
         reasons = [ln.strip() for ln in transcript if re.search(r"(Error|Exception)\b.*:", ln) and ln.strip()]
         reason = reasons[-1] if reasons else (transcript[-1].strip() if transcript else "no output")
         return f"Snakemake stopped before running any rule: {reason}"
-    lines = []
-    for rule, logs in failures:
-        cause = next((e for e in map(error_line, logs) if e), None)
-        where = f" (log: {', '.join(logs)})" if logs else ""
-        lines.append(f"rule {rule}: {cause or 'failed'}{where}")
-    more = f" [and {len(lines) - 1} more failed rule(s) above]" if len(lines) > 1 else ""
-    return lines[0] + more
+    rule, logs = failures[0]  # the first to fail; the others are counted, their logs not read
+    cause = next((e for e in map(error_line, logs) if e), None)
+    where = f" (log: {', '.join(logs)})" if logs else ""
+    more = f" [and {len(failures) - 1} more failed rule(s) above]" if len(failures) > 1 else ""
+    return f"rule {rule}: {cause or 'failed'}{where}{more}"
 
 
 def _stream(command: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
