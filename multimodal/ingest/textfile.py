@@ -20,14 +20,13 @@ from multimodal.errors import MultimodalError
 MAX_LINES_NAMED = 10
 
 
-def list_lines(lines: Sequence[tuple[int, str]], *, limit: int = MAX_LINES_NAMED) -> str:
-    """``line 3 ('a/b'), line 9 ('c d') and 4 more`` for (line, value) pairs."""
-    named = ", ".join(f"line {line} ({value!r})" for line, value in lines[:limit])
-    return named + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
+def list_lines(lines: Sequence[tuple[int, str]]) -> str:
+    """``line 3 ('a/b'), line 9 ('c d') and 4 more`` for (line, value) pairs (:func:`listing` of them)."""
+    return listing([f"line {line} ({value!r})" for line, value in lines])
 
 
 def listing(entries: Sequence[str], *, total: int | None = None) -> str:
-    """The first ``MAX_LINES_NAMED`` entries joined by commas, then `` and N more`` (as ``list_lines`` does)."""
+    """The first ``MAX_LINES_NAMED`` entries joined by commas, then `` and N more``."""
     total = len(entries) if total is None else total
     shown = ", ".join(entries[:MAX_LINES_NAMED])
     return shown + (f" and {total - MAX_LINES_NAMED} more" if total > MAX_LINES_NAMED else "")
