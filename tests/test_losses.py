@@ -38,8 +38,8 @@ def textbook_cox(risk, time, event, ties):
         s_tied = sum(math.exp(risk[i]) for i in tied)
         d = len(tied)
         total += sum(risk[i] for i in tied)
-        for l in range(d):
-            total -= math.log(s_risk - (l / d if ties == "efron" else 0.0) * s_tied)
+        for k in range(d):
+            total -= math.log(s_risk - (k / d if ties == "efron" else 0.0) * s_tied)
     return -total / event.sum()
 
 
