@@ -162,21 +162,158 @@ def failure_summary(transcript: list[str]) -> str:
     return f"rule {rule}: {cause or 'failed'}{where}{more}"
 
 
-def _stream(command: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
-    """Run ``command``, echoing its output to stderr as it comes; return its exit code and output lines."""
+_RULE_START = re.compile(r"^(?:local)?rule (\S+?):\s*$")
+_JOB_LOG = re.compile(r"^\s+log: (.+?)\s*$")
+_JOB_ID = re.compile(r"^\s+jobid: (\d+)\s*$")
+_JOB_DONE = re.compile(r"^Finished jobid: (\d+) \(Rule: (\S+?)\)\s*$")
+_STEPS = re.compile(r"^(\d+) of (\d+) steps \(\d+%\) done\s*$")
+_FOLD_LINE = re.compile(r"\b(fold \d+: C-index .*)$")
+_TOTAL_JOBS = re.compile(r"^total\s+(\d+)\s*$")
+
+
+class _Progress:
+    """Turns Snakemake's output into a few lines: stages as they start and finish, each fold's C-index as the
+    train verb logs it (read from the running jobs' own log files), without Snakemake's job listings."""
+
+    def __init__(self, emit) -> None:
+        self.emit = emit
+        self.total: int | None = None
+        self.jobs: dict[str, str] = {}  # jobid -> rule
+        self.logs: dict[Path, int] = {}  # log files of running jobs -> bytes read
+        self._rule: str | None = None
+        self._logs: list[Path] = []
+        self._done_rule: str | None = None
+
+    def line(self, text: str) -> None:
+        """Take one line of Snakemake's output."""
+        if (total := _TOTAL_JOBS.match(text)) and self.total is None:
+            self.total = int(total.group(1))
+            self.emit(f"{self.total} job(s) to run")
+        elif text.startswith("Nothing to be done"):
+            self.emit("nothing to do: every output is up to date")
+        elif rule := _RULE_START.match(text):
+            self._rule, self._logs = rule.group(1), []
+        elif self._rule and (logged := _JOB_LOG.match(text)):
+            self._logs = [Path(p.strip()) for p in logged.group(1).split(",")]
+        elif self._rule and (job := _JOB_ID.match(text)):
+            self.jobs[job.group(1)] = self._rule
+            if self._rule != "all":
+                self.emit(f"started {self._rule}")
+            for path in self._logs:
+                self.logs.setdefault(path, 0)
+            self._rule = None
+        elif done := _JOB_DONE.match(text):
+            self._done_rule = done.group(2)
+            self.poll()  # the fold lines the job wrote before it finished
+        elif (steps := _STEPS.match(text)) and self._done_rule:
+            if self._done_rule != "all":
+                self.emit(f"[{steps.group(1)}/{steps.group(2)}] {self._done_rule} done")
+            self._done_rule = None
+
+    def poll(self) -> None:
+        """Report the new fold C-index lines in the running jobs' log files."""
+        for path, offset in list(self.logs.items()):
+            try:
+                size = path.stat().st_size
+                if size < offset:  # the job rewrote its log
+                    offset = 0
+                if size == offset:
+                    continue
+                with open(path, "rb") as handle:
+                    handle.seek(offset)
+                    chunk = handle.read()
+            except OSError:
+                continue
+            complete = chunk.rfind(b"\n") + 1  # only whole lines; the rest is read next time
+            self.logs[path] = offset + complete
+            for raw in chunk[:complete].decode("utf-8", errors="replace").splitlines():
+                fold = _FOLD_LINE.search(raw)
+                if fold:
+                    self.emit(f"train: {fold.group(1)}")
+
+
+def _stream(command: list[str], env: dict[str, str], *, transcript_path: Path | None = None) -> tuple[int, list[str]]:
+    """Run ``command``; return its exit code and output lines.
+
+    With ``transcript_path`` the full output goes there as it comes and the terminal gets stage progress
+    and each fold's C-index (:class:`_Progress`); without it, the output is echoed to stderr as is.
+    """
+    import queue
+    import threading
+
     transcript: list[str] = []
-    with subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1
-    ) as process:
-        assert process.stdout is not None
-        try:
-            for line in process.stdout:
-                sys.stderr.write(line)
-                transcript.append(line.rstrip("\n"))
-        except KeyboardInterrupt:  # Snakemake got the same signal: let it stop its jobs and clean up
-            process.wait()
-            raise
-        return process.wait(), transcript
+    progress = _Progress(lambda text: log.info("%s", text))
+    handle = None
+    if transcript_path is not None:
+        transcript_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(transcript_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in finally
+    try:
+        with subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1
+        ) as process:
+            assert process.stdout is not None
+            lines: queue.Queue[str | None] = queue.Queue()
+
+            def read() -> None:
+                for line in process.stdout:
+                    lines.put(line)
+                lines.put(None)
+
+            threading.Thread(target=read, daemon=True).start()
+            try:
+                while True:
+                    try:
+                        line = lines.get(timeout=1.0)
+                    except queue.Empty:
+                        progress.poll()
+                        continue
+                    if line is None:
+                        break
+                    transcript.append(line.rstrip("\n"))
+                    if handle is None:
+                        sys.stderr.write(line)
+                    else:
+                        handle.write(line)
+                        handle.flush()
+                        progress.line(transcript[-1])
+            except KeyboardInterrupt:  # Snakemake got the same signal: let it stop its jobs and clean up
+                process.wait()
+                raise
+            progress.poll()
+            return process.wait(), transcript
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def run_summary(outdir: Path) -> str | None:
+    """The closing line of a finished run: the fusion model's C-index against the references, and the report."""
+    import json
+
+    parts = []
+    try:
+        metrics = json.loads((outdir / "model" / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        metrics = None
+    if isinstance(metrics, dict):
+
+        def fmt(value) -> str:
+            return f"{value:.3f}" if isinstance(value, int | float) and value == value else "n/a"
+
+        pooled = (metrics.get("pooled_out_of_fold") or {}).get("c_index")
+        mean, sd = (metrics.get("mean") or {}).get("c_index"), (metrics.get("sd") or {}).get("c_index")
+        text = f"C-index {fmt(mean)} ± {fmt(sd)} over folds (pooled {fmt(pooled)})"
+        baseline = metrics.get("baseline") or {}
+        against = [
+            f"{label} {fmt(entry.get('mean_c_index'))}"
+            for key, label in (("penalised_cox", "penalised Cox"), ("clinical_cox", "clinical-only Cox"))
+            if isinstance(entry := baseline.get(key), dict) and not entry.get("skipped")
+        ]
+        parts.append(text + (f" against {', '.join(against)}" if against else " (no baseline fitted)"))
+    report = outdir / "report.html"
+    if report.is_file():
+        parts.append(f"report: {report}")
+    return "; ".join(parts) or None
 
 
 def run_workflow(
@@ -200,7 +337,10 @@ def run_workflow(
     snapshots = [] if locked_before else [Snapshot.take(d) for d in guarded_directories(settings)]
     returncode = 1
     try:
-        returncode, transcript = _stream(command, env)
+        transcript_path = None if dry_run else Path(settings["outdir"]) / "logs" / "run.log"
+        if transcript_path is not None:
+            log.info("Snakemake's full output: %s", transcript_path)
+        returncode, transcript = _stream(command, env, transcript_path=transcript_path)
     finally:
         restored = [unit for s in snapshots for unit in s.restore()] if returncode else []
         for snapshot in snapshots:
@@ -222,7 +362,7 @@ def run_workflow(
     if returncode:
         raise MultimodalError(failure_summary(transcript), exit_code=returncode)
     if not dry_run:
-        report = Path(settings["outdir"]) / "report.html"
-        if report.is_file():
-            log.info("done: report at %s", report)
+        summary = run_summary(Path(settings["outdir"]))
+        if summary:
+            log.info("done: %s", summary)
     return 0
