@@ -168,6 +168,115 @@ MUTATION_SUFFIX = "_mut"
 BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 
 
+#: Columns of the variant-level table (``uns['variant_table']`` of the variants modality): one row per
+#: record and gene it touches (one row with an empty gene for a record with none), whatever its outcome.
+VARIANT_TABLE_COLUMNS = (
+    "patient_id",
+    "chrom",
+    "pos",
+    "ref",
+    "alt",
+    "gene",
+    "consequence",
+    "hgvsp",
+    "transcript",
+    "depth",
+    "vaf",
+    "filter",
+    "outcome",
+)
+#: ``outcome`` of a counted row; every other outcome is the exclusion reason of its record (or gene).
+COUNTED = "counted"
+#: How a record's transcripts decide whether it counts for a gene (``ingest.variant_filters.transcripts``).
+TRANSCRIPT_RULES = ("any", "canonical")
+
+
+@dataclass(frozen=True)
+class VariantFilters:
+    """The per-record filters of ``ingest.variant_filters``, applied in this order.
+
+    ``filter``: the FILTER values accepted (a record passes when its FILTER is ``.``, or every one of its
+    values is listed); ``min_depth``: minimum read depth of the tumour sample (FORMAT DP, else the sum of
+    FORMAT AD; a MAF's ``t_depth``); ``min_vaf``: minimum variant allele fraction of the tumour sample
+    (FORMAT AF, else AD alt / sum(AD), the largest over ALT alleles; a MAF's ``t_alt_count / t_depth``);
+    ``genes``: an allow-list of gene symbols (None: every gene); ``transcripts``: ``any`` counts a record for
+    a gene when any of its transcripts of that gene is protein-altering, ``canonical`` only when the
+    gene's representative transcript is (see :func:`representative_entry`).
+    """
+
+    filter: tuple[str, ...] = ("PASS",)
+    min_depth: int = 0
+    min_vaf: float = 0.0
+    genes: frozenset[str] | None = None
+    genes_path: str = ""
+    transcripts: str = "any"
+
+    def __post_init__(self) -> None:
+        if self.min_depth < 0:
+            raise MultimodalError(f"ingest.variant_filters.min_depth must be >= 0, got {self.min_depth}")
+        if not 0 <= self.min_vaf <= 1:
+            raise MultimodalError(f"ingest.variant_filters.min_vaf must be within 0..1, got {self.min_vaf}")
+        if self.transcripts not in TRANSCRIPT_RULES:
+            raise MultimodalError(
+                f"ingest.variant_filters.transcripts must be one of {TRANSCRIPT_RULES}, got {self.transcripts!r}"
+            )
+        if not self.filter:
+            raise MultimodalError("ingest.variant_filters.filter must list at least one FILTER value (e.g. PASS)")
+
+    @classmethod
+    def from_settings(
+        cls,
+        *,
+        filter: Collection[str] | None = None,  # noqa: A002 - the VCF column's name
+        min_depth: int | None = None,
+        min_vaf: float | None = None,
+        genes: str | Path | None = None,
+        transcripts: str | None = None,
+    ) -> VariantFilters:
+        """Filters from config/CLI values (None: the default), the gene allow-list read from its file."""
+        return cls(
+            filter=tuple(filter) if filter else ("PASS",),
+            min_depth=int(min_depth or 0),
+            min_vaf=float(min_vaf or 0.0),
+            genes=read_gene_list(genes) if genes else None,
+            genes_path=str(genes or ""),
+            transcripts=transcripts or "any",
+        )
+
+    def accepts_filter(self, values: Collection[str]) -> bool:
+        """Whether a record's FILTER values (empty for ``.``) pass."""
+        return not values or all(v in self.filter for v in values)
+
+    def params(self) -> dict:
+        """The settings as recorded in ``uns['ingest']['params']``."""
+        return {
+            "filter": list(self.filter),
+            "min_depth": int(self.min_depth),
+            "min_vaf": float(self.min_vaf),
+            "genes": self.genes_path or None,
+            "n_genes_allowed": len(self.genes) if self.genes is not None else None,
+            "transcripts": self.transcripts,
+        }
+
+
+def read_gene_list(path: str | Path) -> frozenset[str]:
+    """A gene allow-list: one symbol per line (its first tab/comma-separated field); ``#`` lines, blanks skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise MultimodalError(f"{path}: gene list (ingest.variant_filters.genes) not found")
+    genes = set()
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            for line in handle:
+                if line.strip() and not line.startswith("#"):
+                    genes.add(re.split(r"[\t,]", line.strip(), maxsplit=1)[0].strip())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MultimodalError(f"{path}: cannot read gene list: {exc}") from exc
+    if not genes:
+        raise MultimodalError(f"{path}: gene list (ingest.variant_filters.genes) names no gene")
+    return frozenset(genes)
+
+
 @dataclass
 class PatientVariants:
     """What one patient's call set contributes: protein-altering counts per gene and tallies."""
@@ -176,6 +285,10 @@ class PatientVariants:
     n_records: int = 0
     n_pass: int = 0
     excluded: Counter = field(default_factory=Counter)
+    #: the variant-level rows (:data:`VARIANT_TABLE_COLUMNS` without ``patient_id``)
+    rows: list = field(default_factory=list)
+    #: the sample column read as the tumour ("" for a VCF without sample columns)
+    tumour_sample: str = ""
     #: a bgzipped VCF or a BCF with neither ``.tbi`` nor ``.csi`` beside it (read in full, which is fine
     #: for one patient's calls; counted so that a run on unindexed files is visible in the provenance)
     without_index: bool = False
@@ -445,8 +558,20 @@ _BASES = re.compile(r"[ACGTN]+", re.IGNORECASE)
 _ALT = re.compile(r"\.?[ACGTN]+\.?|\*|<[^<>]+>|[ACGTN]*[\[\]][^\[\]]+[\[\]][ACGTN]*", re.IGNORECASE)
 
 
-def read_patient_variants(path: str | Path, *, annotation_field: str | None = None) -> PatientVariants:
+def read_patient_variants(
+    path: str | Path,
+    *,
+    annotation_field: str | None = None,
+    tumour_sample: str | None = None,
+    filters: VariantFilters | None = None,
+) -> PatientVariants:
     """Count PASS protein-altering variants per gene in one VCF/BCF (plain, bgzipped or BCF).
+
+    ``tumour_sample``: the sample column that is the tumour (a tumour/normal VCF); None reads the only
+    sample column, and a VCF with several is refused naming them. ``filters``: the FILTER set, depth, VAF
+    and gene filters (default: FILTER PASS or ``.``, nothing else). Every record, counted or not, gives
+    rows of the variant-level table (``result.rows``), its consequence and HGVSp those of the gene's
+    representative transcript (:func:`representative_entry`).
 
     ``annotation_field``: the INFO key holding VEP/SnpEff annotations (VEP's ``--vcf_info_field``);
     None tries ``CSQ``, then ``ANN``. Every record is checked, whatever its FILTER: POS at least 1 (and
@@ -475,14 +600,107 @@ def read_patient_variants(path: str | Path, *, annotation_field: str | None = No
             text = vcf.format != "BCF"
             result.without_index = vcf.compression != "NONE" and not _has_index(path)
             lines = _Lines(path, text)
-            _count_records(vcf, path, annotation_field, lines, result)
+            tumour = _tumour_column(vcf.header, path, tumour_sample)
+            result.tumour_sample = tumour or ""
+            _count_records(vcf, path, annotation_field, lines, result, tumour, filters or VariantFilters())
     finally:
         pysam.set_verbosity(verbosity)
     return result
 
 
-def _count_records(vcf, path: Path, annotation_field: str | None, lines: _Lines, result: PatientVariants) -> None:
+def _tumour_column(header, path: Path, tumour_sample: str | None) -> str | None:
+    """The tumour's sample column: the one named, else the only one; None for a VCF without sample columns."""
+    names = list(header.samples)
+    if tumour_sample:
+        if tumour_sample not in names:
+            shown = ", ".join(names) if names else "none"
+            raise MultimodalError(
+                f"{path}: no sample column {tumour_sample!r} (tumour_sample in the samples sheet); "
+                f"its sample columns: {shown}"
+            )
+        return tumour_sample
+    if len(names) > 1:
+        raise MultimodalError(
+            f"{path}: {len(names)} sample columns ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''}); "
+            "name the tumour's in the samples sheet's tumour_sample column"
+        )
+    return names[0] if names else None
+
+
+def _format_reader(header, path: Path, tumour: str | None, filters: VariantFilters):
+    """A function giving (depth, VAF) of the tumour sample of a record (None where not given).
+
+    Depth: FORMAT DP, else the sum of AD. VAF: FORMAT AF (the largest over ALT alleles), else the largest
+    AD alt / sum(AD). A depth or VAF filter on a VCF whose header declares neither source is refused.
+    """
+    formats = header.formats
+    has = {key: key in formats for key in ("DP", "AD", "AF")}
+    if filters.min_depth and (tumour is None or not (has["DP"] or has["AD"])):
+        why = "has no sample columns" if tumour is None else "declares neither FORMAT DP nor FORMAT AD"
+        raise MultimodalError(f"{path}: ingest.variant_filters.min_depth is set but the VCF {why}")
+    if filters.min_vaf and (tumour is None or not (has["AF"] or has["AD"])):
+        why = "has no sample columns" if tumour is None else "declares neither FORMAT AF nor FORMAT AD"
+        raise MultimodalError(f"{path}: ingest.variant_filters.min_vaf is set but the VCF {why}")
+    if tumour is None:
+        return lambda record: (None, None)
+
+    def values(record) -> tuple[float | None, float | None]:
+        sample = record.samples[tumour]
+        ad = sample.get("AD") if has["AD"] else None
+        ad = [a for a in ad if a is not None] if isinstance(ad, tuple) else []
+        depth = sample.get("DP") if has["DP"] else None
+        if depth is None and ad:
+            depth = sum(ad)
+        vaf = None
+        if has["AF"]:
+            af = sample.get("AF")
+            af = [a for a in (af if isinstance(af, tuple) else (af,)) if a is not None]
+            vaf = max(af) if af else None
+        if vaf is None and len(ad) > 1 and sum(ad) > 0:
+            vaf = max(ad[1:]) / sum(ad)
+        return depth, vaf
+
+    return values
+
+
+def representative_entry(entries: list[tuple[list[str], list[str]]], canonical_at: int, mane_at: int) -> int:
+    """Which of one gene's annotation entries stands for it: the canonical transcript, else MANE, else the first.
+
+    VEP run with ``--canonical`` writes ``CANONICAL=YES`` on the Ensembl canonical transcript; with
+    ``--mane_select`` it names the MANE Select transcript in ``MANE_SELECT`` (``MANE`` in older releases).
+    SnpEff declares neither, so its first entry for the gene (SnpEff sorts by severity) stands for it.
+    """
+    if canonical_at >= 0:
+        for k, (parts, _) in enumerate(entries):
+            if parts[canonical_at].strip() == "YES":
+                return k
+    if mane_at >= 0:
+        for k, (parts, _) in enumerate(entries):
+            if parts[mane_at].strip():
+                return k
+    return 0
+
+
+def _field_at(layout: AnnotationLayout, *names: str) -> int:
+    return next((layout.fields.index(n) for n in names if n in layout.fields), -1)
+
+
+def _count_records(
+    vcf,
+    path: Path,
+    annotation_field: str | None,
+    lines: _Lines,
+    result: PatientVariants,
+    tumour: str | None,
+    filters: VariantFilters,
+) -> None:
     layout = _annotation_layout(vcf.header, path, annotation_field)
+    canonical_at = _field_at(layout, "CANONICAL")
+    mane_at = _field_at(layout, "MANE_SELECT", "MANE")
+    hgvsp_at = _field_at(layout, "HGVSp", "HGVS.p")
+    feature_at = _field_at(layout, "Feature", "Feature_ID")
+    depth_vaf = _format_reader(vcf.header, path, tumour, filters)
+    rows = result.rows
     key, n_fields = layout.key, len(layout.fields)
     contig_length = {name: contig.length for name, contig in vcf.header.contigs.items() if contig.length}
     n_columns = 8 + (1 + len(vcf.header.samples) if len(vcf.header.samples) else 0)
@@ -559,30 +777,83 @@ def _count_records(vcf, path: Path, annotation_field: str | None, lines: _Lines,
             if not CONSEQUENCE_TERMS.issuperset(terms):
                 terms = _known_terms(terms, consequence, path, lines.where(result.n_records, chrom, pos), layout, i)
             entries.append((parts, terms))
-        filters = list(record.filter.keys())
-        if filters and filters != ["PASS"]:
-            result.excluded["filter_not_pass"] += 1
-            continue
-        result.n_pass += 1
-        if not entries:
-            result.excluded["no_annotation"] += 1
-            continue
-        genes_hit: set[str] = set()
-        genes_seen: set[str] = set()
+        record_filters = list(record.filter.keys())
+        depth, vaf = depth_vaf(record)
+        if vaf is not None and not 0 <= vaf <= 1:
+            raise MultimodalError(
+                f"{path}: {lines.where(result.n_records, chrom, pos)}: FORMAT AF {vaf} of sample {tumour} "
+                "is not an allele fraction (0..1)"
+            )
+        by_gene: dict[str, list[tuple[list[str], list[str]]]] = {}
         for parts, terms in entries:
             # A transcript without an HGNC symbol (novel genes) is counted under its gene ID.
             gene = parts[layout.symbol_at].strip() or parts[layout.gene_id_at].strip()
-            if not gene:
-                continue
-            genes_seen.add(gene)
-            if PROTEIN_ALTERING.intersection(terms):
-                genes_hit.add(gene)
-        if not genes_seen:
-            result.excluded["no_gene_symbol"] += 1
-        elif not genes_hit:
-            result.excluded["not_protein_altering"] += 1
-        for gene in genes_hit:
-            result.gene_counts[gene] += 1
+            if gene:
+                by_gene.setdefault(gene, []).append((parts, terms))
+        outcome = ""  # the record's exclusion, if any, before genes are looked at
+        if not filters.accepts_filter(record_filters):
+            outcome = "filter_not_pass"
+        else:
+            result.n_pass += 1
+            if filters.min_depth and depth is None:
+                outcome = "missing_depth"
+            elif filters.min_depth and depth < filters.min_depth:
+                outcome = "below_min_depth"
+            elif filters.min_vaf and vaf is None:
+                outcome = "missing_vaf"
+            elif filters.min_vaf and vaf < filters.min_vaf:
+                outcome = "below_min_vaf"
+            elif not entries:
+                outcome = "no_annotation"
+            elif not by_gene:
+                outcome = "no_gene_symbol"
+        gene_outcome: dict[str, str] = {}
+        for gene, gene_entries in by_gene.items():
+            if filters.transcripts == "canonical":
+                chosen = gene_entries[representative_entry(gene_entries, canonical_at, mane_at)]
+                altering = bool(PROTEIN_ALTERING.intersection(chosen[1]))
+            else:
+                altering = any(PROTEIN_ALTERING.intersection(terms) for _, terms in gene_entries)
+            if outcome:
+                gene_outcome[gene] = outcome
+            elif not altering:
+                gene_outcome[gene] = "not_protein_altering"
+            elif filters.genes is not None and gene not in filters.genes:
+                gene_outcome[gene] = "gene_not_in_allow_list"
+            else:
+                gene_outcome[gene] = COUNTED
+        if not outcome:
+            found = set(gene_outcome.values())
+            if COUNTED in found:
+                for gene, what in gene_outcome.items():
+                    if what == COUNTED:
+                        result.gene_counts[gene] += 1
+            else:
+                outcome = "gene_not_in_allow_list" if "gene_not_in_allow_list" in found else "not_protein_altering"
+        if outcome:
+            result.excluded[outcome] += 1
+        filter_text = ";".join(record_filters) or "."
+        alt = ",".join(record.alts or ())
+        if not by_gene:
+            rows.append((chrom, pos, ref, alt, "", "", "", "", depth, vaf, filter_text, outcome))
+        for gene, gene_entries in by_gene.items():
+            parts, terms = gene_entries[representative_entry(gene_entries, canonical_at, mane_at)]
+            rows.append(
+                (
+                    chrom,
+                    pos,
+                    ref,
+                    alt,
+                    gene,
+                    "&".join(terms),
+                    parts[hgvsp_at] if hgvsp_at >= 0 else "",
+                    parts[feature_at] if feature_at >= 0 else "",
+                    depth,
+                    vaf,
+                    filter_text,
+                    gene_outcome[gene],
+                )
+            )
 
 
 def _known_terms(
@@ -726,19 +997,44 @@ def _maf_line_numbers(path: Path, n_comments: int, rows: np.ndarray) -> list[int
     return [wanted[int(r)] for r in rows]
 
 
-def read_maf(path: str | Path) -> dict[str, PatientVariants]:
+MAF_DEPTH_COLUMNS = ("t_depth", "t_alt_count")
+#: MAF columns copied into the variant-level table when present.
+MAF_TABLE_COLUMNS = {
+    "Chromosome": "chrom",
+    "Start_Position": "pos",
+    "Reference_Allele": "ref",
+    "Tumor_Seq_Allele2": "alt",
+    "HGVSp_Short": "hgvsp",
+    "Transcript_ID": "transcript",
+}
+
+
+def read_maf(path: str | Path, *, filters: VariantFilters | None = None) -> dict[str, PatientVariants]:
     """Count PASS protein-altering variants per gene for every tumour sample of a MAF (plain or gzipped).
 
-    Records whose ``FILTER`` column (when present, as in GDC MAFs) is not PASS or ``.`` are counted as
-    filtered; ``Hugo_Symbol`` ``Unknown`` or empty counts as no gene symbol; a ``Variant_Classification``
-    outside :data:`MAF_KNOWN_CLASSES` stops the run, naming its lines. Only the three required
-    columns and FILTER are parsed, so a multi-million-row, 120-column MAF fits in memory; only leading
-    ``#`` lines are skipped (a ``#`` inside a field is data) and quotes are not special, as in GDC MAFs.
+    See :func:`read_maf_with_table`, which also gives the variant-level table.
+    """
+    return read_maf_with_table(path, filters=filters)[0]
+
+
+def read_maf_with_table(
+    path: str | Path, *, filters: VariantFilters | None = None
+) -> tuple[dict[str, PatientVariants], pd.DataFrame]:
+    """Per tumour sample of a MAF, the counts of :func:`read_maf`, and the variant-level table of all rows.
+
+    Records whose ``FILTER`` column (when present, as in GDC MAFs) is not accepted by ``filters.filter``
+    (PASS or ``.`` by default; ``;``-joined values must all be accepted) are counted as filtered; depth
+    and VAF filters read ``t_depth`` and ``t_alt_count``; ``Hugo_Symbol`` ``Unknown`` or empty counts as no
+    gene symbol; a ``Variant_Classification`` outside :data:`MAF_KNOWN_CLASSES` stops the run, naming its
+    lines. Only the needed columns are parsed (so a multi-million-row, 120-column MAF fits in memory), and
+    the last column too: a row with fewer fields than the header leaves it missing, one with more is
+    refused by the parser, so the field count needs no pass of its own. Only leading ``#`` lines are
+    skipped (a ``#`` inside a field is data) and quotes are not special, as in GDC MAFs. The table's
+    ``patient_id`` column holds the Tumor_Sample_Barcode.
     """
     import csv
 
-    from multimodal.ingest.textfile import check_field_counts
-
+    filters = filters or VariantFilters()
     path = Path(path)
     if not path.is_file():
         raise MultimodalError(f"{path}: MAF not found")
@@ -746,8 +1042,18 @@ def read_maf(path: str | Path) -> dict[str, PatientVariants]:
     absent = [c for c in MAF_REQUIRED if c not in header]
     if absent:
         raise MultimodalError(f"{path}: MAF lacks column(s) {absent} (a tab-separated MAF header was expected)")
-    check_field_counts(path, sep="\t", first_line=n_comments + 2, n_fields=len(header), what="MAF")
-    columns = [*MAF_REQUIRED, *(["FILTER"] if "FILTER" in header else [])]
+    needs_depth = bool(filters.min_depth or filters.min_vaf)
+    lacking = [c for c in MAF_DEPTH_COLUMNS if c not in header]
+    if needs_depth and lacking:
+        raise MultimodalError(
+            f"{path}: ingest.variant_filters min_depth/min_vaf need MAF column(s) {lacking}, which the header lacks"
+        )
+    optional = [c for c in ("FILTER", *MAF_DEPTH_COLUMNS, *MAF_TABLE_COLUMNS) if c in header]
+    last = header[-1]
+    columns = list(dict.fromkeys([*MAF_REQUIRED, *optional, last]))
+    if len(set(header)) != len(header):
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        raise MultimodalError(f"{path}: MAF header repeats column(s) {repeated}")
     try:
         maf = pd.read_csv(
             path,
@@ -756,44 +1062,144 @@ def read_maf(path: str | Path) -> dict[str, PatientVariants]:
             usecols=columns,
             dtype=str,
             keep_default_na=False,
+            na_values={last: []},
             quoting=csv.QUOTE_NONE,
             encoding="utf-8-sig",
         )
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
+        if found:
+            line = int(found.group(2)) + n_comments
+            raise MultimodalError(
+                f"{path}: line {line}: {found.group(3)} fields, the header has {len(header)} "
+                "(a cut-off file or a lost separator?) in the MAF"
+            ) from exc
         raise MultimodalError(f"{path}: cannot read MAF (after {n_comments} '#' lines): {message}") from exc
+    short = maf[last].isna().to_numpy()
+    if short.any():
+        row = int(np.flatnonzero(short)[0])
+        number = _maf_line_numbers(path, n_comments, np.array([row]))[0]
+        raise MultimodalError(
+            f"{path}: line {number}: fewer fields than the header's {len(header)} "
+            "(a cut-off file or a lost separator?) in the MAF"
+        )
     sample = maf["Tumor_Sample_Barcode"].str.strip()
     gene = maf["Hugo_Symbol"].str.strip()
     classes = _maf_classes(maf["Variant_Classification"], path, n_comments)
-    passed = maf["FILTER"].str.strip().isin(["PASS", ".", ""]) if "FILTER" in maf else pd.Series(True, index=maf.index)
-    no_gene = passed & gene.isin(["", "Unknown"])
-    unclassified = passed & ~no_gene & classes.isin(MAF_UNCLASSIFIED)
-    altering = passed & ~no_gene & classes.isin(MAF_PROTEIN_ALTERING)
-    tallies = (
-        pd.DataFrame(
-            {
-                "n_records": 1,
-                "n_pass": passed.astype(int),
-                "filter_not_pass": (~passed).astype(int),
-                "no_gene_symbol": no_gene.astype(int),
-                "not_protein_altering": (passed & ~no_gene & ~altering & ~unclassified).astype(int),
-                "unclassified": unclassified.astype(int),
-            }
+    if "FILTER" in maf:
+        filt = maf["FILTER"].str.strip()
+        passed = filt.isin(["PASS", ".", "", *filters.filter])
+        joined = ~passed & filt.str.contains(";", regex=False)
+        if joined.any():
+            passed[joined] = [filters.accepts_filter(v.split(";")) for v in filt[joined]]
+        passed = passed.to_numpy()
+    else:
+        filt = pd.Series(".", index=maf.index)
+        passed = np.ones(len(maf), dtype=bool)
+    depth = vaf = None
+    if not lacking:
+        depth = pd.to_numeric(maf["t_depth"].str.strip(), errors="coerce").to_numpy(dtype=float)
+        alt_count = pd.to_numeric(maf["t_alt_count"].str.strip(), errors="coerce").to_numpy(dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vaf = np.where(depth > 0, alt_count / depth, np.nan)
+    outcome = np.full(len(maf), "", dtype=object)
+    reason_order = []
+    undecided = passed.copy()
+    outcome[~passed] = "filter_not_pass"
+
+    def decide(mask: np.ndarray, reason: str) -> None:
+        nonlocal undecided
+        hit = undecided & mask
+        outcome[hit] = reason
+        undecided &= ~hit
+        reason_order.append(reason)
+
+    if filters.min_depth:
+        decide(np.isnan(depth), "missing_depth")
+        decide(depth < filters.min_depth, "below_min_depth")
+    if filters.min_vaf:
+        decide(np.isnan(vaf), "missing_vaf")
+        decide(vaf < filters.min_vaf, "below_min_vaf")
+    decide(gene.isin(["", "Unknown"]).to_numpy(), "no_gene_symbol")
+    decide(classes.isin(MAF_UNCLASSIFIED).to_numpy(), "unclassified")
+    decide(~classes.isin(MAF_PROTEIN_ALTERING).to_numpy(), "not_protein_altering")
+    if filters.genes is not None:
+        decide(~gene.isin(filters.genes).to_numpy(), "gene_not_in_allow_list")
+    outcome[undecided] = COUNTED
+    reasons = ["filter_not_pass", *reason_order]
+    codes, barcodes = pd.factorize(sample, sort=False)
+    n_samples = len(barcodes)
+    n_records = np.bincount(codes, minlength=n_samples)
+    n_pass = np.bincount(codes, weights=passed, minlength=n_samples).astype(int)
+    tallies = {r: np.bincount(codes, weights=outcome == r, minlength=n_samples).astype(int) for r in reasons}
+    result = {
+        str(barcode): PatientVariants(
+            n_records=int(n_records[i]),
+            n_pass=int(n_pass[i]),
+            excluded=+Counter({r: int(tallies[r][i]) for r in reasons}),
         )
-        .groupby(sample.to_numpy(), sort=False)
-        .sum()
+        for i, barcode in enumerate(barcodes)
+    }
+    counted = undecided
+    pairs = pd.DataFrame({"code": codes[counted], "gene": gene.to_numpy()[counted]}).value_counts(sort=False)
+    pair_codes = pairs.index.get_level_values(0).to_numpy()
+    pair_genes = pairs.index.get_level_values(1).to_numpy()
+    pair_n = pairs.to_numpy()
+    order = np.argsort(pair_codes, kind="stable")
+    bounds = np.searchsorted(pair_codes[order], np.arange(n_samples + 1))
+    for i in np.flatnonzero(np.diff(bounds)):
+        take = order[bounds[i] : bounds[i + 1]]
+        result[str(barcodes[i])].gene_counts = Counter(dict(zip(pair_genes[take], pair_n[take].tolist(), strict=True)))
+
+    def column(name: str) -> np.ndarray:
+        return maf[name].to_numpy() if name in maf else np.full(len(maf), "", dtype=object)
+
+    nothing = np.full(len(maf), np.nan)
+    table = pd.DataFrame(
+        {
+            "patient_id": sample.to_numpy(),
+            **{out: column(name) for name, out in MAF_TABLE_COLUMNS.items() if out not in ("hgvsp", "transcript")},
+            "gene": gene.to_numpy(),
+            "consequence": classes.to_numpy(),
+            "hgvsp": column("HGVSp_Short"),
+            "transcript": column("Transcript_ID"),
+            "depth": nothing if depth is None else depth,
+            "vaf": nothing if vaf is None else vaf,
+            "filter": filt.to_numpy(),
+            "outcome": outcome,
+        }
     )
-    per_sample_genes = pd.DataFrame({"sample": sample[altering], "gene": gene[altering]}).value_counts(sort=False)
-    result: dict[str, PatientVariants] = {}
-    for barcode, row in tallies.iterrows():
-        reasons = ("filter_not_pass", "no_gene_symbol", "not_protein_altering", "unclassified")
-        excluded = Counter({k: int(row[k]) for k in reasons})
-        result[str(barcode)] = PatientVariants(
-            n_records=int(row["n_records"]), n_pass=int(row["n_pass"]), excluded=+excluded
-        )
-    for (barcode, symbol), n in per_sample_genes.items():
-        result[str(barcode)].gene_counts[symbol] = int(n)
-    return result
+    return result, table
+
+
+def _variant_table(
+    per_patient: dict[str, PatientVariants],
+    maf_table: pd.DataFrame | None,
+    patient_of: dict[str, str],
+    has_vcf: pd.Series,
+) -> pd.DataFrame:
+    """The variant-level table of the patients' VCF rows and their MAF rows (``patient_of``: barcode -> patient)."""
+    parts = []
+    for pid, pv in per_patient.items():
+        if pv.rows and has_vcf.get(pid, False):
+            frame = pd.DataFrame(pv.rows, columns=VARIANT_TABLE_COLUMNS[1:])
+            frame.insert(0, "patient_id", pid)
+            parts.append(frame)
+    if maf_table is not None:
+        claimed = maf_table["patient_id"].map(patient_of)
+        rows = maf_table[claimed.notna().to_numpy()].copy()
+        rows["patient_id"] = claimed[claimed.notna()].to_numpy()
+        parts.append(rows)
+    if not parts:
+        parts = [pd.DataFrame(columns=list(VARIANT_TABLE_COLUMNS))]
+    table = pd.concat(parts, ignore_index=True)
+    for column in VARIANT_TABLE_COLUMNS:
+        if column in ("pos", "depth", "vaf"):
+            table[column] = pd.to_numeric(table[column], errors="coerce").astype(np.float64)
+        else:
+            table[column] = table[column].fillna("").astype(str)
+    return table[list(VARIANT_TABLE_COLUMNS)]
 
 
 def mutation_matrix(
@@ -803,9 +1209,15 @@ def mutation_matrix(
     maf_sheet_barcodes: Collection[str] | None = None,
     territory_mb: float = 38.0,
     annotation_field: str | None = None,
+    filters: VariantFilters | None = None,
     progress: bool = True,
 ) -> anndata.AnnData:
     """Patients x genes counts of PASS protein-altering variants, plus tumour mutational burden.
+
+    ``filters``: FILTER set, tumour depth/VAF and gene allow-list (:class:`VariantFilters`); a
+    tumour/normal VCF's tumour column is named by the sheet's ``tumour_sample`` column.
+    ``uns['variant_table']``: every record (by gene) of the patients, with its outcome
+    (:data:`VARIANT_TABLE_COLUMNS`; ``counted`` or the exclusion reason).
 
     ``samples``: index patient_id, column ``vcf`` (a per-patient VCF/BCF) and, with a cohort ``maf``,
     column ``maf_sample`` (the patient's Tumor_Sample_Barcode). A patient with neither has no variant
@@ -833,8 +1245,12 @@ def mutation_matrix(
     both = samples.index[has_vcf & has_maf]
     if len(both):
         raise MultimodalError(f"patient {both[0]} has both a vcf and a maf_sample in the samples sheet; keep one")
+    filters = filters or VariantFilters()
+    tumour = samples["tumour_sample"].astype(str) if "tumour_sample" in samples else pd.Series("", index=samples.index)
     per_patient: dict[str, PatientVariants] = {}
-    maf_records = read_maf(maf) if maf is not None and (has_maf.any() or maf_sheet_barcodes) else {}
+    maf_records, maf_table = {}, None
+    if maf is not None and (has_maf.any() or maf_sheet_barcodes):
+        maf_records, maf_table = read_maf_with_table(maf, filters=filters)
     resolved = resolve_barcodes(set(maf_sample[has_maf]), maf_records.keys(), what="MAF Tumor_Sample_Barcode")
     if has_maf.any() and maf_records and not resolved:
         raise MultimodalError(
@@ -845,7 +1261,12 @@ def mutation_matrix(
     n_maf_missing = 0
     for pid in tqdm(samples.index, desc="variants", unit="patient", disable=not progress):
         if has_vcf[pid]:
-            per_patient[str(pid)] = read_patient_variants(samples.at[pid, "vcf"], annotation_field=annotation_field)
+            per_patient[str(pid)] = read_patient_variants(
+                samples.at[pid, "vcf"],
+                annotation_field=annotation_field,
+                tumour_sample=tumour[pid] or None,
+                filters=filters,
+            )
         elif has_maf[pid]:
             n_maf_missing += maf_sample[pid] not in resolved
             per_patient[str(pid)] = maf_records.get(resolved.get(maf_sample[pid], ""), PatientVariants())
@@ -882,11 +1303,20 @@ def mutation_matrix(
     )
     adata = ad.AnnData(X=counts, obs=obs, var=var)
     adata.layers["counts"] = counts.copy()
+    patient_of = {resolved[maf_sample[pid]]: str(pid) for pid in samples.index[has_maf] if maf_sample[pid] in resolved}
+    adata.uns["variant_table"] = _variant_table(per_patient, maf_table, patient_of, has_vcf)
     adata.uns["ingest"] = {
         "modality": "variants",
         "params": {
             "territory_mb": float(territory_mb),
-            "filter": "FILTER in {PASS, .}",
+            "filter": f"FILTER . or every value in {{{', '.join(filters.filter)}}}",
+            "variant_filters": filters.params(),
+            "transcript_rule": (
+                "a record counts for a gene when any of its transcripts of the gene is protein-altering"
+                if filters.transcripts == "any"
+                else "a record counts for a gene when the gene's representative transcript is protein-altering"
+            )
+            + "; the table shows the representative transcript: CANONICAL=YES, else MANE_SELECT, else the first",
             "protein_altering_terms": sorted(PROTEIN_ALTERING),
             "annotation_field": annotation_field or "auto (CSQ, then ANN)",
             "maf": str(maf or ""),
