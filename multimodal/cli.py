@@ -246,7 +246,32 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
 
+def _explain_dir(args: argparse.Namespace) -> Path:
+    """Where `explain --patient` reads: --out, else beside --model, else the config's ``outdir``/explain."""
+    if args.out:
+        return args.out
+    if args.model:
+        return args.model.parent / "explain"
+    config = args.config or Path("config/config.yaml")
+    if not config.is_file():
+        raise MultimodalError("--patient needs --out (the explain directory), --model, or a --config with outdir")
+    return Path(_load_config(config)["outdir"]) / "explain"
+
+
 def cmd_explain(args: argparse.Namespace) -> None:
+    if args.patient is not None:
+        import json
+
+        from multimodal.attribution.patient import format_patient, patient_explanation
+
+        summary = patient_explanation(_explain_dir(args), args.patient, top_n=args.top)
+        print(json.dumps(summary, allow_nan=False) if args.json else format_patient(summary))
+        return
+    if args.json:
+        raise MultimodalError("--json goes with --patient")
+    absent = [f"--{k}" for k in ("store", "model", "out") if getattr(args, k) is None]
+    if absent:
+        raise MultimodalError(f"{', '.join(absent)} required (or --patient ID to read one patient's explanation)")
     from multimodal.explain import explain_cohort
     from multimodal.store import read_cohort_store
 
@@ -254,6 +279,8 @@ def cmd_explain(args: argparse.Namespace) -> None:
     settings = dict(_load_config(args.config)["explain"]) if args.config else {}
     if args.n_steps:
         settings["n_steps"] = args.n_steps
+    if args.method:
+        settings["method"] = args.method
     explain_cohort(read_cohort_store(args.store), args.model, args.out, progress=_progress(args), **settings)
 
 
@@ -470,11 +497,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = verbs.add_parser("explain", parents=[common], help="Captum attributions for held-out patients")
-    p.add_argument("--store", type=_existing_dir, required=True)
-    p.add_argument("--model", type=_existing_dir, required=True, help="model directory from `train`")
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--store", type=_existing_dir, help="cohort store (required unless --patient)")
+    p.add_argument("--model", type=_existing_dir, help="model directory from `train` (required unless --patient)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output directory; with --patient the explain directory to read (default: beside --model, else "
+        "<outdir>/explain of --config or config/config.yaml)",
+    )
     p.add_argument("--config", type=_existing_file, help="config (explain section)")
     p.add_argument("--n-steps", type=_positive_int, help="integration steps (default 64)")
+    p.add_argument("--method", choices=["integrated_gradients", "gradient_shap", "deeplift"])
+    p.add_argument("--patient", metavar="ID", help="print one patient's explanation from an explain directory")
+    p.add_argument("--json", action="store_true", help="with --patient: one JSON object instead of text")
+    p.add_argument("--top", type=_positive_int, default=10, help="with --patient: attributions shown (default 10)")
     p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's own choice)")
     p.set_defaults(func=cmd_explain)
 
