@@ -8,6 +8,7 @@ fold only. :class:`CohortDataModule` serves the fold's tensors to Lightning.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +17,6 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from multimodal.errors import MultimodalError
 
@@ -39,6 +39,8 @@ class CohortArrays:
     event: np.ndarray
     response: np.ndarray
     site: np.ndarray
+    #: the store's obs (rows aligned to ``patients``): sites and covariates for ``model.harmonise``
+    obs: pd.DataFrame | None = None
 
 
 def cohort_arrays(mdata: mudata.MuData, *, modalities: list[str] | None = None) -> CohortArrays:
@@ -86,6 +88,7 @@ def cohort_arrays(mdata: mudata.MuData, *, modalities: list[str] | None = None) 
             else np.full(len(patients), np.nan)
         ),
         site=obs["site"].astype(str).to_numpy() if "site" in obs else np.array(["all"] * len(patients)),
+        obs=obs,
     )
 
 
@@ -164,12 +167,20 @@ class FoldPreprocessor:
     features: dict[str, np.ndarray] = field(default_factory=dict)
     #: per modality, how many features each step left out (reported with the fold's metrics)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: ``model.harmonise`` settings and the fold's ComBat fit per modality (multimodal.model.harmonise)
+    harmonise: dict | None = None
+    combat: dict = field(default_factory=dict)
+    unseen_site_rows: dict[str, set[int]] = field(default_factory=dict)
 
     def fit(self, arrays: CohortArrays, train: np.ndarray) -> FoldPreprocessor:
         """Learn per-modality selected features, means and scales from rows ``train`` only."""
         for name in arrays.modalities:
             rows = train[arrays.present[name][train]]
             values = arrays.x[name][rows]
+            if self.harmonise and self.harmonise.get("modality") == name and len(rows) >= 2:
+                from multimodal.model.harmonise import fit_fold
+
+                self.combat[name], values = fit_fold(self.harmonise, arrays, rows, values)
             n_features = values.shape[1]
             if len(rows) < 2:
                 self.selected[name] = np.zeros(0, dtype=int)
@@ -217,6 +228,8 @@ class FoldPreprocessor:
             }
             self.mean[name] = mean[candidates]
             self.scale[name] = std[candidates]
+            if name in self.combat:
+                self.counts[name]["harmonise"] = dict(self.combat[name].counts)
         return self
 
     def _screening_score(self, candidates, filled, std, arrays: CohortArrays, rows: np.ndarray) -> np.ndarray:
@@ -252,6 +265,15 @@ class FoldPreprocessor:
                     "the store and the model directory do not belong together"
                 )
             values = arrays.x[name][np.ix_(rows, cols)]
+            if name in self.combat and len(cols):
+                from multimodal.model.harmonise import apply_fold
+
+                harmonised, unseen = apply_fold(self.harmonise, self.combat[name], arrays, rows, arrays.x[name][rows])
+                values = harmonised[:, cols]
+                if name in self.counts and len(unseen):  # patients of a site absent from training, counted
+                    seen = self.unseen_site_rows.setdefault(name, set())
+                    seen.update(int(r) for r in unseen)
+                    self.counts[name].setdefault("harmonise", {})["unseen_site_patients"] = len(seen)
             scaled = (values - self.mean[name]) / self.scale[name]
             present = arrays.present[name][rows] & (len(cols) > 0)
             scaled = np.where(np.isnan(scaled), 0.0, scaled)  # missing cells -> training mean
@@ -268,6 +290,10 @@ class FoldPreprocessor:
             payload[f"{name}/mean"] = self.mean[name]
             payload[f"{name}/scale"] = self.scale[name]
             payload[f"{name}/features"] = np.asarray(self.features[name], dtype=str)
+        if self.harmonise:
+            from multimodal.model.harmonise import save_state
+
+            payload.update(save_state(self.harmonise, self.combat))
         with open(path, "wb") as handle:
             np.savez(handle, **payload)
 
@@ -277,14 +303,91 @@ class FoldPreprocessor:
         state = cls()
         with np.load(path) as data:
             for key in data.files:
+                if key.startswith("harmonise/"):  # read below
+                    continue
                 name, what = key.rsplit("/", 1)
                 getattr(state, what)[name] = data[key]
+            if "harmonise/settings" in data.files:
+                from multimodal.model.harmonise import load_state
+
+                state.harmonise, state.combat = load_state(data)
         return state
 
 
+def rank_share(tensors: tuple[torch.Tensor, ...], *, rank: int, world_size: int) -> tuple[torch.Tensor, ...]:
+    """One process's share of a part's ``(*inputs, mask, time, event, response)`` under DDP: rows
+    ``rank::world_size``, padded to ``ceil(n / world_size)`` rows so that every rank has as many (``all_gather``
+    and DDP's collectives need equal shapes). Padding rows repeat the share's first row with time, event
+    and response NaN; the model drops them after gathering (``FusionSurvivalModel.whole_batch``).
+    """
+    if world_size == 1:
+        return tensors
+    n = int(tensors[0].shape[0])
+    size = -(-n // world_size)
+    index = torch.arange(rank, n, world_size, device=tensors[0].device)
+    pad = size - len(index)
+    if pad:
+        first = index[:1] if len(index) else torch.zeros(1, dtype=torch.long, device=index.device)
+        index = torch.cat([index, first.expand(pad)])
+    share = [t[index] for t in tensors]
+    if pad:
+        for j in range(len(share) - 3, len(share)):  # time, event, response of the padding rows
+            share[j][size - pad :] = float("nan")
+    return tuple(share)
+
+
+class DeviceBatches:
+    """Batches cut from tensors that already sit on the training device (moved there once per fold).
+
+    ``batch_size=None`` (the default, as the Cox partial likelihood wants the largest risk sets) yields
+    the whole part as one batch, in row order; a smaller ``batch_size`` yields ``ceil(n / batch_size)``
+    index slices, shuffled when ``shuffle`` by a generator seeded with ``seed`` and the epoch number only,
+    so an epoch's order does not depend on the process's global RNG (nor on a resume, given ``epoch``).
+    """
+
+    def __init__(
+        self,
+        tensors: tuple[torch.Tensor, ...],
+        *,
+        batch_size: int | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: Callable[[], int] | None = None,
+    ) -> None:
+        self.tensors = tensors
+        self.n = int(tensors[0].shape[0]) if tensors else 0
+        self.batch_size = batch_size if batch_size and batch_size < self.n else None
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self._count = 0
+        #: the epoch number seeding each epoch's shuffle (the trainer's, so that a resumed run continues it)
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.batch_size is None:
+            return 1
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        epoch = self.epoch() if self.epoch is not None else self._count
+        self._count += 1
+        if self.batch_size is None:
+            yield self.tensors
+            return
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.n, generator=generator).to(self.tensors[0].device)
+        else:
+            order = torch.arange(self.n, device=self.tensors[0].device)
+        for start in range(0, self.n, self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield tuple(t[index] for t in self.tensors)
+
+
 class CohortDataModule(L.LightningDataModule):
-    """Serves one fold: full-batch training rows (the Cox risk set needs the whole batch) and
-    held-out rows for prediction. Owns the fold's preprocessing, fitted in :meth:`setup`."""
+    """Serves one fold: its training rows as tensors put on the model's device once (by default one full
+    batch: the Cox risk set needs the whole batch) and held-out rows for prediction. Owns the fold's
+    preprocessing, fitted in :meth:`setup`."""
 
     def __init__(
         self,
@@ -295,6 +398,8 @@ class CohortDataModule(L.LightningDataModule):
         max_features: dict[str, int] | None = None,
         screening: str = "cox",
         max_correlation: float = 0.95,
+        batch_size: int | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.arrays = arrays
@@ -304,7 +409,10 @@ class CohortDataModule(L.LightningDataModule):
         self.preprocessor = FoldPreprocessor(
             max_features=dict(max_features or {}), screening=screening, max_correlation=max_correlation
         )
+        self.batch_size = batch_size
+        self.seed = seed
         self._fitted = False
+        self._on_device: dict[tuple[str, str], tuple[torch.Tensor, ...]] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if not self._fitted:
@@ -316,14 +424,40 @@ class CohortDataModule(L.LightningDataModule):
         self.setup()
         return {name: int(len(self.preprocessor.selected[name])) for name in self.arrays.modalities}
 
-    def _dataset(self, rows: np.ndarray) -> TensorDataset:
+    def tensors(self, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """``(*inputs, mask, time, event, response)`` of ``rows`` on the CPU, in the order the model's
+        ``_split`` reads a batch."""
+        self.setup()
         inputs, mask = self.preprocessor.transform(self.arrays, rows)
         a = self.arrays
         outcome = [torch.as_tensor(v[rows], dtype=torch.float32) for v in (a.time, a.event, a.response)]
-        return TensorDataset(*inputs, mask, *outcome)
+        return (*inputs, mask, *outcome)
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset(self.train_rows), batch_size=len(self.train_rows), shuffle=False)
+    def _device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
-    def predict_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset(self.test_rows), batch_size=max(len(self.test_rows), 1), shuffle=False)
+    def _placed(self, part: str, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """The part's tensors on the training device, built and moved once per fold and device."""
+        device = self._device()
+        key = (part, str(device))
+        if key not in self._on_device:
+            self._on_device[key] = tuple(t.to(device) for t in self.tensors(rows))
+        return self._on_device[key]
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> DeviceBatches:
+        rank, world_size = self._rank()
+        return DeviceBatches(
+            rank_share(self._placed("train", self.train_rows), rank=rank, world_size=world_size),
+            batch_size=self.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            epoch=(lambda: self.trainer.current_epoch) if getattr(self, "trainer", None) is not None else None,
+        )
+
+    def predict_dataloader(self) -> DeviceBatches:
+        return DeviceBatches(self._placed("test", self.test_rows))

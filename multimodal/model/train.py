@@ -73,10 +73,28 @@ class TrainParams:
     linear_learning_rate: float = 0.03
     bilinear_dim: int = 8
     ensemble: int = 1
+    #: ``model.search``: model and hyperparameter choice by inner CV on each outer training part
+    #: (multimodal.model.search); None or ``enabled: false``: the settings above as given
+    search: dict | None = None
+    #: with ``model.treatment``: the arm's effect is linear in this many effect modifiers only, chosen per fold
+    #: by their arm x feature interaction on its training rows (multimodal.model.benefit); None: arm x all
+    #: selected features plus the fused representation
+    effect_modifiers: int | None = None
     accelerator: str = "auto"
+    #: Lightning Trainer settings (docs/model.md "Devices"): ``32-true``, ``bf16-mixed`` (CUDA only) or ``auto``
+    #: (bf16-mixed on a CUDA device that supports it, else 32-true); devices and nodes per run; ``ddp`` for more
+    #: than one; ``batch_size`` null: one full batch of the training part per epoch (the Cox risk set)
+    precision: str = "32-true"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    batch_size: int | None = None
     #: ``{column: arm, reference: standard}``: the arm as an input of its own, counterfactual risk under every
     #: arm and predicted benefit per patient (multimodal.model.benefit); None (default): no such thing
     treatment: dict | None = None
+    #: ``{modality: imaging, site_column: site, covariates: [...], unseen_site: reference}``: ComBat by site,
+    #: fitted on each fold's training patients (multimodal.model.harmonise); None (default): off
+    harmonise: dict | None = None
 
     def __post_init__(self) -> None:
         """Refuse impossible settings with one line naming the ``model.<key>`` (as the config schema does)."""
@@ -93,6 +111,7 @@ class TrainParams:
         _require_number(self, "weight_decay", minimum=0.0)
         _require_number(self, "response_weight", minimum=0.0)
         _check_fusion_settings(self)
+        _check_device_settings(self)
         correlation = _require_number(self, "max_correlation", minimum=0.0, strict=True)
         if correlation > 1:
             raise MultimodalError(f"model.max_correlation must be at most 1 (|Spearman|), got {correlation}")
@@ -128,10 +147,15 @@ class TrainParams:
                 )
         self.max_features = {str(k): int(v) for k, v in limits.items()}
         _check_evaluation_settings(self)
+        _check_search_settings(self)
         if self.treatment is not None:
             from multimodal.model.benefit import TreatmentSpec
 
             self.treatment = asdict(TreatmentSpec.from_config(self.treatment))
+        if self.harmonise is not None:
+            from multimodal.model.harmonise import HarmoniseSpec
+
+            self.harmonise = HarmoniseSpec.from_config(self.harmonise).as_dict()
 
     @classmethod
     def from_config(cls, section: dict | None) -> TrainParams:
@@ -171,6 +195,16 @@ def _check_fusion_settings(params: TrainParams) -> None:
             "model.head: interaction needs a fusion that mixes modalities; model.fusion: late gives each "
             "modality its own risk (use head: additive, or another fusion)"
         )
+
+
+def _check_search_settings(params: TrainParams) -> None:
+    """``search`` (validated by multimodal.model.search, kept as a plain mapping) and ``effect_modifiers``."""
+    if params.effect_modifiers is not None:
+        _require_int(params, "effect_modifiers", minimum=0)
+    if params.search is not None:
+        from multimodal.model.search import SearchSpec
+
+        params.search = asdict(SearchSpec.from_config(params.search, params))
 
 
 def _plain_text(value) -> str:
@@ -262,6 +296,11 @@ def cross_validate(
         arrays.time, arrays.event, times=params.eval_times, n_bootstrap=params.bootstrap, seed=params.seed
     )
     budget = _feature_budget(params, arrays.modalities)
+    from multimodal.model.search import SearchSpec
+
+    search = SearchSpec(**params.search) if params.search else None
+    search = search if search is not None and search.enabled else None
+    search_records: list = []  # (repeat, fold, FoldSearch)
     notes: list[str] = []
     current = {"repeat": 0}
     survival: dict[int, np.ndarray] = {}  # per fold of the first repeat: held-out survival functions
@@ -280,24 +319,37 @@ def cross_validate(
     predictions = []
     fold_metrics = []
     out_dir = Path(out_dir)
-    with atomic_path(out_dir) as tmp:
+    fingerprint = store_fingerprint(mdata)
+    resume = _resume_dir(out_dir, params, fingerprint)  # members' last checkpoints, until the run completes
+    with _output_dir(out_dir, params) as tmp:
         tmp.mkdir()
         for r, k, (train_rows, test_rows) in _schedule(plan):
             current["repeat"] = r
             L.seed_everything(params.seed + k + REPEAT_SEED_STEP * r, workers=True, verbose=False)
             root = tmp if r == 0 else tmp / f"repeat_{r}"
+            fold_params, fold_budget = params, budget
+            if search is not None:  # settings chosen by inner CV on this fold's training rows only
+                from multimodal.model.search import fold_settings
+
+                fold_params, fold_budget, found = fold_settings(
+                    arrays, train_rows, params, search, budget, fold=k, repeat=r, progress=progress
+                )
+                search_records.append((r, k, found))
             data = CohortDataModule(
                 arrays,
                 train_rows=train_rows,
                 test_rows=test_rows,
-                max_features=budget,
+                max_features=fold_budget,
                 screening=params.screening,
                 max_correlation=params.max_correlation,
+                batch_size=params.batch_size,
+                seed=params.seed + k + REPEAT_SEED_STEP * r,
             )
             if spec is not None:
                 from multimodal.model.benefit import arm_aware_preprocessor
 
                 data.preprocessor = arm_aware_preprocessor(data.preprocessor)
+            data.preprocessor.harmonise = params.harmonise  # ComBat by site, fitted with the fold's preprocessing
             train_counts = outcome_counts(arrays.time[data.train_rows], arrays.event[data.train_rows])
             if train_counts["n_events"] == 0:
                 raise MultimodalError(
@@ -322,7 +374,7 @@ def cross_validate(
                 # members differ only in their seed: averaging them removes much of a small cohort's
                 # optimisation noise without touching the folds or the preprocessing
                 L.seed_everything(params.seed + k + 1000 * member + REPEAT_SEED_STEP * r, workers=True, verbose=False)
-                model = _train_member(params, data, root, k, member, progress)
+                model = _train_member(fold_params, data, root, k, member, progress, resume=resume, repeat=r)
                 model.eval()
                 with torch.no_grad():
                     device = next(model.parameters()).device
@@ -399,7 +451,9 @@ def cross_validate(
                 _metrics(fold_pred) | {"fold": k, "n_train": len(data.train_rows), "features": data.preprocessor.counts}
             )
             metrics_list[-1] |= {"repeat": r} if r else {}
-            metrics_list[-1]["feature_budget"] = {name: budget.get(name) for name in arrays.modalities}
+            metrics_list[-1]["feature_budget"] = {name: fold_budget.get(name) for name in arrays.modalities}
+            if search is not None:
+                metrics_list[-1]["search"] = search_records[-1][2].summary()
             if params.baseline:
                 metrics_list[-1]["penalised_cox"] = {"c_index": _c_index(fold_pred, "risk_penalised_cox")} | baseline
                 metrics_list[-1]["clinical_cox"] = {"c_index": _c_index(fold_pred, "risk_clinical_cox")} | clinical
@@ -432,6 +486,11 @@ def cross_validate(
             from multimodal.model.benefit import evaluate_benefit
 
             metrics["benefit"] = evaluate_benefit(pred, levels, spec, n_bootstrap=params.bootstrap, seed=params.seed)
+        if search is not None:
+            from multimodal.model.search import search_summary, search_table
+
+            metrics["search"] = search_summary(search, search_records)
+            pd.DataFrame(search_table(search_records)).to_csv(tmp / "search.tsv", sep="\t", index=False)
         write_folds(plan, arrays.patients, tmp / "folds.tsv")
         if repeat_predictions:
             pd.concat([pred.assign(repeat=0), *repeat_predictions], ignore_index=True).to_csv(
@@ -445,13 +504,14 @@ def cross_validate(
                     {
                         "train": asdict(params),
                         "store": str(store_path),
-                        "store_fingerprint": store_fingerprint(mdata),
+                        "store_fingerprint": fingerprint,
                         "modalities": arrays.modalities,
                     }
                 ),
                 indent=1,
             )
         )
+    _finish_resume(resume)
     log.info(
         "cross-validated C-index %s (mean over folds), pooled %s",
         format_metric(metrics["mean"]["c_index"]),
@@ -503,12 +563,31 @@ def _note_preprocessing(counts: dict[str, dict[str, int]], *, fold: int, note) -
         )
 
 
-def _train_member(params: TrainParams, data, out: Path, fold: int, member: int, progress: bool):
-    """Fit one ensemble member of one fold and save its checkpoint as ``fold_<k>/model_<member>.ckpt``."""
-    import lightning as L
+def _train_member(
+    params: TrainParams,
+    data,
+    out: Path,
+    fold: int,
+    member: int,
+    progress: bool,
+    *,
+    resume: Path | None = None,
+    repeat: int = 0,
+):
+    """Fit one ensemble member of one fold and save its checkpoint as ``fold_<k>/model_<member>.ckpt``.
+
+    With ``resume`` (a run's work directory, :func:`_resume_dir`), the member keeps a last checkpoint there
+    after every epoch (model, optimiser, loop and RNG state) and a ``done.ckpt`` once trained: run again after
+    a kill, a finished member is loaded instead of trained, and a half-trained one continues from its last
+    epoch, to the same weights as an uninterrupted run (on one process).
+    """
+    import shutil
+
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from multimodal.model.benefit import TREATMENT_MODALITY
+    from multimodal.model.benefit import treatment_kwargs
     from multimodal.model.fusion import FusionSurvivalModel
 
     model = FusionSurvivalModel(
@@ -528,24 +607,237 @@ def _train_member(params: TrainParams, data, out: Path, fold: int, member: int, 
         linear_l2=params.linear_l2,
         linear_learning_rate=params.linear_learning_rate,
         bilinear_dim=params.bilinear_dim,
-        **({"treatment_modality": TREATMENT_MODALITY} if params.treatment is not None else {}),
+        **treatment_kwargs(params, data),
     )
-    trainer = L.Trainer(
+    final = out / f"fold_{fold}" / f"model_{member}.ckpt"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    logs = out / f"fold_{fold}" / f"log_{member}"
+    work = resume / (f"repeat_{repeat}" if repeat else "") / f"fold_{fold}" / f"member_{member}" if resume else None
+    who = f"{f'repeat {repeat} ' if repeat else ''}fold {fold} member {member}"
+    if work is not None and (work / "done.ckpt").is_file():
+        model = FusionSurvivalModel.load_from_checkpoint(work / "done.ckpt", map_location="cpu", weights_only=True)
+        shutil.copyfile(work / "done.ckpt", final)
+        _copy_logs(work / "log", logs)
+        log.info("%s was trained before the interruption: loaded from its checkpoint", who)
+        return model
+    callbacks, ckpt_path = [_rng_state_callback()], None
+    if work is not None:
+        last = work / "last.ckpt"
+        if last.is_file():
+            try:
+                epochs_done = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"]) + 1
+            except Exception as exc:  # noqa: BLE001 - killed while writing it: start the member again
+                log.warning("%s: its last checkpoint is unreadable (%s); training it from the start", who, _reason(exc))
+                last.unlink()
+            else:
+                log.info("resumed %s from epoch %d", who, epochs_done)
+                ckpt_path = str(last)
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=work,
+                save_last=True,
+                save_top_k=0,
+                every_n_epochs=1,
+                save_on_train_epoch_end=True,
+                enable_version_counter=False,
+            )
+        )
+    logger = CSVLogger(str(work), name="", version="log") if work is not None else CSVLogger(
+        str(out), name=f"fold_{fold}", version=f"log_{member}"
+    )
+    trainer = build_trainer(params, logger=logger, callbacks=callbacks, progress=progress)
+    if fold == 0 and member == 0 and not repeat:
+        log.info(
+            "training on %s (accelerator=%s, precision=%s, devices=%s, nodes=%s, strategy=%s)",
+            type(trainer.accelerator).__name__,
+            params.accelerator,
+            trainer.precision,
+            params.devices,
+            params.num_nodes,
+            params.strategy,
+        )
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    trainer.save_checkpoint(str(final))
+    if work is not None and trainer.is_global_zero:
+        partial = work / "done.ckpt.partial"
+        shutil.copyfile(final, partial)
+        partial.replace(work / "done.ckpt")
+        _copy_logs(work / "log", logs)
+    return model
+
+
+def _copy_logs(source: Path, target: Path) -> None:
+    """A member's training curves (CSVLogger's directory), from the work directory into the model directory."""
+    import shutil
+
+    if source.is_dir():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Devices, precision, DDP and resuming a killed run (docs/model.md "Devices").
+
+PRECISIONS = ("32-true", "bf16-mixed", "auto")
+STRATEGIES = ("auto", "ddp")
+
+
+def _check_device_settings(params: TrainParams) -> None:
+    """``precision``, ``devices``, ``num_nodes``, ``strategy`` and ``batch_size``, one line each. What depends
+    on the machine (a CUDA device, bfloat16 support) is checked when the trainer is built."""
+    for key, allowed in (("precision", PRECISIONS), ("strategy", STRATEGIES)):
+        if getattr(params, key) not in allowed:
+            raise MultimodalError(
+                f"model.{key} must be one of {', '.join(allowed)}, got {_plain_text(getattr(params, key))}"
+            )
+    _require_int(params, "devices", minimum=1)
+    _require_int(params, "num_nodes", minimum=1)
+    if params.batch_size is not None:
+        _require_int(params, "batch_size", minimum=2)
+    if (params.devices > 1 or params.num_nodes > 1) and params.strategy != "ddp":
+        raise MultimodalError(
+            f"model.strategy must be ddp to train on {params.devices} device(s) x {params.num_nodes} node(s), "
+            f"got {_plain_text(params.strategy)}"
+        )
+
+
+def resolve_precision(params: TrainParams) -> str:
+    """The Lightning precision ``model.precision`` means on this machine: ``auto`` is ``bf16-mixed`` on a CUDA
+    device that supports bfloat16, else ``32-true``; ``bf16-mixed`` elsewhere (CPU, MPS) is refused."""
+    import torch
+
+    on_cuda = params.accelerator in ("gpu", "cuda") or (params.accelerator == "auto" and torch.cuda.is_available())
+    bf16 = on_cuda and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if params.precision == "auto":
+        return "bf16-mixed" if bf16 else "32-true"
+    if params.precision == "bf16-mixed" and not bf16:
+        where = "a CUDA device without bfloat16" if on_cuda and torch.cuda.is_available() else "the CPU"
+        if params.accelerator == "mps":
+            where = "MPS"
+        raise MultimodalError(
+            f"model.precision: bf16-mixed needs a CUDA device that supports bfloat16, and this run trains on {where} "
+            "(use 32-true, or auto: bf16-mixed where supported, else 32-true)"
+        )
+    return params.precision
+
+
+def trainer_settings(params: TrainParams) -> dict:
+    """The keyword arguments of ``lightning.Trainer`` that ``model.accelerator``, ``precision``, ``devices``,
+    ``num_nodes`` and ``strategy`` give, checked against this machine (one ``model.<key>`` line if impossible).
+
+    ``ddp`` is Lightning's own DDP strategy (gloo on CPU, NCCL on CUDA; its SLURM environment under ``srun``),
+    with unused parameters allowed (a head without labels in a fold gets no gradient).
+    """
+    import torch
+    from lightning.pytorch.strategies import DDPStrategy
+
+    if params.accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise MultimodalError(f"model.accelerator: {params.accelerator} asked for, but no CUDA device is visible")
+        if params.devices > torch.cuda.device_count():
+            raise MultimodalError(
+                f"model.devices: {params.devices} asked for, but {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+    if params.accelerator == "mps" and not torch.backends.mps.is_available():
+        raise MultimodalError("model.accelerator: mps asked for, but MPS is not available on this machine")
+    on_cuda = params.accelerator in ("gpu", "cuda") or (params.accelerator == "auto" and torch.cuda.is_available())
+    return {
+        "accelerator": params.accelerator,
+        "devices": params.devices,
+        "num_nodes": params.num_nodes,
+        "strategy": DDPStrategy(find_unused_parameters=True) if params.strategy == "ddp" else "auto",
+        "precision": resolve_precision(params),
+        # CUDA has no deterministic kernel for some operations (index_add of Efron ties): warn, don't fail
+        "deterministic": "warn" if on_cuda else True,
+    }
+
+
+def build_trainer(params: TrainParams, *, logger=False, callbacks=(), progress: bool = False):
+    """The ``lightning.Trainer`` that trains one member: ``model.epochs`` and :func:`trainer_settings`."""
+    import lightning as L
+
+    return L.Trainer(
         max_epochs=params.epochs,
-        accelerator=params.accelerator,
-        devices=1,
-        deterministic=True,
-        logger=CSVLogger(str(out), name=f"fold_{fold}", version=f"log_{member}"),
-        enable_checkpointing=False,
+        logger=logger,
+        callbacks=list(callbacks),
+        enable_checkpointing=any(type(c).__name__ == "ModelCheckpoint" for c in callbacks),
         enable_progress_bar=progress,
         enable_model_summary=False,
         log_every_n_steps=1,
+        **trainer_settings(params),
     )
-    if fold == 0 and member == 0:
-        log.info("training on %s (accelerator=%s)", type(trainer.accelerator).__name__, params.accelerator)
-    trainer.fit(model, datamodule=data)
-    trainer.save_checkpoint(str(out / f"fold_{fold}" / f"model_{member}.ckpt"))
-    return model
+
+
+def _rng_state_callback():
+    """A Lightning callback that keeps the torch RNG states in each checkpoint and restores them on resume,
+    so dropout after a resume draws what it would have drawn without the interruption. Plain tensors and
+    lists: loadable with ``weights_only=True``."""
+    import torch
+    from lightning.pytorch.callbacks import Callback
+
+    class RngState(Callback):
+        def state_dict(self) -> dict:
+            state = {"cpu": torch.get_rng_state()}
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                state["cuda"] = torch.cuda.get_rng_state_all()
+            return state
+
+        def load_state_dict(self, state_dict: dict) -> None:
+            torch.set_rng_state(state_dict["cpu"])
+            if "cuda" in state_dict and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+    return RngState()
+
+
+def _process_rank() -> int:
+    """This process's global rank as the launcher set it (Lightning's DDP children, torchrun, SLURM); 0 alone."""
+    import os
+
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def _output_dir(out_dir: Path, params: TrainParams):
+    """Where the run writes its model directory: atomically onto ``out_dir``; under DDP only rank 0 does (every
+    rank runs the whole command, and trains each member together; the others write to a scratch directory)."""
+    import contextlib
+    import tempfile
+
+    if params.strategy == "ddp" and _process_rank() != 0:
+
+        @contextlib.contextmanager
+        def scratch():
+            with tempfile.TemporaryDirectory(prefix="multimodal-rank-") as where:
+                yield Path(where) / out_dir.name
+
+        return scratch()
+    return atomic_path(out_dir)
+
+
+def _resume_dir(out_dir: Path, params: TrainParams, fingerprint: str) -> Path:
+    """The work directory of a run, ``.<model dir>.resume/<key>/`` beside the model directory, keyed by every
+    training setting and the store's fingerprint (a changed config or store never resumes another run's
+    checkpoints); inside it ``[repeat_<r>/]fold_<k>/member_<m>/`` per member. Removed when the run completes."""
+    import hashlib
+
+    settings = json.dumps({"train": json_safe(asdict(params)), "store": fingerprint}, sort_keys=True, default=str)
+    key = hashlib.sha256(settings.encode()).hexdigest()[:16]
+    return out_dir.parent / f".{out_dir.name}.resume" / key
+
+
+def _finish_resume(resume: Path) -> None:
+    """Remove a completed run's work directory (and the ``.resume`` folder once empty)."""
+    import shutil
+
+    if _process_rank() != 0:
+        return
+    shutil.rmtree(resume, ignore_errors=True)
+    try:
+        resume.parent.rmdir()
+    except OSError:  # another run's work directory is still there
+        pass
 
 
 def _add_benefit(fold_pred, risks, data, arrays, test_rows, spec, levels, params, note) -> None:
