@@ -532,3 +532,173 @@ def test_the_simulators_demo_vcfs_use_known_terms_and_pass(tiny_cohort):
     assert len(vcfs) == 60
     total = sum(sum(read_patient_variants(p).gene_counts.values()) for p in vcfs)
     assert total > 0
+
+
+# --- tumour/normal VCFs, FORMAT filters, the transcript rule and the variant-level table -----------------
+
+TN_HEADER = """##fileformat=VCFv4.2
+##FILTER=<ID=PASS,Description="All filters passed">
+##FILTER=<ID=clustered_events,Description="Clustered events">
+##FILTER=<ID=germline,Description="Germline risk">
+##contig=<ID=chr1,length=1000000>
+##INFO=<ID=CSQ,Number=.,Type=String,Description="Consequence annotations from Ensembl VEP. \
+Format: Allele|Consequence|IMPACT|SYMBOL|Gene|Feature|HGVSp|CANONICAL|MANE_SELECT">
+##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">
+##FORMAT=<ID=AD,Number=R,Type=Integer,Description="Allelic depths">
+##FORMAT=<ID=DP,Number=1,Type=Integer,Description="Read depth">
+#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tNORMAL\tTUMOR
+"""
+# (pos, alt, FILTER, CSQ, NORMAL AD:DP, TUMOR AD:DP). The normal column comes first and differs, so a
+# reader taking the first sample column (or the wrong one) gets other counts.
+TN_RECORDS = [
+    # TP53 missense, tumour VAF 20/100 = 0.2, depth 100 (normal 0/30): passes every filter below
+    (100, "T", "PASS", "T|missense_variant|MODERATE|TP53|G1|ENST1|p.R175H|YES|", "30,0:30", "80,20:100"),
+    # KRAS missense, tumour depth 8 (normal 60): fails min_depth 10 in the tumour only
+    (200, "T", "PASS", "T|missense_variant|MODERATE|KRAS|G2|ENST2|p.G12D|YES|", "60,0:60", "5,3:8"),
+    # EGFR missense, tumour VAF 2/50 = 0.04 (normal 25/50): fails min_vaf 0.05 in the tumour only
+    (300, "T", "PASS", "T|missense_variant|MODERATE|EGFR|G3|ENST3|p.L858R|YES|", "25,25:50", "48,2:50"),
+    # multi-allelic: VAFs 3/60 and 15/60: the larger, 0.25, passes
+    (
+        400,
+        "T,G",
+        "PASS",
+        "T|synonymous_variant|LOW|BRAF|G4|ENST4||YES|,G|missense_variant|MODERATE|BRAF|G4|ENST4|p.V600E|YES|",
+        "40,0,0:40",
+        "42,3,15:60",
+    ),
+    # clustered_events: passes only when that FILTER is accepted
+    (500, "T", "clustered_events", "T|stop_gained|HIGH|PTEN|G5|ENST5|p.R130*|YES|", "30,0:30", "30,30:60"),
+    # two FILTER values, one not accepted: filtered either way
+    (600, "T", "clustered_events;germline", "T|stop_gained|HIGH|PTEN|G5|ENST5|p.Q17*|YES|", "30,0:30", "30,30:60"),
+    # the canonical transcript is intronic, a non-canonical one missense: counts under 'any' only
+    (
+        700,
+        "T",
+        "PASS",
+        "T|intron_variant|MODIFIER|NRAS|G6|ENST6a||YES|,T|missense_variant|MODERATE|NRAS|G6|ENST6b|p.Q61K||",
+        "30,0:30",
+        "50,50:100",
+    ),
+    # no CANONICAL flag: the MANE Select transcript stands for the gene (second entry, its HGVSp shown)
+    (
+        800,
+        "T",
+        "PASS",
+        "T|missense_variant|MODERATE|PIK3CA|G7|ENST7a|p.E545K||,T|missense_variant|MODERATE|PIK3CA|"
+        "G7|ENST7b|p.E542K||NM_006218.4",
+        "30,0:30",
+        "50,50:100",
+    ),
+]
+
+
+def write_tn_vcf(path: Path, records=TN_RECORDS, header=TN_HEADER) -> Path:
+    lines = [header]
+    for pos, alt, filt, csq, normal, tumour in records:
+        lines.append(f"chr1\t{pos}\t.\tA\t{alt}\t50\t{filt}\tCSQ={csq}\tAD:DP\t{normal}\t{tumour}\n")
+    plain = path.with_suffix("")
+    plain.write_text("".join(lines))
+    pysam.tabix_index(str(plain), preset="vcf", force=True)
+    return path
+
+
+def test_tumour_normal_vcf_without_tumour_sample_is_refused_naming_the_columns(tmp_path):
+    path = write_tn_vcf(tmp_path / "tn.vcf.gz")
+    with pytest.raises(MultimodalError, match=r"tn\.vcf\.gz: 2 sample columns \(NORMAL, TUMOR\).*tumour_sample"):
+        read_patient_variants(path)
+    with pytest.raises(MultimodalError, match=r"tn\.vcf\.gz: no sample column 'TUMOUR'.*NORMAL, TUMOR"):
+        read_patient_variants(path, tumour_sample="TUMOUR")
+
+
+def test_depth_and_vaf_filters_read_the_tumour_column(tmp_path):
+    from multimodal.ingest.variants import VariantFilters
+
+    path = write_tn_vcf(tmp_path / "tn.vcf.gz")
+    filters = VariantFilters(min_depth=10, min_vaf=0.05)
+    result = read_patient_variants(path, tumour_sample="TUMOR", filters=filters)
+    assert dict(result.gene_counts) == {"TP53": 1, "BRAF": 1, "NRAS": 1, "PIK3CA": 1}
+    assert result.excluded == {"below_min_depth": 1, "below_min_vaf": 1, "filter_not_pass": 2}
+    assert result.n_pass == 6
+    # the normal column read as the tumour: only EGFR (normal VAF 0.5) passes
+    normal = read_patient_variants(path, tumour_sample="NORMAL", filters=filters)
+    assert dict(normal.gene_counts) == {"EGFR": 1}
+
+
+def test_filter_set_accepts_listed_values_only_when_all_are_listed(tmp_path):
+    from multimodal.ingest.variants import VariantFilters
+
+    path = write_tn_vcf(tmp_path / "tn.vcf.gz")
+    default = read_patient_variants(path, tumour_sample="TUMOR")
+    assert "PTEN" not in default.gene_counts and default.excluded["filter_not_pass"] == 2
+    lenient = read_patient_variants(
+        path, tumour_sample="TUMOR", filters=VariantFilters(filter=("PASS", "clustered_events"))
+    )
+    assert lenient.gene_counts["PTEN"] == 1  # 500 passes; 600 also carries germline
+    assert lenient.excluded["filter_not_pass"] == 1
+
+
+def test_gene_allow_list_and_transcript_rule(tmp_path):
+    from multimodal.ingest.variants import VariantFilters
+
+    path = write_tn_vcf(tmp_path / "tn.vcf.gz")
+    genes = tmp_path / "genes.txt"
+    genes.write_text("# panel\nTP53\nNRAS\tRAS family\n\n")
+    allowed = read_patient_variants(path, tumour_sample="TUMOR", filters=VariantFilters.from_settings(genes=genes))
+    assert dict(allowed.gene_counts) == {"TP53": 1, "NRAS": 1}
+    assert allowed.excluded["gene_not_in_allow_list"] == 4  # KRAS, EGFR, BRAF, PIK3CA
+    canonical = read_patient_variants(path, tumour_sample="TUMOR", filters=VariantFilters(transcripts="canonical"))
+    assert "NRAS" not in canonical.gene_counts  # its canonical transcript is intronic
+    assert canonical.excluded["not_protein_altering"] == 1
+    assert canonical.gene_counts["PIK3CA"] == 1
+
+
+def test_variant_table_rows_show_the_representative_transcript_and_outcome(tmp_path):
+    from multimodal.ingest.variants import VariantFilters
+
+    path = write_tn_vcf(tmp_path / "tn.vcf.gz")
+    samples = pd.DataFrame({"vcf": [str(path)], "tumour_sample": ["TUMOR"]}, index=pd.Index(["P1"], name="patient_id"))
+    adata = mutation_matrix(samples, filters=VariantFilters(min_depth=10, min_vaf=0.05), progress=False)
+    table = adata.uns["variant_table"].set_index("pos")
+    assert len(table) == 8 and set(table["patient_id"]) == {"P1"}
+    assert table.loc[100, ["gene", "hgvsp", "outcome"]].tolist() == ["TP53", "p.R175H", "counted"]
+    assert table.loc[100, "vaf"] == pytest.approx(0.2) and table.loc[100, "depth"] == 100
+    assert table.loc[200, "outcome"] == "below_min_depth"
+    assert table.loc[300, "outcome"] == "below_min_vaf"
+    assert table.loc[400, "vaf"] == pytest.approx(0.25) and table.loc[400, "alt"] == "T,G"
+    assert table.loc[600, "filter"] == "clustered_events;germline"
+    assert table.loc[700, ["transcript", "consequence", "outcome"]].tolist() == ["ENST6a", "intron_variant", "counted"]
+    assert table.loc[800, ["transcript", "hgvsp"]].tolist() == ["ENST7b", "p.E542K"]  # MANE Select
+    exclusions = adata.uns["ingest"]["exclusions"]
+    assert exclusions["records_below_min_depth"] == 1 and exclusions["records_below_min_vaf"] == 1
+    assert adata.uns["ingest"]["params"]["variant_filters"]["min_vaf"] == 0.05
+
+
+def test_af_field_is_used_before_ad_and_checked(tmp_path):
+    from multimodal.ingest.variants import VariantFilters
+
+    header = TN_HEADER.replace(
+        "##FORMAT=<ID=DP,", '##FORMAT=<ID=AF,Number=A,Type=Float,Description="Allele fraction">\n##FORMAT=<ID=DP,'
+    )
+    lines = [
+        header,
+        "chr1\t100\t.\tA\tT\t50\tPASS\tCSQ=T|missense_variant|MODERATE|TP53|G1|E1|p.X|YES|\t"
+        "AD:AF:DP\t30,0:0:30\t50,50:0.03:100\n",
+    ]
+    path = tmp_path / "af.vcf"
+    path.write_text("".join(lines))
+    result = read_patient_variants(path, tumour_sample="TUMOR", filters=VariantFilters(min_vaf=0.05))
+    assert result.excluded == {"below_min_vaf": 1}  # AF 0.03 wins over AD's 0.5
+    bad = tmp_path / "badaf.vcf"
+    bad.write_text("".join(lines).replace("0.03", "1.7"))
+    with pytest.raises(MultimodalError, match=r"badaf\.vcf: line 12 \(chr1:100\): FORMAT AF 1\.7 of sample TUMOR"):
+        read_patient_variants(bad, tumour_sample="TUMOR")
+
+
+def test_depth_filter_on_a_vcf_without_depth_fields_is_refused(tmp_path):
+    from multimodal.ingest.variants import VariantFilters
+
+    path = write_vcf(tmp_path / "a.vcf.gz")
+    with pytest.raises(MultimodalError, match=r"a\.vcf\.gz: ingest\.variant_filters\.min_depth is set .* FORMAT DP"):
+        read_patient_variants(path, filters=VariantFilters(min_depth=10))
+    with pytest.raises(MultimodalError, match=r"genes\.txt: gene list .* not found"):
+        VariantFilters.from_settings(genes=tmp_path / "genes.txt")

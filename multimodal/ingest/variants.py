@@ -201,7 +201,7 @@ class VariantFilters:
     (FORMAT AF, else AD alt / sum(AD), the largest over ALT alleles; a MAF's ``t_alt_count / t_depth``);
     ``genes``: an allow-list of gene symbols (None: every gene); ``transcripts``: ``any`` counts a record for
     a gene when any of its transcripts of that gene is protein-altering, ``canonical`` only when the
-    gene's representative transcript is (see :func:`representative_entry`).
+    gene's representative transcript is (see :func:`representative_entries`).
     """
 
     filter: tuple[str, ...] = ("PASS",)
@@ -571,7 +571,7 @@ def read_patient_variants(
     sample column, and a VCF with several is refused naming them. ``filters``: the FILTER set, depth, VAF
     and gene filters (default: FILTER PASS or ``.``, nothing else). Every record, counted or not, gives
     rows of the variant-level table (``result.rows``), its consequence and HGVSp those of the gene's
-    representative transcript (:func:`representative_entry`).
+    representative transcript (:func:`representative_entries`).
 
     ``annotation_field``: the INFO key holding VEP/SnpEff annotations (VEP's ``--vcf_info_field``);
     None tries ``CSQ``, then ``ANN``. Every record is checked, whatever its FILTER: POS at least 1 (and
@@ -663,22 +663,34 @@ def _format_reader(header, path: Path, tumour: str | None, filters: VariantFilte
     return values
 
 
-def representative_entry(entries: list[tuple[list[str], list[str]]], canonical_at: int, mane_at: int) -> int:
-    """Which of one gene's annotation entries stands for it: the canonical transcript, else MANE, else the first.
+def representative_entries(
+    entries: list[tuple[list[str], list[str]]], canonical_at: int, mane_at: int, feature_at: int
+) -> list[int]:
+    """Which of one gene's annotation entries stand for it: the canonical transcript's, else MANE's, else the first's.
 
     VEP run with ``--canonical`` writes ``CANONICAL=YES`` on the Ensembl canonical transcript; with
     ``--mane_select`` it names the MANE Select transcript in ``MANE_SELECT`` (``MANE`` in older releases).
-    SnpEff declares neither, so its first entry for the gene (SnpEff sorts by severity) stands for it.
+    SnpEff declares neither, so its first transcript for the gene (SnpEff sorts by severity) stands for it.
+    A multi-allelic record has one entry per ALT allele and transcript: every allele's entry of the chosen
+    transcript is returned.
     """
-    if canonical_at >= 0:
-        for k, (parts, _) in enumerate(entries):
-            if parts[canonical_at].strip() == "YES":
-                return k
-    if mane_at >= 0:
-        for k, (parts, _) in enumerate(entries):
-            if parts[mane_at].strip():
-                return k
-    return 0
+    for at in (canonical_at, mane_at):
+        if at >= 0:
+            chosen = [k for k, (parts, _) in enumerate(entries) if parts[at].strip() not in ("", "NO")]
+            if chosen:
+                return chosen
+    if feature_at >= 0:
+        first = entries[0][0][feature_at]
+        return [k for k, (parts, _) in enumerate(entries) if parts[feature_at] == first]
+    return [0]
+
+
+def _shown_entry(entries: list[tuple[list[str], list[str]]], chosen: list[int]) -> tuple[list[str], list[str]]:
+    """The representative entry the variant table shows: the first protein-altering one, else the first."""
+    for k in chosen:
+        if PROTEIN_ALTERING.intersection(entries[k][1]):
+            return entries[k]
+    return entries[chosen[0]]
 
 
 def _field_at(layout: AnnotationLayout, *names: str) -> int:
@@ -781,7 +793,7 @@ def _count_records(
         depth, vaf = depth_vaf(record)
         if vaf is not None and not 0 <= vaf <= 1:
             raise MultimodalError(
-                f"{path}: {lines.where(result.n_records, chrom, pos)}: FORMAT AF {vaf} of sample {tumour} "
+                f"{path}: {lines.where(result.n_records, chrom, pos)}: FORMAT AF {vaf:.6g} of sample {tumour} "
                 "is not an allele fraction (0..1)"
             )
         by_gene: dict[str, list[tuple[list[str], list[str]]]] = {}
@@ -808,10 +820,12 @@ def _count_records(
             elif not by_gene:
                 outcome = "no_gene_symbol"
         gene_outcome: dict[str, str] = {}
+        shown: dict[str, tuple[list[str], list[str]]] = {}
         for gene, gene_entries in by_gene.items():
+            chosen = representative_entries(gene_entries, canonical_at, mane_at, feature_at)
+            shown[gene] = _shown_entry(gene_entries, chosen)
             if filters.transcripts == "canonical":
-                chosen = gene_entries[representative_entry(gene_entries, canonical_at, mane_at)]
-                altering = bool(PROTEIN_ALTERING.intersection(chosen[1]))
+                altering = any(PROTEIN_ALTERING.intersection(gene_entries[k][1]) for k in chosen)
             else:
                 altering = any(PROTEIN_ALTERING.intersection(terms) for _, terms in gene_entries)
             if outcome:
@@ -836,8 +850,8 @@ def _count_records(
         alt = ",".join(record.alts or ())
         if not by_gene:
             rows.append((chrom, pos, ref, alt, "", "", "", "", depth, vaf, filter_text, outcome))
-        for gene, gene_entries in by_gene.items():
-            parts, terms = gene_entries[representative_entry(gene_entries, canonical_at, mane_at)]
+        for gene in by_gene:
+            parts, terms = shown[gene]
             rows.append(
                 (
                     chrom,
