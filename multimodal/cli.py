@@ -113,8 +113,15 @@ def _samples_chunk(args: argparse.Namespace, samples=None):
 
 def cmd_ingest_variants(args: argparse.Namespace) -> None:
     from multimodal.ingest.samples import read_samples
-    from multimodal.ingest.variants import mutation_matrix
+    from multimodal.ingest.variants import VariantFilters, mutation_matrix
 
+    filters = VariantFilters.from_settings(
+        filter=args.filter,
+        min_depth=args.min_depth,
+        min_vaf=args.min_vaf,
+        genes=args.gene_list,
+        transcripts=args.transcripts,
+    )
     sheet = read_samples(args.samples, data_roots=_data_roots(args))
     barcodes = [b for b in sheet["maf_sample"] if b] if args.chunk == 0 else []  # unclaimed counted once
     rows = _samples_chunk(args, sheet)
@@ -129,6 +136,7 @@ def cmd_ingest_variants(args: argparse.Namespace) -> None:
         maf_sheet_barcodes=barcodes,
         territory_mb=args.territory_mb,
         annotation_field=args.annotation_field,
+        filters=filters,
         progress=_progress(args),
     )
     _write_h5ad(adata, args.out)
@@ -373,6 +381,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="INFO key of the VEP/SnpEff annotations, e.g. vep for VEP run with --vcf_info_field vep "
         "(default: CSQ, then ANN)",
+    )
+    p.add_argument(
+        "--filter", nargs="+", metavar="VALUE", help="FILTER values accepted (default PASS; '.' always passes)"
+    )
+    p.add_argument("--min-depth", type=int, default=0, help="minimum tumour depth (FORMAT DP, else sum of AD)")
+    p.add_argument("--min-vaf", type=float, default=0.0, help="minimum tumour VAF (FORMAT AF, else from AD)")
+    p.add_argument("--gene-list", type=_existing_file, help="gene allow-list, one symbol per line")
+    p.add_argument(
+        "--transcripts",
+        choices=("any", "canonical"),
+        default="any",
+        help="a record counts for a gene when any of its transcripts (default) or its canonical one is "
+        "protein-altering",
     )
     p.set_defaults(func=cmd_ingest_variants)
     p = kinds.add_parser("expression", parents=[common, io], help="raw counts table, genes x samples")

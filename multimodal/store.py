@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STORE_SPEC_VERSION = "0.2.0"
+STORE_SPEC_VERSION = "0.3.0"
 MODALITY_ORDER = ("clinical", "variants", "expression", "imaging")
 TRACKED_PACKAGES = (
     "anndata",
@@ -105,6 +105,9 @@ def read_chunks(paths: list[str | Path]) -> anndata.AnnData | None:
     if merged.obs_names.has_duplicates:
         raise MultimodalError(f"patient {merged.obs_names[merged.obs_names.duplicated()][0]} occurs in two chunks")
     merged.var = pd.concat([p.var for p in parts]).groupby(level=0).first().reindex(merged.var_names)
+    tables = [p.uns["variant_table"] for p in parts if "variant_table" in p.uns]
+    if tables:  # the variant-level table of each chunk's patients (multimodal.ingest.variants)
+        merged.uns["variant_table"] = pd.concat(tables, ignore_index=True)
     ingest["exclusions"] = dict(exclusions)
     ingest["n_patients_in"] = n_in
     merged.uns["ingest"] = ingest

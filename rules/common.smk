@@ -73,6 +73,19 @@ def imaging_processing_options(ingest):
     return " ".join(o for o in options if o)
 
 
+def variant_filter_options(ingest):
+    """The ``ingest variants`` filter flags from ``ingest.variant_filters``; none at the defaults."""
+    filters = ingest.get("variant_filters") or {}
+    options = [
+        option("--filter", filters["filter"]) if filters.get("filter", ["PASS"]) != ["PASS"] else "",
+        option("--min-depth", [str(filters["min_depth"])]) if filters.get("min_depth") else "",
+        option("--min-vaf", [str(filters["min_vaf"])]) if filters.get("min_vaf") else "",
+        option("--gene-list", [filters["genes"]]) if filters.get("genes") else "",
+        option("--transcripts", [filters["transcripts"]]) if filters.get("transcripts", "any") != "any" else "",
+    ]
+    return " ".join(o for o in options if o)
+
+
 def table_options(input_tables):
     """``--table NAME=PATH ...`` for the assemble command."""
     return option("--table", [f"{Path(p).stem}={p}" for p in input_tables])
@@ -82,3 +95,13 @@ def table_options(input_tables):
 # one section (or a comment) must not rerun every stage. Each rule lists its own section in `params`,
 # so Snakemake reruns exactly the stages whose settings changed.
 CONFIG_OPTION = option("--config", workflow.configfiles[-1:])
+
+
+def cluster_resources(config):
+    """slurm_partition / slurm_account from the config's resources section, else the environment."""
+    found = {}
+    for name, variable in (("slurm_partition", "MULTIMODAL_SLURM_PARTITION"), ("slurm_account", "MULTIMODAL_SLURM_ACCOUNT")):
+        value = config["resources"].get(name) or os.environ.get(variable)
+        if value:
+            found[name] = value
+    return found

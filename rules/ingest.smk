@@ -7,6 +7,7 @@ rule ingest_variants:
         samples=config["samples"],
         calls=lambda wc: chunk_files(wc.chunk, ["vcf"]),
         maf=MAF or [],
+        genes=(config["ingest"].get("variant_filters") or {}).get("genes") or [],
     output:
         f"{OUT}/interim/variants/chunk_{{chunk}}.h5ad",
     params:
@@ -17,6 +18,7 @@ rule ingest_variants:
         annotation_field=option("--annotation-field", [config["ingest"]["annotation_field"]])
         if config["ingest"]["annotation_field"]
         else "",
+        filters=variant_filter_options(config["ingest"]),
     log:
         f"{LOGS}/ingest_variants/chunk_{{chunk}}.log",
     benchmark:
@@ -30,7 +32,7 @@ rule ingest_variants:
     shell:
         "multimodal ingest variants -q --samples {input.samples:q} --chunk {wildcards.chunk}"
         " --n-chunks {params.n_chunks} --territory-mb {params.territory_mb} {params.maf} {params.annotation_field}"
-        " --out {output:q} {params.config} > {log:q} 2>&1"
+        " {params.filters} --out {output:q} {params.config} > {log:q} 2>&1"
 
 
 rule ingest_expression:

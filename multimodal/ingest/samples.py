@@ -3,7 +3,8 @@
 Columns: ``patient_id`` (required), and any of ``vcf`` (VCF/BCF path), ``maf_sample`` (the patient's
 Tumor_Sample_Barcode in a cohort MAF), ``rna_sample`` (column name in the expression counts table),
 ``image`` (NIfTI, NRRD, or a directory holding one DICOM series), ``mask`` (NIfTI, NRRD, DICOM SEG or
-RTSTRUCT) and ``roi`` (the SEG segment or RTSTRUCT ROI to use). An empty cell means the
+RTSTRUCT), ``roi`` (the SEG segment or RTSTRUCT ROI to use) and ``tumour_sample`` (the tumour's sample
+column in a tumour/normal VCF; needed when the VCF has several). An empty cell means the
 patient lacks that input. Paths are relative to the working directory the workflow runs in, and must
 resolve (symbolic links followed) inside a data root: the directories given as ``data_roots`` in the
 config, by default the samples sheet's own directory and the working directory. A path outside them
@@ -27,6 +28,8 @@ from multimodal.ingest.textfile import id_problems, list_lines, raise_problems, 
 
 FILE_COLUMNS = ("vcf", "image", "mask")
 OPTIONAL_COLUMNS = ("vcf", "maf_sample", "rna_sample", "image", "mask")
+#: Optional columns that may repeat between patients: ``tumour_sample`` names a column inside the patient's own VCF.
+SHARED_VALUE_COLUMNS = ("tumour_sample",)
 
 #: Allowed patient IDs: 1 to 128 of ASCII letters, digits, ``.``, ``_`` and ``-``, starting with a letter
 #: or digit. Such an ID is a safe file name and TSV cell as is (no ``/``, no ``..``, no whitespace).
@@ -123,7 +126,7 @@ def read_samples(
     frame = read_table(path, what="samples sheet")
     if "patient_id" not in frame.columns:
         raise MultimodalError(f"{path}: samples sheet has no 'patient_id' column (columns: {list(frame.columns)})")
-    for column in OPTIONAL_COLUMNS:
+    for column in (*OPTIONAL_COLUMNS, *SHARED_VALUE_COLUMNS):
         if column not in frame.columns:
             frame[column] = ""
         frame[column] = frame[column].str.strip()

@@ -1023,6 +1023,40 @@ MAF_TABLE_COLUMNS = {
 }
 
 
+def _read_maf_columns(path: Path, header: list[str], n_comments: int, columns: list[str]) -> pd.DataFrame:
+    """The MAF's ``columns`` as strings, read by Arrow's multithreaded CSV reader.
+
+    Arrow checks every row's field count while it parses (a row cut short or with an extra tab is an
+    error, even for columns not read), so no separate pass is needed; on that error path the offending
+    line is found and named. Quotes are not special and empty cells stay empty strings.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from multimodal.ingest.textfile import check_field_counts
+
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(skip_rows=n_comments + 1, column_names=header, block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, double_quote=False),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=columns,
+                column_types={c: pa.string() for c in columns},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowInvalid, OSError, EOFError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "Expected" in message and "columns" in message:
+            check_field_counts(path, sep="\t", first_line=n_comments + 2, n_fields=len(header), what="MAF")
+        if "UTF8" in message or "UTF-8" in message:
+            message = "a cell is not UTF-8 text (a Latin-1 or Windows-1252 export?); save it as UTF-8"
+        raise MultimodalError(f"{path}: cannot read MAF (after {n_comments} '#' lines): {message}") from exc
+    return table.to_pandas()
+
+
 def read_maf(path: str | Path, *, filters: VariantFilters | None = None) -> dict[str, PatientVariants]:
     """Count PASS protein-altering variants per gene for every tumour sample of a MAF (plain or gzipped).
 
@@ -1040,14 +1074,12 @@ def read_maf_with_table(
     (PASS or ``.`` by default; ``;``-joined values must all be accepted) are counted as filtered; depth
     and VAF filters read ``t_depth`` and ``t_alt_count``; ``Hugo_Symbol`` ``Unknown`` or empty counts as no
     gene symbol; a ``Variant_Classification`` outside :data:`MAF_KNOWN_CLASSES` stops the run, naming its
-    lines. Only the needed columns are parsed (so a multi-million-row, 120-column MAF fits in memory), and
-    the last column too: a row with fewer fields than the header leaves it missing, one with more is
-    refused by the parser, so the field count needs no pass of its own. Only leading ``#`` lines are
+    lines. Only the needed columns are converted (so a multi-million-row, 120-column MAF fits in memory),
+    by Arrow's CSV reader, which also checks each row's field count as it parses (no pass of its own);
+    the tallies per sample are array operations (no loop over rows). Only leading ``#`` lines are
     skipped (a ``#`` inside a field is data) and quotes are not special, as in GDC MAFs. The table's
     ``patient_id`` column holds the Tumor_Sample_Barcode.
     """
-    import csv
-
     filters = filters or VariantFilters()
     path = Path(path)
     if not path.is_file():
@@ -1063,41 +1095,11 @@ def read_maf_with_table(
             f"{path}: ingest.variant_filters min_depth/min_vaf need MAF column(s) {lacking}, which the header lacks"
         )
     optional = [c for c in ("FILTER", *MAF_DEPTH_COLUMNS, *MAF_TABLE_COLUMNS) if c in header]
-    last = header[-1]
-    columns = list(dict.fromkeys([*MAF_REQUIRED, *optional, last]))
+    columns = list(dict.fromkeys([*MAF_REQUIRED, *optional]))
     if len(set(header)) != len(header):
         repeated = sorted({c for c in header if header.count(c) > 1})
         raise MultimodalError(f"{path}: MAF header repeats column(s) {repeated}")
-    try:
-        maf = pd.read_csv(
-            path,
-            sep="\t",
-            skiprows=n_comments,
-            usecols=columns,
-            dtype=str,
-            keep_default_na=False,
-            na_values={last: []},
-            quoting=csv.QUOTE_NONE,
-            encoding="utf-8-sig",
-        )
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
-        if found:
-            line = int(found.group(2)) + n_comments
-            raise MultimodalError(
-                f"{path}: line {line}: {found.group(3)} fields, the header has {len(header)} "
-                "(a cut-off file or a lost separator?) in the MAF"
-            ) from exc
-        raise MultimodalError(f"{path}: cannot read MAF (after {n_comments} '#' lines): {message}") from exc
-    short = maf[last].isna().to_numpy()
-    if short.any():
-        row = int(np.flatnonzero(short)[0])
-        number = _maf_line_numbers(path, n_comments, np.array([row]))[0]
-        raise MultimodalError(
-            f"{path}: line {number}: fewer fields than the header's {len(header)} "
-            "(a cut-off file or a lost separator?) in the MAF"
-        )
+    maf = _read_maf_columns(path, header, n_comments, columns)
     sample = maf["Tumor_Sample_Barcode"].str.strip()
     gene = maf["Hugo_Symbol"].str.strip()
     classes = _maf_classes(maf["Variant_Classification"], path, n_comments)
