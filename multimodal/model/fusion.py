@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from multimodal.errors import MultimodalError
-from multimodal.model.losses import cox_partial_likelihood, masked_bce
+from multimodal.model.losses import cox_partial_likelihood, discrete_time_nll, log_cumulative_hazard, masked_bce
+from multimodal.model.tasks import make_head, task_loss
 
 
 class ModalityEncoder(nn.Module):
@@ -268,6 +269,9 @@ class FusionNet(nn.Module):
         neural_weight: float = 1.0,
         bilinear_dim: int = 8,
         treatment_modality: str | None = None,
+        effect_modifiers: list[int] | None = None,
+        n_time_bins: int = 0,
+        tasks: list[dict] | None = None,
     ) -> None:
         super().__init__()
         if head not in HEADS:
@@ -329,13 +333,59 @@ class FusionNet(nn.Module):
             self.treatment_linear = nn.Linear(max(sum(input_dims.values()), 1), max(n_treatment, 1), bias=False)
             nn.init.zeros_(self.treatment_linear.weight)
             self.n_treatment = n_treatment
+        # the benefit head with its own effect modifiers (multimodal.model.benefit): each arm's effect is linear
+        # in these selected features only (flat indices over the feature modalities), no representation term
+        if treatment_modality and effect_modifiers is not None:
+            self.register_buffer("effect_modifiers", torch.as_tensor(list(effect_modifiers), dtype=torch.long))
+            self.treatment_effect = nn.Linear(max(len(effect_modifiers), 1), max(n_treatment, 1))
+            nn.init.zeros_(self.treatment_effect.weight)
+            self.treatment_linear = None
+        else:
+            self.effect_modifiers = None
+
+        # discrete-time survival (``model.survival_loss: discrete``): interval j's hazard logit is a baseline
+        # b_j plus the risk above plus a time-varying term of the representation (zero at the start)
+        self.n_time_bins = int(n_time_bins)
+        if self.n_time_bins:
+            self.time_bias = nn.Parameter(torch.zeros(self.n_time_bins))
+            self.time_head = nn.Linear(hidden_dim, self.n_time_bins, bias=False)
+            nn.init.zeros_(self.time_head.weight)
+        # quality-of-life heads (multimodal.model.tasks), one per task spec, on the fused representation
+        self.task_specs = [dict(t) for t in (tasks or [])]
+        self.task_heads = nn.ModuleDict({t["name"]: make_head(t, hidden_dim) for t in self.task_specs})
+        self.needs_representation = bool(self.n_time_bins or self.task_specs)
+        self._representation: torch.Tensor | None = None
 
     def embeddings(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Patients x modalities x hidden: each modality's encoder output (masking is the fusion's job)."""
         return torch.stack([self.encoders[name](x) for name, x in zip(self.feature_modalities, inputs, strict=True)], 1)
 
     def forward(self, *inputs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs are one tensor per modality (in ``self.modalities`` order), Captum-style."""
+        """``(risk, response logit)``; inputs are one tensor per modality (in ``self.modalities`` order),
+        Captum-style. ``risk`` is the log relative hazard (Cox) or the log cumulative hazard at the last cut
+        (discrete-time survival): the scalar risk score everything downstream ranks by."""
+        out = self.outputs(*inputs, mask=mask)
+        return out["risk"], out["logit"]
+
+    def outputs(self, *inputs: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every head's output: ``risk``, ``logit``, ``hazard_logits`` (patients x intervals, discrete-time
+        survival only) and ``task:<name>`` per QoL task (the head's raw output, see multimodal.model.tasks)."""
+        self._representation = None
+        risk, logit = self._risk_and_logit(*inputs, mask=mask)
+        out = {"risk": risk, "logit": logit}
+        representation = self._representation
+        if self.needs_representation and representation is None:  # late fusion without a treatment arm
+            raise RuntimeError("the fused representation was not recorded")
+        if self.n_time_bins:
+            hazard = risk[:, None] + self.time_bias + self.neural_weight * self.time_head(representation)
+            out["hazard_logits"] = hazard
+            out["risk"] = log_cumulative_hazard(hazard)
+        for spec in self.task_specs:
+            out[f"task:{spec['name']}"] = self.task_heads[spec["name"]](representation)
+        return out
+
+    def _risk_and_logit(self, *inputs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Cox-scale risk (linear predictor) and the response logit; records the fused representation."""
         inputs = list(inputs)
         treatment = None
         if self.treatment_index is not None:
@@ -351,16 +401,30 @@ class FusionNet(nn.Module):
             fused = self.fusion(embeddings, mask)
         if self.fusion.gives_outputs:
             risk, logit = fused[:, 0], fused[:, 1]
-            representation = MaskedMeanFusion()(embeddings, mask) if treatment is not None else None
+            representation = (
+                MaskedMeanFusion()(embeddings, mask)
+                if treatment is not None or self.needs_representation
+                else None
+            )
         else:
             fused = self.trunk(fused)
             representation = fused
             risk, logit = self.risk_head(fused).squeeze(-1), self.response_head(fused).squeeze(-1)
+        self._representation = representation
         risk = self.neural_weight * risk
         if self.linear is not None:
             risk = risk + self.linear(inputs, mask)
         if treatment is not None and self.n_treatment:
             # sum over non-reference arms of (arm input) x (that arm's effect for this patient)
+            if self.effect_modifiers is not None:
+                present = mask.to(treatment.dtype)
+                flat = torch.cat([x * present[:, j : j + 1] for j, x in enumerate(inputs)], dim=1)
+                if len(self.effect_modifiers):
+                    chosen = flat[:, self.effect_modifiers]
+                else:  # no modifier: one common arm effect (the bias)
+                    chosen = torch.zeros(flat.shape[0], 1, dtype=flat.dtype, device=flat.device)
+                risk = risk + (treatment * self.treatment_effect(chosen)).sum(dim=1)
+                return risk, logit
             effect = self.treatment_effect(representation)
             if sum(x.shape[1] for x in inputs):
                 present = mask.to(treatment.dtype)
@@ -392,8 +456,14 @@ class FusionSurvivalModel(L.LightningModule):
         linear_l1: float = 0.03,
         linear_l2: float = 0.1,
         linear_learning_rate: float = 0.03,
+        ties: str = "efron",
+        survival_loss: str = "cox",
+        time_cuts: list[float] | None = None,
+        tasks: list[dict] | None = None,
+        survival_weight: float = 1.0,
         bilinear_dim: int = 8,
         treatment_modality: str | None = None,
+        effect_modifiers: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -409,6 +479,9 @@ class FusionSurvivalModel(L.LightningModule):
             neural_weight=neural_weight,
             bilinear_dim=bilinear_dim,
             treatment_modality=treatment_modality,
+            effect_modifiers=effect_modifiers,
+            n_time_bins=len(time_cuts or []) if survival_loss == "discrete" else 0,
+            tasks=tasks,
         )
 
     @property
@@ -425,22 +498,68 @@ class FusionSurvivalModel(L.LightningModule):
     def _split(self, batch):
         n = len(self.modalities)
         inputs, mask = batch[:n], batch[n]
-        time, event, response = batch[n + 1 :]
-        return inputs, mask, time, event, response
+        time, event, response, *rest = batch[n + 1 :]
+        targets = rest[0] if rest else time.new_zeros(len(time), 0)  # QoL targets: patients x tasks
+        return inputs, mask, time, event, response, targets
+
+    def multitask_loss(
+        self, out: dict[str, torch.Tensor], time, event, response, targets
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        """``survival_weight * survival + response_weight * response BCE + sum of weight * QoL task loss``,
+        the parts for the log, and the number of patients. The survival part is the Cox partial likelihood
+        (``ties``) or the discrete-time likelihood over the fold's ``time_cuts``; the batch is gathered
+        whole first (:meth:`whole_batch`), column by column."""
+        hazard = out.get("hazard_logits")
+        hazard_columns = tuple(hazard.unbind(1)) if hazard is not None else ()
+        specs = self.net.task_specs
+        task_columns = tuple(targets[:, int(s["column"])] for s in specs)
+        task_outputs = tuple(out[f"task:{s['name']}"] for s in specs)
+        time, risk, logit, event, response, *rest = self.whole_batch(
+            time, out["risk"], out["logit"], event, response, *hazard_columns, *task_columns, *task_outputs
+        )
+        n_bins, n_tasks = len(hazard_columns), len(specs)
+        if hazard is not None:
+            cuts = torch.as_tensor(self.hparams.time_cuts, dtype=time.dtype, device=time.device)
+            survival = discrete_time_nll(torch.stack(rest[:n_bins], 1), time, event, cuts)
+            logged = {"train_discrete_nll": survival}
+        else:
+            survival = cox_partial_likelihood(risk, time, event, ties=self.hparams.ties)
+            logged = {"train_cox": survival}
+        bce = masked_bce(logit, response)
+        loss = self.hparams.survival_weight * survival + self.hparams.response_weight * bce
+        logged["train_bce"] = bce
+        for spec, target, output in zip(specs, rest[n_bins : n_bins + n_tasks], rest[n_bins + n_tasks :], strict=True):
+            value = task_loss(spec, self.net.task_heads[spec["name"]], output, target)
+            logged[f"train_{spec['name']}"] = value
+            loss = loss + spec["weight"] * value
+        return loss, logged, len(time)
+
+    def whole_batch(self, time: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The batch the loss sees, in float32 (bf16-mixed computes the model, not the loss, in bfloat16).
+
+        Under several processes (``model.strategy: ddp``) each rank holds a share of the training rows, but
+        the Cox partial likelihood needs the whole risk set: every rank gathers ``time`` and ``values`` of all
+        ranks (``all_gather`` with gradients, so each rank's outputs get the gradient of the whole-batch
+        loss), then drops the padding rows (time NaN) that gave the ranks equal shares. Every rank then
+        computes the single-process loss; DDP's gradient averaging over ranks gives its gradient.
+        """
+        values = tuple(v.float() if v.is_floating_point() else v for v in values)
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return (time, *values)
+        time, *values = (self.all_gather(t, sync_grads=True).reshape(-1) for t in (time, *values))
+        keep = torch.isfinite(time)
+        return (time[keep], *(v[keep] for v in values))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        inputs, mask, time, event, response = self._split(batch)
-        risk, logit = self(*inputs, mask=mask)
-        cox = cox_partial_likelihood(risk, time, event)
-        bce = masked_bce(logit, response)
-        loss = cox + self.hparams.response_weight * bce
-        logged = {"train_cox": cox, "train_bce": bce}
+        inputs, mask, time, event, response, targets = self._split(batch)
+        loss, logged, n = self.multitask_loss(self.net.outputs(*inputs, mask=mask), time, event, response, targets)
         if self.net.linear is not None:
             logged["train_linear_penalty"] = self.net.linear.penalty(
                 l1=self.hparams.linear_l1, l2=self.hparams.linear_l2
             )
             loss = loss + logged["train_linear_penalty"]
-        self.log_dict(logged | {"train_loss": loss}, prog_bar=False, on_epoch=True, on_step=False, batch_size=len(time))
+        self.log_dict(logged | {"train_loss": loss}, prog_bar=False, on_epoch=True, on_step=False, batch_size=n)
         return loss
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:

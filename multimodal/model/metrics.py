@@ -337,3 +337,56 @@ def evaluate_held_out(
             )
         out["c_index_difference"][name] = _entry(value, boot) | {"n": int(both.sum())}
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Quality-of-life tasks (multimodal.model.tasks): continuous scores and ordinal grades.
+
+
+def continuous_metrics(observed: np.ndarray, predicted: np.ndarray) -> dict:
+    """RMSE, MAE, R² (scikit-learn) and Spearman's rho (SciPy) over patients with both values; ``n`` of them.
+    Undefined values (fewer than 2 patients, a constant side) are NaN."""
+    from scipy.stats import spearmanr
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    observed, predicted = np.asarray(observed, dtype=float), np.asarray(predicted, dtype=float)
+    keep = np.isfinite(observed) & np.isfinite(predicted)
+    y, p = observed[keep], predicted[keep]
+    out = {"n": int(keep.sum())} | dict.fromkeys(("rmse", "mae", "r2", "spearman"), float("nan"))
+    if len(y) == 0:
+        return out
+    out["rmse"] = float(np.sqrt(mean_squared_error(y, p)))
+    out["mae"] = float(mean_absolute_error(y, p))
+    if len(y) >= 2 and np.ptp(y) > 0:
+        out["r2"] = float(r2_score(y, p))
+        if np.ptp(p) > 0:
+            out["spearman"] = float(spearmanr(y, p).statistic)
+    return out
+
+
+def ordinal_metrics(observed: np.ndarray, predicted: np.ndarray, expected: np.ndarray | None = None) -> dict:
+    """MAE, quadratic-weighted Cohen's kappa and accuracy of the predicted grade (scikit-learn), and Spearman's
+    rho (SciPy) of the expected grade (``expected``; else the predicted grade) with the observed one."""
+    from scipy.stats import spearmanr
+    from sklearn.metrics import accuracy_score, cohen_kappa_score, mean_absolute_error
+
+    observed, predicted = np.asarray(observed, dtype=float), np.asarray(predicted, dtype=float)
+    score = predicted if expected is None else np.asarray(expected, dtype=float)
+    keep = np.isfinite(observed) & np.isfinite(predicted) & np.isfinite(score)
+    y, p, s = observed[keep].astype(int), predicted[keep].astype(int), score[keep]
+    out = {
+        "n": int(keep.sum()),
+        "mae": float("nan"),
+        "quadratic_kappa": float("nan"),
+        "spearman": float("nan"),
+        "accuracy": float("nan"),
+    }
+    if len(y) == 0:
+        return out
+    out["mae"] = float(mean_absolute_error(y, p))
+    out["accuracy"] = float(accuracy_score(y, p))
+    if len(np.unique(np.concatenate([y, p]))) > 1:
+        out["quadratic_kappa"] = float(cohen_kappa_score(y, p, weights="quadratic"))
+    if len(y) >= 2 and np.ptp(y) > 0 and np.ptp(s) > 0:
+        out["spearman"] = float(spearmanr(y, s).statistic)
+    return out
