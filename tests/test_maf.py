@@ -297,3 +297,58 @@ def test_every_known_variant_classification_is_accepted_and_counted_by_its_kind(
     assert sample.excluded["unclassified"] == len(MAF_UNCLASSIFIED)
     n_other = len(MAF_KNOWN_CLASSES) - len(MAF_PROTEIN_ALTERING) - len(MAF_UNCLASSIFIED)
     assert sample.excluded["not_protein_altering"] == n_other
+
+
+def test_maf_filters_from_t_depth_and_t_alt_count_and_the_variant_table(tmp_path):
+    from multimodal.ingest.variants import VariantFilters
+
+    path = tmp_path / "cohort.maf"
+    path.write_text(
+        "#version 2.4\n"
+        "Hugo_Symbol\tChromosome\tStart_Position\tVariant_Classification\tTumor_Sample_Barcode\tHGVSp_Short\t"
+        "FILTER\tt_depth\tt_alt_count\n"
+        "TP53\tchr17\t7675088\tMissense_Mutation\tS1-01A\tp.R175H\tPASS\t100\t40\n"
+        "KRAS\tchr12\t25245350\tMissense_Mutation\tS1-01A\tp.G12D\tPASS\t9\t5\n"  # depth 9 < 10
+        "EGFR\tchr7\t55191822\tMissense_Mutation\tS1-01A\tp.L858R\tPASS\t200\t6\n"  # VAF 0.03 < 0.05
+        "PTEN\tchr10\t87933147\tNonsense_Mutation\tS1-01A\tp.R130*\tclustered_events\t80\t40\n"
+        "PTEN\tchr10\t87933150\tNonsense_Mutation\tS2-01A\tp.Q17*\tclustered_events;germline\t80\t40\n"
+        "BRAF\tchr7\t140753336\tMissense_Mutation\tS2-01A\tp.V600E\tPASS\t\t\n"  # no depth given
+        "NRAS\tchr1\t114716126\tMissense_Mutation\tS2-01A\tp.Q61K\tPASS\t50\t25\n"
+    )
+    genes = tmp_path / "genes.txt"
+    genes.write_text("TP53\nKRAS\nEGFR\nPTEN\nBRAF\n")
+    filters = VariantFilters.from_settings(filter=["PASS", "clustered_events"], min_depth=10, min_vaf=0.05, genes=genes)
+    samples = pd.DataFrame(
+        {"vcf": ["", ""], "maf_sample": ["S1", "S2"]}, index=pd.Index(["P1", "P2"], name="patient_id")
+    )
+    adata = mutation_matrix(samples, maf=path, filters=filters, progress=False)
+    counts = pd.DataFrame(adata.X, index=adata.obs_names, columns=adata.var["gene_symbol"])
+    assert counts.loc["P1"][counts.loc["P1"] > 0].to_dict() == {"PTEN": 1.0, "TP53": 1.0}
+    assert counts.loc["P2"].sum() == 0
+    exclusions = adata.uns["ingest"]["exclusions"]
+    assert exclusions["records_below_min_depth"] == 1
+    assert exclusions["records_below_min_vaf"] == 1
+    assert exclusions["records_missing_depth"] == 1
+    assert exclusions["records_filter_not_pass"] == 1
+    assert exclusions["records_gene_not_in_allow_list"] == 1
+    table = adata.uns["variant_table"].set_index("gene")
+    assert table.loc["TP53", ["patient_id", "hgvsp", "outcome"]].tolist() == ["P1", "p.R175H", "counted"]
+    assert table.loc["TP53", "vaf"] == pytest.approx(0.4) and table.loc["TP53", "pos"] == 7675088
+    assert table.loc["NRAS", "outcome"] == "gene_not_in_allow_list"
+    with pytest.raises(MultimodalError, match=r"bare\.maf: ingest\.variant_filters .* \['t_depth', 't_alt_count'\]"):
+        bare = tmp_path / "bare.maf"
+        bare.write_text("Hugo_Symbol\tVariant_Classification\tTumor_Sample_Barcode\nTP53\tSilent\tS1\n")
+        read_maf(bare, filters=filters)
+
+
+def test_maf_row_with_an_extra_field_is_named(tmp_path):
+    path = tmp_path / "long.maf"
+    path.write_text(
+        "#version 2.4\n"
+        "Hugo_Symbol\tVariant_Classification\tTumor_Sample_Barcode\tFILTER\n"
+        "TTN\tMissense_Mutation\tS1\tPASS\n"
+        "\n"
+        "TTN\tMissense_Mutation\tS1\tPASS\textra\n"
+    )
+    with pytest.raises(MultimodalError, match=r"long\.maf: line 5: 5 fields, the header has 4"):
+        read_maf(path)

@@ -702,3 +702,41 @@ def test_depth_filter_on_a_vcf_without_depth_fields_is_refused(tmp_path):
         read_patient_variants(path, filters=VariantFilters(min_depth=10))
     with pytest.raises(MultimodalError, match=r"genes\.txt: gene list .* not found"):
         VariantFilters.from_settings(genes=tmp_path / "genes.txt")
+
+
+def test_variant_table_and_filter_counts_reach_the_store_through_the_cli_chunks(tiny_cohort, tmp_path):
+    from multimodal.cli import main
+    from multimodal.store import build_cohort_store, read_cohort_store
+
+    chunks = []
+    for k in range(2):
+        out = tmp_path / f"chunk_{k}.h5ad"
+        argv = ["ingest", "variants", "-q", "--samples", str(tiny_cohort / "samples.tsv"), "--out", str(out)]
+        argv += ["--chunk", str(k), "--n-chunks", "2", "--min-depth", "60", "--min-vaf", "0.1"]
+        argv += ["--data-root", str(tiny_cohort)]
+        assert main(argv) == 0
+        chunks.append(out)
+    store = build_cohort_store(
+        tmp_path / "cohort.zarr",
+        clinical_path=tiny_cohort / "clinical.tsv",
+        samples_path=tiny_cohort / "samples.tsv",
+        modality_chunks={"variants": chunks},
+        data_roots=[tiny_cohort],
+    )
+    mdata = read_cohort_store(store)
+    variants = mdata["variants"]
+    table = variants.uns["variant_table"]
+    assert set(table["patient_id"]) <= set(variants.obs_names) and len(set(table["patient_id"])) > 1
+    counted = table[table["outcome"] == "counted"]
+    assert (counted["depth"] >= 60).all() and (counted["vaf"] >= 0.1).all()
+    # the counted rows are the matrix, gene by gene and patient by patient
+    per_cell = counted.groupby(["patient_id", "gene"]).size()
+    matrix = pd.DataFrame(variants.X, index=variants.obs_names, columns=variants.var["gene_symbol"])
+    stacked = matrix.stack()
+    assert stacked[stacked > 0].sort_index().to_dict() == per_cell.astype(float).sort_index().to_dict()
+    # each record's exclusion is counted once in the provenance (a record may have rows for several genes)
+    exclusions = mdata.uns["provenance"]["exclusions"]["variants"]
+    records = table.drop_duplicates(["patient_id", "chrom", "pos", "ref", "alt"])
+    for reason in ("below_min_depth", "below_min_vaf", "filter_not_pass"):
+        assert exclusions.get(f"records_{reason}", 0) == int((records["outcome"] == reason).sum())
+    assert exclusions["records_below_min_depth"] > 0 and exclusions["records_below_min_vaf"] > 0
