@@ -171,6 +171,93 @@ def arm_aware_preprocessor(preprocessor):
     )
 
 
+def interaction_scores(x: np.ndarray, arm: np.ndarray, time: np.ndarray, event: np.ndarray) -> np.ndarray:
+    """Per column of ``x``: |Wald z| of the arm x feature interaction, the largest over non-reference arms.
+
+    For each feature a Cox model (Breslow ties, a tiny ridge for stability) with the arm indicators, the feature
+    and arm x feature is fitted by Newton-Raphson on the given patients; the interaction coefficient over its
+    standard error says how strongly the feature modifies the arm's effect. Patients without a recorded arm or
+    outcome are left out; a feature that does not vary scores 0."""
+    from multimodal.model.losses import risk_set_ends
+
+    known = ~np.isnan(arm).any(axis=1) & np.isfinite(time) & np.isfinite(event)
+    x, arm, time, event = x[known], arm[known], time[known], event[known]
+    out = np.zeros(x.shape[1])
+    if len(time) < 4 or event.sum() == 0:
+        return out
+    order, ends = risk_set_ends(time)
+    dead = (event[order] == 1)
+    n_arms = arm.shape[1]
+    for j in range(x.shape[1]):
+        column = x[:, j]
+        if column.std() < 1e-12:
+            continue
+        design = np.column_stack([arm, column, arm * column[:, None]])[order]
+        z = _cox_wald(design, ends, dead)[n_arms + 1 :]
+        out[j] = np.nanmax(np.abs(z)) if np.isfinite(z).any() else 0.0
+    return out
+
+
+def _cox_wald(design: np.ndarray, ends: np.ndarray, dead: np.ndarray, *, ridge: float = 1e-3) -> np.ndarray:
+    """Wald z of each coefficient of a Cox model (rows sorted by descending time, ``ends`` the last row of each
+    row's risk set, ``dead`` the events), fitted by damped Newton-Raphson with a small ridge penalty."""
+    p = design.shape[1]
+    beta = np.zeros(p)
+    outer = design[:, :, None] * design[:, None, :]
+    information = np.eye(p)
+    for _ in range(25):
+        eta = design @ beta
+        w = np.exp(eta - eta.max())
+        s0 = np.cumsum(w)[ends][dead]
+        s1 = np.cumsum(w[:, None] * design, axis=0)[ends][dead] / s0[:, None]
+        s2 = np.cumsum(w[:, None, None] * outer, axis=0)[ends][dead] / s0[:, None, None]
+        gradient = (design[dead] - s1).sum(axis=0) - ridge * beta
+        information = (s2 - s1[:, :, None] * s1[:, None, :]).sum(axis=0) + ridge * np.eye(p)
+        try:
+            step = np.linalg.solve(information, gradient)
+        except np.linalg.LinAlgError:
+            return np.full(p, np.nan)
+        step = step * min(1.0, 5.0 / max(np.abs(step).max(), 1e-12))  # damped: rare features may separate
+        beta = beta + step
+        if np.abs(step).max() < 1e-6:
+            break
+    try:
+        variance = np.diag(np.linalg.inv(information))
+    except np.linalg.LinAlgError:
+        return np.full(p, np.nan)
+    return beta / np.sqrt(np.clip(variance, 1e-12, None))
+
+
+def select_effect_modifiers(preprocessor, arrays, rows: np.ndarray, n: int) -> list[int]:
+    """The ``n`` fold-selected features whose arm x feature interaction is strongest on the training ``rows``
+    (:func:`interaction_scores` on the fold-scaled inputs the network reads), as flat indices over the
+    concatenated feature modalities (treatment excluded), ascending; ties: the earlier feature."""
+    inputs, mask = preprocessor.transform(arrays, rows)
+    j = arrays.modalities.index(TREATMENT_MODALITY)
+    arm = np.asarray(arrays.x[TREATMENT_MODALITY][rows], dtype=float)  # 0/1 indicators (the input is scaled)
+    flat = [t.numpy() * mask[:, i : i + 1].numpy() for i, t in enumerate(inputs) if i != j]
+    x = np.column_stack(flat) if flat else np.zeros((len(rows), 0))
+    if n == 0 or x.shape[1] == 0:
+        return []
+    score = interaction_scores(x, arm, arrays.time[rows], arrays.event[rows])
+    return sorted(int(i) for i in np.argsort(-score, kind="stable")[: min(n, x.shape[1])])
+
+
+def treatment_kwargs(params, data) -> dict:
+    """Keyword arguments of :class:`~multimodal.model.fusion.FusionSurvivalModel` for the treatment input: none
+    without ``model.treatment``; the arm input, and with ``model.effect_modifiers`` the fold's effect
+    modifiers (chosen on its training rows)."""
+    if params.treatment is None:
+        return {}
+    out: dict = {"treatment_modality": TREATMENT_MODALITY}
+    if getattr(params, "effect_modifiers", None) is not None:
+        data.setup()
+        out["effect_modifiers"] = select_effect_modifiers(
+            data.preprocessor, data.arrays, data.train_rows, int(params.effect_modifiers)
+        )
+    return out
+
+
 def counterfactual_arrays(arrays, level: str, levels: list[str]):
     """The same cohort arrays with every patient's arm input set to ``level``; all other inputs are the
     very same arrays (not copies), so nothing but the arm can differ."""

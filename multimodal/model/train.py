@@ -6,6 +6,8 @@ Writes one model directory (atomically):
 - ``predictions.tsv``: every patient scored once, by the model that did not see it
   (``risk``, ``response_prob``, observed outcome, fold);
 - ``metrics.json``: Harrell's C and AUROC per fold, their mean and SD, and pooled out-of-fold;
+- ``fold_<k>/baseline_hazard.tsv``: the fold's Breslow baseline cumulative hazard at risk 0 (``time``,
+  ``cumulative_hazard``) from its training patients' risks, so S(t | risk) = exp(-exp(risk) H0(t));
 - ``fold_<k>/model_<j>.ckpt`` (Lightning checkpoint of ensemble member j), ``fold_<k>/preprocessing.npz``,
   ``fold_<k>/log_<j>/metrics.csv`` (training curves);
 - ``params.json``: the training parameters and the store it read.
@@ -32,6 +34,14 @@ import pandas as pd
 from multimodal.errors import MultimodalError
 from multimodal.fileio import atomic_path
 from multimodal.model.metrics import auroc, harrell_c
+from multimodal.model.tasks import (
+    check_task_weights,
+    fit_task_specs,
+    fold_model_settings,
+    prediction_columns,
+    task_outputs,
+    tasks_summary,
+)
 from multimodal.store import outcome_counts, store_fingerprint
 
 if TYPE_CHECKING:
@@ -53,6 +63,13 @@ class TrainParams:
     learning_rate: float = 3e-3
     weight_decay: float = 1e-3
     response_weight: float = 0.3
+    #: Cox partial likelihood ties: efron (default) or breslow
+    ties: str = "efron"
+    #: survival loss: cox (partial likelihood) or discrete (logistic hazard over ``time_bins`` intervals)
+    survival_loss: str = "cox"
+    time_bins: int = 10
+    #: per-task loss weights: survival (1), response (overrides response_weight), each QoL task (1)
+    task_weights: dict | None = None
     modalities: list[str] | None = None
     max_features: dict[str, int] = field(default_factory=lambda: {"expression": 20, "variants": 20})
     screening: str = "cox"
@@ -110,6 +127,7 @@ class TrainParams:
         _require_number(self, "learning_rate", minimum=0.0, strict=True)
         _require_number(self, "weight_decay", minimum=0.0)
         _require_number(self, "response_weight", minimum=0.0)
+        _check_task_settings(self)
         _check_fusion_settings(self)
         _check_device_settings(self)
         correlation = _require_number(self, "max_correlation", minimum=0.0, strict=True)
@@ -172,6 +190,32 @@ SCREENINGS = ("cox", "variance")
 FUSIONS = ("sum", "mean", "early", "attention", "bilinear", "late")
 HEADS = ("additive", "interaction")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def _check_task_settings(params: TrainParams) -> None:
+    """``ties``, ``survival_loss``, ``time_bins`` and ``task_weights`` (multimodal.model.tasks), one line each."""
+    from multimodal.model.losses import TIES
+
+    for key, allowed in (("ties", TIES), ("survival_loss", SURVIVAL_LOSSES)):
+        if getattr(params, key) not in allowed:
+            raise MultimodalError(
+                f"model.{key} must be one of {', '.join(allowed)}, got {_plain_text(getattr(params, key))}"
+            )
+    _require_int(params, "time_bins", minimum=2)
+    weights = params.task_weights if params.task_weights is not None else {}
+    if not hasattr(weights, "items"):
+        raise MultimodalError(f"model.task_weights must map a task to a weight, got {_plain_text(weights)}")
+    for name, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= float(weight) < float("inf"):
+            raise MultimodalError(
+                f"model.task_weights.{name} must be a number of at least 0, got {_plain_text(weight)}"
+            )
+    params.task_weights = {str(k): float(v) for k, v in weights.items()} or None
+    if params.task_weights and "response" in params.task_weights:
+        params.response_weight = params.task_weights["response"]
+
+
+SURVIVAL_LOSSES = ("cox", "discrete")
 
 
 def _check_fusion_settings(params: TrainParams) -> None:
@@ -285,6 +329,7 @@ def cross_validate(
 
         spec = TreatmentSpec(**params.treatment)
         arrays, levels = with_treatment(arrays, mdata.obs, spec)
+    tasks, untrained = _attach_tasks(mdata, arrays, params), {}
     counts = outcome_counts(arrays.time, arrays.event)
     n_outcome, n_events = counts["n_with_outcome"], counts["n_events"]
     if params.splits:
@@ -314,6 +359,8 @@ def cross_validate(
 
     if plan.untested:
         note(_untested_note(plan))
+    for name in check_task_weights(params.task_weights, tasks):
+        note(f"model.task_weights names {name}, which is no task of the store (no such QoL column): not trained")
 
     has_response = np.isfinite(arrays.response).any()
     predictions = []
@@ -369,7 +416,10 @@ def cross_validate(
             _note_preprocessing(data.preprocessor.counts, fold=k, note=note)
             inputs, mask = data.preprocessor.transform(arrays, test_rows)
             train_inputs, train_mask = data.preprocessor.transform(arrays, data.train_rows)
-            risks, probs, train_risks, arm_risks = [], [], [], []
+            risks, probs, train_risks, arm_risks, task_members = [], [], [], [], []
+            for message in fit_task_specs(tasks, arrays.targets, data.train_rows, params.task_weights)[1]:
+                untrained.setdefault(message.split(':')[0].removeprefix('task '), []).append(k)
+                note(f"fold {k}: {message}")
             for member in range(params.ensemble):
                 # members differ only in their seed: averaging them removes much of a small cohort's
                 # optimisation noise without touching the folds or the preprocessing
@@ -380,6 +430,7 @@ def cross_validate(
                     device = next(model.parameters()).device
                     risk, logit = model(*[t.to(device) for t in inputs], mask=mask.to(device))
                     train_risk = model(*[t.to(device) for t in train_inputs], mask=train_mask.to(device))[0]
+                    task_members.append(task_outputs(model, [t.to(device) for t in inputs], mask.to(device)))
                 train_risks.append(train_risk.cpu().numpy().astype(float))
                 risks.append(risk.cpu().numpy().astype(float))
                 probs.append(torch.sigmoid(logit).cpu().numpy().astype(float))
@@ -389,6 +440,12 @@ def cross_validate(
                     arm_risks.append(counterfactual_risks(model, data.preprocessor, arrays, test_rows, levels))
             data.preprocessor.save(fold_dir / "preprocessing.npz")
             risk, response_prob = np.mean(risks, axis=0), np.mean(probs, axis=0)
+            fold_t, fold_e = arrays.time[data.train_rows], arrays.event[data.train_rows]  # the report's calibration:
+            event_times = np.unique(fold_t[(fold_e > 0) & np.isfinite(fold_t)])  # S(t|x) = exp(-exp(risk) H0(t))
+            pd.DataFrame(
+                {"time": event_times, "cumulative_hazard": -np.log(breslow_survival(
+                    np.mean(train_risks, axis=0), fold_t, fold_e, np.zeros(1), event_times)[0])}
+            ).to_csv(fold_dir / "baseline_hazard.tsv", sep="\t", index=False)
             fold_survival = breslow_survival(
                 np.mean(train_risks, axis=0),
                 arrays.time[data.train_rows],
@@ -414,6 +471,10 @@ def cross_validate(
                     "response": arrays.response[test_rows],
                 }
             )
+            for j, name in enumerate(tasks):  # observed QoL value (NaN: not recorded) and the prediction
+                fold_pred[name] = arrays.targets[test_rows, j]
+            for column, values in prediction_columns(tasks, task_members, len(test_rows)).items():
+                fold_pred[column] = values
             for name, m in zip(arrays.modalities, mask.T.numpy(), strict=True):
                 fold_pred[f"has_{name}"] = m
             if spec is not None:
@@ -482,6 +543,8 @@ def cross_validate(
             "notes": notes,
         }
         metrics |= _evaluation_summary(pred, survival, settings, plan, repeat_predictions, repeat_fold_metrics)
+        if tasks:
+            metrics["tasks"] = tasks_summary(pred, tasks, untrained)
         if spec is not None:
             from multimodal.model.benefit import evaluate_benefit
 
@@ -518,6 +581,23 @@ def cross_validate(
         format_metric(pooled["c_index"]),
     )
     return metrics
+
+
+def _attach_tasks(mdata, arrays, params: TrainParams) -> dict[str, str]:
+    """The store's QoL tasks (``{column: kind}``, multimodal.model.tasks) with their targets put on ``arrays``
+    (``arrays.targets``, patients x tasks, NaN where not recorded); a task weighted 0 is left out."""
+    from multimodal.model.tasks import store_tasks, task_targets
+
+    weights = params.task_weights or {}
+    tasks = {name: kind for name, kind in store_tasks(mdata).items() if weights.get(name, 1.0) > 0}
+    arrays.targets = task_targets(mdata.obs, arrays.patients, tasks)
+    arrays.task_kinds = dict(tasks)
+    return tasks
+
+
+def _store_task_kinds(arrays) -> dict[str, str]:
+    """The tasks :func:`_attach_tasks` put on ``arrays`` (none for arrays built elsewhere)."""
+    return dict(getattr(arrays, "task_kinds", {}) or {})
 
 
 def check_cohort_size(n_outcome: int, n_events: int, folds: int, *, where: str = "store") -> None:
@@ -607,6 +687,7 @@ def _train_member(
         linear_l2=params.linear_l2,
         linear_learning_rate=params.linear_learning_rate,
         bilinear_dim=params.bilinear_dim,
+        **fold_model_settings(params, data.arrays, data.train_rows, _store_task_kinds(data.arrays)),
         **treatment_kwargs(params, data),
     )
     final = out / f"fold_{fold}" / f"model_{member}.ckpt"
