@@ -17,17 +17,14 @@ the attribution method and its convergence, and provenance.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import logging
 import math
 import re
-import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +46,10 @@ SECTIONS = (
     ("risk-groups", "Risk groups"),
     ("benefit", "Who benefits"),  # only for a run with model.treatment
     ("features", "Top features"),
+    ("direction", "Direction of effect"),
+    ("value", "Added value per modality"),
     ("contributions", "Modality contributions"),
+    ("patient", "Per patient"),
     ("provenance", "Provenance"),
 )
 HIGH, LOW = "high risk", "low risk"
@@ -74,15 +74,43 @@ MAX_INPUT_ROWS = 500
 _MISSING_TOKENS = {"", "na", "nan", "n/a", "null", "none"}
 
 
-class _Html(str):
-    """A string that is already HTML: table and list helpers insert it as is instead of escaping it."""
+@dataclass(frozen=True)
+class Code:
+    """A table or list value shown as code (``<code>``) by the templates."""
+
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
 
 
-def _esc(value: Any) -> str:
-    """Escape ``value`` for HTML unless it is :class:`_Html`."""
-    if isinstance(value, _Html):
-        return str(value)
-    return html.escape(str(value), quote=True)
+Block = dict[str, Any]
+"""One piece of a section for the templates (``templates/blocks.html``): ``{"kind": ..., ...}``."""
+
+
+def _p(text: str, *, cls: str | None = None, block_id: str | None = None, strong: str | None = None) -> Block:
+    """A paragraph (``cls`` "note" or "warnings"), optionally led by a bold ``strong`` phrase."""
+    return {"kind": "p", "text": text, "cls": cls, "id": block_id, "strong": strong}
+
+
+def _h3(text: str, *, block_id: str | None = None) -> Block:
+    return {"kind": "h3", "text": text, "id": block_id}
+
+
+def _details(summary: str, blocks: list[Block]) -> Block:
+    return {"kind": "details", "summary": summary, "blocks": [b for b in blocks if b]}
+
+
+def _grid(blocks: list[Block]) -> Block:
+    return {"kind": "grid", "blocks": [b for b in blocks if b]}
+
+
+def _list(items: Sequence[str], *, title: str, block_id: str, note: str = "") -> Block:
+    return {"kind": "list", "items": [str(i) for i in items], "title": title, "id": block_id, "note": note}
+
+
+def _pre(text: str) -> Block:
+    return {"kind": "pre", "text": text}
 
 
 def _num(value: Any, spec: str = ".3f") -> str:
@@ -128,49 +156,36 @@ def _table(
     table_id: str | None = None,
     caption: str | None = None,
     row_classes: Sequence[str | None] | None = None,
-) -> str:
-    """An HTML table; every cell is escaped unless it is :class:`_Html`."""
+) -> Block:
+    """A table for the templates; cells are text (escaped there) or :class:`Code`."""
     numeric = list(numeric) if numeric is not None else [False] * len(headers)
     rows = [list(r) for r in rows]
     row_classes = list(row_classes) if row_classes is not None else [None] * len(rows)
-    out = [f'<table id="{_esc(table_id)}">' if table_id else "<table>"]
-    if caption:
-        out.append(f"<caption>{_esc(caption)}</caption>")
-    out.append("<thead><tr>")
-    for head, is_num in zip(headers, numeric, strict=True):
-        out.append(f'<th class="num">{_esc(head)}</th>' if is_num else f"<th>{_esc(head)}</th>")
-    out.append("</tr></thead>")
-    out.append("<tbody>")
-    for row, cls in zip(rows, row_classes, strict=True):
-        out.append(f'<tr class="{_esc(cls)}">' if cls else "<tr>")
-        for cell, is_num in zip(row, numeric, strict=True):
-            out.append(f'<td class="num">{_esc(cell)}</td>' if is_num else f"<td>{_esc(cell)}</td>")
-        out.append("</tr>")
-    out.append("</tbody></table>")
-    return "\n".join(out)
+    if len(numeric) != len(headers) or len(row_classes) != len(rows) or any(len(r) != len(headers) for r in rows):
+        raise ValueError(f"table {table_id}: rows, headers and flags disagree in length")
+    return {
+        "kind": "table",
+        "id": table_id,
+        "caption": caption,
+        "headers": list(zip(headers, numeric, strict=True)),
+        "rows": [(cls, list(zip(row, numeric, strict=True))) for row, cls in zip(rows, row_classes, strict=True)],
+    }
 
 
-def _kv(pairs: Iterable[tuple[str, Any]], *, dl_id: str | None = None) -> str:
-    """A definition list of label/value pairs (values escaped unless :class:`_Html`)."""
-    out = [f'<dl class="kv" id="{_esc(dl_id)}">' if dl_id else '<dl class="kv">']
-    for key, value in pairs:
-        out.append(f"<dt>{_esc(key)}</dt><dd>{_esc(value)}</dd>")
-    out.append("</dl>")
-    return "\n".join(out)
+def _kv(pairs: Iterable[tuple[str, Any]], *, dl_id: str | None = None) -> Block:
+    """A definition list of label/value pairs (values text or :class:`Code`)."""
+    return {"kind": "kv", "id": dl_id, "pairs": list(pairs)}
 
 
-def _figure(fig: Any, *, alt: str, caption: str) -> str:
-    """Render a matplotlib figure as an inline base64 PNG inside ``<figure>``."""
+def _figure(fig: Any, *, alt: str, caption: str, figure_id: str | None = None) -> Block:
+    """A matplotlib figure as an inline base64 PNG inside ``<figure>``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
-        f"<figcaption>{_esc(caption)}</figcaption></figure>"
-    )
+    return {"kind": "figure", "uri": f"data:image/png;base64,{data}", "alt": alt, "caption": caption, "id": figure_id}
 
 
 def _new_figure(width: float, height: float) -> Any:
@@ -317,11 +332,11 @@ def _load(store: Path, model_dir: Path, explain_dir: Path) -> _Inputs:
     )
     contributions_path = explain_dir / "modality_contributions.tsv"
     with_header = _read_tsv(contributions_path, required=(), numeric=(), index_col="patient_id")
-    mod_cols = [c for c in with_header.columns if c not in ("fold", "risk", "convergence_delta")]
+    text_columns = {"risk_group"}
     contributions = _read_tsv(
         contributions_path,
         required=(),
-        numeric=["fold", "risk", "convergence_delta", *mod_cols],
+        numeric=[c for c in with_header.columns if c not in text_columns],
         index_col="patient_id",
     )
     attribution = _read_attribution(explain_dir / "attributions.zarr")
@@ -433,7 +448,7 @@ def _median_follow_up(time: np.ndarray, event: np.ndarray) -> float:
     return _km_median(np.asarray(t), np.asarray(s))
 
 
-def _group_table(obs: pd.DataFrame, column: str, *, table_id: str, label: str) -> str:
+def _group_table(obs: pd.DataFrame, column: str, *, table_id: str, label: str) -> Block:
     values = obs[column].astype(object).where(obs[column].notna(), "(missing)").astype(str)
     ok, is_event = survival_outcome(obs["time"], obs["event"])
     response = pd.to_numeric(obs["response"], errors="coerce") if "response" in obs else None
@@ -451,7 +466,7 @@ def _group_table(obs: pd.DataFrame, column: str, *, table_id: str, label: str) -
     return _table(headers, rows, numeric=[False] + [True] * (len(headers) - 1), table_id=table_id)
 
 
-def _cohort_section(inp: _Inputs) -> str:
+def _cohort_section(inp: _Inputs) -> list[Block]:
     obs = inp.obs
     n = len(obs)
     ok, time, event = _survival_arrays(obs["time"], obs["event"])
@@ -470,16 +485,15 @@ def _cohort_section(inp: _Inputs) -> str:
             + _response_pairs(obs),
             dl_id="cohort-outcomes",
         ),
-        f'<p class="note">Times are in {_esc(inp.time_unit)}.</p>'
-        if inp.time_unit
-        else '<p class="note">Times are in the unit of the clinical table.</p>',
+        _p(f"Times are in {inp.time_unit}." if inp.time_unit else "Times are in the unit of the clinical table.",
+           cls="note"),
     ]
     rows = []
     for name in _modalities(inp):
         has = obs[f"has_{name}"].fillna(False).astype(bool)
         n_features = inp.mod_shapes.get(name, (0, float("nan")))[1]
         rows.append([name, str(int(has.sum())), _pct(has.sum(), n), _count(n_features)])
-    parts.append("<h3>Patients per modality</h3>")
+    parts.append(_h3("Patients per modality"))
     parts.append(
         _table(
             ["modality", "patients", "% of cohort", "features"],
@@ -490,9 +504,10 @@ def _cohort_section(inp: _Inputs) -> str:
     )
     for column, label, table_id in (("site", "site", "cohort-sites"), ("arm", "arm", "cohort-arms")):
         if column in obs.columns:
-            parts.append(f"<h3>Patients per {label}</h3>")
+            parts.append(_h3(f"Patients per {label}"))
             parts.append(_group_table(obs, column, table_id=table_id, label=label))
-    return "\n".join(parts)
+    parts += _missingness_blocks(inp)
+    return parts
 
 
 def _response_pairs(obs: pd.DataFrame) -> list[tuple[str, str]]:
@@ -508,11 +523,11 @@ def _response_pairs(obs: pd.DataFrame) -> list[tuple[str, str]]:
     ]
 
 
-def _exclusions_section(inp: _Inputs) -> str:
+def _exclusions_section(inp: _Inputs) -> list[Block]:
     exclusions = inp.provenance.get("exclusions")
     if not isinstance(exclusions, dict) or not exclusions:
         inp.warn(f"{inp.store}: provenance records no exclusions")
-        return '<p class="warnings">The cohort store records no exclusion counts.</p>'
+        return [_p("The cohort store records no exclusion counts.", cls="warnings")]
     order = ["cohort", *MODALITY_ORDER]
     groups = [g for g in order if g in exclusions] + sorted(g for g in exclusions if g not in order)
     rows, classes = [], []
@@ -524,9 +539,10 @@ def _exclusions_section(inp: _Inputs) -> str:
             continue
         for reason, value in sorted(counts.items()):
             text = _count(value)
-            rows.append([group, _Html(f"<code>{_esc(reason)}</code>"), text])
+            rows.append([group, Code(str(reason)), text])
             classes.append("zero" if text == "0" else None)
-    return _table(
+    return [
+        _table(
         ["group", "reason", "count"],
         rows,
         numeric=[False, False, True],
@@ -534,7 +550,8 @@ def _exclusions_section(inp: _Inputs) -> str:
         caption="Every count recorded at ingest, zeros included. Counts name what they count "
         "(patients, records, samples or genes).",
         row_classes=classes,
-    )
+        )
+    ]
 
 
 #: Below this many events in a held-out fold its C-index is flagged as unstable in the report.
@@ -549,7 +566,7 @@ def _n_test(fold: dict) -> str:
     return f"{_count(n)} ({_count(with_outcome)} with outcome)"
 
 
-def _metrics_section(inp: _Inputs) -> str:
+def _metrics_section(inp: _Inputs) -> list[Block]:
     m = inp.metrics
     rows, classes = [], []
     for fold in m["folds"]:
@@ -612,40 +629,47 @@ def _metrics_section(inp: _Inputs) -> str:
     if few:
         listed = ", ".join(f"fold {_count(f.get('fold'))}: {_count(f.get('n_events'))}" for f in few)
         parts.append(
-            f'<p class="warnings">Few events behind a C-index ({listed}; fewer than {FEW_EVENTS}): such a '
-            "fold's value can swing widely by chance. Read the pooled value and the spread, not one fold.</p>"
+            _p(
+                f"Few events behind a C-index ({listed}; fewer than {FEW_EVENTS}): such a fold's value can swing "
+                "widely by chance. Read the pooled value and the spread, not one fold.",
+                cls="warnings",
+            )
         )
     notes = [str(n) for n in (m.get("notes") or [])]
     if notes:
-        items = "\n".join(f"<li>{_esc(n)}</li>" for n in notes)
-        parts.append(
-            '<div class="warnings" id="model-notes"><strong>Adapted to this cohort</strong> (recorded in '
-            f"metrics.json)\n<ul>\n{items}\n</ul>\n</div>"
-        )
-    parts.append(_baseline_block(m))
-    parts.append(_evaluation_block(m))
+        parts.append(_list(notes, title="Adapted to this cohort", note="(recorded in metrics.json)",
+                           block_id="model-notes"))
+    parts += _baseline_block(m)
+    parts += _evaluation_block(m)
+    parts += _reference_ci_block(inp)
+    parts += _tasks_blocks(m)
+    parts += _search_blocks(m)
     parts.append(_feature_selection_table(m))
     parts.append(_params_block(inp))
-    return "\n".join(parts)
+    return [b for b in parts if b]
 
 
-def _baseline_block(metrics: dict) -> str:
+def _baseline_block(metrics: dict) -> list[Block]:
     """The penalised Cox reference fitted on the same folds and features, beside the fusion model."""
     cox = (metrics.get("baseline") or {}).get("penalised_cox")
     if not cox:
-        return ""
+        return []
     if cox.get("skipped"):
-        return (
-            '<p class="warnings" id="baseline-skipped">The penalised Cox reference was not fitted: '
-            f"{_esc(cox['skipped'])}.</p>"
-        )
+        return [
+            _p(f"The penalised Cox reference was not fitted: {cox['skipped']}.", cls="warnings",
+               block_id="baseline-skipped")
+        ]
     skipped = cox.get("skipped_folds") or {}
     skipped_note = (
-        '<p class="warnings" id="baseline-skipped">The penalised Cox reference was skipped in '
-        + "; ".join(f"fold {_esc(k)} ({_esc(v)})" for k, v in skipped.items())
-        + "; its values are over the other folds.</p>"
+        _p(
+            "The penalised Cox reference was skipped in "
+            + "; ".join(f"fold {k} ({v})" for k, v in skipped.items())
+            + "; its values are over the other folds.",
+            cls="warnings",
+            block_id="baseline-skipped",
+        )
         if isinstance(skipped, dict) and skipped
-        else ""
+        else None
     )
     mean, sd, pooled = metrics.get("mean") or {}, metrics.get("sd") or {}, metrics.get("pooled_out_of_fold") or {}
     rows = [
@@ -672,7 +696,7 @@ def _baseline_block(metrics: dict) -> str:
         table_id="baseline-comparison",
         caption=f"Reference on the same folds: {cox.get('model', '')}; features: {cox.get('features', '')}.",
     )
-    return table + ("\n" + skipped_note if skipped_note else "")
+    return [table] + ([skipped_note] if skipped_note else [])
 
 
 def _with_ci(entry: Any) -> str:
@@ -684,12 +708,12 @@ def _with_ci(entry: Any) -> str:
     return _num(entry.get("value")) + interval
 
 
-def _evaluation_block(metrics: dict) -> str:
+def _evaluation_block(metrics: dict) -> list[Block]:
     """Harrell's and Uno's C, time-dependent AUC, integrated Brier score, AUROC and AUPRC with bootstrap 95%
     CIs per fold and pooled, and the paired bootstrap of the C-index difference against the references."""
     evaluation = metrics.get("evaluation")
     if not isinstance(evaluation, dict) or not isinstance(evaluation.get("pooled"), dict):
-        return ""
+        return []
     settings = evaluation.get("settings") or {}
     times = [t for t in settings.get("auc_times") or [] if isinstance(t, int | float)]
     sets = [(f"fold {_count(f.get('fold'))}", f.get("evaluation")) for f in metrics["folds"]]
@@ -738,10 +762,10 @@ def _evaluation_block(metrics: dict) -> str:
                 "means the difference is unlikely to be chance.",
             )
         )
-    return "\n".join(parts)
+    return parts
 
 
-def _feature_selection_table(metrics: dict) -> str:
+def _feature_selection_table(metrics: dict) -> Block | None:
     """Features each fold's training rows left out, by step and modality (nothing dropped unseen)."""
     steps = ["features", "constant_or_sparse", "redundant", "not_screened_in", "used"]
     headers = ["fold", "modality", "features", "constant or sparse", "redundant", "not screened in", "used"]
@@ -756,7 +780,7 @@ def _feature_selection_table(metrics: dict) -> str:
             if any("feature_budget" in f for f in metrics["folds"]):  # the most the modality may use
                 rows[-1].append(_count((fold.get("feature_budget") or {}).get(modality)))
     if not rows:
-        return ""
+        return None
     if any("feature_budget" in f for f in metrics["folds"]):
         headers.append("budget")
     return _table(
@@ -770,19 +794,15 @@ def _feature_selection_table(metrics: dict) -> str:
     )
 
 
-def _params_block(inp: _Inputs) -> str:
+def _params_block(inp: _Inputs) -> Block | None:
     train = inp.params.get("train")
     if not isinstance(train, dict):
-        return ""
+        return None
     rows = [[key, json.dumps(value, sort_keys=True, default=str)] for key, value in train.items()]
     modalities = inp.params.get("modalities")
     if modalities:
         rows.append(["modalities used", ", ".join(str(x) for x in modalities)])
-    return (
-        "<details><summary>Model settings (params.json)</summary>\n"
-        + _table(["setting", "value"], rows, table_id="model-params")
-        + "\n</details>"
-    )
+    return _details("Model settings (params.json)", [_table(["setting", "value"], rows, table_id="model-params")])
 
 
 def _risk_groups(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -817,7 +837,33 @@ def _logrank(time: np.ndarray, event: np.ndarray, group: np.ndarray) -> tuple[fl
     return float(chisq), float(p), ""
 
 
-def _risk_group_section(inp: _Inputs) -> str:
+def _hazard_ratio(time: np.ndarray, event: np.ndarray, high: np.ndarray) -> tuple[float, float, float, str]:
+    """(HR, CI low, CI high, note) of the high-risk group against the low-risk group: a Cox model of the group
+    indicator (lifelines); NaN with a reason when not estimable."""
+    from lifelines import CoxPHFitter
+    from lifelines.exceptions import ConvergenceError
+
+    if len(np.unique(high)) < 2 or not event.any():
+        return float("nan"), float("nan"), float("nan"), "needs events in two groups"
+    frame = pd.DataFrame({"time": time, "event": event.astype(int), "high_risk": high.astype(int)})
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = CoxPHFitter().fit(frame, duration_col="time", event_col="event")
+    except (ConvergenceError, ValueError, np.linalg.LinAlgError) as exc:
+        return float("nan"), float("nan"), float("nan"), f"not estimable: {exc}"
+    summary = fit.summary.loc["high_risk"]
+    return (
+        float(summary["exp(coef)"]),
+        float(summary["exp(coef) lower 95%"]),
+        float(summary["exp(coef) upper 95%"]),
+        "",
+    )
+
+
+def _risk_group_section(inp: _Inputs) -> list[Block]:
     from sksurv.nonparametric import kaplan_meier_estimator
 
     unit = f", {inp.time_unit}" if inp.time_unit else ""
@@ -828,10 +874,10 @@ def _risk_group_section(inp: _Inputs) -> str:
         raise MultimodalError(f"{inp.model_dir / 'predictions.tsv'}: {exc}") from exc
     if scored.empty:
         inp.warn(f"{inp.model_dir / 'predictions.tsv'}: no patient has a risk score")
-        return '<p class="warnings">No patient has an out-of-fold risk score.</p>'
+        return [_p("No patient has an out-of-fold risk score.", cls="warnings")]
     ok, time, event = _survival_arrays(scored["time"], scored["event"])
     groups = scored["group"].to_numpy()[ok]
-    fig = _new_figure(6.4, 4.2)
+    fig = _new_figure(6.4, 4.6)
     ax = fig.add_subplot()
     rows = []
     for name in (HIGH, LOW):
@@ -852,12 +898,27 @@ def _risk_group_section(inp: _Inputs) -> str:
         rows.append([name, str(n_group), str(int(sel.sum())), str(int(event[sel].sum())), median_text])
     rows.append(["total", str(len(scored)), str(int(ok.sum())), str(int(event.sum())), ""])
     chisq, p, note = _logrank(time, event, groups)
+    hr, hr_low, hr_high, hr_note = _hazard_ratio(time, event, groups == HIGH)
+    at_risk_times = [float(x) for x in ax.get_xticks() if 0 <= x <= (time.max() if time.size else 0)]
+    at_risk_rows = []
+    for row_i, name in enumerate((HIGH, LOW)):
+        sel = groups == name
+        counts = [int((time[sel] >= x).sum()) for x in at_risk_times]
+        at_risk_rows.append([name, *map(str, counts)])
+        for x, c in zip(at_risk_times, counts, strict=True):
+            ax.annotate(str(c), (x, 0), xycoords=("data", "axes fraction"), xytext=(0, -42 - 13 * row_i),
+                        textcoords="offset points", ha="center", fontsize=8, color=GROUP_COLOURS[name])
+        ax.annotate(name, (0, 0), xycoords="axes fraction", xytext=(-8, -42 - 13 * row_i), textcoords="offset points",
+                    ha="right", fontsize=8, color=GROUP_COLOURS[name])
+    ax.annotate("at risk", (0, 0), xycoords="axes fraction", xytext=(-8, -30), textcoords="offset points",
+                ha="right", fontsize=8)
     ax.set_xlabel(f"time ({inp.time_unit})" if inp.time_unit else "time")
     ax.set_ylabel("survival probability")
     ax.set_ylim(0, 1.02)
     ax.set_xlim(left=0)
     ax.legend(loc="lower left", frameon=False)
-    ax.set_title(f"log-rank p = {_pvalue(p)}", fontsize=10)
+    ax.set_title(f"log-rank p = {_pvalue(p)}; HR {_num(hr, '.2f')} ({_num(hr_low, '.2f')} to {_num(hr_high, '.2f')})",
+                 fontsize=10)
     rule = (
         "Each held-out patient is high risk if its predicted risk exceeds the median risk of the held-out "
         "patients of its own cross-validation fold, else low risk (ties at the median are low risk)."
@@ -865,6 +926,8 @@ def _risk_group_section(inp: _Inputs) -> str:
     caption = (
         f"Kaplan-Meier curves of the out-of-fold risk groups; ticks mark censored patients. {rule} "
         f"Log-rank test: chi-square {_num(chisq, '.2f')}, p = {_pvalue(p)}" + (f" ({note})." if note else ".")
+        + f" Hazard ratio of high against low risk (Cox, lifelines): {_num(hr, '.2f')} (95% CI {_num(hr_low, '.2f')} "
+        f"to {_num(hr_high, '.2f')}). Numbers at risk below the axis."
     )
     splits = scored.groupby("fold").agg(
         median=("fold_median_risk", "first"),
@@ -887,22 +950,38 @@ def _risk_group_section(inp: _Inputs) -> str:
         ),
         _kv(
             [("log-rank chi-square", _num(chisq, ".2f")), ("log-rank p", _pvalue(p))]
-            + ([("note", note)] if note else []),
+            + ([("note", note)] if note else [])
+            + [
+                ("hazard ratio, high against low risk", _num(hr, ".2f")),
+                ("hazard ratio 95% CI", f"{_num(hr_low, '.2f')} to {_num(hr_high, '.2f')}"),
+            ]
+            + ([("hazard ratio note", hr_note)] if hr_note else []),
             dl_id="logrank",
         ),
-        "<details><summary>Per-fold split</summary>\n"
-        + _table(
-            ["fold", "median held-out risk", "high risk", "low risk"],
-            split_rows,
-            numeric=[False, True, True, True],
-            table_id="risk-group-splits",
-        )
-        + "\n</details>",
+        _table(
+            ["group", *[_num(x, ".4g") for x in at_risk_times]],
+            at_risk_rows,
+            numeric=[False] + [True] * len(at_risk_times),
+            table_id="numbers-at-risk",
+            caption=f"Numbers at risk (patients still followed) at each time{unit and ' (' + inp.time_unit + ')'}.",
+        ),
+        _details(
+            "Per-fold split",
+            [
+                _table(
+                    ["fold", "median held-out risk", "high risk", "low risk"],
+                    split_rows,
+                    numeric=[False, True, True, True],
+                    table_id="risk-group-splits",
+                )
+            ],
+        ),
     ]
-    return "\n".join(parts)
+    parts += _calibration_blocks(inp, scored)
+    return parts
 
 
-def _benefit_section(inp: _Inputs) -> str:
+def _benefit_section(inp: _Inputs) -> list[Block]:
     """Predicted treatment benefit (``model.treatment``): its distribution by arm received, calibration of
     benefit by tertiles, the C-for-benefit with its bootstrap CI and, where a truth was given, the AUROC for
     the true benefiters; the assumption it rests on and the sign convention are stated first."""
@@ -910,15 +989,17 @@ def _benefit_section(inp: _Inputs) -> str:
     pred = inp.predictions
     reference = str(benefit.get("reference", ""))
     parts = [
-        f"<p><strong>Assumption:</strong> {_esc(benefit.get('assumption', ''))}.</p>",
-        f"<p><strong>Sign:</strong> {_esc(benefit.get('sign', ''))}. Model: {_esc(benefit.get('head', ''))}; "
-        f"each held-out patient is scored under every arm by the fold's model, everything but the arm as "
-        f"measured.</p>",
+        _p(f"{benefit.get('assumption', '')}.", strong="Assumption:"),
+        _p(
+            f"{benefit.get('sign', '')}. Model: {benefit.get('head', '')}; each held-out patient is scored under "
+            "every arm by the fold's model, everything but the arm as measured.",
+            strong="Sign:",
+        ),
     ]
     for level, entry in (benefit.get("by_arm") or {}).items():
         column = f"benefit_{level}"
         heading = f"{level} against {reference}"
-        parts.append(f"<h3>{_esc(heading)}</h3>")
+        parts.append(_h3(heading))
         if column in pred and "arm" in pred:
             values = pd.to_numeric(pred[column], errors="coerce")
             fig = _new_figure(6.4, 3.2)
@@ -1004,8 +1085,8 @@ def _benefit_section(inp: _Inputs) -> str:
                     "-log HR close to the mean predicted.",
                 )
             )
-    parts.append(f'<p class="note">C-for-benefit: {_esc(benefit.get("c_for_benefit_method", ""))}.</p>')
-    return "\n".join(parts)
+    parts.append(_p(f"C-for-benefit: {benefit.get('c_for_benefit_method', '')}.", cls="note"))
+    return parts
 
 
 def _ordered(names: Iterable[str], inp: _Inputs) -> list[str]:
@@ -1020,20 +1101,26 @@ def _feature_label(feature: str, gene: str, width: int = 40) -> str:
     return label if len(label) <= width else label[: width - 1] + "…"
 
 
-def _features_section(inp: _Inputs, top_n: int) -> str:
+def _features_section(inp: _Inputs, top_n: int) -> list[Block]:
     imp = inp.importance
     if imp.empty:
         inp.warn(f"{inp.explain_dir / 'feature_importance.tsv'}: no rows")
-        return '<p class="warnings">feature_importance.tsv has no rows.</p>'
+        return [_p("feature_importance.tsv has no rows.", cls="warnings")]
     gene_col = imp["gene_symbol"] if "gene_symbol" in imp.columns else pd.Series("", index=imp.index)
     parts = [
-        f'<p class="note">The {top_n} features of each modality with the largest mean |attribution| over the '
-        "held-out patients who have that modality. An attribution is a feature's share of a patient's predicted "
-        "log relative hazard (Integrated Gradients from the training-fold mean patient). The signed mean "
-        "attribution is also shown; it is near zero for a feature that raises the risk of some patients and lowers "
-        "it for others, so it is not a direction of effect. Features no fold model used (screened out, or "
-        "redundant with another) have zero attribution and are not listed.</p>"
+        _p(
+            f"The {top_n} features of each modality with the largest mean |attribution| over the held-out patients "
+            "who have that modality. An attribution is a feature's share of a patient's predicted log relative hazard "
+            f"({inp.attribution.get('method', 'attribution method')}; see Modality contributions). The signed mean "
+            "attribution is near zero for a feature that raises the risk of some patients and lowers it for others, so "
+            "it is not a direction of effect; the direction column (where the attributions carry it) is how the "
+            "attribution moves with the feature's value: carriers minus non-carriers for 0/1 and mutation features, "
+            "else the rank correlation of value and attribution. Features no fold model used (screened out, or "
+            "redundant with another) have zero attribution and are not listed.",
+            cls="note",
+        )
     ]
+    has_direction = {"direction", "direction_sign"} <= set(imp.columns)
     for name in _ordered(imp["modality"], inp):
         sub = imp[imp["modality"] == name].assign(_gene=gene_col[imp["modality"] == name])
         sub = sub.sort_values(["rank", "mean_abs_attribution"], ascending=[True, False], kind="stable")
@@ -1048,12 +1135,15 @@ def _features_section(inp: _Inputs, top_n: int) -> str:
                 _num(r["mean_abs_attribution"], ".3g"),
                 _num(r["mean_attribution"], ".3g"),
             ]
+            + ([_num(r["direction"], ".3g"), _direction_text(r)] if has_direction else [])
             for _, r in top.iterrows()
         ]
+        headers = ["rank", "feature", "gene symbol", "mean |attribution|", "mean attribution"]
+        headers += ["direction", "effect"] if has_direction else []
         table = _table(
-            ["rank", "feature", "gene symbol", "mean |attribution|", "mean attribution"],
+            headers,
             rows,
-            numeric=[True, False, False, True, True],
+            numeric=[True, False, False, True, True] + ([True, False] if has_direction else []),
             table_id=f"top-features-{_slug(name)}",
             caption=f"top {len(top)} of {len(sub)} features ({len(used)} used by a fold model); {n_patients} patients",
         )
@@ -1073,14 +1163,21 @@ def _features_section(inp: _Inputs, top_n: int) -> str:
             alt=f"bar chart of the top {len(top)} {name} features by mean absolute attribution",
             caption=f"{name}: the top {len(top)} features by mean |attribution|.",
         )
-        parts.append(f'<h3 id="features-{_esc(_slug(name))}">{_esc(name)}</h3>')
-        parts.append(f'<div class="grid">\n{table}\n{figure}\n</div>')
-    return "\n".join(parts)
+        parts.append(_h3(name, block_id=f"features-{_slug(name)}"))
+        parts.append(_grid([table, figure]))
+    return parts
 
 
-def _contributions_section(inp: _Inputs) -> str:
+def _direction_text(row: pd.Series) -> str:
+    """``raises risk (carrier difference)``: the direction sign and how it was measured."""
+    sign = str(row.get("direction_sign") or "").replace("_", " ") or "n/a"
+    kind = str(row.get("direction_kind") or "").replace("_", " ")
+    return f"{sign} ({kind})" if kind else sign
+
+
+def _contributions_section(inp: _Inputs) -> list[Block]:
     contrib = inp.contributions
-    mod_cols = _ordered([c for c in contrib.columns if c not in ("fold", "risk", "convergence_delta")], inp)
+    mod_cols = _ordered(_contribution_modalities(contrib.columns), inp)
     rows, names, means = [], [], []
     for name in mod_cols:
         values = contrib[name].to_numpy(float)
@@ -1117,7 +1214,7 @@ def _contributions_section(inp: _Inputs) -> str:
     risk_sd = float(np.nanstd(contrib["risk"].to_numpy(float))) if "risk" in contrib.columns else float("nan")
     delta_mean = att.get("convergence_delta_mean_abs")
     relative = _num(float(delta_mean) / risk_sd, ".2e") if _num(delta_mean) != "n/a" and risk_sd > 0 else "n/a"
-    parts.append("<h3>Attribution method</h3>")
+    parts.append(_h3("Attribution method"))
     parts.append(
         _kv(
             [
@@ -1133,7 +1230,9 @@ def _contributions_section(inp: _Inputs) -> str:
             dl_id="attribution-method",
         )
     )
-    return "\n".join(parts)
+    if att.get("convergence_warning"):
+        parts.append(_p(str(att["convergence_warning"]), cls="warnings", block_id="convergence-warning"))
+    return parts
 
 
 def _inputs_frame(raw: Any) -> pd.DataFrame:
@@ -1149,7 +1248,7 @@ def _inputs_frame(raw: Any) -> pd.DataFrame:
     return pd.DataFrame(columns=["path", "sha256"])
 
 
-def _provenance_section(inp: _Inputs, generated: str) -> str:
+def _provenance_section(inp: _Inputs, generated: str) -> list[Block]:
     prov = inp.provenance
     if not prov:
         inp.warn(f"{inp.store}: no provenance record")
@@ -1161,7 +1260,7 @@ def _provenance_section(inp: _Inputs, generated: str) -> str:
                 ("store created", prov.get("created", "n/a")),
                 ("store spec version", prov.get("store_spec_version", "n/a")),
                 ("store written by multimodal", versions.get("multimodal", "n/a")),
-                ("command", _Html(f"<code>{_esc(prov.get('command', 'n/a'))}</code>")),
+                ("command", Code(str(prov.get("command", "n/a")))),
                 ("input files fingerprinted (sha256)", str(len(files))),
                 ("report generated", generated),
                 ("report written by multimodal", __version__),
@@ -1183,10 +1282,13 @@ def _provenance_section(inp: _Inputs, generated: str) -> str:
         cols = [c for c in ("path", "sha256") if c in shown.columns] or list(shown.columns)
         more = len(files) - len(shown)
         parts.append(
-            "<details><summary>Input files</summary>\n"
-            + _table(cols, shown[cols].astype(str).to_numpy().tolist(), table_id="provenance-inputs")
-            + (f'\n<p class="note">… and {more} more, listed in the store provenance.</p>' if more else "")
-            + "\n</details>"
+            _details(
+                "Input files",
+                [
+                    _table(cols, shown[cols].astype(str).to_numpy().tolist(), table_id="provenance-inputs"),
+                    _p(f"… and {more} more, listed in the store provenance.", cls="note") if more else None,
+                ],
+            )
         )
     config_json = prov.get("config_json")
     if config_json:
@@ -1195,16 +1297,648 @@ def _provenance_section(inp: _Inputs, generated: str) -> str:
         except (TypeError, json.JSONDecodeError):
             pretty = str(config_json)
         summary = "Configuration when the cohort store was assembled (this run's model settings: model/params.json)"
-        parts.append(f"<details><summary>{summary}</summary>\n<pre>{_esc(pretty)}</pre>\n</details>")
-    return "\n".join(parts)
+        parts.append(_details(summary, [_pre(pretty)]))
+    parts += _stage_commands(inp)
+    return parts
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections added for issue 11: missingness, references with CIs, calibration, direction, added value, per patient
+
+CONTRIBUTION_COLUMNS = {"fold", "risk", "risk_percentile", "risk_group", "response_prob", "convergence_delta"}
+
+
+def _contribution_modalities(columns: Iterable[str]) -> list[str]:
+    """The per-modality summed-attribution columns of modality_contributions.tsv (not fold, risk, group_*, ...)."""
+    return [c for c in columns if c not in CONTRIBUTION_COLUMNS and not c.startswith("group_")]
+
+
+def _missingness_blocks(inp: _Inputs) -> list[Block]:
+    """Which combinations of modalities the patients have (an UpSet-like table and plot)."""
+    names = _modalities(inp)
+    if not names:
+        return []
+    has = pd.DataFrame({m: inp.obs[f"has_{m}"].fillna(False).astype(bool).to_numpy() for m in names})
+    patterns = has.value_counts().sort_values(ascending=False, kind="stable")
+    n = len(has)
+    rows = [
+        ["yes" if present else "–" for present in pattern] + [str(int(count)), _pct(count, n)]
+        for pattern, count in patterns.items()
+    ]
+    table = _table(
+        [*names, "patients", "% of cohort"],
+        rows,
+        numeric=[False] * len(names) + [True, True],
+        table_id="missingness-patterns",
+        caption="Modality combinations: each row is one pattern of which modalities a patient has; every patient "
+        "is in exactly one row. The model handles a missing modality by masking it.",
+    )
+    fig = _new_figure(max(3.0, 0.5 * len(patterns) + 1.8), 3.4)
+    axes = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
+    x = np.arange(len(patterns))
+    axes[0].bar(x, patterns.to_numpy(), color=BAR_COLOUR)
+    axes[0].set_ylabel("patients")
+    for i, pattern in enumerate(patterns.index):
+        present = np.flatnonzero(np.asarray(pattern, dtype=bool))
+        axes[1].scatter(np.full(len(names), i), np.arange(len(names)), color="#d9dee3", s=30)
+        if present.size:
+            axes[1].scatter(np.full(present.size, i), present, color="#1d2329", s=30)
+            axes[1].plot([i, i], [present.min(), present.max()], color="#1d2329", linewidth=1.5)
+    axes[1].set_yticks(np.arange(len(names)), names, fontsize=8)
+    axes[1].set_xticks([])
+    axes[1].set_ylim(-0.6, len(names) - 0.4)
+    figure = _figure(
+        fig,
+        alt="bar chart of patients per modality combination with a dot matrix of the modalities present",
+        caption="Patients per modality combination (filled dots: modalities present).",
+    )
+    return [_h3("Missingness pattern"), _grid([table, figure])]
+
+
+def _bootstrap_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray, *, n: int = 200, seed: int = 0) -> tuple:
+    """Harrell's C of ``risk`` and its seeded percentile bootstrap 95% CI (patients resampled)."""
+    from multimodal.model.metrics import harrell_c
+
+    value = harrell_c(time, event, risk)
+    rng = np.random.default_rng(seed)
+    draws = np.array([harrell_c(time[i], event[i], risk[i]) for i in rng.integers(0, len(time), (n, len(time)))])
+    draws = draws[np.isfinite(draws)]
+    low, high = (np.quantile(draws, [0.025, 0.975]) if draws.size >= 20 else (float("nan"), float("nan")))
+    return value, float(low), float(high)
+
+
+REFERENCE_COLUMNS = (
+    ("risk", "fusion model"),
+    ("risk_penalised_cox", "penalised Cox (elastic net) reference"),
+    ("risk_clinical_cox", "clinical-only Cox reference"),
+)
+
+
+def _reference_ci_block(inp: _Inputs) -> list[Block]:
+    """Pooled out-of-fold Harrell's C with a bootstrap 95% CI for the fusion model and each reference, on the
+    same folds and patients (predictions.tsv)."""
+    pred = inp.predictions
+    present = [(c, label) for c, label in REFERENCE_COLUMNS if c in pred.columns]
+    if len(present) < 2:
+        return []
+    rows = []
+    for column, label in present:
+        risk = pd.to_numeric(pred[column], errors="coerce").to_numpy(float)
+        ok, _, _ = _survival_arrays(pred["time"], pred["event"])
+        keep = ok & np.isfinite(risk)
+        time = pred["time"].to_numpy(float)[keep]
+        event = (pred["event"].to_numpy(float)[keep] > 0).astype(float)
+        value, low, high = _bootstrap_c(time, event, risk[keep])
+        rows.append([label, str(int(keep.sum())), _num(value), f"{_num(low)} to {_num(high)}"])
+    return [
+        _table(
+            ["model (same folds)", "patients", "Harrell's C pooled out-of-fold", "bootstrap 95% CI"],
+            rows,
+            numeric=[False, True, True, True],
+            table_id="reference-ci",
+            caption="Each model's held-out risks pooled over folds; 200 seeded bootstrap resamples of the patients "
+            "(computed by the report from predictions.tsv). The references are fitted on the same training folds.",
+        )
+    ]
+
+
+def _scalar_items(entry: Any) -> list[tuple[str, str]]:
+    """The numbers and strings of a metrics.json entry, one level deep (nested value/ci95 pairs shown as such)."""
+    if not isinstance(entry, dict):
+        return []
+    out = []
+    for key, value in entry.items():
+        if isinstance(value, dict) and "value" in value:
+            out.append((str(key), _with_ci(value)))
+        elif isinstance(value, bool | str):
+            out.append((str(key), str(value)))
+        elif isinstance(value, int | float) or value is None:
+            out.append((str(key), _num(value, ".4g")))
+    return out
+
+
+def _tasks_blocks(metrics: dict) -> list[Block]:
+    """metrics.json ``tasks`` (e.g. quality-of-life outcomes), whatever their metrics: pooled and per fold."""
+    tasks = metrics.get("tasks")
+    if not isinstance(tasks, dict) or not tasks:
+        return []
+    parts: list[Block] = [_h3("Other outcomes (tasks)")]
+    for name, task in tasks.items():
+        if not isinstance(task, dict):
+            continue
+        pooled = _scalar_items(task.get("pooled"))
+        folds = [f for f in task.get("folds") or [] if isinstance(f, dict)]
+        keys = list(dict.fromkeys(k for f in folds for k, _ in _scalar_items(f)))
+        rows = [[dict(_scalar_items(f)).get(k, "") for k in keys] for f in folds]
+        rows.append([dict(pooled).get(k, "") if k != "fold" else "pooled" for k in keys])
+        if keys:
+            parts.append(
+                _table(
+                    keys,
+                    rows,
+                    numeric=[k != "fold" for k in keys],
+                    table_id=f"task-{_slug(name)}",
+                    caption=f"{name} ({task.get('kind', 'outcome')}): per held-out fold and pooled out-of-fold.",
+                    row_classes=[None] * len(folds) + ["summary"],
+                )
+            )
+        elif pooled:
+            parts.append(_kv(pooled, dl_id=f"task-{_slug(name)}"))
+    return parts if len(parts) > 1 else []
+
+
+def _search_blocks(metrics: dict) -> list[Block]:
+    """metrics.json ``search``: the settings each fold's inner search chose."""
+    search = metrics.get("search")
+    if not search:
+        return []
+    entries = search if isinstance(search, list) else search.get("folds") if isinstance(search, dict) else None
+    if isinstance(search, dict) and entries is None:
+        entries = [{"fold": k, **v} if isinstance(v, dict) else {"fold": k, "chosen": v} for k, v in search.items()]
+    rows = []
+    for entry in entries or []:
+        if isinstance(entry, dict):
+            fold = entry.get("fold", "")
+            rest = {k: v for k, v in entry.items() if k != "fold"}
+            rows.append([_count(fold) if fold != "" else "", json.dumps(_json_safe(rest), sort_keys=True, default=str)])
+    if not rows:
+        return []
+    return [
+        _details(
+            "Settings chosen per fold (inner search)",
+            [_table(["fold", "chosen settings"], rows, table_id="search-choices")],
+        )
+    ]
+
+
+def _baseline_hazards(model_dir: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Each fold's Breslow baseline cumulative hazard at risk 0 (fold_<k>/baseline_hazard.tsv, from train)."""
+    out = {}
+    for path in sorted(model_dir.glob("fold_*/baseline_hazard.tsv")):
+        try:
+            k = int(path.parent.name.removeprefix("fold_"))
+        except ValueError:
+            continue
+        table = _read_tsv(path, required=("time", "cumulative_hazard"), numeric=("time", "cumulative_hazard"))
+        out[k] = (table["time"].to_numpy(float), table["cumulative_hazard"].to_numpy(float))
+    return out
+
+
+def _calibration_horizon(inp: _Inputs, time: np.ndarray) -> float:
+    """The middle of metrics.json's time-dependent AUC times, else the median observed time."""
+    times = ((inp.metrics.get("evaluation") or {}).get("settings") or {}).get("auc_times") or []
+    times = sorted(float(t) for t in times if isinstance(t, int | float))
+    if times:
+        return times[len(times) // 2]
+    return float(np.median(time)) if time.size else float("nan")
+
+
+def _calibration_blocks(inp: _Inputs, scored: pd.DataFrame) -> list[Block]:
+    """Predicted (in-fold Breslow baseline hazard) against Kaplan-Meier observed survival at a horizon, per
+    group of predicted survival."""
+    from lifelines import KaplanMeierFitter
+
+    hazards = _baseline_hazards(inp.model_dir)
+    parts: list[Block] = [_h3("Calibration", block_id="calibration")]
+    if not hazards:
+        return parts + [
+            _p(
+                "No calibration: the model directory has no fold_<k>/baseline_hazard.tsv (written by multimodal "
+                "train since issue 11); retrain to see predicted against observed survival.",
+                cls="note",
+            )
+        ]
+    ok, time, event = _survival_arrays(scored["time"], scored["event"])
+    rows_ok = scored[ok]
+    horizon = _calibration_horizon(inp, time)
+    predicted = np.full(len(rows_ok), np.nan)
+    for k, (t0, h0) in hazards.items():
+        sel = (rows_ok["fold"].to_numpy(float) == k)
+        at = np.searchsorted(t0, horizon, side="right") - 1
+        h = float(h0[at]) if at >= 0 else 0.0
+        predicted[sel] = np.exp(-np.exp(rows_ok["risk"].to_numpy(float)[sel]) * h)
+    keep = np.isfinite(predicted)
+    if keep.sum() < 10 or not math.isfinite(horizon):
+        return parts + [_p("Too few scored patients with a baseline hazard for a calibration table.", cls="note")]
+    n_groups = 5 if keep.sum() >= 150 else 3
+    order = pd.Series(predicted[keep]).rank(method="first").to_numpy()
+    group = np.ceil(order * n_groups / keep.sum()).astype(int)  # 1 = lowest predicted survival
+    t, e, pr = time[keep], event[keep], predicted[keep]
+    rows, xs, ys, lows, highs = [], [], [], [], []
+    for g in range(1, n_groups + 1):
+        sel = group == g
+        kmf = KaplanMeierFitter().fit(t[sel], e[sel])
+        observed = float(kmf.predict(horizon))
+        ci = kmf.confidence_interval_survival_function_
+        before = ci.index.to_numpy(float) <= horizon
+        low, high = (ci.to_numpy(float)[before][-1] if before.any() else (1.0, 1.0))
+        rows.append(
+            [
+                str(g),
+                str(int(sel.sum())),
+                str(int((e[sel] & (t[sel] <= horizon)).sum())),
+                _num(pr[sel].mean()),
+                _num(observed),
+                f"{_num(low)} to {_num(high)}",
+            ]
+        )
+        xs.append(pr[sel].mean())
+        ys.append(observed)
+        lows.append(low)
+        highs.append(high)
+    unit = f" {inp.time_unit}" if inp.time_unit else ""
+    fig = _new_figure(4.2, 4.0)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="#9aa5b1", linewidth=1, linestyle="--")
+    ys_a, lo_a, hi_a = np.array(ys), np.array(lows), np.array(highs)
+    ax.errorbar(xs, ys_a, yerr=[np.clip(ys_a - lo_a, 0, None), np.clip(hi_a - ys_a, 0, None)], fmt="o",
+                color=BAR_COLOUR, capsize=3)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(f"predicted survival at {_num(horizon, '.4g')}{unit}")
+    ax.set_ylabel("observed (Kaplan-Meier)")
+    caption = (
+        f"Calibration at {_num(horizon, '.4g')}{unit}: patients in {n_groups} equal groups of predicted survival "
+        "(1 = lowest); predicted = mean of S0(t)^exp(risk) with each fold's Breslow baseline hazard from its "
+        "training patients; observed = Kaplan-Meier survival of the group with its 95% CI. On the dashed line "
+        "predictions match what happened."
+    )
+    table = _table(
+        ["group", "patients", "events by horizon", "mean predicted survival", "observed survival (KM)", "95% CI"],
+        rows,
+        numeric=[True, True, True, True, True, True],
+        table_id="calibration-table",
+        caption=caption,
+    )
+    return parts + [_grid([table, _figure(fig, alt="calibration plot of predicted against observed survival",
+                                          caption=caption, figure_id="calibration-figure")])]
+
+
+def _read_attribution_matrices(inp: _Inputs) -> dict[str, Any]:
+    """Each modality of attributions.zarr (AnnData: X attributions, layer ``value`` when written); {} when it
+    cannot be read as such (the sections that need it say so)."""
+    import anndata as ad
+
+    from multimodal.store import configure_zarr_v3
+
+    root = inp.explain_dir / "attributions.zarr" / "mod"
+    out = {}
+    if not root.is_dir():
+        return out
+    configure_zarr_v3()
+    for path in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            out[path.name] = ad.read_zarr(str(path))
+        except Exception as exc:  # noqa: BLE001 - a damaged modality is reported, the others still shown
+            inp.warn(f"{path}: cannot read attributions: {type(exc).__name__}: {exc}")
+    return out
+
+
+def _dense(matrix: Any) -> np.ndarray:
+    return np.asarray(matrix.toarray() if hasattr(matrix, "toarray") else matrix, dtype=float)
+
+
+def _colour(fraction: float) -> str:
+    """Blue (0) through light grey (0.5) to red (1); grey for NaN."""
+    if not math.isfinite(fraction):
+        return "#9aa5b1"
+    stops = [(0.0, (46, 111, 168)), (0.5, (217, 217, 217)), (1.0, (192, 57, 43))]
+    (a, ca), (b, cb) = (stops[0], stops[1]) if fraction <= 0.5 else (stops[1], stops[2])
+    w = (fraction - a) / (b - a)
+    return "#" + "".join(f"{round(x + (y - x) * w):02x}" for x, y in zip(ca, cb, strict=True))
+
+
+def _direction_section(inp: _Inputs, matrices: dict[str, Any], top_n: int) -> list[Block]:
+    """A beeswarm per modality: a dot per held-out patient and top feature, x = attribution, colour = value."""
+    if not matrices:
+        return [_p("No attribution matrices to draw (attributions.zarr has no modalities).", cls="note")]
+    if not any("value" in a.layers for a in matrices.values()):
+        return [
+            _p(
+                "Direction plots need the patients' feature values beside their attributions (layer 'value' of "
+                "attributions.zarr, written by multimodal explain since issue 11); rerun explain to see them.",
+                cls="note",
+            )
+        ]
+    imp = inp.importance
+    parts: list[Block] = [
+        _p(
+            "Each dot is a held-out patient: its attribution for the feature (right of the line raises the predicted "
+            "risk) coloured by the patient's value of the feature. Red dots on the right mean high values raise risk.",
+            cls="note",
+        )
+    ]
+    n_show = min(top_n, 10)
+    for name in _ordered(matrices, inp):
+        adata = matrices[name]
+        if "value" not in adata.layers or adata.n_obs == 0:
+            continue
+        sub = imp[imp["modality"] == name].sort_values("rank", kind="stable")
+        sub = sub[sub["mean_abs_attribution"].fillna(0) > 0]
+        features = [f for f in sub["feature"] if f in adata.var_names][:n_show]
+        if not features:
+            continue
+        idx = [adata.var_names.get_loc(f) for f in features]
+        attr = _dense(adata.X[:, idx])
+        values = _dense(adata.layers["value"][:, idx])
+        patients = list(adata.obs_names)
+        limit = float(np.nanmax(np.abs(attr))) if np.isfinite(attr).any() else 1.0
+        limit = limit or 1.0
+        left, width, row_h = 190, 640, 26
+        height = row_h * len(features) + 40
+        scale = (width - left - 16) / (2 * limit)
+        zero_x = left + limit * scale
+        rows, table_rows = [], []
+        rng = np.random.default_rng(0)
+        for j, feature in enumerate(features):
+            y0 = 14 + j * row_h
+            a, v = attr[:, j], values[:, j]
+            finite_v = np.isfinite(v)
+            ranks = pd.Series(v).rank(pct=True).to_numpy()
+            if finite_v.sum() and np.nanmax(v) == np.nanmin(v):
+                ranks = np.where(finite_v, 0.5, np.nan)
+            jitter = rng.uniform(-row_h * 0.35, row_h * 0.35, size=len(a))
+            dots = [
+                {
+                    "x": round(zero_x + float(a[i]) * scale, 1),
+                    "y": round(y0 + float(jitter[i]), 1),
+                    "colour": _colour(float(ranks[i])),
+                    "title": f"{patients[i]}: {feature} = {_num(v[i], '.4g')}, attribution {_num(a[i], '.3g')}",
+                }
+                for i in range(len(a))
+                if np.isfinite(a[i])
+            ]
+            rows.append({"y": y0, "label": _feature_label(feature, ""), "dots": dots})
+            r = sub[sub["feature"] == feature].iloc[0]
+            direction = [_num(r["direction"], ".3g"), _direction_text(r)] if "direction" in sub.columns else ["", ""]
+            hi_mask = finite_v & (ranks > 0.5)
+            lo_mask = finite_v & (ranks <= 0.5)
+            table_rows.append(
+                [feature, *direction, _num(np.nanmean(a[hi_mask]) if hi_mask.any() else np.nan, ".3g"),
+                 _num(np.nanmean(a[lo_mask]) if lo_mask.any() else np.nan, ".3g")]
+            )
+        ticks = [{"x": round(zero_x + t * scale, 1), "label": _num(t, ".2g")} for t in np.linspace(-limit, limit, 5)]
+        parts.append(_h3(name, block_id=f"direction-{_slug(name)}"))
+        parts.append(
+            {
+                "kind": "swarm",
+                "id": f"swarm-{_slug(name)}",
+                "width": width,
+                "height": height,
+                "left": left,
+                "zero_x": round(zero_x, 1),
+                "ticks": ticks,
+                "rows": rows,
+                "alt": f"beeswarm of the attributions of the top {len(features)} {name} features",
+                "caption": f"{name}: attributions of the top {len(features)} features over {adata.n_obs} held-out "
+                "patients.",
+            }
+        )
+        parts.append(
+            _table(
+                ["feature", "direction", "effect", "mean attribution, upper half of values",
+                 "mean attribution, lower half of values"],
+                table_rows,
+                numeric=[False, True, False, True, True],
+                table_id=f"direction-table-{_slug(name)}",
+                caption="The numbers behind the plot: the direction from feature_importance.tsv and the mean "
+                "attribution of the patients above and at or below the feature's median value.",
+            )
+        )
+    return parts
+
+
+def _value_section(inp: _Inputs) -> list[Block]:
+    """Added value per modality (modality_value.tsv: masked C-index drop with a bootstrap CI, Shapley share) and
+    the trust checks (trust.json)."""
+    parts: list[Block] = []
+    path = inp.explain_dir / "modality_value.tsv"
+    if not path.is_file():
+        parts.append(
+            _p(f"{path.name} is absent: the attributions predate the added-value measure (rerun explain).", cls="note")
+        )
+    else:
+        numeric = ("c_index_full", "c_index_masked", "drop", "drop_ci_low", "drop_ci_high", "shapley_share")
+        table = _read_tsv(path, required=("modality", "drop"), numeric=numeric)
+        names = _ordered(table["modality"], inp)
+        table = table.set_index("modality").loc[names]
+        rows = [
+            [name, _num(r.get("c_index_full")), _num(r.get("c_index_masked")), _num(r.get("drop")),
+             f"{_num(r.get('drop_ci_low'))} to {_num(r.get('drop_ci_high'))}", _num(r.get("shapley_share"))]
+            for name, r in table.iterrows()
+        ]
+        caption = (
+            "Held-out Harrell's C of the fold models with every modality, and with this one masked at prediction "
+            "(as for a patient without it); drop = full minus masked, with a paired bootstrap 95% CI: a CI above 0 "
+            "means the modality adds predictive value. Shapley share: the modality's share of the summed "
+            "|contribution| over modality groups."
+        )
+        parts.append(
+            _table(
+                ["modality", "C-index, all modalities", "C-index, modality masked", "drop", "drop 95% CI",
+                 "Shapley share"],
+                rows,
+                numeric=[False, True, True, True, True, True],
+                table_id="modality-value",
+                caption=caption,
+            )
+        )
+        drops = table["drop"].to_numpy(float)
+        lows = table["drop_ci_low"].to_numpy(float) if "drop_ci_low" in table else drops
+        highs = table["drop_ci_high"].to_numpy(float) if "drop_ci_high" in table else drops
+        fig = _new_figure(5.2, 0.45 * len(names) + 1.0)
+        ax = fig.add_subplot()
+        y = np.arange(len(names))[::-1]
+        ax.barh(y, np.nan_to_num(drops), color=BAR_COLOUR)
+        err = np.vstack([np.clip(np.nan_to_num(drops - lows), 0, None), np.clip(np.nan_to_num(highs - drops), 0, None)])
+        ax.errorbar(np.nan_to_num(drops), y, xerr=err, fmt="none", ecolor="#1d2329", capsize=3)
+        ax.axvline(0, color="#1d2329", linewidth=0.8)
+        ax.set_yticks(y, names)
+        ax.set_xlabel("C-index drop when masked (95% CI)")
+        parts[-1] = _grid([parts[-1], _figure(fig, alt="bar chart of the C-index drop per masked modality",
+                                              caption="C-index drop when the modality is masked, with its CI.",
+                                              figure_id="modality-value-figure")])
+    trust_path = inp.explain_dir / "trust.json"
+    if trust_path.is_file():
+        trust = _read_json(trust_path)
+        parts.append(_h3("Can the attributions be trusted?", block_id="trust"))
+        parts += _trust_blocks(trust if isinstance(trust, dict) else {})
+    return parts
+
+
+def _trust_blocks(trust: dict) -> list[Block]:
+    """trust.json as tables: rank stability per modality, the randomisation check, planted precision@10."""
+    parts: list[Block] = []
+    stability = trust.get("rank_stability")
+    if isinstance(stability, dict) and stability:
+        keys = list(dict.fromkeys(k for v in stability.values() if isinstance(v, dict) for k in v))
+        rows = [
+            [name, *[_num(v.get(k), ".3g") if not isinstance(v.get(k), str) else v.get(k) for k in keys]]
+            for name, v in stability.items()
+            if isinstance(v, dict)
+        ]
+        if rows:
+            parts.append(
+                _table(["modality", *keys], rows, numeric=[False] + [True] * len(keys), table_id="trust-stability",
+                       caption="Rank stability of the feature importance across the fold models.")
+            )
+    randomisation = trust.get("randomisation")
+    if isinstance(randomisation, dict):
+        pairs = [(k, json.dumps(_json_safe(v), default=str) if isinstance(v, dict | list) else _num(v, ".3g")
+                  if isinstance(v, int | float) and not isinstance(v, bool) else str(v))
+                 for k, v in randomisation.items()]
+        parts.append(_h3("Model randomisation check"))
+        parts.append(_kv(pairs, dl_id="trust-randomisation"))
+    planted = trust.get("planted_precision_at_10")
+    if isinstance(planted, dict) and planted:
+        parts.append(
+            _table(["modality", "precision@10 of planted features"],
+                   [[k, _num(v, ".2f") if not isinstance(v, dict) else _num(v.get("precision"), ".2f")]
+                    for k, v in planted.items()],
+                   numeric=[False, True], table_id="trust-planted",
+                   caption="Simulated cohort: share of each modality's top 10 features that the simulator planted.")
+        )
+    return parts
+
+
+def _patient_section(inp: _Inputs, matrices: dict[str, Any], top_n: int) -> tuple[list[Block], dict | None]:
+    """The per-patient view (a select box; drawn by the inline script from the returned data) and its data:
+    per held-out patient its risk, percentile, group, modality contributions and top attributions with values."""
+    contrib = inp.contributions
+    if contrib.empty or not matrices:
+        return [_p("No per-patient attributions to show.", cls="note")], None
+    mods = _ordered(_contribution_modalities(contrib.columns), inp)
+    group_cols = [m for m in mods if f"group_{m}" in contrib.columns]
+    risk = contrib["risk"].to_numpy(float) if "risk" in contrib.columns else np.full(len(contrib), np.nan)
+    finite = np.sort(risk[np.isfinite(risk)])
+    if "risk_percentile" in contrib.columns:
+        percentile = pd.to_numeric(contrib["risk_percentile"], errors="coerce").to_numpy(float)
+    else:
+        percentile = 100.0 * np.searchsorted(finite, risk, side="right") / max(len(finite), 1)
+    if "risk_group" in contrib.columns:
+        groups = contrib["risk_group"].astype(str).to_numpy()
+    else:
+        groups = np.where(percentile > 200 / 3, "high", np.where(percentile > 100 / 3, "intermediate", "low"))
+    response = (
+        inp.predictions.set_index("patient_id")["response_prob"].reindex(contrib.index).to_numpy(float)
+        if "response_prob" in inp.predictions.columns
+        else np.full(len(contrib), np.nan)
+    )
+    # every patient's attributions over all modalities, with values where recorded
+    entries: dict[str, list[tuple[str, str, float, float]]] = {str(p): [] for p in contrib.index}
+    totals = dict.fromkeys(entries, 0.0)
+    for name, adata in matrices.items():
+        x = _dense(adata.X)
+        values = _dense(adata.layers["value"]) if "value" in adata.layers else np.full(x.shape, np.nan)
+        var = list(adata.var_names)
+        for i, pid in enumerate(adata.obs_names):
+            pid = str(pid)
+            if pid not in entries:
+                continue
+            row = x[i]
+            totals[pid] += float(np.nansum(row))
+            best = np.argsort(-np.abs(np.nan_to_num(row)))[:top_n]
+            entries[pid] += [(name, var[j], float(values[i, j]), float(row[j])) for j in best if row[j] != 0]
+    patients = {}
+    for i, pid in enumerate(map(str, contrib.index)):
+        top = sorted(entries[pid], key=lambda e: -abs(e[3]))[:top_n]
+        patients[pid] = {
+            "fold": _count(contrib["fold"].iloc[i]) if "fold" in contrib.columns else "n/a",
+            "risk": risk[i],
+            "percentile": percentile[i],
+            "risk_group": str(groups[i]),
+            "response_prob": response[i],
+            "delta": float(contrib["convergence_delta"].iloc[i]) if "convergence_delta" in contrib.columns else None,
+            "contrib": {m: float(contrib[m].iloc[i]) for m in mods},
+            "groups": {m: float(contrib[f"group_{m}"].iloc[i]) for m in group_cols},
+            "top": [list(e) for e in top],
+            "rest": totals[pid] - sum(e[3] for e in top),
+        }
+    order = sorted(patients)
+    data = {"modalities": mods, "has_groups": bool(group_cols), "patients": patients}
+    block = {
+        "kind": "patient_view",
+        "patients": order,
+        "top": top_n,
+        "has_groups": bool(group_cols),
+        "group_method": str(inp.attribution.get("group_method", "")),
+    }
+    note = _p(
+        "Choose a patient: their predicted risk and where it falls in the cohort, each modality's contribution, and "
+        "the features that moved their prediction most, with their values. Attributions are from the fold model "
+        "that did not see the patient. The same in the terminal: multimodal explain --patient ID.",
+        cls="note",
+    )
+    return [note, block], data
+
+
+_SHELL_COMMAND = re.compile(r"^Shell command: (.+)$")
+
+
+def _stage_commands(inp: _Inputs) -> list[Block]:
+    """Every stage's command: from the run transcript ``<outdir>/logs/run.log`` that ``multimodal run`` writes
+    (Snakemake's ``rule``/``Shell command`` lines), else the store's own recorded command."""
+    transcript = inp.model_dir.parent / "logs" / "run.log"
+    rows = []
+    if transcript.is_file():
+        rule = None
+        for line in transcript.read_text(encoding="utf-8", errors="replace").splitlines():
+            started = re.match(r"^(?:local)?rule (\S+?):\s*$", line)
+            if started:
+                rule = started.group(1)
+            command = _SHELL_COMMAND.match(line)
+            if command and rule and command.group(1).strip() != "None":
+                rows.append([rule, Code(command.group(1).strip())])
+                rule = None
+    if not rows:
+        rows = [["assemble (cohort store)", Code(str(inp.provenance.get("command", "n/a")))]]
+        source = ("the store's provenance (the other stages' commands are recorded when the pipeline runs through "
+                  "multimodal run, in <outdir>/logs/run.log)")
+    else:
+        source = f"{transcript}"
+    return [
+        _h3("Stage commands"),
+        _table(["stage", "command"], rows, table_id="stage-commands", caption=f"Every stage's command, from {source}."),
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
 # Entry point
 
 
-def _template() -> string.Template:
-    return string.Template(resources.files("multimodal.report").joinpath("template.html").read_text(encoding="utf-8"))
+def _environment() -> Any:
+    """The Jinja2 environment of the report templates (autoescaping on; ``code`` test for :class:`Code`)."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("multimodal.report", "templates"),
+        autoescape=jinja2.select_autoescape(["html"], default=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=False,
+        keep_trailing_newline=True,
+    )
+    env.tests["code"] = lambda value: isinstance(value, Code)
+    return env
+
+
+def _script_json(value: Any) -> Any:
+    """``value`` as JSON safe inside a ``<script>`` element (no ``</``, no NaN)."""
+    from markupsafe import Markup
+
+    text = json.dumps(_json_safe(value), separators=(",", ":"), allow_nan=False)
+    return Markup(text.replace("</", "<\\/").replace("<!--", "<\\!--"))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(float(value)) else None
+    return value
 
 
 def render_report(
@@ -1220,40 +1954,38 @@ def render_report(
         raise MultimodalError(f"top_n must be at least 1, got {top_n}")
     inp = _load(Path(store), Path(model_dir), Path(explain_dir))
     generated = datetime.now(UTC).isoformat(timespec="seconds")
+    matrices = _read_attribution_matrices(inp)
     sections = {
         "cohort": _cohort_section(inp),
         "exclusions": _exclusions_section(inp),
         "metrics": _metrics_section(inp),
         "risk-groups": _risk_group_section(inp),
         "features": _features_section(inp, top_n),
+        "direction": _direction_section(inp, matrices, top_n),
+        "value": _value_section(inp),
         "contributions": _contributions_section(inp),
         "provenance": _provenance_section(inp, generated),
     }
+    sections["patient"], patient_data = _patient_section(inp, matrices, top_n)
     if isinstance(inp.metrics.get("benefit"), dict):
         sections["benefit"] = _benefit_section(inp)
-    shown = [(key, heading) for key, heading in SECTIONS if key in sections]
-    body = []
-    if inp.warnings:
-        items = "\n".join(f"<li>{_esc(w)}</li>" for w in inp.warnings)
-        body.append(f'<div class="warnings" id="warnings"><strong>Checks</strong>\n<ul>\n{items}\n</ul>\n</div>')
-    for key, heading in shown:
-        body.append(f'<section id="{key}">\n<h2>{_esc(heading)}</h2>\n{sections[key]}\n</section>')
-    toc = "\n".join(f'<li><a href="#{key}">{_esc(heading)}</a></li>' for key, heading in shown)
-    subtitle = "\n".join(
-        f"<p>{_esc(label)}: <code>{_esc(path)}</code></p>"
-        for label, path in (("cohort store", store), ("model", model_dir), ("attributions", explain_dir))
-    )
-    footer = (
-        f"<p>Generated {_esc(generated)} by multimodal {_esc(__version__)}. "
-        "Self-contained: no scripts, no external resources.</p>"
-    )
-    return _template().substitute(
-        title=_esc(title),
-        version=_esc(__version__),
-        subtitle=subtitle,
-        toc=toc,
-        body="\n".join(body),
-        footer=footer,
+    shown = [
+        {"key": key, "heading": heading, "blocks": [b for b in sections[key] if b]}
+        for key, heading in SECTIONS
+        if key in sections
+    ]
+    return (
+        _environment()
+        .get_template("report.html")
+        .render(
+            title=title,
+            version=__version__,
+            inputs=[("cohort store", str(store)), ("model", str(model_dir)), ("attributions", str(explain_dir))],
+            sections=shown,
+            warnings=inp.warnings,
+            generated=generated,
+            patient_data=_script_json(patient_data) if patient_data else None,
+        )
     )
 
 
