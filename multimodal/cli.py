@@ -18,6 +18,8 @@ from multimodal import __version__
 from multimodal.errors import MultimodalError
 
 log = logging.getLogger("multimodal")
+#: Verbs whose --out is a stage output: each writes a manifest beside it (multimodal/verify.py).
+MANIFEST_VERBS = frozenset({"ingest", "assemble", "train", "explain", "report"})
 
 
 def _existing_file(value: str) -> Path:
@@ -169,6 +171,7 @@ def cmd_ingest_imaging(args: argparse.Namespace) -> None:
         round_intensities=args.round_intensities,
         resegment_range=args.resegment_range,
         outlier_sd=args.outlier_sd,
+        lesion_rule=args.lesion_rule,
         progress=_progress(args),
     )
     _write_h5ad(adata, args.out)
@@ -204,6 +207,7 @@ def cmd_assemble(args: argparse.Namespace) -> None:
         site_column=columns["site_column"],
         covariates=tuple(columns["covariates"]),
         categorical=tuple(columns["categorical"]),
+        qol_columns=tuple((columns.get("qol_columns") or {}).items()),
     )
     modality_chunks = {"variants": args.variants, "expression": args.expression, "imaging": args.imaging}
     for name, path in args.table:
@@ -311,6 +315,19 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     from multimodal.store import read_cohort_store, summarize_store
 
     print(summarize_store(read_cohort_store(args.store), path=args.store))
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from multimodal.verify import verify_results
+
+    drifts, checked = verify_results(args.results, workdir=args.workdir)
+    for drift in drifts:
+        print(f"drift: {drift}")
+    if drifts:
+        print(f"{len(drifts)} of {checked} recorded files differ from their manifests under {args.results}")
+        return 1
+    print(f"all {checked} recorded files under {args.results} and their inputs are as the stages wrote them")
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -464,6 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="IBSI outlier re-segmentation: ROI voxels beyond mean +- this many SD leave the intensity mask",
     )
+    p.add_argument(
+        "--lesion-rule",
+        choices=("largest", "volume_weighted"),
+        default="largest",
+        help="a patient's several lesions (sheet column lesion): the largest's features, or volume-weighted means",
+    )
     p.set_defaults(func=cmd_ingest_imaging)
 
     p = kinds.add_parser("table", parents=[common, io], help="any patients x features table as a modality")
@@ -548,6 +571,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", type=_existing_dir)
     p.set_defaults(func=cmd_inspect)
 
+    p = verbs.add_parser(
+        "verify", parents=[common], help="re-hash a results directory against its stage manifests and inputs"
+    )
+    p.add_argument("results", type=_existing_dir, help="results directory (the config's outdir)")
+    p.add_argument("--workdir", type=_existing_dir, help="where the run's relative input paths start (default .)")
+    p.set_defaults(func=cmd_verify)
+
     p = verbs.add_parser("run", parents=[common], help="run the Snakemake workflow with a config")
     p.add_argument(
         "--config",
@@ -574,6 +604,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     try:
         result = args.func(args)
+        if not result and args.verb in MANIFEST_VERBS:  # a stage's output: hashed for `multimodal verify`
+            from multimodal.verify import write_stage_manifest
+
+            write_stage_manifest(args, argv)
     except MultimodalError as exc:
         print(f"multimodal {args.verb}: error: {exc}", file=sys.stderr)
         return exc.exit_code

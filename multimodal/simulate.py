@@ -2,8 +2,9 @@
 
 Writes, under one directory:
 
-- ``clinical.tsv``: patient, site, treatment arm, age, sex, overall survival (months, event) and a
-  binary response;
+- ``clinical.tsv``: patient, site, treatment arm, age, sex, overall survival (months, event), a
+  binary response and two quality-of-life outcomes at follow-up (``qol_score``, 0-100, and
+  ``qol_grade``, 0-3), each with some values missing;
 - ``vcf/<patient>.vcf.gz`` (+ ``.tbi``): a somatic VCF per patient, bgzipped and tabix-indexed, with
   VEP-style ``CSQ`` annotations, a mix of consequences and non-PASS records;
 - ``expression_counts.tsv``: raw counts, genes x RNA samples (negative binomial);
@@ -45,6 +46,17 @@ INTENSITY_HAZARD = 0.3
 TEXTURE_HAZARD = 0.3
 AGE_HAZARD_PER_DECADE = 0.2
 ARM_HAZARD = -0.4
+#: Quality of life at follow-up, driven by planted features (see :func:`_quality_of_life`): the score falls
+#: with tumour size (imaging) and the proliferation program (expression); the grade (0 best .. 3 worst)
+#: rises with the proliferation program, an STK11 mutation (variants) and tumour size.
+QOL_SCORE_MODEL = {"intercept": 70.0, "size_latent": -8.0, "program": -6.0, "experimental_arm": 4.0, "noise_sd": 6.0}
+QOL_GRADE_MODEL = {
+    "program": 1.0,
+    "STK11": 1.5,
+    "size_latent": 0.8,
+    "noise": "logistic",
+    "thresholds": [-0.8, 0.6, 1.8],
+}
 
 KNOWN_GENES = (
     "EGFR",
@@ -132,6 +144,8 @@ class SimulationParams:
     #: log-hazard of the experimental arm in KRAS-mutant patients only (0: the arm acts the same in all),
     #: a treatment-by-biomarker interaction no additive model (Cox, additive fusion head) can represent
     arm_kras_interaction: float = 0.0
+    #: fraction of patients without each quality-of-life value (not returned at follow-up)
+    qol_missing_fraction: float = 0.1
 
 
 def simulate_cohort(outdir: str | Path, *, params: SimulationParams | None = None) -> dict:
@@ -192,6 +206,9 @@ def simulate_cohort(outdir: str | Path, *, params: SimulationParams | None = Non
             "response": response,
         }
     )
+    qol_score, qol_grade = _quality_of_life(params, arm, program, size_latent, drivers["STK11"])
+    clinical["qol_score"] = qol_score
+    clinical["qol_grade"] = pd.array(qol_grade, dtype="Int64")  # whole grades; missing stays empty
     _write_table(clinical, outdir / "clinical.tsv")
 
     gene_loci = _gene_loci(panel, rng)
@@ -259,6 +276,11 @@ def simulate_cohort(outdir: str | Path, *, params: SimulationParams | None = Non
         "interaction": {"experimental_arm_x_KRAS_mutant": params.arm_kras_interaction},
         "treatment_benefit": _true_benefit(patients, drivers["KRAS"], params.arm_kras_interaction),
         "response_model": "logit = -0.3 + 1.0 arm - 0.8 program - 0.8 TP53 - 0.5 size",
+        "quality_of_life": {
+            "qol_score": {"kind": "continuous", "range": [0, 100], "model": QOL_SCORE_MODEL},
+            "qol_grade": {"kind": "ordinal", "grades": [0, 1, 2, 3], "model": QOL_GRADE_MODEL},
+            "missing_fraction": params.qol_missing_fraction,
+        },
         "censoring": "uniform administrative censoring between 12 and 72 months",
         "event_fraction": float(os_event.mean()),
         "linear_predictor": {pid: float(e) for pid, e in zip(patients, eta, strict=True)},
@@ -267,6 +289,33 @@ def simulate_cohort(outdir: str | Path, *, params: SimulationParams | None = Non
         tmp.write_text(json.dumps(truth, indent=1))
     log.info("simulated %d patients under %s (event fraction %.2f)", n, outdir, os_event.mean())
     return truth
+
+
+def _quality_of_life(
+    params: SimulationParams, arm: np.ndarray, program: np.ndarray, size: np.ndarray, stk11: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The continuous QoL score (0-100) and ordinal QoL grade (0-3) per patient, NaN where not returned.
+
+    Drawn from their own random stream (seeded by ``params.seed``), so every other simulated value is the
+    same as without them.
+    """
+    rng = np.random.default_rng([params.seed, 20261202])
+    n = len(arm)
+    m = QOL_SCORE_MODEL
+    score = (
+        m["intercept"]
+        + m["size_latent"] * size
+        + m["program"] * program
+        + m["experimental_arm"] * arm
+        + rng.normal(0.0, m["noise_sd"], size=n)
+    )
+    score = np.clip(score, 0.0, 100.0).round(1)
+    g = QOL_GRADE_MODEL
+    latent = g["program"] * program + g["STK11"] * stk11 + g["size_latent"] * size + rng.logistic(size=n)
+    grade = np.searchsorted(np.asarray(g["thresholds"]), latent).astype(float)
+    score[rng.random(n) < params.qol_missing_fraction] = np.nan
+    grade[rng.random(n) < params.qol_missing_fraction] = np.nan
+    return score, grade
 
 
 def _true_benefit(patients: list[str], kras: np.ndarray, interaction: float) -> dict:

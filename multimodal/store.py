@@ -184,6 +184,9 @@ def cohort_exclusions(
     }
     if has_response:
         out["cohort"]["patients_without_response_outcome"] = int(obs["response"].isna().sum())
+    for column in mdata.uns.get("tasks", {}):  # quality-of-life outcomes: missing values kept, counted
+        if column in obs:
+            out["cohort"][f"patients_without_{column}"] = int(obs[column].isna().sum())
     return out
 
 
@@ -195,12 +198,14 @@ def build_provenance(
     command: list[str] | None = None,
 ) -> dict:
     """Input files with sha256, package versions, the resolved config, the command and exclusions."""
+    from multimodal.verify import relative_command
+
     paths = list(dict.fromkeys(str(p) for p in inputs if p))
     files = pd.DataFrame({"path": paths, "sha256": [sha256sum(p) for p in paths]})
     return {
         "store_spec_version": STORE_SPEC_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(command if command is not None else sys.argv),
+        "command": relative_command(command if command is not None else sys.argv),
         "versions": package_versions(),
         "inputs": files,
         "config_json": json.dumps(config or {}, sort_keys=True, default=str),
@@ -440,6 +445,8 @@ def build_cohort_store(
         clinical_path=clinical_path,
         samples_path=samples_path,
     )
+    if clinical_spec.qol_columns:  # which obs columns are quality-of-life tasks, and of which kind
+        mdata.uns["tasks"] = {column: kind for column, kind in clinical_spec.qol_columns}
     inputs: list[str | Path] = [clinical_path, samples_path, *(cohort_files or [])]
     for column in ("vcf", "image", "mask"):
         inputs.extend(p for p in samples[column] if p)

@@ -63,6 +63,9 @@ class ClinicalSpec:
     site_column: str | None = "site"
     covariates: tuple[str, ...] = ("age", "sex", "arm", "site")
     categorical: tuple[str, ...] = field(default=("sex", "arm", "site"))
+    #: quality-of-life outcomes, ``((column, continuous|ordinal), ...)``: kept in the store's obs under their
+    #: own names and trained as tasks (multimodal.model.tasks); ordinal grades are whole numbers 0, 1, 2, ...
+    qol_columns: tuple[tuple[str, str], ...] = ()
 
 
 def _binary(values: pd.Series, *, column: str, words: tuple[set[str], set[str]]) -> tuple[pd.Series, list[str]]:
@@ -115,6 +118,8 @@ def read_clinical(path: str | Path, *, spec: ClinicalSpec | None = None) -> pd.D
     frame = read_table(path, what=what)  # names a cut gzip, UTF-16, Excel, a mixed-up separator
     needed = [spec.id_column, spec.time_column, spec.event_column, *spec.covariates]
     needed += [c for c in (spec.response_column, spec.site_column) if c]
+    needed += [c for c, _ in spec.qol_columns]
+    _check_qol_spec(spec)
     absent = [c for c in dict.fromkeys(needed) if c not in frame.columns]
     if absent:
         diagnose_table(path, what=what)
@@ -144,11 +149,39 @@ def read_clinical(path: str | Path, *, spec: ClinicalSpec | None = None) -> pd.D
             numbers, found = _numeric(values, column=column)
             problems += found
             out[column] = numbers.to_numpy()
+    for column, kind in spec.qol_columns:
+        values, found = _numeric(frame[column], column=column, name=f"{kind} quality-of-life")
+        if kind == "ordinal":
+            bad = values.notna() & ((values < 0) | (values != values.round()))
+            found += line_problem(
+                frame[column][bad],
+                one=f"ordinal quality-of-life column {column!r} value",
+                many=f"ordinal quality-of-life column {column!r}",
+                problem="is not a grade 0, 1, 2, ...",
+            )
+        problems += found
+        out[column] = values.to_numpy()
     raise_problems(path, problems)
     if spec.site_column:
         site = frame[spec.site_column].str.strip()
         out["site"] = site.where(~site.str.lower().isin(MISSING), other="unknown").to_numpy()
     return out
+
+
+def _check_qol_spec(spec: ClinicalSpec) -> None:
+    """A QoL column is an outcome: of a known kind, not also a covariate or another outcome column."""
+    taken = {"time", "event", "response", "site", spec.id_column, spec.time_column, spec.event_column}
+    taken |= {c for c in (spec.response_column, spec.site_column) if c} | set(spec.covariates)
+    for column, kind in spec.qol_columns:
+        if kind not in ("continuous", "ordinal"):
+            raise MultimodalError(
+                f"clinical_columns.qol_columns.{column} must be continuous or ordinal, got {kind}"
+            )
+        if column in taken:
+            raise MultimodalError(
+                f"clinical_columns.qol_columns.{column}: the column is already used as a covariate, identifier, "
+                "outcome or site column (a quality-of-life outcome cannot also be a model input)"
+            )
 
 
 def clinical_features(clinical: pd.DataFrame, *, spec: ClinicalSpec | None = None) -> anndata.AnnData:

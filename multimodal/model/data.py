@@ -41,6 +41,8 @@ class CohortArrays:
     site: np.ndarray
     #: the store's obs (rows aligned to ``patients``): sites and covariates for ``model.harmonise``
     obs: pd.DataFrame | None = None
+    #: QoL task targets, patients x tasks (NaN = not recorded), filled by training (multimodal.model.tasks)
+    targets: np.ndarray | None = None
 
 
 def cohort_arrays(mdata: mudata.MuData, *, modalities: list[str] | None = None) -> CohortArrays:
@@ -315,7 +317,7 @@ class FoldPreprocessor:
 
 
 def rank_share(tensors: tuple[torch.Tensor, ...], *, rank: int, world_size: int) -> tuple[torch.Tensor, ...]:
-    """One process's share of a part's ``(*inputs, mask, time, event, response)`` under DDP: rows
+    """One process's share of a part's ``(*inputs, mask, time, event, response, targets)`` under DDP: rows
     ``rank::world_size``, padded to ``ceil(n / world_size)`` rows so that every rank has as many (``all_gather``
     and DDP's collectives need equal shapes). Padding rows repeat the share's first row with time, event
     and response NaN; the model drops them after gathering (``FusionSurvivalModel.whole_batch``).
@@ -331,7 +333,7 @@ def rank_share(tensors: tuple[torch.Tensor, ...], *, rank: int, world_size: int)
         index = torch.cat([index, first.expand(pad)])
     share = [t[index] for t in tensors]
     if pad:
-        for j in range(len(share) - 3, len(share)):  # time, event, response of the padding rows
+        for j in range(len(share) - 4, len(share)):  # time, event, response, QoL targets of the padding rows
             share[j][size - pad :] = float("nan")
     return tuple(share)
 
@@ -425,13 +427,14 @@ class CohortDataModule(L.LightningDataModule):
         return {name: int(len(self.preprocessor.selected[name])) for name in self.arrays.modalities}
 
     def tensors(self, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """``(*inputs, mask, time, event, response)`` of ``rows`` on the CPU, in the order the model's
+        """``(*inputs, mask, time, event, response, targets)`` of ``rows`` on the CPU, in the order the model's
         ``_split`` reads a batch."""
         self.setup()
         inputs, mask = self.preprocessor.transform(self.arrays, rows)
         a = self.arrays
         outcome = [torch.as_tensor(v[rows], dtype=torch.float32) for v in (a.time, a.event, a.response)]
-        return (*inputs, mask, *outcome)
+        targets = a.targets[rows] if a.targets is not None else np.zeros((len(rows), 0))
+        return (*inputs, mask, *outcome, torch.as_tensor(targets, dtype=torch.float32))
 
     def _device(self) -> torch.device:
         trainer = getattr(self, "trainer", None)

@@ -50,6 +50,8 @@ class TaskSpec:
     sd: float = 1.0
     #: ordinal: number of grades (0..levels-1), from the fold's training rows
     levels: int = 0
+    #: the task's column in the targets matrix (:func:`task_targets`)
+    column: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,13 +93,13 @@ def fit_task_specs(
             if len(known) < 2 or np.ptp(known) == 0:
                 notes.append(f"task {name}: fewer than 2 distinct training values; not trained in this fold")
                 continue
-            specs.append(TaskSpec(name, kind, weight, mean=float(known.mean()), sd=float(known.std())))
+            specs.append(TaskSpec(name, kind, weight, mean=float(known.mean()), sd=float(known.std()), column=j))
         else:
             levels = int(known.max()) + 1 if len(known) else 0
             if len(np.unique(known)) < 2:
                 notes.append(f"task {name}: fewer than 2 distinct training grades; not trained in this fold")
                 continue
-            specs.append(TaskSpec(name, kind, weight, levels=levels))
+            specs.append(TaskSpec(name, kind, weight, levels=levels, column=j))
     return specs, notes
 
 
@@ -145,19 +147,65 @@ def task_loss(spec: dict, head: nn.Module, output: torch.Tensor, target: torch.T
     return ordinal_nll(output, head.thresholds(), target)
 
 
-def task_predictions(spec: dict, head: nn.Module, output: torch.Tensor) -> dict[str, np.ndarray]:
-    """The prediction columns of one task: continuous ``pred_<name>`` (on the score's own scale); ordinal
-    ``pred_<name>`` (most probable grade) and ``pred_<name>_expected`` (expected grade)."""
-    name = spec["name"]
+def fold_model_settings(params, arrays, train_rows: np.ndarray, tasks: dict[str, str]) -> dict:
+    """The survival-loss and task hyperparameters of one fold's model (``FusionSurvivalModel`` keywords):
+    ``ties``, ``survival_loss``, ``time_cuts`` (discrete-time: fitted on the fold's training event times, so
+    they are saved with the fold's checkpoint), ``tasks`` (the fold's task specs) and ``survival_weight``."""
+    from multimodal.model.losses import time_bin_cuts
+
+    weights = params.task_weights or {}
+    cuts = None
+    if params.survival_loss == "discrete":
+        cuts = [float(c) for c in time_bin_cuts(arrays.time[train_rows], arrays.event[train_rows], params.time_bins)]
+    targets = arrays.targets if arrays.targets is not None else np.zeros((len(arrays.patients), 0))
+    specs, _ = fit_task_specs(tasks, targets, train_rows, weights)
+    return {
+        "ties": params.ties,
+        "survival_loss": params.survival_loss,
+        "time_cuts": cuts,
+        "tasks": [s.to_dict() for s in specs] or None,
+        "survival_weight": float(weights.get("survival", 1.0)),
+    }
+
+
+def task_outputs(model, inputs: list[torch.Tensor], mask: torch.Tensor) -> dict[str, np.ndarray]:
+    """Each trained task's prediction for these patients: continuous, the score on its own scale; ordinal,
+    the class probabilities (patients x grades). ``model`` is a ``FusionSurvivalModel`` in eval mode."""
+    net = model.net
+    if not net.task_specs:
+        return {}
     with torch.no_grad():
-        if spec["kind"] == "continuous":
-            return {f"pred_{name}": (spec["mean"] + spec["sd"] * output).cpu().numpy().astype(float)}
-        probs = ordinal_probabilities(output, head.thresholds())
-        grades = torch.arange(probs.shape[1], dtype=probs.dtype, device=probs.device)
-        return {
-            f"pred_{name}": probs.argmax(dim=1).cpu().numpy().astype(float),
-            f"pred_{name}_expected": (probs @ grades).cpu().numpy().astype(float),
-        }
+        out = net.outputs(*inputs, mask=mask)
+        result = {}
+        for spec in net.task_specs:
+            output = out[f"task:{spec['name']}"]
+            if spec["kind"] == "continuous":
+                result[spec["name"]] = (spec["mean"] + spec["sd"] * output).cpu().numpy().astype(float)
+            else:
+                probs = ordinal_probabilities(output, net.task_heads[spec["name"]].thresholds())
+                result[spec["name"]] = probs.cpu().numpy().astype(float)
+    return result
+
+
+def prediction_columns(tasks: dict[str, str], members: list[dict[str, np.ndarray]], n: int) -> dict[str, np.ndarray]:
+    """predictions.tsv's task columns from the ensemble members' :func:`task_outputs` (averaged): continuous
+    ``pred_<name>``; ordinal ``pred_<name>`` (most probable grade of the averaged probabilities) and
+    ``pred_<name>_expected`` (expected grade). NaN for a task this fold did not train."""
+    columns: dict[str, np.ndarray] = {}
+    for name, kind in tasks.items():
+        outputs = [m[name] for m in members if name in m]
+        if not outputs:
+            columns[f"pred_{name}"] = np.full(n, np.nan)
+            if kind == "ordinal":
+                columns[f"pred_{name}_expected"] = np.full(n, np.nan)
+            continue
+        mean = np.mean(outputs, axis=0)
+        if kind == "continuous":
+            columns[f"pred_{name}"] = mean
+        else:
+            columns[f"pred_{name}"] = mean.argmax(axis=1).astype(float)
+            columns[f"pred_{name}_expected"] = mean @ np.arange(mean.shape[1], dtype=float)
+    return columns
 
 
 def task_metrics(kind: str, name: str, frame: pd.DataFrame) -> dict:
