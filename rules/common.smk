@@ -16,7 +16,9 @@ validate(SAMPLES, "../config/samples.schema.yaml")
 for _column in ("vcf", "maf_sample", "rna_sample", "image", "mask"):
     if _column not in SAMPLES.columns:
         SAMPLES[_column] = ""
-SAMPLES = SAMPLES.set_index("patient_id", drop=False)
+# a sheet with lesion/timepoint columns may give a patient several imaging rows: chunks are of patients
+SAMPLE_ROWS = SAMPLES
+SAMPLES = SAMPLES.drop_duplicates("patient_id").set_index("patient_id", drop=False)
 
 OUT = config["outdir"]
 LOGS = f"{OUT}/logs"
@@ -37,7 +39,8 @@ wildcard_constraints:
 def chunk_files(chunk, columns):
     """Input files of the patients in one chunk."""
     rows = _chunk(SAMPLES, index=int(chunk), n_chunks=N_CHUNKS)
-    return [path for column in columns for path in rows[column] if path]
+    rows = SAMPLE_ROWS[SAMPLE_ROWS["patient_id"].isin(rows.index)]  # every imaging row of those patients
+    return list(dict.fromkeys(path for column in columns for path in rows[column] if path))
 
 
 def simulated_files():
@@ -46,7 +49,7 @@ def simulated_files():
     for vcf in SAMPLES["vcf"]:
         if vcf:
             files += [vcf, f"{vcf}.tbi"]
-    files += [p for column in ("image", "mask") for p in SAMPLES[column] if p]
+    files += [p for column in ("image", "mask") for p in SAMPLE_ROWS[column] if p]
     return files
 
 
@@ -69,6 +72,7 @@ def imaging_processing_options(ingest):
         "--round-intensities" if ingest.get("round_intensities") else "",
         option("--resegment-range", [str(b) for b in ingest.get("resegment_range") or []]),
         option("--outlier-sd", [str(ingest["outlier_sd"])]) if ingest.get("outlier_sd") else "",
+        option("--lesion-rule", [ingest["lesion_rule"]]) if ingest.get("lesion_rule", "largest") != "largest" else "",
     ]
     return " ".join(o for o in options if o)
 

@@ -10,6 +10,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import anndata
@@ -253,6 +254,7 @@ def imaging_matrix(
     round_intensities: bool = False,
     resegment_range: Iterable[float] | None = None,
     outlier_sd: float | None = None,
+    lesion_rule: str = "largest",
     progress: bool = True,
 ) -> anndata.AnnData:
     """IBSI 1 radiomics features of every patient with imaging, as a patients x features AnnData.
@@ -281,6 +283,17 @@ def imaging_matrix(
     to integers (CT). ``resegment_range`` ``(lo, hi)`` and ``outlier_sd`` (mean +- that many SD) take
     ROI voxels out of the intensity mask (the morphological mask stays as segmented); the voxels removed
     are ``obs['resegmented_voxels_removed']`` and, summed, ``exclusions['resegmented_voxels_removed']``.
+
+    Several lesions and timepoints (``samples['imaging_rows']``, from a sheet with ``lesion`` /
+    ``timepoint`` columns; :mod:`multimodal.ingest.samples`): each row is extracted, then a patient's
+    lesions at one timepoint are combined by ``lesion_rule``: ``largest`` (the features of the lesion with
+    the largest ``morph_volume``) or ``volume_weighted`` (each feature the mean over lesions weighted by
+    their ``morph_volume``; lesions where a feature is undefined are left out of its mean). The baseline
+    gives the features; with a ``timepoint`` column, the follow-up gives ``delta_<tag>`` (follow-up minus
+    baseline) and ``delta_rel_<tag>`` ((follow-up - baseline) / |baseline|, missing where the baseline is
+    0) for every feature. A patient without follow-up has them missing, counted in
+    ``exclusions['patients_without_follow_up']``; a patient with a follow-up but no baseline is an error.
+    ``obs['n_lesions']`` is the baseline lesion count.
     """
     missing = [col for col in ("image", "mask") if col not in samples.columns]
     if missing:
@@ -301,56 +314,33 @@ def imaging_matrix(
     if duplicated:
         raise MultimodalError(f"imaging samples table lists patients more than once: {duplicated[:10]}")
 
-    todo: list[tuple[str, str, str]] = []
-    rois: dict[str, tuple[str | None, bool]] = {}  # patient -> (ROI name, given in the sheet)
-    sheet_rois = samples["roi"] if "roi" in samples.columns else pd.Series([None] * len(samples), index=samples.index)
-    for pid, cell in zip(patient_ids, sheet_rois, strict=True):
-        rois[pid] = (None if _blank(cell) else str(cell).strip(), True)
-        if rois[pid][0] is None:
-            rois[pid] = (roi_name or None, False)
-    n_without = 0
-    for pid, image_path, mask_path in zip(patient_ids, samples["image"], samples["mask"], strict=True):
-        has_image = not _blank(image_path)
-        has_mask = not _blank(mask_path)
-        if not has_image and not has_mask:
-            n_without += 1
-        elif not has_mask:
-            raise MultimodalError(f"{image_path}: patient {pid} has an image but no mask")
-        elif not has_image:
-            raise MultimodalError(f"{mask_path}: patient {pid} has a mask but no image")
-        else:
-            # Missing files fail here, before any (slow) feature extraction.
-            for path, what in ((image_path, "image"), (mask_path, "mask")):
-                if not Path(str(path)).exists():
-                    raise MultimodalError(f"{path}: {what} file not found (patient {pid})")
-            if Path(str(image_path)).resolve() == Path(str(mask_path)).resolve():
-                raise MultimodalError(f"{image_path}: given as both the image and the mask of patient {pid}")
-            todo.append((pid, str(image_path), str(mask_path)))
+    if lesion_rule not in LESION_RULES:
+        raise MultimodalError(f"lesion_rule must be one of {', '.join(LESION_RULES)}, got {lesion_rule!r}")
+    several = "imaging_rows" in samples.columns
+    with_deltas = several and "timepoint" in samples.columns
+    todo, n_without = _imaging_entries(samples, patient_ids, roi_name)
     if n_without:
         logger.info("%d of %d patients have no imaging and are left out", n_without, len(patient_ids))
 
     # Every pair's headers (format, geometry) are checked before any slow extraction starts.
-    for pid, image_path, mask_path in todo:
-        roi, from_sheet = rois[pid]
-        check_pair(image_path, mask_path, roi=roi, label=mask_label, roi_from_sheet=from_sheet)
+    for entry in todo:
+        check_pair(entry.image, entry.mask, roi=entry.roi, label=mask_label, roi_from_sheet=entry.roi_from_sheet)
 
     classes = feature_classes(aggregations)
     names = list(classes)
-    rows = np.empty((len(todo), len(names)), dtype=np.float32)
+    extracted = np.empty((len(todo), len(names)), dtype=np.float32)
     n_merged, merged_example = 0, ""
-    removed = np.zeros(len(todo), dtype=np.int64)
-    for row, (pid, image_path, mask_path) in enumerate(
-        tqdm(todo, desc="radiomics", unit="patient", disable=not progress)
-    ):
-        roi, from_sheet = rois[pid]
+    removed_per_entry = np.zeros(len(todo), dtype=np.int64)
+    for row, entry in enumerate(tqdm(todo, desc="radiomics", unit="image", disable=not progress)):
+        pid, image_path, mask_path = entry.patient, entry.image, entry.mask
         image, mask, spacing, labels, taken = _image_and_mask(
-            image_path, mask_path, label=mask_label, roi=roi, roi_from_sheet=from_sheet
+            image_path, mask_path, label=mask_label, roi=entry.roi, roi_from_sheet=entry.roi_from_sheet
         )
         if taken is None and len(labels) > 1:
             n_merged += 1
             merged_example = merged_example or f"{mask_path}: labels {labels[:10]}"
         try:
-            image, mask, intensity_mask, spacing, removed[row] = processing.apply(image, mask, spacing)
+            image, mask, intensity_mask, spacing, removed_per_entry[row] = processing.apply(image, mask, spacing)
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # tiny ROIs: undefined values become NaN, counted
                 features = extract_radiomics(
@@ -364,8 +354,8 @@ def imaging_matrix(
                 )
         except MultimodalError as err:
             raise MultimodalError(f"{image_path} (mask {mask_path}, patient {pid}): {err}") from err
-        rows[row] = [features[name] for name in names]
-    logger.info("extracted %d radiomics features for %d patients", len(names), len(todo))
+        extracted[row] = [features[name] for name in names]
+    logger.info("extracted %d radiomics features from %d images", len(names), len(todo))
     if n_merged:
         logger.warning(
             "%d mask(s) hold several labels, merged into one ROI (e.g. %s); set ingest.mask_label "
@@ -373,21 +363,25 @@ def imaging_matrix(
             n_merged,
             merged_example,
         )
-
+    combined = _combine_lesions(todo, extracted, removed_per_entry, names, lesion_rule, with_deltas)
+    rows, removed, todo, n_lesions, n_without_follow_up = combined
     obs = pd.DataFrame(
-        {"image": [t[1] for t in todo], "mask": [t[2] for t in todo]},
-        index=pd.Index([t[0] for t in todo], name="patient_id"),
+        {"image": [t.image for t in todo], "mask": [t.mask for t in todo]},
+        index=pd.Index([t.patient for t in todo], name="patient_id"),
     )
+    if several:
+        obs["n_lesions"] = n_lesions
     if processing.resegments:
         obs["resegmented_voxels_removed"] = removed
+    prefixes = ("", *DELTA_PREFIXES) if with_deltas else ("",)
     var = pd.DataFrame(
         {
-            "feature_class": [classes[name] for name in names],
-            "ibsi_tag": names,
-            "native_name": [NATIVE_NAMES.get(name, "") for name in names],
+            "feature_class": [f"{p}{classes[name]}" for p in prefixes for name in names],
+            "ibsi_tag": [f"{p}{name}" for p in prefixes for name in names],
+            "native_name": [NATIVE_NAMES.get(name, "") if not p else "" for p in prefixes for name in names],
             "source": "radiomics",
         },
-        index=pd.Index(names, name="feature"),
+        index=pd.Index([f"{p}{name}" for p in prefixes for name in names], name="feature"),
     )
     uns = {
         "ingest": {
@@ -402,11 +396,16 @@ def imaging_matrix(
                 **processing.params(),  # resampling and re-segmentation: "none" unless configured
                 "mask_label": "any non-zero" if mask_label is None else int(mask_label),
                 **({"roi_name": str(roi_name)} if roi_name else {}),
+                **({"lesion_rule": lesion_rule, "images_extracted": len(extracted)} if several else {}),
+                **({"delta_features": [f"{p}<tag>" for p in DELTA_PREFIXES]} if with_deltas else {}),
             },
             "exclusions": {
                 "patients_without_imaging": int(n_without),
                 # e.g. texture of a one-voxel ROI: left missing, imputed inside each training fold
-                "undefined_feature_values": int(np.isnan(rows).sum()),
+                "undefined_feature_values": int(np.isnan(rows[:, : len(names)]).sum()),
+                **({"patients_with_several_lesions": int((np.asarray(n_lesions) > 1).sum())} if several else {}),
+                # delta features of a patient scanned once: missing, imputed inside each training fold
+                **({"patients_without_follow_up": int(n_without_follow_up)} if with_deltas else {}),
                 "masks_with_several_labels_merged": int(n_merged),
                 **({"resegmented_voxels_removed": int(removed.sum())} if processing.resegments else {}),
             },
@@ -414,6 +413,136 @@ def imaging_matrix(
         }
     }
     return anndata.AnnData(X=rows, obs=obs, var=var, uns=uns)
+
+
+LESION_RULES = ("largest", "volume_weighted")
+#: Names of the follow-up features: ``delta_<tag>`` (follow-up minus baseline), ``delta_rel_<tag>`` (relative)
+DELTA_PREFIXES = ("delta_", "delta_rel_")
+VOLUME_FEATURE = "morph_volume"
+
+
+@dataclass(frozen=True)
+class ImagingEntry:
+    """One image/mask pair to extract: a patient's lesion at a timepoint (one per patient without them)."""
+
+    patient: str
+    image: str
+    mask: str
+    roi: str | None
+    roi_from_sheet: bool
+    lesion: str = ""
+    timepoint: str = "baseline"
+    line: int | None = None
+
+
+def _imaging_entries(
+    samples: pd.DataFrame, patient_ids: list[str], roi_name: str | None
+) -> tuple[list[ImagingEntry], int]:
+    """Every image/mask pair of ``samples`` (checked to exist), and the number of patients without imaging."""
+    several = "imaging_rows" in samples.columns
+    sheet_rois = samples["roi"] if "roi" in samples.columns else pd.Series([None] * len(samples), index=samples.index)
+    todo: list[ImagingEntry] = []
+    n_without = 0
+    for k, pid in enumerate(patient_ids):
+        if several:
+            records = list(samples["imaging_rows"].iloc[k] or ())
+        else:
+            records = [{"image": samples["image"].iloc[k], "mask": samples["mask"].iloc[k], "roi": sheet_rois.iloc[k]}]
+        records = [r for r in records if not (_blank(r["image"]) and _blank(r["mask"]))]
+        if not records:
+            n_without += 1
+            continue
+        for record in records:
+            image_path, mask_path, cell = record["image"], record["mask"], record.get("roi")
+            where = f" (samples sheet line {record['line']})" if record.get("line") else ""
+            if _blank(mask_path):
+                raise MultimodalError(f"{image_path}: patient {pid} has an image but no mask{where}")
+            if _blank(image_path):
+                raise MultimodalError(f"{mask_path}: patient {pid} has a mask but no image{where}")
+            # Missing files fail here, before any (slow) feature extraction.
+            for path, what in ((image_path, "image"), (mask_path, "mask")):
+                if not Path(str(path)).exists():
+                    raise MultimodalError(f"{path}: {what} file not found (patient {pid}){where}")
+            if Path(str(image_path)).resolve() == Path(str(mask_path)).resolve():
+                raise MultimodalError(f"{image_path}: given as both the image and the mask of patient {pid}")
+            roi = None if _blank(cell) else str(cell).strip()
+            todo.append(
+                ImagingEntry(
+                    patient=pid,
+                    image=str(image_path),
+                    mask=str(mask_path),
+                    roi=roi or roi_name or None,
+                    roi_from_sheet=roi is not None,
+                    lesion=str(record.get("lesion") or ""),
+                    timepoint=str(record.get("timepoint") or "baseline"),
+                    line=record.get("line"),
+                )
+            )
+        timepoints = {e.timepoint for e in todo if e.patient == pid}
+        if "baseline" not in timepoints:
+            raise MultimodalError(
+                f"patient {pid} has a follow_up image but no baseline (samples sheet line {records[0].get('line')}); "
+                "delta features need both"
+            )
+    return todo, n_without
+
+
+def _combine_lesions(
+    todo: list[ImagingEntry],
+    extracted: np.ndarray,
+    removed: np.ndarray,
+    names: list[str],
+    rule: str,
+    with_deltas: bool,
+) -> tuple[np.ndarray, np.ndarray, list[ImagingEntry], list[int], int]:
+    """Per patient: lesions combined by ``rule`` at each timepoint, baseline features then (``with_deltas``)
+    follow-up deltas. Returns rows, voxels removed per patient, one representative entry per patient (the
+    largest baseline lesion), the baseline lesion count per patient, and how many patients lack a follow-up."""
+    volume = names.index(VOLUME_FEATURE)
+    patients = list(dict.fromkeys(e.patient for e in todo))
+    width = len(names) * (1 + len(DELTA_PREFIXES) * with_deltas)
+    rows = np.full((len(patients), width), np.nan, dtype=np.float32)
+    removed_out = np.zeros(len(patients), dtype=np.int64)
+    representative, n_lesions, n_without_follow_up = [], [], 0
+    for i, pid in enumerate(patients):
+        at = {
+            tp: [j for j, e in enumerate(todo) if e.patient == pid and e.timepoint == tp]
+            for tp in ("baseline", "follow_up")
+        }
+        removed_out[i] = removed[at["baseline"] + at["follow_up"]].sum()
+        baseline = _lesion_rule(extracted[at["baseline"]], volume, rule)
+        rows[i, : len(names)] = baseline
+        largest = at["baseline"][int(np.nanargmax(np.nan_to_num(extracted[at["baseline"], volume], nan=-1.0)))]
+        representative.append(todo[largest])
+        n_lesions.append(len(at["baseline"]))
+        if not with_deltas:
+            continue
+        if not at["follow_up"]:
+            n_without_follow_up += 1
+            continue
+        follow_up = _lesion_rule(extracted[at["follow_up"]], volume, rule)
+        delta = follow_up.astype(np.float64) - baseline
+        with np.errstate(divide="ignore", invalid="ignore"):
+            relative = np.where(baseline != 0, delta / np.abs(baseline), np.nan)
+        rows[i, len(names) : 2 * len(names)] = delta
+        rows[i, 2 * len(names) :] = relative
+    return rows, removed_out, representative, n_lesions, n_without_follow_up
+
+
+def _lesion_rule(lesions: np.ndarray, volume: int, rule: str) -> np.ndarray:
+    """One feature vector from a timepoint's lesions (rows): the largest by volume, or the volume-weighted mean."""
+    if len(lesions) == 1:
+        return lesions[0].astype(np.float64)
+    sizes = np.nan_to_num(lesions[:, volume].astype(np.float64), nan=0.0)
+    if rule == "largest":
+        return lesions[int(np.argmax(sizes))].astype(np.float64)
+    values = lesions.astype(np.float64)
+    defined = np.isfinite(values)
+    weights = np.where(defined, sizes[:, None], 0.0)
+    total = weights.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (np.where(defined, values, 0.0) * weights).sum(axis=0) / total
+    return np.where(total > 0, mean, np.nan)
 
 
 def _blank(value: object) -> bool:

@@ -12,6 +12,13 @@ config, by default the samples sheet's own directory and the working directory. 
 
 Patient IDs become AnnData names, TSV cells and parts of file names, so they are restricted to
 :data:`PATIENT_ID_ALPHABET`.
+
+Several lesions and timepoints: with a ``lesion`` and/or ``timepoint`` column (``baseline`` or
+``follow_up``; empty: baseline) a patient may have several rows, one per image/mask/roi, unique by
+(patient_id, lesion, timepoint); the patient's other cells (vcf, rna_sample, ...) are given once, on its
+first row, or repeated identically. :func:`read_samples` still returns one row per patient (its first
+row's cells) with the patient's imaging rows in the column ``imaging_rows`` (a tuple of dicts: lesion,
+timepoint, image, mask, roi, line), read by :func:`multimodal.ingest.imaging.imaging_matrix`.
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ FILE_COLUMNS = ("vcf", "image", "mask")
 OPTIONAL_COLUMNS = ("vcf", "maf_sample", "rna_sample", "image", "mask")
 #: Optional columns that may repeat between patients: ``tumour_sample`` names a column inside the patient's own VCF.
 SHARED_VALUE_COLUMNS = ("tumour_sample",)
+#: Columns that let a patient have several imaging rows (lesions, timepoints), and the timepoints known.
+IMAGING_KEY_COLUMNS = ("lesion", "timepoint")
+IMAGING_ROW_COLUMNS = ("image", "mask", "roi")
+TIMEPOINTS = ("baseline", "follow_up")
 
 #: Allowed patient IDs: 1 to 128 of ASCII letters, digits, ``.``, ``_`` and ``-``, starting with a letter
 #: or digit. Such an ID is a safe file name and TSV cell as is (no ``/``, no ``..``, no whitespace).
@@ -131,9 +142,18 @@ def read_samples(
             frame[column] = ""
         frame[column] = frame[column].str.strip()
     frame["patient_id"] = frame["patient_id"].str.strip()
-    problems = id_problems(frame["patient_id"], column="patient_id") + patient_id_problems(frame["patient_id"])
+    several = any(c in frame.columns for c in IMAGING_KEY_COLUMNS)  # several imaging rows per patient allowed
+    if several:
+        key = _imaging_key(frame, path)
+        problems = id_problems(key, column="(patient_id, lesion, timepoint)")
+        problems += [p for p in id_problems(frame["patient_id"], column="patient_id") if "empty" in p]
+    else:
+        problems = id_problems(frame["patient_id"], column="patient_id")
+    problems += patient_id_problems(frame["patient_id"])
     for column in OPTIONAL_COLUMNS:  # two patients sharing one input is a sample swap, not a cohort
         given = frame[column][frame[column] != ""]
+        if several:  # a patient's lesions share its image (and an RTSTRUCT), its rows its VCF: once per patient
+            given = given[~frame.loc[given.index].duplicated(["patient_id", column])]
         problems += [p for p in id_problems(given, column=column) if "empty" not in p]
     raise_problems(Path(path), problems)
     check_cells(frame, path=path)
@@ -173,7 +193,61 @@ def read_samples(
                     "without a mask or a mask without an image"
                 )
     frame["sheet_line"] = frame.index
+    if several:
+        frame = _one_row_per_patient(frame, path)
     return frame.set_index("patient_id")
+
+
+def _imaging_key(frame: pd.DataFrame, path: str | Path) -> pd.Series:
+    """``patient_id|lesion|timepoint`` per line (after checking the timepoints), for the duplicate check."""
+    for column in IMAGING_KEY_COLUMNS:  # a sheet without timepoints (lesions only): no delta features later
+        if column in frame.columns:
+            frame[column] = frame[column].str.strip()
+    if "timepoint" in frame.columns:
+        frame["timepoint"] = frame["timepoint"].replace("", TIMEPOINTS[0])
+        bad = frame[~frame["timepoint"].isin(TIMEPOINTS)]
+        if len(bad):
+            raise MultimodalError(
+                f"{path}: line {int(bad.index[0])}: timepoint {bad['timepoint'].iloc[0]!r} is not one of "
+                f"{', '.join(TIMEPOINTS)} (empty: baseline)"
+            )
+    lesion = frame["lesion"] if "lesion" in frame.columns else ""
+    timepoint = frame["timepoint"] if "timepoint" in frame.columns else TIMEPOINTS[0]
+    return frame["patient_id"] + "|" + lesion + "|" + timepoint
+
+
+def _one_row_per_patient(frame: pd.DataFrame, path: str | Path) -> pd.DataFrame:
+    """The first row of each patient, with every row's image/mask/roi in ``imaging_rows``; a patient's other
+    cells must be empty on its later rows or equal to the first's."""
+    columns = [c for c in frame.columns if c not in (*IMAGING_ROW_COLUMNS, *IMAGING_KEY_COLUMNS, "sheet_line")]
+    if "roi" not in frame.columns:
+        frame["roi"] = ""
+    rows: dict[str, list[dict]] = {}
+    first: dict[str, pd.Series] = {}
+    for line, record in frame.iterrows():
+        pid = record["patient_id"]
+        if pid in first:
+            for column in columns:
+                if record[column] and record[column] != first[pid][column]:
+                    raise MultimodalError(
+                        f"{path}: line {line}: patient {pid} has {column} {record[column]!r}, but "
+                        f"{first[pid][column]!r} on line {int(first[pid]['sheet_line'])}; "
+                        "give it on the patient's first row"
+                    )
+        else:
+            first[pid] = record
+        if record["image"] or record["mask"]:
+            rows.setdefault(pid, []).append(
+                {
+                    "lesion": record.get("lesion", ""),
+                    "timepoint": record.get("timepoint", TIMEPOINTS[0]),
+                    **{c: record[c] for c in IMAGING_ROW_COLUMNS},
+                    "line": int(line),
+                }
+            )
+    out = frame.drop_duplicates("patient_id", keep="first").copy()
+    out["imaging_rows"] = [tuple(rows.get(pid, ())) for pid in out["patient_id"]]
+    return out
 
 
 def chunk(frame: pd.DataFrame, *, index: int, n_chunks: int) -> pd.DataFrame:
