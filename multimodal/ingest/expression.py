@@ -243,6 +243,8 @@ def expression_matrix(
     source: str = "counts table",
     values: str = "counts",
     target_sum: float = 1e6,
+    min_count: float = 0.0,
+    min_samples: int = 1,
 ) -> anndata.AnnData:
     """Patients x genes AnnData from a genes x samples frame and the samples sheet.
 
@@ -252,9 +254,18 @@ def expression_matrix(
     With ``values="counts"`` writes ``layers['counts']`` (raw) and ``X`` (log1p CPM); with
     ``values="log"`` (a log2(x+1) or log-TPM table) ``X`` is the table as given and no counts layer is
     written. Also writes ``var['gene_symbol']``, ``var['feature_class']``, ``var['source']``.
+
+    Gene IDs are harmonised first: Ensembl version suffixes are stripped (``ENSG00000141510.17`` ->
+    ``ENSG00000141510``) and rows that then share an ID are summed (the duplicate rule: features are keyed
+    by the ID the input gives, so two IDs with one symbol stay two features, and rows repeating one ID are
+    summed). With ``min_count`` > 0, a gene is kept only when at least ``min_samples`` of the cohort's
+    samples have a value >= ``min_count`` (raw counts; the given values for log-scale input); the others
+    are counted as ``genes_below_min_expression``.
     """
     import anndata as ad
     import scanpy as sc
+
+    from multimodal.ingest.expression_formats import strip_version
 
     if values not in EXPRESSION_VALUES:
         raise MultimodalError(f"expression values must be one of {EXPRESSION_VALUES}, got {values!r}")
@@ -279,8 +290,19 @@ def expression_matrix(
     n_unclaimed = sum(c not in set(claimed) for c in counts.columns) + counts.attrs.get("sample_columns_not_read", 0)
     n_summary_rows = int(counts.attrs.get("summary_rows_removed", 0))
     n_with_missing = int(counts.attrs.get("genes_with_missing_values", 0))
-    symbol_of = dict(counts.attrs.get("gene_symbols", {}))
-    n_duplicate_genes = int(counts.index.duplicated().sum())
+    symbol_of = {
+        str(k): v
+        for k, v in zip(
+            strip_version(pd.Index(list(counts.attrs.get("gene_symbols", {})))),
+            counts.attrs.get("gene_symbols", {}).values(),
+            strict=True,
+        )
+    }
+    n_duplicate_genes = int(counts.attrs.get("duplicate_gene_rows_summed", 0))
+    attrs = dict(counts.attrs)
+    counts = counts.set_axis(strip_version(counts.index.astype(str)), axis=0)
+    counts.attrs = attrs
+    n_duplicate_genes += int(counts.index.duplicated().sum())
     if n_duplicate_genes:
         counts = counts.groupby(level=0, sort=False).sum()
     matrix = counts.loc[:, list(claimed)].T
@@ -289,6 +311,12 @@ def expression_matrix(
     else:
         uninformative = (matrix.max(axis=0) == matrix.min(axis=0)).to_numpy()
     matrix = matrix.loc[:, ~uninformative]
+    if min_samples < 1:
+        raise MultimodalError(f"ingest.min_expression.min_samples must be at least 1, got {min_samples}")
+    low = np.zeros(matrix.shape[1], dtype=bool)
+    if min_count > 0:
+        low = ((matrix >= min_count).sum(axis=0) < min_samples).to_numpy()
+        matrix = matrix.loc[:, ~low]
     table = matrix.to_numpy(dtype=np.float64)
     is_integer = bool(np.all(np.mod(table, 1) == 0))
     if values == "counts" and matrix.shape[0]:
@@ -337,6 +365,9 @@ def expression_matrix(
             "normalisation": "scanpy.pp.normalize_total + log1p" if values == "counts" else "none (log-scale input)",
             "target_sum": float(target_sum),
             "integer_counts": is_integer,
+            "min_count": float(min_count),
+            "min_samples": int(min_samples),
+            "gene_ids": "Ensembl version suffixes stripped; rows sharing an ID summed",
         },
         "n_patients_in": int(len(samples)),
         "exclusions": {
@@ -347,6 +378,12 @@ def expression_matrix(
             ),
             "genes_with_missing_values": n_with_missing,
             "duplicate_gene_rows_summed": n_duplicate_genes,
+            "genes_below_min_expression": int(low.sum()),
+            **{
+                key: int(attrs[key])
+                for key in ("transcripts_not_in_tx2gene", "cells_without_sample_or_cell_type")
+                if key in attrs
+            },
             "summary_rows_removed": n_summary_rows,
             "rna_samples_matched_by_barcode_prefix": n_by_prefix,
         },

@@ -1,0 +1,308 @@
+"""Expression inputs beyond a counts table: Salmon ``quant.sf``, AnnData ``.h5ad`` (bulk or single-cell), 10x ``.h5``.
+
+Every reader gives a genes x samples float64 frame of raw counts (as :func:`read_counts_table` does), so
+:func:`multimodal.ingest.expression.expression_matrix` normalises all of them the same way, and notes
+what it left out in ``frame.attrs``. Gene IDs are harmonised by :func:`strip_version`
+(``ENSG00000141510.17`` -> ``ENSG00000141510``); rows that then share an ID are summed.
+
+- **Salmon** ``quant.sf`` (one per sample, named by the samples sheet's ``rna_file``): its exact header
+  ``Name Length EffectiveLength TPM NumReads``; transcripts summed to genes through a tx2gene table
+  (two columns, transcript then gene, as tximport's ``tx2gene``), counts (``NumReads``) and TPM alike.
+  Transcripts missing from tx2gene are left out and counted; none found is an error.
+- **featureCounts** output is a counts table (``read_counts_table`` reads its ``#`` line and annotation
+  columns), cohort-wide or one per sample.
+- **bulk** ``.h5ad``: rows are samples (``obs_names`` named by ``rna_sample``), columns genes; raw counts
+  from ``layers['counts']`` when present, else ``X``.
+- **single-cell** ``.h5ad`` (its ``obs`` has the ``sample_key`` column): cells summed per sample with
+  ``scanpy.get.aggregate`` (a pseudobulk profile per patient); with ``cell_type_key``, per sample and cell
+  type, each cell type's genes becoming features of their own (``<cell type>:<gene>``).
+- **10x** ``.h5`` (Cell Ranger's filtered feature-barcode matrix, one per sample): read with
+  ``scanpy.read_10x_h5`` (Gene Expression features only) and summed over its cell barcodes; genes keyed
+  by their Ensembl ID, the symbol kept as ``gene_symbol``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from multimodal.errors import MultimodalError
+
+#: Salmon's quant.sf columns, in order.
+SALMON_COLUMNS = ("Name", "Length", "EffectiveLength", "TPM", "NumReads")
+#: An Ensembl/GENCODE gene or transcript ID with a version: ``ENSG00000141510.17``, ``ENST00000269305.9``,
+#: ``ENSMUSG00000059552.13``, GENCODE's ``ENSG00000182378.14_PAR_Y`` (whose suffix is kept: the Y copy).
+_VERSIONED = re.compile(r"^(ENS[A-Z]*[GTP]\d{6,})\.\d+(_PAR_Y)?$")
+
+
+def strip_version(ids: pd.Index) -> pd.Index:
+    """Ensembl IDs without their version suffix; any other name as it is."""
+    return pd.Index([_VERSIONED.sub(r"\1\2", str(name)) for name in ids], name=ids.name)
+
+
+def sum_duplicate_ids(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows (genes) that share an ID after :func:`strip_version` summed; the count in ``attrs``."""
+    attrs = dict(frame.attrs)
+    frame = frame.copy()
+    frame.index = strip_version(frame.index)
+    duplicated = int(frame.index.duplicated().sum())
+    if duplicated:
+        frame = frame.groupby(level=0, sort=False).sum()
+    attrs["duplicate_gene_rows_summed"] = attrs.get("duplicate_gene_rows_summed", 0) + duplicated
+    frame.attrs = attrs
+    return frame
+
+
+def read_tx2gene(path: str | Path) -> pd.Series:
+    """A transcript -> gene table (TSV/CSV, two columns; a header line is allowed), versions stripped."""
+    from multimodal.ingest.textfile import read_table
+
+    path = Path(path)
+    frame = read_table(path, what="tx2gene table")
+    if frame.shape[1] < 2:
+        raise MultimodalError(f"{path}: a tx2gene table has two columns (transcript, gene); found {frame.shape[1]}")
+    first = frame.columns[:2]
+    header_is_data = bool(_VERSIONED.match(first[0]) or first[0].startswith("ENST"))
+    rows = frame.iloc[:, :2].copy()
+    if header_is_data:
+        rows = pd.concat([pd.DataFrame([list(first)], columns=first), rows], ignore_index=True)
+    tx = strip_version(pd.Index(rows.iloc[:, 0].str.strip()))
+    genes = pd.Series(strip_version(pd.Index(rows.iloc[:, 1].str.strip())), index=tx)
+    empty = genes.index[(genes == "") | (genes.index == "")]
+    if len(empty):
+        raise MultimodalError(f"{path}: tx2gene has an empty transcript or gene ({empty[0]!r})")
+    return genes[~genes.index.duplicated()]
+
+
+def read_salmon_quant(path: str | Path, tx2gene: pd.Series | None) -> tuple[pd.Series, pd.Series, dict[str, int]]:
+    """Gene-level (counts, TPM) of one Salmon ``quant.sf``, tximport-style: transcripts summed per gene.
+
+    Without ``tx2gene`` the transcripts are the features. Returns the two series (indexed by gene) and
+    counts of what was left out.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MultimodalError(f"{path}: Salmon quant.sf not found")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            header = handle.readline().rstrip("\r\n").split("\t")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MultimodalError(f"{path}: cannot read Salmon quant.sf: {exc}") from exc
+    if tuple(header) != SALMON_COLUMNS:
+        raise MultimodalError(
+            f"{path}: line 1 is not Salmon's quant.sf header ({' '.join(SALMON_COLUMNS)}, tab-separated); "
+            f"found {' '.join(header)[:80]!r}"
+        )
+    from multimodal.ingest.textfile import check_field_counts
+
+    check_field_counts(path, sep="\t", first_line=2, n_fields=len(SALMON_COLUMNS), what="Salmon quant.sf")
+    quant = pd.read_csv(path, sep="\t", dtype={"Name": str}, keep_default_na=False, na_values=[""])
+    for column in ("TPM", "NumReads"):
+        values = pd.to_numeric(quant[column], errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy() | (values < 0).to_numpy())
+        if len(bad):
+            raise MultimodalError(
+                f"{path}: line {bad[0] + 2}: {column} {quant[column].iloc[bad[0]]!r} is not a non-negative number"
+                + (f" ({len(bad)} such lines)" if len(bad) > 1 else "")
+            )
+        quant[column] = values.astype(np.float64)
+    names = strip_version(pd.Index(quant["Name"].str.strip()))
+    counts = pd.Series(quant["NumReads"].to_numpy(), index=names)
+    tpm = pd.Series(quant["TPM"].to_numpy(), index=names)
+    left_out = {"transcripts_not_in_tx2gene": 0}
+    if tx2gene is not None:
+        gene = names.map(lambda t: tx2gene.get(t, ""))
+        known = np.asarray(gene != "")
+        if not known.any():
+            raise MultimodalError(
+                f"{path}: none of its {len(names)} transcripts ({names[0]!r} ...) is in the tx2gene table "
+                f"({tx2gene.index[0]!r} ...); another annotation release?"
+            )
+        left_out["transcripts_not_in_tx2gene"] = int((~known).sum())
+        gene = pd.Index(np.asarray(gene)[known])
+        counts = pd.Series(counts.to_numpy()[known], index=gene).groupby(level=0, sort=False).sum()
+        tpm = pd.Series(tpm.to_numpy()[known], index=gene).groupby(level=0, sort=False).sum()
+    return counts, tpm, left_out
+
+
+def read_h5ad_expression(
+    path: str | Path, *, sample_key: str = "sample", cell_type_key: str | None = None
+) -> pd.DataFrame:
+    """Genes x samples raw counts from an ``.h5ad``: bulk (one row per sample), or single-cell summed per sample.
+
+    Single-cell when ``obs`` has ``sample_key``: cells are summed per sample (``scanpy.get.aggregate``),
+    or per sample and ``cell_type_key`` with features ``<cell type>:<gene>``. Counts come from
+    ``layers['counts']`` when present, else ``X``; they must be finite and non-negative.
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    path = Path(path)
+    if not path.is_file():
+        raise MultimodalError(f"{path}: expression .h5ad not found")
+    try:
+        adata = ad.read_h5ad(path)
+    except Exception as exc:  # h5py/anndata raise many types for a file that is not an h5ad
+        raise MultimodalError(f"{path}: cannot read as AnnData (.h5ad): {type(exc).__name__}: {exc}") from exc
+    layer = "counts" if "counts" in adata.layers else None
+    matrix = adata.layers[layer] if layer else adata.X
+    values = matrix.data if hasattr(matrix, "data") and not isinstance(matrix, np.ndarray) else np.asarray(matrix)
+    if values.size and (not np.isfinite(values).all() or (values < 0).any()):
+        raise MultimodalError(
+            f"{path}: {'layers[counts]' if layer else 'X'} holds negative or non-finite values; raw counts expected"
+        )
+    symbols = None
+    for column in ("gene_symbol", "gene_name", "feature_name", "gene_symbols"):
+        if column in adata.var:
+            symbols = adata.var[column].astype(str)
+            break
+    attrs: dict = {}
+    if sample_key in adata.obs:
+        if cell_type_key and cell_type_key not in adata.obs:
+            raise MultimodalError(
+                f"{path}: obs has no column {cell_type_key!r} (ingest.single_cell.cell_type_key); "
+                f"obs columns: {', '.join(map(str, adata.obs.columns[:20]))}"
+            )
+        keys = [sample_key, *([cell_type_key] if cell_type_key else [])]
+        missing = adata.obs[keys].isna().any(axis=1).to_numpy()
+        attrs["cells_without_sample_or_cell_type"] = int(missing.sum())
+        attrs["cells_aggregated"] = int((~missing).sum())
+        cells = adata[~missing].copy()
+        for key in keys:
+            cells.obs[key] = cells.obs[key].astype(str).astype("category")
+        summed = sc.get.aggregate(cells, by=keys, func="sum", layer=layer)
+        sums = summed.layers["sum"]
+        sums = sums.toarray() if hasattr(sums, "toarray") else np.asarray(sums)
+        genes = strip_version(pd.Index(summed.var_names.astype(str)))
+        if cell_type_key:
+            frames = []
+            for cell_type in summed.obs[cell_type_key].cat.categories:
+                rows = (summed.obs[cell_type_key] == cell_type).to_numpy()
+                block = pd.DataFrame(
+                    sums[rows].T,
+                    index=[f"{cell_type}:{g}" for g in genes],
+                    columns=summed.obs.loc[rows, sample_key].astype(str).to_numpy(),
+                )
+                frames.append(block)
+            frame = pd.concat(frames, axis=0).fillna(0.0)
+            if symbols is not None:
+                symbol_of = dict(zip(genes, symbols.to_numpy(), strict=True))
+                attrs["gene_symbols"] = {name: symbol_of.get(name.split(":", 1)[1], "") for name in frame.index}
+        else:
+            frame = pd.DataFrame(sums.T, index=genes, columns=summed.obs[sample_key].astype(str).to_numpy())
+    else:
+        dense = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
+        frame = pd.DataFrame(
+            dense.T.astype(np.float64),
+            index=strip_version(pd.Index(adata.var_names.astype(str))),
+            columns=adata.obs_names.astype(str),
+        )
+    if symbols is not None and "gene_symbols" not in attrs:
+        attrs["gene_symbols"] = dict(zip(frame.index, symbols.to_numpy(), strict=False))
+    frame = frame.astype(np.float64)
+    frame.attrs.update(attrs)
+    return sum_duplicate_ids(frame)
+
+
+def read_10x_h5_profile(path: str | Path) -> tuple[pd.Series, dict[str, str], int]:
+    """One sample's 10x ``.h5``: counts summed over its cell barcodes, by Ensembl gene ID.
+
+    Returns the per-gene sums, the gene symbol of each ID, and the number of cells.
+    """
+    import scanpy as sc
+
+    path = Path(path)
+    if not path.is_file():
+        raise MultimodalError(f"{path}: 10x .h5 not found")
+    try:
+        adata = sc.read_10x_h5(path)
+    except Exception as exc:  # h5py raises KeyError/OSError for another layout
+        raise MultimodalError(
+            f"{path}: cannot read as a 10x Cell Ranger feature-barcode matrix (.h5): {type(exc).__name__}: {exc}"
+        ) from exc
+    ids = strip_version(pd.Index(adata.var["gene_ids"].astype(str))) if "gene_ids" in adata.var else None
+    ids = ids if ids is not None else pd.Index(adata.var_names.astype(str))
+    totals = np.asarray(adata.X.sum(axis=0)).ravel().astype(np.float64)
+    sums = pd.Series(totals, index=ids).groupby(level=0, sort=False).sum()
+    symbols = dict(zip(ids, adata.var_names.astype(str), strict=True))
+    return sums, symbols, int(adata.n_obs)
+
+
+def _h5ad_total(path: Path) -> tuple[pd.Series, dict[str, str], int]:
+    """One sample's single-cell ``.h5ad`` summed over its cells (sparse stays sparse)."""
+    import anndata as ad
+
+    try:
+        adata = ad.read_h5ad(path)
+    except Exception as exc:  # h5py/anndata raise many types for a file that is not an h5ad
+        raise MultimodalError(f"{path}: cannot read as AnnData (.h5ad): {type(exc).__name__}: {exc}") from exc
+    matrix = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    totals = np.asarray(matrix.sum(axis=0)).ravel().astype(np.float64)
+    if not np.isfinite(totals).all() or (totals < 0).any():
+        raise MultimodalError(f"{path}: negative or non-finite values; raw counts expected")
+    ids = strip_version(pd.Index(adata.var_names.astype(str)))
+    symbols = {}
+    for column in ("gene_symbol", "gene_name", "feature_name", "gene_symbols"):
+        if column in adata.var:
+            symbols = dict(zip(ids, adata.var[column].astype(str), strict=True))
+            break
+    return pd.Series(totals, index=ids), symbols, int(adata.n_obs)
+
+
+def is_salmon_quant(path: Path) -> bool:
+    """Whether a file starts with Salmon's quant.sf header."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return tuple(handle.readline().rstrip("\r\n").split("\t")) == SALMON_COLUMNS
+    except OSError:
+        return False
+
+
+def read_sample_files(
+    files: pd.Series, *, tx2gene: pd.Series | None = None, sample_key: str = "sample"
+) -> pd.DataFrame:
+    """Genes x samples counts from one file per sample (``files``: sample name -> path).
+
+    Each file is a Salmon ``quant.sf`` (needs ``tx2gene`` for genes), a 10x ``.h5``, a single-cell
+    ``.h5ad`` (summed over its cells) or a one-sample counts table (featureCounts, HTSeq, STAR). Genes
+    absent from one sample's file are 0 there (as a quantifier writes no row for them).
+    """
+    from multimodal.ingest.expression import read_counts_table
+
+    columns: dict[str, pd.Series] = {}
+    symbols: dict[str, str] = {}
+    left_out = {"transcripts_not_in_tx2gene": 0, "cells_summed": 0, "summary_rows_removed": 0}
+    for sample, file in files.items():
+        path = Path(file)
+        name = path.name.lower()
+        if name.endswith(".h5") and not name.endswith(".h5ad"):
+            counts, gene_symbols, n_cells = read_10x_h5_profile(path)
+            symbols.update(gene_symbols)
+            left_out["cells_summed"] += n_cells
+        elif name.endswith(".h5ad"):
+            counts, gene_symbols, n_cells = _h5ad_total(path)
+            symbols.update(gene_symbols)
+            left_out["cells_summed"] += n_cells
+        elif is_salmon_quant(path):
+            counts, _, dropped = read_salmon_quant(path, tx2gene)
+            left_out["transcripts_not_in_tx2gene"] += dropped["transcripts_not_in_tx2gene"]
+        else:
+            table = read_counts_table(path)
+            if table.shape[1] != 1:
+                raise MultimodalError(
+                    f"{path}: a per-sample expression file holds one sample; this table has {table.shape[1]} "
+                    "(give a cohort table as the config's expression instead)"
+                )
+            counts = table.iloc[:, 0]
+            left_out["summary_rows_removed"] += int(table.attrs.get("summary_rows_removed", 0))
+            symbols.update(table.attrs.get("gene_symbols", {}))
+        counts.index = strip_version(pd.Index(counts.index.astype(str)))
+        columns[str(sample)] = counts.groupby(level=0, sort=False).sum()
+    frame = pd.DataFrame(columns).fillna(0.0).astype(np.float64)
+    frame.attrs.update(left_out)
+    if symbols:
+        frame.attrs["gene_symbols"] = symbols
+    return frame
