@@ -214,3 +214,71 @@ def test_bad_settings_raise(kwargs: dict, message: str) -> None:
 def test_a_range_excluding_the_whole_roi_names_the_patient(ct_cohort: pd.DataFrame) -> None:
     with pytest.raises(MultimodalError, match=r"p1\.nii\.gz .*re-segmentation .* leaves no ROI voxel"):
         imaging_matrix(ct_cohort, resegment_range=(5000, 6000), progress=False)
+
+
+def test_fixed_bin_width_starts_at_the_resegmentation_lower_bound() -> None:
+    """IBSI 2.7: FBS bins start at the re-segmentation range's lower bound when there is one."""
+    from multimodal.ingest.ibsi_discretisation import discretise
+
+    values = np.array([3.0, 4.9, 7.0, 12.5])
+    levels, n = discretise(values, bin_width=2.0, lower_bound=0.0)
+    np.testing.assert_array_equal(levels, [2, 3, 4, 7])  # floor((x - 0) / 2) + 1
+    assert n == 7
+    np.testing.assert_array_equal(discretise(values, bin_width=2.0)[0], [1, 1, 3, 5])  # from the ROI minimum
+    np.testing.assert_array_equal(discretise(values, bin_count=4, lower_bound=0.0)[0], [1, 1, 2, 4])  # FBN: no bound
+    with pytest.raises(MultimodalError, match="below the fixed-bin-width lower bound 4"):
+        discretise(values, bin_width=2.0, lower_bound=4.0)
+
+
+def _ivh_by_definition(values: np.ndarray, a: int, b: int) -> dict[str, float]:
+    """IVH of integer intensities over the definite range [a, b], written out from IBSI 3.5 level by level:
+    nu(i) = fraction of voxels with intensity >= i; gamma(i) = (i - a) / (b - a); V_x = nu at the lowest
+    level with gamma >= x; I_x = the lowest level with nu <= x."""
+    levels = np.arange(a, b + 2)
+    nu = {int(i): float(np.mean(values >= i)) for i in levels}
+    out = {}
+    for x, tag in ((0.1, "v10"), (0.9, "v90")):
+        out[f"ivh_{tag}"] = nu[min(i for i in range(a, b + 1) if (i - a) / (b - a) >= x)]
+    for x, tag in ((0.1, "i10"), (0.9, "i90")):
+        out[f"ivh_{tag}"] = float(min(i for i in levels if nu[int(i)] <= x))
+    return out
+
+
+def test_the_intensity_volume_histogram_spans_the_resegmentation_range() -> None:
+    from multimodal.ingest.ibsi_intensity import intensity_volume_histogram_features
+
+    rng = np.random.default_rng(3)
+    values = rng.integers(-50, 120, size=400).astype(float)
+    features = intensity_volume_histogram_features(values, value_range=(-100.0, 200.0))
+    for tag, expected in _ivh_by_definition(values, -100, 200).items():
+        assert features[tag] == pytest.approx(expected), tag
+    own = intensity_volume_histogram_features(values)  # no range: the ROI's own minimum and maximum
+    for tag, expected in _ivh_by_definition(values, int(values.min()), int(values.max())).items():
+        assert own[tag] == pytest.approx(expected), tag
+    assert features["ivh_v10"] != own["ivh_v10"]
+    # fixed bin width from the range's lower bound: bins of 10 from -100, level values at the bin centres
+    binned = intensity_volume_histogram_features(values, bin_width=10.0, value_range=(-100.0, 200.0))
+    centres = -100.0 + (np.floor((values + 100.0) / 10.0) + 0.5) * 10.0
+    assert binned["ivh_i10"] == pytest.approx(min(c for c in np.unique(centres) if np.mean(centres >= c) <= 0.1))
+    with pytest.raises(MultimodalError, match="outside the re-segmentation range"):
+        intensity_volume_histogram_features(values, value_range=(0.0, 200.0))
+
+
+def test_extraction_with_a_range_discretises_from_its_lower_bound() -> None:
+    """Through extract_radiomics: the lowest grey level of the intensity histogram and the texture is the
+    bin of the ROI minimum counted from the range's lower bound, not 1."""
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 100, size=(12, 12, 8)).astype(float)
+    mask = np.zeros(image.shape, dtype=bool)
+    mask[2:10, 2:10, 2:6] = True
+    processing = ImageProcessing(resegment_range=(-40.0, 60.0))
+    image2, mask2, intensity_mask, spacing, _ = processing.apply(image, mask, (1.0, 1.0, 1.0))
+    kwargs = {"spacing": spacing, "bin_width": 10.0, "intensity_mask": intensity_mask}
+    bounded = extract_radiomics(image2, mask2, resegment_range=(-40.0, 60.0), **kwargs)
+    plain = extract_radiomics(image2, mask2, **kwargs)
+    roi_min = image2[intensity_mask].min()
+    assert bounded["ih_min"] == np.floor((roi_min + 40.0) / 10.0) + 1 == 5
+    assert plain["ih_min"] == 1
+    assert bounded["ih_mean"] == pytest.approx(plain["ih_mean"] + 4)  # every level shifted by 4 bins
+    assert bounded["stat_mean"] == plain["stat_mean"]
+    assert bounded["cm_joint_avg_3D_avg"] == pytest.approx(plain["cm_joint_avg_3D_avg"] + 4)

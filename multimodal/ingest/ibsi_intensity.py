@@ -26,8 +26,12 @@ Conventions, as in IBSI 1:
   intensity fraction ``x``, ``I_x`` the lowest level present in at most a fraction ``x`` of the volume
   (one level above the maximum when none is). ``ivh_auc`` (trapezoidal area under the IVH) has no
   IBSI consensus value.
-* ``ih_*`` and ``ivh_*`` use the ROI minimum as the lower bound of fixed bin width discretisation;
-  IBSI uses the re-segmentation range's lower bound when there is one (none here).
+* With a re-segmentation range ``[a, b]`` (``resegment_range``, IBSI 2.5) fixed bin width
+  discretisation starts at ``a`` (``ih_*`` and texture), and the IVH spans the range: its levels run from
+  ``a`` (integer-valued ROI: every integer ``a..b``; ``ivh_bin_width``: bins of that width from ``a`` up
+  to the bin holding ``b``), so the intensity fraction is ``(level - a) / (b - a)`` as IBSI defines it
+  for a definite range. Without a range the ROI minimum and maximum take these places. The FBN IVH of a
+  non-integer ROI ignores the range (levels 1..N of the ROI's own span).
 """
 
 from __future__ import annotations
@@ -128,13 +132,15 @@ def ibsi_intensity_features(
     bin_width: float | None = None,
     ivh_bin_count: int = 1000,
     ivh_bin_width: float | None = None,
+    resegment_range: tuple[float, float] | None = None,
 ) -> dict[str, float]:
     """IBSI 1 local intensity, intensity statistics, intensity histogram and IVH features, by IBSI tag.
 
     ``spacing`` is the voxel size (mm) along each array axis. ``bin_count``/``bin_width`` discretise the
     intensity histogram (FBN, or FBS from the ROI minimum when ``bin_width`` is given; the IBSI phantom
     uses ``bin_width=1``); ``ivh_bin_count``/``ivh_bin_width`` the intensity-volume histogram (see the
-    module docstring).
+    module docstring). ``resegment_range`` ``(a, b)``: the re-segmentation range, lower bound of FBS
+    and span of the IVH.
     """
     for name, count in (("bin_count", bin_count), ("ivh_bin_count", ivh_bin_count)):
         if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 1:
@@ -147,8 +153,13 @@ def ibsi_intensity_features(
     features: dict[str, float] = {}
     features.update(_local_intensity(image, roi, spacing_t))
     features.update(intensity_statistics(values))
-    features.update(intensity_histogram_features(values, bin_count=bin_count, bin_width=bin_width))
-    features.update(intensity_volume_histogram_features(values, bin_count=ivh_bin_count, bin_width=ivh_bin_width))
+    lower = None if resegment_range is None else float(resegment_range[0])
+    features.update(intensity_histogram_features(values, bin_count=bin_count, bin_width=bin_width, lower_bound=lower))
+    features.update(
+        intensity_volume_histogram_features(
+            values, bin_count=ivh_bin_count, bin_width=ivh_bin_width, value_range=resegment_range
+        )
+    )
     return features
 
 
@@ -268,12 +279,13 @@ def intensity_statistics(values: np.ndarray) -> dict[str, float]:
 
 
 def intensity_histogram_features(
-    values: np.ndarray, *, bin_count: int = 32, bin_width: float | None = None
+    values: np.ndarray, *, bin_count: int = 32, bin_width: float | None = None, lower_bound: float | None = None
 ) -> dict[str, float]:
     """The 23 IBSI intensity histogram features (``ih_*``) of the ROI intensities ``values``, discretised
-    to grey levels 1..Ng by ``discretise`` (FBN with ``bin_count``, or FBS with ``bin_width``)."""
+    to grey levels 1..Ng by ``discretise`` (FBN with ``bin_count``, or FBS with ``bin_width`` from
+    ``lower_bound``, default the ROI minimum)."""
     values = np.asarray(values, dtype=np.float64).ravel()
-    levels, n_levels = discretise(values, bin_count=bin_count, bin_width=bin_width)
+    levels, n_levels = discretise(values, bin_count=bin_count, bin_width=bin_width, lower_bound=lower_bound)
     grey = levels.astype(np.float64)
     out = {f"ih_{k}": v for k, v in _moments(grey).items()}
     counts = np.bincount(levels, minlength=n_levels + 1)[1:].astype(np.float64)
@@ -296,18 +308,31 @@ def intensity_histogram_features(
 
 
 def intensity_volume_histogram_features(
-    values: np.ndarray, *, bin_count: int = 1000, bin_width: float | None = None
+    values: np.ndarray,
+    *,
+    bin_count: int = 1000,
+    bin_width: float | None = None,
+    value_range: tuple[float, float] | None = None,
 ) -> dict[str, float]:
-    """IBSI intensity-volume histogram features (``ivh_*``) of the ROI intensities ``values``."""
+    """IBSI intensity-volume histogram features (``ivh_*``) of the ROI intensities ``values``; with
+    ``value_range`` (the re-segmentation range) the levels span it rather than the ROI's own range."""
     values = np.asarray(values, dtype=np.float64).ravel()
     lo = float(values.min())
     hi = float(values.max())
+    if value_range is not None:
+        if lo < value_range[0] or hi > value_range[1]:
+            raise MultimodalError(
+                f"ROI intensities ({lo:g} to {hi:g}) outside the re-segmentation range "
+                f"[{value_range[0]:g}, {value_range[1]:g}] given to the intensity-volume histogram"
+            )
+        lo, hi = float(value_range[0]), float(value_range[1])
+    integer_range = value_range is None or (lo == round(lo) and hi == round(hi))
     if bin_width is not None:
         index = np.floor((values - lo) / bin_width).astype(np.int64)
-        n_bins = int(index.max()) + 1
+        n_bins = max(int(index.max()), int(np.floor((hi - lo) / bin_width))) + 1
         level_values = lo + (np.arange(n_bins) + 0.5) * bin_width
         step = float(bin_width)
-    elif hi - lo < _IVH_MAX_LEVELS and np.all(values == np.round(values)):
+    elif hi - lo < _IVH_MAX_LEVELS and integer_range and np.all(values == np.round(values)):
         index = (values - lo).astype(np.int64)
         n_bins = int(hi - lo) + 1
         level_values = lo + np.arange(n_bins, dtype=np.float64)

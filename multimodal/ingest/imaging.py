@@ -351,6 +351,7 @@ def imaging_matrix(
                     bin_width=bin_width,
                     aggregations=aggregations,
                     intensity_mask=intensity_mask if processing.resegments else None,
+                    resegment_range=processing.resegment_range,
                 )
         except MultimodalError as err:
             raise MultimodalError(f"{image_path} (mask {mask_path}, patient {pid}): {err}") from err
@@ -393,6 +394,8 @@ def imaging_matrix(
                 "extractor": EXTRACTOR,
                 "texture_aggregations": list(aggregations),
                 "ivh_levels": "integer intensities of an integer-valued ROI, else 1000 equal bins",
+                # IBSI: with a re-segmentation range, FBS bins and the IVH start at its lower bound
+                **({"range_lower_bound": processing.resegment_range[0]} if processing.resegment_range else {}),
                 **processing.params(),  # resampling and re-segmentation: "none" unless configured
                 "mask_label": "any non-zero" if mask_label is None else int(mask_label),
                 **({"roi_name": str(roi_name)} if roi_name else {}),

@@ -158,6 +158,7 @@ def extract_radiomics(
     bin_width: float | None = None,
     aggregations: Iterable[str] = DEFAULT_AGGREGATIONS,
     intensity_mask: np.ndarray | None = None,
+    resegment_range: tuple[float, float] | None = None,
 ) -> dict[str, float]:
     """IBSI 1 features of ``image`` inside ``mask`` (voxels > 0), keyed and ordered as :func:`feature_classes`.
 
@@ -167,7 +168,9 @@ def extract_radiomics(
     any of ``"2D"``, ``"2_5D"``, ``"3D"``. Raises :class:`MultimodalError` for an empty mask, non-finite
     intensities in the ROI, or inconsistent arguments. ``intensity_mask``, when given (IBSI
     re-segmentation, :mod:`multimodal.ingest.ibsi_processing`), is the ROI of every intensity and texture
-    family; ``mask`` stays the morphological mask (``morph_*``).
+    family; ``mask`` stays the morphological mask (``morph_*``). ``resegment_range`` ``(a, b)``, the
+    re-segmentation range the intensity mask was cut to: fixed bin width bins start at ``a`` (IBSI), and
+    the intensity-volume histogram spans ``[a, b]``.
     """
     aggregations = check_aggregations(aggregations)
     if bin_width is None:
@@ -181,8 +184,13 @@ def extract_radiomics(
 
     features: dict[str, float] = {}
     features.update(ibsi_morphology_features(image, morph_roi, spacing_t))
-    features.update(ibsi_intensity_features(image, roi, spacing_t, bin_count=bin_count, bin_width=bin_width))
-    grey, n_levels = discretise(image[roi], bin_count=bin_count, bin_width=bin_width)
+    features.update(
+        ibsi_intensity_features(
+            image, roi, spacing_t, bin_count=bin_count, bin_width=bin_width, resegment_range=resegment_range
+        )
+    )
+    lower = None if resegment_range is None else float(resegment_range[0])
+    grey, n_levels = discretise(image[roi], bin_count=bin_count, bin_width=bin_width, lower_bound=lower)
     levels = np.zeros(roi.shape, dtype=np.int64)
     levels[roi] = grey
     features.update(ibsi_texture_features(levels, roi, n_levels, aggregations=aggregations))
