@@ -252,7 +252,8 @@ def explain_cohort(
             raise MultimodalError(f"{fold_dir}: no model checkpoint (model_*.ckpt)")
         members = []
         for checkpoint in checkpoints:
-            model = FusionSurvivalModel.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=False)
+            # weights_only: tensors and plain hyperparameters, never an unpickled object from a user-given path
+            model = FusionSurvivalModel.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=True)
             model = model.to(target).eval()
             attributions, delta = attribute_batch(model, inputs, mask, settings=settings, background=background)
             member_groups = attribute_groups(model, inputs, mask, settings=settings)

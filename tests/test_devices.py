@@ -118,7 +118,7 @@ def test_data_module_moves_the_fold_to_the_device_once():
     data = CohortDataModule(arrays, train_rows=np.arange(24), test_rows=np.arange(24, 30))
     first, second = next(iter(data.train_dataloader())), next(iter(data.train_dataloader()))
     assert all(x.data_ptr() == y.data_ptr() for x, y in zip(first, second, strict=True))
-    assert first[0].shape[0] == 24 and len(first) == 2 + 1 + 3
+    assert first[0].shape[0] == 24 and len(first) == 2 + 1 + 4  # inputs, mask, time, event, response, targets
 
 
 DDP_SCRIPT = textwrap.dedent(

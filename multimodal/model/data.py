@@ -319,8 +319,8 @@ class FoldPreprocessor:
 def rank_share(tensors: tuple[torch.Tensor, ...], *, rank: int, world_size: int) -> tuple[torch.Tensor, ...]:
     """One process's share of a part's ``(*inputs, mask, time, event, response, targets)`` under DDP: rows
     ``rank::world_size``, padded to ``ceil(n / world_size)`` rows so that every rank has as many (``all_gather``
-    and DDP's collectives need equal shapes). Padding rows repeat the share's first row with time, event
-    and response NaN; the model drops them after gathering (``FusionSurvivalModel.whole_batch``).
+    and DDP's collectives need equal shapes). Padding rows repeat the share's first row with its outcomes
+    (time, event, response, targets) NaN; the model drops them after gathering (``FusionSurvivalModel.whole_batch``).
     """
     if world_size == 1:
         return tensors
@@ -332,8 +332,9 @@ def rank_share(tensors: tuple[torch.Tensor, ...], *, rank: int, world_size: int)
         first = index[:1] if len(index) else torch.zeros(1, dtype=torch.long, device=index.device)
         index = torch.cat([index, first.expand(pad)])
     share = [t[index] for t in tensors]
-    if pad:
-        for j in range(len(share) - 4, len(share)):  # time, event, response, QoL targets of the padding rows
+    if pad:  # the outcomes (every tensor after the bool mask: time, event, response, targets) of padding rows
+        after_mask = max(j for j, t in enumerate(share) if t.dtype == torch.bool) + 1
+        for j in range(after_mask, len(share)):
             share[j][size - pad :] = float("nan")
     return tuple(share)
 

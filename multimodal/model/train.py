@@ -844,8 +844,25 @@ def build_trainer(params: TrainParams, *, logger=False, callbacks=(), progress: 
         enable_progress_bar=progress,
         enable_model_summary=False,
         log_every_n_steps=1,
+        plugins=[_atomic_checkpoint_io()],
         **trainer_settings(params),
     )
+
+
+def _atomic_checkpoint_io():
+    """Lightning's checkpoint writer, writing beside the target and renaming onto it: a run killed while it
+    saves leaves the previous last checkpoint whole, never a truncated one."""
+    import os
+
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            partial = f"{path}.{os.getpid()}.partial"
+            super().save_checkpoint(checkpoint, partial, storage_options)
+            os.replace(partial, path)
+
+    return AtomicCheckpointIO()
 
 
 def _rng_state_callback():
