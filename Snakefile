@@ -21,6 +21,15 @@ include: "rules/explain.smk"
 include: "rules/report.smk"
 
 
+# Partition and account for the SLURM executor (config/profiles/slurm): resources.slurm_partition and
+# resources.slurm_account, else MULTIMODAL_SLURM_PARTITION / MULTIMODAL_SLURM_ACCOUNT; a value given by
+# --set-resources wins. Local runs ignore them.
+for _rule in workflow.rules:
+    for _name, _value in cluster_resources(config).items():
+        if _name not in _rule.resources:
+            _rule.resources.update(snakemake.resources.Resources.from_mapping({_name: _value}))
+
+
 rule all:
     input:
         f"{OUT}/report.html",

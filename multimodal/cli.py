@@ -145,14 +145,20 @@ def cmd_ingest_variants(args: argparse.Namespace) -> None:
 
 
 def cmd_ingest_expression(args: argparse.Namespace) -> None:
-    from multimodal.ingest.expression import expression_matrix, read_counts_table
+    from multimodal.ingest.expression import read_expression_inputs
     from multimodal.ingest.samples import read_samples
 
     samples = read_samples(args.samples, data_roots=_data_roots(args))
-    counts = read_counts_table(
-        args.counts, sample_columns=[s for s in samples["rna_sample"] if s], nonnegative=args.values == "counts"
+    adata = read_expression_inputs(
+        samples,
+        counts=args.counts,
+        values=args.values,
+        tx2gene=args.tx2gene,
+        sample_key=args.sample_key,
+        cell_type_key=args.cell_type_key,
+        min_count=args.min_count,
+        min_samples=args.min_samples,
     )
-    adata = expression_matrix(counts, samples, source=str(args.counts), values=args.values)
     _write_h5ad(adata, args.out)
 
 
@@ -317,6 +323,19 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(summarize_store(read_cohort_store(args.store), path=args.store))
 
 
+def _pseudonymise_ingest(args: argparse.Namespace) -> None:
+    """With the config's privacy.pseudonymise on: the ingest output's patients as pseudonyms (privacy.py)."""
+    from multimodal import privacy
+
+    config = _load_config(args.config)
+    pseudonymiser = privacy.from_config(config)
+    if pseudonymiser is not None and args.out is not None and Path(args.out).is_file():
+        from multimodal.ingest.samples import read_samples
+
+        ids = read_samples(args.samples, data_roots=_data_roots(args, config)).index
+        privacy.pseudonymise_h5ad(args.out, pseudonymiser, ids)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from multimodal.verify import verify_results
 
@@ -413,8 +432,20 @@ def build_parser() -> argparse.ArgumentParser:
         "protein-altering",
     )
     p.set_defaults(func=cmd_ingest_variants)
-    p = kinds.add_parser("expression", parents=[common, io], help="raw counts table, genes x samples")
-    p.add_argument("--counts", type=_existing_file, required=True, help="counts table (TSV/CSV)")
+    p = kinds.add_parser(
+        "expression", parents=[common, io], help="counts table, .h5ad, or per-sample quant.sf/.h5 (rna_file)"
+    )
+    p.add_argument(
+        "--counts",
+        type=_existing_file,
+        help="cohort counts table (TSV/CSV, featureCounts) or .h5ad (bulk, or single-cell with --sample-key in "
+        "obs); without it, each patient's rna_file of the samples sheet",
+    )
+    p.add_argument("--tx2gene", type=_existing_file, help="transcript -> gene table for Salmon quant.sf")
+    p.add_argument("--sample-key", default="sample", help="single-cell .h5ad obs column naming the sample")
+    p.add_argument("--cell-type-key", help="single-cell .h5ad obs column: one profile per sample and cell type")
+    p.add_argument("--min-count", type=float, default=0.0, help="keep genes with >= this count in --min-samples")
+    p.add_argument("--min-samples", type=_positive_int, default=1, help="samples for --min-count (default 1)")
     p.add_argument(
         "--values",
         choices=("counts", "log"),
@@ -604,6 +635,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     try:
         result = args.func(args)
+        if not result and args.verb == "ingest" and getattr(args, "config", None):
+            _pseudonymise_ingest(args)
         if not result and args.verb in MANIFEST_VERBS:  # a stage's output: hashed for `multimodal verify`
             from multimodal.verify import write_stage_manifest
 

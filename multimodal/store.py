@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from multimodal import __version__
+from multimodal import __version__, privacy
 from multimodal.errors import MultimodalError
 from multimodal.fileio import atomic_path, sha256sum
 
@@ -196,12 +196,14 @@ def build_provenance(
     config: dict | None,
     exclusions: dict[str, dict[str, int]],
     command: list[str] | None = None,
+    shown=None,
 ) -> dict:
-    """Input files with sha256, package versions, the resolved config, the command and exclusions."""
+    """Input files with sha256, package versions, the resolved config, the command and exclusions; ``shown``
+    rewrites each input path as recorded (the pseudonymisation of IDs in file names)."""
     from multimodal.verify import relative_command
 
     paths = list(dict.fromkeys(str(p) for p in inputs if p))
-    files = pd.DataFrame({"path": paths, "sha256": [sha256sum(p) for p in paths]})
+    files = pd.DataFrame({"path": [shown(p) if shown else p for p in paths], "sha256": [sha256sum(p) for p in paths]})
     return {
         "store_spec_version": STORE_SPEC_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -436,6 +438,12 @@ def build_cohort_store(
     in_sheet = clinical.index.isin(samples.index)  # the sheet defines the cohort; other rows are counted
     n_clinical_only = int((~in_sheet).sum())
     clinical = clinical[clinical.index.isin(samples.index)]
+    pseudonymiser = privacy.from_config(config)
+    if pseudonymiser is not None:  # the chunks carry pseudonyms already (ingest); so must the sheet and table
+        original_ids = list(samples.index)
+        scrub = pseudonymiser.scrubber(original_ids)
+        samples = samples.rename(index=scrub)  # its cells (file paths) are read below; obs text is scrubbed later
+        clinical = clinical.rename(index=scrub)
     modalities = {name: read_chunks(paths) for name, paths in modality_chunks.items() if paths}
     mdata = assemble_cohort(
         clinical=clinical,
@@ -448,11 +456,16 @@ def build_cohort_store(
     if clinical_spec.qol_columns:  # which obs columns are quality-of-life tasks, and of which kind
         mdata.uns["tasks"] = {column: kind for column, kind in clinical_spec.qol_columns}
     inputs: list[str | Path] = [clinical_path, samples_path, *(cohort_files or [])]
-    for column in ("vcf", "image", "mask"):
-        inputs.extend(p for p in samples[column] if p)
+    for column in ("vcf", "image", "mask", "rna_file"):
+        inputs.extend(p for p in samples.get(column, ()) if p)
+    if pseudonymiser is not None:
+        for adata in [mdata, *mdata.mod.values()]:
+            privacy.pseudonymise_anndata(adata, pseudonymiser, original_ids)
+        privacy.write_mapping(pseudonymiser, original_ids)
     provenance = build_provenance(
         inputs=inputs,
         config=config,
+        shown=scrub if pseudonymiser is not None else None,  # per-patient input file names carry the IDs
         exclusions=cohort_exclusions(
             mdata, n_clinical_only=n_clinical_only, has_response=clinical_spec.response_column is not None
         ),

@@ -19,6 +19,7 @@ rule assemble:
         imaging=lambda wc, input: option("--imaging", input.imaging),
         expression=lambda wc, input: f'{option("--expression", input.expression)} {option("--counts", input.counts)}',
         config=CONFIG_OPTION,
+        privacy=config["privacy"],  # reruns when pseudonymisation is turned on or off
         settings=config["clinical_columns"],  # reruns when this section changes, not on any edit of the file
         maf=lambda wc, input: option("--maf", input.maf),
         tables=lambda wc, input: f'{table_options(input.tables)} {option("--table-source", input.table_sources)}',

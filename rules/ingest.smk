@@ -15,6 +15,7 @@ rule ingest_variants:
         n_chunks=N_CHUNKS,
         territory_mb=config["ingest"]["territory_mb"],
         config=CONFIG_OPTION,  # for data_roots
+        privacy=config["privacy"],  # reruns when pseudonymisation is turned on or off
         annotation_field=option("--annotation-field", [config["ingest"]["annotation_field"]])
         if config["ingest"]["annotation_field"]
         else "",
@@ -44,6 +45,7 @@ rule ingest_expression:
     params:
         values=config["ingest"]["expression_values"],
         config=CONFIG_OPTION,  # for data_roots
+        privacy=config["privacy"],  # reruns when pseudonymisation is turned on or off
     log:
         f"{LOGS}/ingest_expression.log",
     benchmark:
@@ -74,6 +76,7 @@ rule ingest_imaging:
         else "",
         aggregations=" ".join(config["ingest"].get("texture_aggregations") or ["3D"]),
         config=CONFIG_OPTION,  # for data_roots
+        privacy=config["privacy"],  # reruns when pseudonymisation is turned on or off
         mask_label=option("--mask-label", [str(config["ingest"]["mask_label"])])
         if config["ingest"]["mask_label"]
         else "",
@@ -105,6 +108,7 @@ rule ingest_table:
     params:
         id_column=config["table_id_column"],
         config=CONFIG_OPTION,  # for data_roots
+        privacy=config["privacy"],  # reruns when pseudonymisation is turned on or off
     log:
         f"{LOGS}/ingest_table/{{name}}.log",
     benchmark:

@@ -1,0 +1,94 @@
+"""requirements.lock: a fresh venv built from it (uv, hashes checked) reproduces the reduced demo's metrics,
+predictions and attributions byte for byte against this venv's run. The venv is cached under
+~/.cache/multimodal/lock-venv-<sha256 of the lock> and rebuilt when the lock changes."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import reduced_demo as demo
+
+LOCK = demo.REPO / "requirements.lock"
+#: Where the CPU build of torch comes from: this machine's wheel directory, else PyTorch's CPU index.
+TORCH_SOURCES = (
+    ["--find-links", "/opt/wheels"]
+    if Path("/opt/wheels").is_dir()
+    else ["--extra-index-url", "https://download.pytorch.org/whl/cpu", "--index-strategy", "unsafe-best-match"]
+)
+TARGETS = ("results/demo/explain",)
+
+
+def pins(text: str) -> dict[str, str]:
+    return {
+        re.sub(r"[-_.]+", "-", name.lower()): version
+        for name, version in re.findall(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)==(\S+)", text, flags=re.M)
+    }
+
+
+def test_lock_pins_everything_with_hashes_and_the_cpu_torch():
+    text = LOCK.read_text()
+    pinned = pins(text)
+    assert pinned["torch"] == "2.13.0+cpu"
+    assert not [name for name in pinned if name.startswith(("nvidia-", "triton"))], "CUDA wheels in the lock"
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", text.split("\n", 1)[1] if text.startswith("#") else text)
+    assert all("--hash=sha256:" in block for block in blocks if "==" in block)
+    for name in ("lightning", "captum", "zarr", "snakemake", "numpy", "snakemake-executor-plugin-slurm", "snakefmt"):
+        assert name in pinned, name
+    # the lock agrees with pyproject's own pins
+    pyproject = (demo.REPO / "pyproject.toml").read_text()
+    for name, version in re.findall(r'"([A-Za-z0-9_.-]+)==([^"]+)"', pyproject):
+        key = re.sub(r"[-_.]+", "-", name.lower())
+        assert pinned.get(key, "").split("+")[0] == version, (name, version, pinned.get(key))
+
+
+def locked_venv() -> Path:
+    """The cached venv built from requirements.lock (built on first use)."""
+    key = demo.digest(LOCK)[:16]
+    venv = Path.home() / ".cache" / "multimodal" / f"lock-venv-{key}"
+    python = venv / "bin" / "python"
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv is not installed (pip install uv==0.13.8, in the test extras)")
+    if not (venv / ".complete").is_file():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True, timeout=300)
+        sync = [uv, "pip", "sync", "-q", "--python", str(python), "--require-hashes", *TORCH_SOURCES, str(LOCK)]
+        done = subprocess.run(sync, capture_output=True, text=True, timeout=1800)
+        assert done.returncode == 0, done.stderr[-3000:]
+        (venv / ".complete").write_text(key)
+    # the project itself from this checkout, without touching the locked dependencies
+    install = [uv, "pip", "install", "-q", "--python", str(python), "--no-deps", "-e", str(demo.REPO)]
+    subprocess.run(install, check=True, capture_output=True, timeout=300)
+    return venv
+
+
+@pytest.mark.slow
+def test_a_venv_from_the_lock_reproduces_the_demo_byte_for_byte(tmp_path):
+    venv = locked_venv()
+    cohort = tmp_path / "cohort"
+    demo.simulate(cohort, patients=30)
+    runs = {}
+    for name, bindir in (("main", demo.BIN), ("locked", venv / "bin")):
+        workdir = tmp_path / name
+        shutil.copytree(cohort / "demo", workdir / "demo")
+        demo.write_config(workdir, model={"baseline": False, "bootstrap": 10, "epochs": 3})
+        env = demo.environment()
+        env["PATH"] = f"{bindir}{os.pathsep}{env['PATH']}"
+        command = [str(bindir / "snakemake"), "--snakefile", str(demo.REPO / "Snakefile"), "--configfile"]
+        command += ["reduced.yaml", "--cores", "2", *TARGETS]
+        done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=1200)
+        assert done.returncode == 0, done.stderr[-3000:]
+        manifest = (workdir / "results/demo/manifests/model.json").read_text()
+        assert str(bindir) not in manifest
+        runs[name] = workdir / "results" / "demo"
+    for part in ("model", "explain"):
+        ours, theirs = (demo.tree_digests(r / part, skip=(".snakemake_timestamp",)) for r in runs.values())
+        assert ours == theirs, part
+    for name in ("metrics.json", "predictions.tsv"):
+        assert (runs["main"] / "model" / name).read_bytes() == (runs["locked"] / "model" / name).read_bytes()
