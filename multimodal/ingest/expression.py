@@ -390,3 +390,65 @@ def expression_matrix(
     }
     log.info("expression: %d patients x %d genes", adata.n_obs, adata.n_vars)
     return adata
+
+
+def read_expression_inputs(
+    samples: pd.DataFrame,
+    *,
+    counts: str | Path | None = None,
+    values: str = "counts",
+    tx2gene: str | Path | None = None,
+    sample_key: str = "sample",
+    cell_type_key: str | None = None,
+    min_count: float = 0.0,
+    min_samples: int = 1,
+) -> anndata.AnnData:
+    """The expression modality from whichever input the cohort has: one cohort file, or one file per patient.
+
+    ``counts``: a cohort counts table (TSV/CSV, featureCounts, GCT ...; ``rna_sample`` names its columns) or
+    an ``.h5ad``: bulk (``rna_sample`` names its ``obs_names``) or single-cell (``obs[sample_key]`` names the
+    sample of each cell; cells summed per sample, per cell type too with ``cell_type_key``). Without it,
+    the samples sheet's ``rna_file`` column names each patient's own file: Salmon ``quant.sf`` (gene level
+    through ``tx2gene``), 10x ``.h5``, single-cell ``.h5ad`` or a one-sample counts table; such a patient's
+    ``rna_sample`` defaults to its patient ID. Giving both is refused (one cohort, one way).
+    """
+    from multimodal.ingest.expression_formats import read_h5ad_expression, read_sample_files, read_tx2gene
+
+    files = samples["rna_file"].astype(str) if "rna_file" in samples else pd.Series("", index=samples.index)
+    has_file = files.str.len() > 0
+    if counts is not None and has_file.any():
+        raise MultimodalError(
+            f"{counts}: the config names a cohort expression file and the samples sheet's rna_file names "
+            f"per-patient files (patient {has_file.index[has_file.to_numpy()][0]}); give expression one way"
+        )
+    if counts is None and not has_file.any():
+        raise MultimodalError(
+            "no expression input: give a cohort table or .h5ad (config expression, CLI --counts) or per-patient "
+            "files in the samples sheet's rna_file column"
+        )
+    genes = read_tx2gene(tx2gene) if tx2gene else None
+    if counts is not None:
+        path = Path(counts)
+        if path.name.lower().endswith(".h5ad"):
+            frame = read_h5ad_expression(path, sample_key=sample_key, cell_type_key=cell_type_key)
+        else:
+            frame = read_counts_table(
+                path, sample_columns=[s for s in samples["rna_sample"] if s], nonnegative=values == "counts"
+            )
+        source = str(path)
+    else:
+        samples = samples.copy()
+        names = samples["rna_sample"].where(samples["rna_sample"].astype(str).str.len() > 0, samples.index)
+        samples.loc[has_file, "rna_sample"] = names[has_file]
+        samples.loc[~has_file, "rna_sample"] = ""
+        frame = read_sample_files(pd.Series(files[has_file].to_numpy(), index=names[has_file]), tx2gene=genes)
+        source = "rna_file of the samples sheet"
+    adata = expression_matrix(
+        frame, samples, source=source, values=values, min_count=min_count, min_samples=min_samples
+    )
+    adata.uns["ingest"]["params"].update(
+        input=source,
+        tx2gene=str(tx2gene or ""),
+        single_cell={"sample_key": sample_key, "cell_type_key": cell_type_key or None},
+    )
+    return adata

@@ -99,7 +99,7 @@ def read_salmon_quant(path: str | Path, tx2gene: pd.Series | None) -> tuple[pd.S
     from multimodal.ingest.textfile import check_field_counts
 
     check_field_counts(path, sep="\t", first_line=2, n_fields=len(SALMON_COLUMNS), what="Salmon quant.sf")
-    quant = pd.read_csv(path, sep="\t", dtype={"Name": str}, keep_default_na=False, na_values=[""])
+    quant = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     for column in ("TPM", "NumReads"):
         values = pd.to_numeric(quant[column], errors="coerce")
         bad = np.flatnonzero(values.isna().to_numpy() | (values < 0).to_numpy())
@@ -286,7 +286,7 @@ def read_sample_files(
             counts, gene_symbols, n_cells = _h5ad_total(path)
             symbols.update(gene_symbols)
             left_out["cells_summed"] += n_cells
-        elif is_salmon_quant(path):
+        elif name.endswith(".sf") or is_salmon_quant(path):
             counts, _, dropped = read_salmon_quant(path, tx2gene)
             left_out["transcripts_not_in_tx2gene"] += dropped["transcripts_not_in_tx2gene"]
         else:

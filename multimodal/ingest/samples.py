@@ -4,7 +4,8 @@ Columns: ``patient_id`` (required), and any of ``vcf`` (VCF/BCF path), ``maf_sam
 Tumor_Sample_Barcode in a cohort MAF), ``rna_sample`` (column name in the expression counts table),
 ``image`` (NIfTI, NRRD, or a directory holding one DICOM series), ``mask`` (NIfTI, NRRD, DICOM SEG or
 RTSTRUCT), ``roi`` (the SEG segment or RTSTRUCT ROI to use) and ``tumour_sample`` (the tumour's sample
-column in a tumour/normal VCF; needed when the VCF has several). An empty cell means the
+column in a tumour/normal VCF; needed when the VCF has several), ``rna_file`` (the patient's own
+expression file: Salmon quant.sf, 10x .h5, single-cell .h5ad or a one-sample counts table). An empty cell means the
 patient lacks that input. Paths are relative to the working directory the workflow runs in, and must
 resolve (symbolic links followed) inside a data root: the directories given as ``data_roots`` in the
 config, by default the samples sheet's own directory and the working directory. A path outside them
@@ -33,8 +34,8 @@ import pandas as pd
 from multimodal.errors import MultimodalError
 from multimodal.ingest.textfile import id_problems, list_lines, raise_problems, read_table
 
-FILE_COLUMNS = ("vcf", "image", "mask")
-OPTIONAL_COLUMNS = ("vcf", "maf_sample", "rna_sample", "image", "mask")
+FILE_COLUMNS = ("vcf", "image", "mask", "rna_file")
+OPTIONAL_COLUMNS = ("vcf", "maf_sample", "rna_sample", "image", "mask", "rna_file")
 #: Optional columns that may repeat between patients: ``tumour_sample`` names a column inside the patient's own VCF.
 SHARED_VALUE_COLUMNS = ("tumour_sample",)
 #: Columns that let a patient have several imaging rows (lesions, timepoints), and the timepoints known.
@@ -173,11 +174,10 @@ def read_samples(
                 if value and column == "image" and Path(value).is_dir():
                     continue  # a DICOM series, read by multimodal.ingest.medical_images
                 if value and Path(value).is_dir():
-                    hint = (
-                        "give the VCF/BCF file"
-                        if column == "vcf"
-                        else "a mask is a file: NIfTI, NRRD, DICOM SEG or RTSTRUCT"
-                    )
+                    hint = {
+                        "vcf": "give the VCF/BCF file",
+                        "rna_file": "give the quant.sf, 10x .h5, .h5ad or counts file",
+                    }.get(column, "a mask is a file: NIfTI, NRRD, DICOM SEG or RTSTRUCT")
                     raise MultimodalError(
                         f"{path}: line {row}: {column} {value} of patient {record['patient_id']} is a directory; {hint}"
                     )
