@@ -3,6 +3,7 @@
 import mudata as md
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from multimodal.explain import attribute_fold
@@ -144,3 +145,125 @@ def test_ensemble_members_are_averaged_in_predictions_and_attributions(tiny_run,
     predictions = pd.read_csv(tmp_path / "model" / "predictions.tsv", sep="\t").set_index("patient_id")
     contributions = pd.read_csv(tmp_path / "explain" / "modality_contributions.tsv", sep="\t", index_col=0)
     np.testing.assert_allclose(contributions.loc[predictions.index, "risk"], predictions["risk"], atol=1e-5)
+
+
+def test_value_layer_holds_the_raw_store_values(tiny_run):
+    attr = md.read_zarr(str(tiny_run["explain_dir"] / "attributions.zarr"))
+    store = md.read_zarr(str(tiny_run["store"]))
+    for name in ("variants", "expression", "imaging"):
+        explained = attr.mod[name]
+        assert explained.layers["value"].shape == explained.X.shape
+        source = store.mod[name][explained.obs_names]
+        stored = [f for f in explained.var_names if f in source.var_names]
+        x = source[:, stored].X
+        x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+        columns = explained.var_names.get_indexer(stored)
+        np.testing.assert_allclose(explained.layers["value"][:, columns], x, rtol=1e-6)
+    variants = attr.mod["variants"]
+    if "TMB" in variants.var_names:  # an obs-derived feature: its stored value, not the model's log1p
+        tmb = store.mod["variants"].obs.loc[variants.obs_names, "tmb"].to_numpy(float)
+        np.testing.assert_allclose(variants[:, "TMB"].layers["value"].ravel(), tmb, rtol=1e-6)
+
+
+def test_feature_importance_has_a_direction_for_every_feature(tiny_run):
+    importance = pd.read_csv(tiny_run["explain_dir"] / "feature_importance.tsv", sep="\t")
+    assert {"direction", "direction_kind", "direction_sign"} <= set(importance.columns)
+    assert set(importance["direction_kind"]) <= {"carrier_difference", "rank_correlation"}
+    assert set(importance["direction_sign"]) <= {"raises_risk", "lowers_risk", "unclear"}
+    mutations = importance[importance["feature"].str.endswith("_mut")]
+    assert (mutations["direction_kind"] == "carrier_difference").all()
+    unused = importance[importance["mean_abs_attribution"] == 0]
+    assert (unused["direction_sign"] == "unclear").all()
+    signed = importance[importance["direction_sign"] != "unclear"]
+    assert ((signed["direction"] > 0) == (signed["direction_sign"] == "raises_risk")).all()
+
+
+def test_explain_patient_prints_what_the_files_hold(tiny_run, capsys):
+    import json
+
+    from multimodal.cli import main
+
+    explain_dir = tiny_run["explain_dir"]
+    contributions = pd.read_csv(explain_dir / "modality_contributions.tsv", sep="\t", index_col=0)
+    patient = str(contributions["risk"].idxmax())
+    assert main(["explain", "--patient", patient, "--json", "--top", "5", "--out", str(explain_dir)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    row = contributions.loc[patient]
+    assert summary["risk"] == pytest.approx(row["risk"])
+    assert summary["risk_percentile"] == pytest.approx(100.0) and summary["risk_group"] == "high"
+    assert summary["response_prob"] == pytest.approx(row["response_prob"])
+    for entry in summary["modalities"]:
+        if entry["has_modality"]:
+            assert entry["attribution_sum"] == pytest.approx(row[entry["modality"]], abs=1e-5)
+            assert entry["group_contribution"] == pytest.approx(row[f"group_{entry['modality']}"])
+        else:
+            assert np.isnan(row[entry["modality"]])
+    attr = md.read_zarr(str(explain_dir / "attributions.zarr"))
+    everything = []
+    for name, adata in attr.mod.items():
+        if patient in adata.obs_names:
+            i = adata.obs_names.get_loc(patient)
+            everything += [
+                (abs(float(a)), name, str(f), float(a), float(v))
+                for f, a, v in zip(adata.var_names, adata.X[i], adata.layers["value"][i], strict=True)
+            ]
+    expected = sorted(everything, key=lambda r: -r[0])[:5]
+    assert [(t["modality"], t["feature"]) for t in summary["top_attributions"]] == [(e[1], e[2]) for e in expected]
+    for shown, e in zip(summary["top_attributions"], expected, strict=True):
+        assert shown["attribution"] == pytest.approx(e[3]) and shown["value"] == pytest.approx(e[4])
+    # the text view: same numbers; the explain directory found beside --model
+    assert main(["explain", "--patient", patient, "--top", "5", "--model", str(tiny_run["model_dir"])]) == 0
+    text = capsys.readouterr().out
+    assert f"patient {patient}: predicted log relative hazard {row['risk']:.3f}" in text
+    assert "high risk group" in text
+    for e in expected:
+        assert e[2][:28] in text and f"{e[3]:+.3f}" in text
+
+
+def test_explain_unknown_patient_is_one_line_with_near_matches(tiny_run, capsys):
+    from multimodal.cli import main
+
+    assert main(["explain", "--patient", "P001", "--out", str(tiny_run["explain_dir"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown patient 'P001'" in err and "near matches: P0001" in err
+    assert main(["explain", "--json", "--out", str(tiny_run["explain_dir"])]) == 2
+    assert "--json goes with --patient" in capsys.readouterr().err
+    assert main(["explain", "--model", str(tiny_run["model_dir"]), "--out", "x"]) == 2
+    assert "--store required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["gradient_shap", "deeplift"])
+def test_other_methods_run_and_a_large_delta_is_flagged(tiny_run, tmp_path, method, caplog):
+    from multimodal.explain import explain_cohort
+    from multimodal.store import read_cohort_store
+
+    mdata = read_cohort_store(tiny_run["store"])
+    with caplog.at_level("WARNING", logger="multimodal.explain"):
+        explain_cohort(
+            mdata,
+            tiny_run["model_dir"],
+            tmp_path,
+            method=method,
+            n_samples=5,
+            group_method="feature_ablation",
+            bootstrap=50,
+            delta_warning=1e-9,  # far below any real delta: must warn
+            progress=False,
+        )
+    attr = md.read_zarr(str(tmp_path / "attributions.zarr"))
+    uns = attr.uns["attribution"]
+    assert uns["method"] == method and uns["group_method"] == "feature_ablation"
+    assert uns["convergence_warning"].startswith("mean |convergence delta|")
+    assert "exceeds" in caplog.text
+    assert uns["convergence_delta_mean_abs"] > uns["convergence_threshold"]
+    contributions = pd.read_csv(tmp_path / "modality_contributions.tsv", sep="\t", index_col=0)
+    reference = pd.read_csv(tiny_run["explain_dir"] / "modality_contributions.tsv", sep="\t", index_col=0)
+    np.testing.assert_allclose(contributions["risk"], reference["risk"], atol=1e-6)
+    assert (tmp_path / "trust.json").is_file() and (tmp_path / "modality_value.tsv").is_file()
+
+
+def test_default_delta_threshold_is_quiet_for_converged_integrated_gradients(tiny_run):
+    attr = md.read_zarr(str(tiny_run["explain_dir"] / "attributions.zarr"))
+    uns = attr.uns["attribution"]
+    assert uns["delta_warning"] == 0.05 and uns["convergence_warning"] == ""
+    assert uns["convergence_delta_mean_abs"] <= uns["convergence_threshold"]

@@ -147,13 +147,15 @@ def attribute_batch(
         )
     elif settings.method == "deeplift":
         attributions, delta = DeepLift(_module(risk)).attribute(
-            attributed, baselines=zeros, additional_forward_args=(mask,), return_convergence_delta=True
+            tuple(x.detach().clone().requires_grad_() for x in attributed), baselines=zeros, additional_forward_args=(mask,), return_convergence_delta=True
         )
     else:
         if background is None or not len(background) or background[0].shape[0] == 0:
             raise MultimodalError("gradient_shap needs the fold's training patients as baselines; none were given")
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(settings.seed)  # which training patients are drawn as baselines: seeded
+        # Captum draws the baselines and path points from numpy's and torch's global generators: seed both
+        generator_state, numpy_state = torch.random.get_rng_state(), np.random.get_state()
+        torch.manual_seed(settings.seed)
+        np.random.seed(settings.seed)
         try:
             attributions, delta = GradientShap(risk).attribute(
                 attributed,
@@ -164,6 +166,7 @@ def attribute_batch(
             )
         finally:
             torch.random.set_rng_state(generator_state)
+            np.random.set_state(numpy_state)
         delta = delta.reshape(n, settings.n_samples).mean(dim=1)
     for j, a in zip(used, attributions, strict=True):
         out[j] = a.detach().cpu().numpy().astype(np.float64)
