@@ -1,4 +1,5 @@
 # Look-ups shared by the rules: the samples sheet, chunks of patients, and which modalities exist.
+import json
 import math
 import re
 import os
@@ -9,7 +10,6 @@ import pandas as pd
 
 from multimodal.ingest.samples import chunk as _chunk
 from multimodal.workflow import sheet_modalities
-
 
 SAMPLES = pd.read_csv(config["samples"], sep="\t", dtype=str, keep_default_na=False)
 validate(SAMPLES, "../config/samples.schema.yaml")
@@ -25,11 +25,14 @@ LOGS = f"{OUT}/logs"
 N_CHUNKS = max(1, math.ceil(len(SAMPLES) / config["ingest"]["chunk_size"]))
 CHUNKS = list(range(N_CHUNKS))
 MAF = config.get("maf") or None
-_FROM_SHEET = sheet_modalities(SAMPLES, config)  # also refuses a modality given both ways
+_FROM_SHEET = sheet_modalities(
+    SAMPLES, config
+)  # also refuses a modality given both ways
 HAS_VARIANTS = _FROM_SHEET["variants"]
 HAS_IMAGING = _FROM_SHEET["imaging"]
 HAS_EXPRESSION = _FROM_SHEET["expression"]
 TABLES = dict(config.get("tables") or {})
+
 
 wildcard_constraints:
     name="|".join(re.escape(n) for n in TABLES) or "(?!)",
@@ -39,8 +42,12 @@ wildcard_constraints:
 def chunk_files(chunk, columns):
     """Input files of the patients in one chunk."""
     rows = _chunk(SAMPLES, index=int(chunk), n_chunks=N_CHUNKS)
-    rows = SAMPLE_ROWS[SAMPLE_ROWS["patient_id"].isin(rows.index)]  # every imaging row of those patients
-    return list(dict.fromkeys(path for column in columns for path in rows[column] if path))
+    rows = SAMPLE_ROWS[
+        SAMPLE_ROWS["patient_id"].isin(rows.index)
+    ]  # every imaging row of those patients
+    return list(
+        dict.fromkeys(path for column in columns for path in rows[column] if path)
+    )
 
 
 def simulated_files():
@@ -55,7 +62,11 @@ def simulated_files():
 
 def modality_chunks(name):
     present = {"variants": HAS_VARIANTS, "imaging": HAS_IMAGING}[name]
-    return expand(f"{OUT}/interim/{name}/chunk_{{chunk}}.h5ad", chunk=CHUNKS) if present else []
+    return (
+        expand(f"{OUT}/interim/{name}/chunk_{{chunk}}.h5ad", chunk=CHUNKS)
+        if present
+        else []
+    )
 
 
 def option(flag, files):
@@ -67,12 +78,29 @@ def option(flag, files):
 def imaging_processing_options(ingest):
     """The optional IBSI image-processing flags of ``ingest imaging``; none by default."""
     options = [
-        option("--resample-spacing", [str(s) for s in ingest.get("resample_spacing") or []]),
-        option("--interpolation", [ingest.get("interpolation") or "linear"]) if ingest.get("resample_spacing") else "",
+        option(
+            "--resample-spacing", [str(s) for s in ingest.get("resample_spacing") or []]
+        ),
+        (
+            option("--interpolation", [ingest.get("interpolation") or "linear"])
+            if ingest.get("resample_spacing")
+            else ""
+        ),
         "--round-intensities" if ingest.get("round_intensities") else "",
-        option("--resegment-range", [str(b) for b in ingest.get("resegment_range") or []]),
-        option("--outlier-sd", [str(ingest["outlier_sd"])]) if ingest.get("outlier_sd") else "",
-        option("--lesion-rule", [ingest["lesion_rule"]]) if ingest.get("lesion_rule", "largest") != "largest" else "",
+        option(
+            "--resegment-range", [str(b) for b in ingest.get("resegment_range") or []]
+        ),
+        (
+            option("--outlier-sd", [str(ingest["outlier_sd"])])
+            if ingest.get("outlier_sd")
+            else ""
+        ),
+        (
+            option("--lesion-rule", [ingest["lesion_rule"]])
+            if ingest.get("lesion_rule", "largest") != "largest"
+            else ""
+        ),
+        option("--filters", [json.dumps(ingest["filters"])]) if ingest.get("filters") else "",
     ]
     return " ".join(o for o in options if o)
 
@@ -81,11 +109,53 @@ def variant_filter_options(ingest):
     """The ``ingest variants`` filter flags from ``ingest.variant_filters``; none at the defaults."""
     filters = ingest.get("variant_filters") or {}
     options = [
-        option("--filter", filters["filter"]) if filters.get("filter", ["PASS"]) != ["PASS"] else "",
-        option("--min-depth", [str(filters["min_depth"])]) if filters.get("min_depth") else "",
-        option("--min-vaf", [str(filters["min_vaf"])]) if filters.get("min_vaf") else "",
+        (
+            option("--filter", filters["filter"])
+            if filters.get("filter", ["PASS"]) != ["PASS"]
+            else ""
+        ),
+        (
+            option("--min-depth", [str(filters["min_depth"])])
+            if filters.get("min_depth")
+            else ""
+        ),
+        (
+            option("--min-vaf", [str(filters["min_vaf"])])
+            if filters.get("min_vaf")
+            else ""
+        ),
         option("--gene-list", [filters["genes"]]) if filters.get("genes") else "",
-        option("--transcripts", [filters["transcripts"]]) if filters.get("transcripts", "any") != "any" else "",
+        (
+            option("--transcripts", [filters["transcripts"]])
+            if filters.get("transcripts", "any") != "any"
+            else ""
+        ),
+    ]
+    return " ".join(o for o in options if o)
+
+
+def expression_format_options(ingest):
+    """The ``ingest expression`` flags of tx2gene, single-cell keys and the low-expression filter; none by default."""
+    single_cell = ingest.get("single_cell") or {}
+    low = ingest.get("min_expression") or {}
+    options = [
+        option("--tx2gene", [ingest["tx2gene"]]) if ingest.get("tx2gene") else "",
+        (
+            option("--sample-key", [single_cell["sample_key"]])
+            if single_cell.get("sample_key", "sample") != "sample"
+            else ""
+        ),
+        (
+            option("--cell-type-key", [single_cell["cell_type_key"]])
+            if single_cell.get("cell_type_key")
+            else ""
+        ),
+        option("--min-count", [str(low["min_count"])]) if low.get("min_count") else "",
+        (
+            option("--min-samples", [str(low["min_samples"])])
+            if low.get("min_count") and low.get("min_samples")
+            else ""
+        ),
     ]
     return " ".join(o for o in options if o)
 
@@ -104,7 +174,10 @@ CONFIG_OPTION = option("--config", workflow.configfiles[-1:])
 def cluster_resources(config):
     """slurm_partition / slurm_account from the config's resources section, else the environment."""
     found = {}
-    for name, variable in (("slurm_partition", "MULTIMODAL_SLURM_PARTITION"), ("slurm_account", "MULTIMODAL_SLURM_ACCOUNT")):
+    for name, variable in (
+        ("slurm_partition", "MULTIMODAL_SLURM_PARTITION"),
+        ("slurm_account", "MULTIMODAL_SLURM_ACCOUNT"),
+    ):
         value = config["resources"].get(name) or os.environ.get(variable)
         if value:
             found[name] = value

@@ -10,26 +10,28 @@ rule ingest_variants:
         genes=(config["ingest"].get("variant_filters") or {}).get("genes") or [],
     output:
         f"{OUT}/interim/variants/chunk_{{chunk}}.h5ad",
+    log:
+        f"{LOGS}/ingest_variants/chunk_{{chunk}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/ingest_variants/chunk_{{chunk}}.tsv"
+    conda:
+        "../envs/multimodal.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
     params:
         maf=lambda wc, input: option("--maf", input.maf),
         n_chunks=N_CHUNKS,
         territory_mb=config["ingest"]["territory_mb"],
         config=CONFIG_OPTION,  # for data_roots
         privacy=config["privacy"],  # reruns when pseudonymisation is turned on or off
-        annotation_field=option("--annotation-field", [config["ingest"]["annotation_field"]])
-        if config["ingest"]["annotation_field"]
-        else "",
+        annotation_field=(
+            option("--annotation-field", [config["ingest"]["annotation_field"]])
+            if config["ingest"]["annotation_field"]
+            else ""
+        ),
         filters=variant_filter_options(config["ingest"]),
-    log:
-        f"{LOGS}/ingest_variants/chunk_{{chunk}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/ingest_variants/chunk_{{chunk}}.tsv",
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=60,
-    conda:
-        "../envs/multimodal.yaml"
     shell:
         "multimodal ingest variants -q --samples {input.samples:q} --chunk {wildcards.chunk}"
         " --n-chunks {params.n_chunks} --territory-mb {params.territory_mb} {params.maf} {params.annotation_field}"
@@ -40,24 +42,32 @@ rule ingest_expression:
     input:
         samples=config["samples"],
         counts=config["expression"] or [],
+        rna_files=(
+            [p for p in SAMPLES["rna_file"] if p]
+            if "rna_file" in SAMPLES.columns
+            else []
+        ),
+        tx2gene=config["ingest"].get("tx2gene") or [],
     output:
         f"{OUT}/interim/expression/expression.h5ad",
-    params:
-        values=config["ingest"]["expression_values"],
-        config=CONFIG_OPTION,  # for data_roots
-        privacy=config["privacy"],  # reruns when pseudonymisation is turned on or off
     log:
         f"{LOGS}/ingest_expression.log",
     benchmark:
-        f"{OUT}/benchmarks/ingest_expression.tsv",
+        f"{OUT}/benchmarks/ingest_expression.tsv"
+    conda:
+        "../envs/multimodal.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../envs/multimodal.yaml"
+    params:
+        values=config["ingest"]["expression_values"],
+        counts=lambda wc, input: option("--counts", input.counts),
+        formats=expression_format_options(config["ingest"]),
+        config=CONFIG_OPTION,  # for data_roots
+        privacy=config["privacy"],  # reruns when pseudonymisation is turned on or off
     shell:
-        "multimodal ingest expression -q --samples {input.samples:q} --counts {input.counts:q}"
+        "multimodal ingest expression -q --samples {input.samples:q} {params.counts} {params.formats}"
         " --values {params.values} --out {output:q} {params.config}"
         " > {log:q} 2>&1"
 
@@ -68,30 +78,38 @@ rule ingest_imaging:
         images=lambda wc: chunk_files(wc.chunk, ["image", "mask"]),
     output:
         f"{OUT}/interim/imaging/chunk_{{chunk}}.h5ad",
-    params:
-        n_chunks=N_CHUNKS,
-        bin_count=config["ingest"]["bin_count"],
-        bin_width=option("--bin-width", [str(config["ingest"]["bin_width"])])
-        if config["ingest"].get("bin_width")
-        else "",
-        aggregations=" ".join(config["ingest"].get("texture_aggregations") or ["3D"]),
-        config=CONFIG_OPTION,  # for data_roots
-        privacy=config["privacy"],  # reruns when pseudonymisation is turned on or off
-        mask_label=option("--mask-label", [str(config["ingest"]["mask_label"])])
-        if config["ingest"]["mask_label"]
-        else "",
-        roi_name=option("--roi-name", [config["ingest"]["roi_name"]]) if config["ingest"]["roi_name"] else "",
-        processing=imaging_processing_options(config["ingest"]),
     log:
         f"{LOGS}/ingest_imaging/chunk_{{chunk}}.log",
     benchmark:
-        f"{OUT}/benchmarks/ingest_imaging/chunk_{{chunk}}.tsv",
+        f"{OUT}/benchmarks/ingest_imaging/chunk_{{chunk}}.tsv"
+    conda:
+        "../envs/multimodal.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=120,
-    conda:
-        "../envs/multimodal.yaml"
+    params:
+        n_chunks=N_CHUNKS,
+        bin_count=config["ingest"]["bin_count"],
+        bin_width=(
+            option("--bin-width", [str(config["ingest"]["bin_width"])])
+            if config["ingest"].get("bin_width")
+            else ""
+        ),
+        aggregations=" ".join(config["ingest"].get("texture_aggregations") or ["3D"]),
+        config=CONFIG_OPTION,  # for data_roots
+        privacy=config["privacy"],  # reruns when pseudonymisation is turned on or off
+        mask_label=(
+            option("--mask-label", [str(config["ingest"]["mask_label"])])
+            if config["ingest"]["mask_label"]
+            else ""
+        ),
+        roi_name=(
+            option("--roi-name", [config["ingest"]["roi_name"]])
+            if config["ingest"]["roi_name"]
+            else ""
+        ),
+        processing=imaging_processing_options(config["ingest"]),
     shell:
         "multimodal ingest imaging -q --samples {input.samples:q} --chunk {wildcards.chunk}"
         " --n-chunks {params.n_chunks} --bin-count {params.bin_count} {params.bin_width}"
@@ -105,20 +123,20 @@ rule ingest_table:
         table=lambda wc: TABLES[wc.name],
     output:
         f"{OUT}/interim/table/{{name}}.h5ad",
-    params:
-        id_column=config["table_id_column"],
-        config=CONFIG_OPTION,  # for data_roots
-        privacy=config["privacy"],  # reruns when pseudonymisation is turned on or off
     log:
         f"{LOGS}/ingest_table/{{name}}.log",
     benchmark:
-        f"{OUT}/benchmarks/ingest_table/{{name}}.tsv",
+        f"{OUT}/benchmarks/ingest_table/{{name}}.tsv"
+    conda:
+        "../envs/multimodal.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=20,
-    conda:
-        "../envs/multimodal.yaml"
+    params:
+        id_column=config["table_id_column"],
+        config=CONFIG_OPTION,  # for data_roots
+        privacy=config["privacy"],  # reruns when pseudonymisation is turned on or off
     shell:
         "multimodal ingest table -q --samples {input.samples:q} --table {input.table:q} --name {wildcards.name}"
         " --id-column {params.id_column:q} --out {output:q} {params.config} > {log:q} 2>&1"
