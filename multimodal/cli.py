@@ -38,6 +38,18 @@ def _existing_dir(value: str) -> Path:
     return path
 
 
+def _json_list(value: str) -> list:
+    import json
+
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from err
+    if not isinstance(parsed, list):
+        raise argparse.ArgumentTypeError("expected a JSON list of filter mappings")
+    return parsed
+
+
 def _positive_number(value: str) -> float:
     try:
         number = float(value)
@@ -178,6 +190,7 @@ def cmd_ingest_imaging(args: argparse.Namespace) -> None:
         resegment_range=args.resegment_range,
         outlier_sd=args.outlier_sd,
         lesion_rule=args.lesion_rule,
+        filters=args.filters,
         progress=_progress(args),
     )
     _write_h5ad(adata, args.out)
@@ -190,6 +203,14 @@ def cmd_ingest_table(args: argparse.Namespace) -> None:
     samples = read_samples(args.samples, data_roots=_data_roots(args))
     adata = feature_table(args.table, modality=args.name, patients=samples.index, id_column=args.id_column)
     _write_h5ad(adata, args.out)
+
+
+def cmd_ingest_copy_number(args: argparse.Namespace) -> None:
+    from multimodal.ingest.copy_number import copy_number_matrix
+    from multimodal.ingest.samples import read_samples
+
+    samples = read_samples(args.samples, data_roots=_data_roots(args))
+    _write_h5ad(copy_number_matrix(args.table, patients=samples.index), args.out)
 
 
 def _named_chunk(value: str) -> tuple[str, Path]:
@@ -453,6 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="raw counts (normalised to log1p CPM; default) or an already log-scale table (used as given)",
     )
     p.set_defaults(func=cmd_ingest_expression)
+    p = kinds.add_parser(
+        "copy-number", parents=[common, io], help="GISTIC2 all_thresholded.by_genes.txt as the cnv modality"
+    )
+    p.add_argument("--table", type=_existing_file, required=True, help="GISTIC2 gene-level thresholded table")
+    p.set_defaults(func=cmd_ingest_copy_number)
     p = kinds.add_parser("imaging", parents=[common, io, chunking], help="radiomics from NIfTI image + mask")
     p.add_argument(
         "--bin-count",
@@ -517,6 +543,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("largest", "volume_weighted"),
         default="largest",
         help="a patient's several lesions (sheet column lesion): the largest's features, or volume-weighted means",
+    )
+    p.add_argument(
+        "--filters",
+        type=_json_list,
+        default=None,
+        help='IBSI 2 filters as a JSON list, e.g. \'[{"type": "log", "sigma_mm": 1.5}]\' (ingest.filters)',
     )
     p.set_defaults(func=cmd_ingest_imaging)
 

@@ -100,7 +100,11 @@ def imaging_processing_options(ingest):
             if ingest.get("lesion_rule", "largest") != "largest"
             else ""
         ),
-        option("--filters", [json.dumps(ingest["filters"])]) if ingest.get("filters") else "",
+        (
+            option("--filters", [json.dumps(ingest["filters"])])
+            if ingest.get("filters")
+            else ""
+        ),
     ]
     return " ".join(o for o in options if o)
 

@@ -6,6 +6,7 @@ Images are NIfTI, NRRD or a DICOM series directory; masks NIfTI, NRRD, DICOM SEG
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -20,6 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from multimodal.errors import MultimodalError
+from multimodal.ingest.ibsi_filters import check_filters, filter_feature_names, filter_features
 from multimodal.ingest.ibsi_processing import ImageProcessing
 from multimodal.ingest.medical_images import Volume, read_image, read_mask
 from multimodal.ingest.radiomics import (
@@ -255,6 +257,7 @@ def imaging_matrix(
     resegment_range: Iterable[float] | None = None,
     outlier_sd: float | None = None,
     lesion_rule: str = "largest",
+    filters: list[dict] | None = None,
     progress: bool = True,
 ) -> anndata.AnnData:
     """IBSI 1 radiomics features of every patient with imaging, as a patients x features AnnData.
@@ -294,6 +297,10 @@ def imaging_matrix(
     0) for every feature. A patient without follow-up has them missing, counted in
     ``exclusions['patients_without_follow_up']``; a patient with a follow-up but no baseline is an error.
     ``obs['n_lesions']`` is the baseline lesion count.
+
+    ``filters`` (IBSI 2, :mod:`multimodal.ingest.ibsi_filters`): each filter's response over the processed
+    image gives the 18 intensity statistics inside the intensity mask, named ``<prefix>_stat_*`` (class
+    ``filter_<type>``), after the IBSI 1 features.
     """
     missing = [col for col in ("image", "mask") if col not in samples.columns]
     if missing:
@@ -326,7 +333,8 @@ def imaging_matrix(
     for entry in todo:
         check_pair(entry.image, entry.mask, roi=entry.roi, label=mask_label, roi_from_sheet=entry.roi_from_sheet)
 
-    classes = feature_classes(aggregations)
+    filter_specs = check_filters(filters)
+    classes = feature_classes(aggregations) | filter_feature_names(filter_specs)
     names = list(classes)
     extracted = np.empty((len(todo), len(names)), dtype=np.float32)
     n_merged, merged_example = 0, ""
@@ -353,6 +361,8 @@ def imaging_matrix(
                     intensity_mask=intensity_mask if processing.resegments else None,
                     resegment_range=processing.resegment_range,
                 )
+                roi = intensity_mask if processing.resegments else mask
+                features.update(filter_features(image, roi, spacing, filter_specs))
         except MultimodalError as err:
             raise MultimodalError(f"{image_path} (mask {mask_path}, patient {pid}): {err}") from err
         extracted[row] = [features[name] for name in names]
@@ -400,6 +410,7 @@ def imaging_matrix(
                 "mask_label": "any non-zero" if mask_label is None else int(mask_label),
                 **({"roi_name": str(roi_name)} if roi_name else {}),
                 **({"lesion_rule": lesion_rule, "images_extracted": len(extracted)} if several else {}),
+                **({"filters_json": json.dumps(filter_specs)} if filter_specs else {}),  # IBSI 2 filters as set
                 **({"delta_features": [f"{p}<tag>" for p in DELTA_PREFIXES]} if with_deltas else {}),
             },
             "exclusions": {
