@@ -191,6 +191,7 @@ def cmd_ingest_imaging(args: argparse.Namespace) -> None:
         outlier_sd=args.outlier_sd,
         lesion_rule=args.lesion_rule,
         filters=args.filters,
+        threads=args.threads,
         progress=_progress(args),
     )
     _write_h5ad(adata, args.out)
@@ -549,6 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_json_list,
         default=None,
         help='IBSI 2 filters as a JSON list, e.g. \'[{"type": "log", "sigma_mm": 1.5}]\' (ingest.filters)',
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="images extracted in parallel (worker processes; the rule's threads, ingest.imaging_threads)",
     )
     p.set_defaults(func=cmd_ingest_imaging)
 

@@ -7,13 +7,26 @@ rule assemble:
         samples=config["samples"],
         variants=modality_chunks("variants"),
         imaging=modality_chunks("imaging"),
-        expression=[f"{OUT}/interim/expression/expression.h5ad"] if HAS_EXPRESSION else [],
+        expression=(
+            [f"{OUT}/interim/expression/expression.h5ad"] if HAS_EXPRESSION else []
+        ),
         counts=config["expression"] if HAS_EXPRESSION else [],
         maf=MAF or [],
-        tables=expand(f"{OUT}/interim/table/{{name}}.h5ad", name=list(TABLES)),
-        table_sources=list(TABLES.values()),
+        tables=expand(f"{OUT}/interim/table/{{name}}.h5ad", name=list(TABLES))
+        + ([f"{OUT}/interim/cnv/cnv.h5ad"] if config.get("copy_number") else []),
+        table_sources=list(TABLES.values()) + ([config["copy_number"]] if config.get("copy_number") else []),
     output:
         directory(f"{OUT}/cohort.zarr"),
+    log:
+        f"{LOGS}/assemble.log",
+    benchmark:
+        f"{OUT}/benchmarks/assemble.tsv"
+    conda:
+        "../envs/multimodal.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         variants=lambda wc, input: option("--variants", input.variants),
         imaging=lambda wc, input: option("--imaging", input.imaging),
@@ -23,16 +36,6 @@ rule assemble:
         settings=config["clinical_columns"],  # reruns when this section changes, not on any edit of the file
         maf=lambda wc, input: option("--maf", input.maf),
         tables=lambda wc, input: f'{table_options(input.tables)} {option("--table-source", input.table_sources)}',
-    log:
-        f"{LOGS}/assemble.log",
-    benchmark:
-        f"{OUT}/benchmarks/assemble.tsv",
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../envs/multimodal.yaml"
     shell:
         "multimodal assemble -q --clinical {input.clinical:q} --samples {input.samples:q} {params.variants}"
         " {params.expression} {params.imaging} {params.maf} {params.tables} {params.config} --out {output:q}"
@@ -47,12 +50,12 @@ rule inspect:
     log:
         f"{LOGS}/inspect.log",
     benchmark:
-        f"{OUT}/benchmarks/inspect.tsv",
+        f"{OUT}/benchmarks/inspect.tsv"
+    conda:
+        "../envs/multimodal.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=5,
-    conda:
-        "../envs/multimodal.yaml"
     shell:
         "multimodal inspect -q {input:q} > {output:q} 2> {log:q}"

@@ -84,7 +84,7 @@ rule ingest_imaging:
         f"{OUT}/benchmarks/ingest_imaging/chunk_{{chunk}}.tsv"
     conda:
         "../envs/multimodal.yaml"
-    threads: 1
+    threads: config["ingest"].get("imaging_threads", 1)
     resources:
         mem_mb=4000,
         runtime=120,
@@ -114,6 +114,29 @@ rule ingest_imaging:
         "multimodal ingest imaging -q --samples {input.samples:q} --chunk {wildcards.chunk}"
         " --n-chunks {params.n_chunks} --bin-count {params.bin_count} {params.bin_width}"
         " --texture-aggregations {params.aggregations} {params.mask_label} {params.roi_name} {params.processing}"
+        " --threads {threads} --out {output:q} {params.config} > {log:q} 2>&1"
+
+
+rule ingest_copy_number:
+    input:
+        samples=config["samples"],
+        table=config["copy_number"] or [],
+    output:
+        f"{OUT}/interim/cnv/cnv.h5ad",
+    params:
+        config=CONFIG_OPTION,  # for data_roots
+    log:
+        f"{LOGS}/ingest_copy_number.log",
+    benchmark:
+        f"{OUT}/benchmarks/ingest_copy_number.tsv",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../envs/multimodal.yaml"
+    shell:
+        "multimodal ingest copy-number -q --samples {input.samples:q} --table {input.table:q}"
         " --out {output:q} {params.config} > {log:q} 2>&1"
 
 
