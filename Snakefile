@@ -27,7 +27,9 @@ include: "rules/report.smk"
 for _rule in workflow.rules:
     for _name, _value in cluster_resources(config).items():
         if _name not in _rule.resources:
-            _rule.resources.update(snakemake.resources.Resources.from_mapping({_name: _value}))
+            _rule.resources.update(
+                snakemake.resources.Resources.from_mapping({_name: _value})
+            )
 
 
 rule all:

@@ -7,19 +7,19 @@ rule train:
         splits=config["model"]["splits"] or [],  # user folds: a file, or a directory of split files
     output:
         directory(f"{OUT}/model"),
-    params:
-        config=CONFIG_OPTION,
-        settings=config["model"],  # reruns when this section changes, not on any edit of the file
     log:
         f"{LOGS}/train.log",
     benchmark:
-        f"{OUT}/benchmarks/train.tsv",
+        f"{OUT}/benchmarks/train.tsv"
+    conda:
+        "../envs/multimodal.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=120,
         gpu=config["resources"]["train_gpus"],
-    conda:
-        "../envs/multimodal.yaml"
+    params:
+        config=CONFIG_OPTION,
+        settings=config["model"],  # reruns when this section changes, not on any edit of the file
     shell:
         "multimodal train --store {input.store:q} {params.config} --threads {threads} --out {output:q} > {log:q} 2>&1"
