@@ -186,7 +186,7 @@ def interaction_scores(x: np.ndarray, arm: np.ndarray, time: np.ndarray, event: 
     if len(time) < 4 or event.sum() == 0:
         return out
     order, ends = risk_set_ends(time)
-    dead = (event[order] == 1)
+    dead = event[order] == 1
     n_arms = arm.shape[1]
     for j in range(x.shape[1]):
         column = x[:, j]

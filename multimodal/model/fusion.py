@@ -373,7 +373,7 @@ class FusionNet(nn.Module):
         self._representation = None
         risk, logit = self._risk_and_logit(*inputs, mask=mask)
         out = {"risk": risk, "logit": logit}
-        representation = self._representation
+        representation, self._representation = self._representation, None  # hold no graph between calls
         if self.needs_representation and representation is None:  # late fusion without a treatment arm
             raise RuntimeError("the fused representation was not recorded")
         if self.n_time_bins:
@@ -569,6 +569,8 @@ class FusionSurvivalModel(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         linear = list(self.net.linear.parameters()) if self.net.linear is not None else []
+        if getattr(self.net, "effect_modifiers", None) is not None:  # the benefit head is a linear model too
+            linear += list(self.net.treatment_effect.parameters())
         linear_ids = {id(p) for p in linear}
         deep = [p for p in self.parameters() if id(p) not in linear_ids]
         groups = [{"params": deep, "lr": self.hparams.learning_rate, "weight_decay": self.hparams.weight_decay}]
