@@ -22,7 +22,18 @@ from multimodal.report import build_report
 
 TOP_N = 5
 TITLE = "tiny <cohort> & co"
-SECTION_IDS = ("cohort", "exclusions", "metrics", "risk-groups", "features", "contributions", "provenance")
+SECTION_IDS = (
+    "cohort",
+    "exclusions",
+    "metrics",
+    "risk-groups",
+    "features",
+    "direction",
+    "value",
+    "contributions",
+    "patient",
+    "provenance",
+)
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 _CACHE: dict[tuple[str, ...], tuple[Path, str, _Page]] = {}
 
@@ -160,8 +171,10 @@ def test_report_is_well_formed_with_every_section(report) -> None:
     out, text, page = report
     assert out.name == "report.html" and text.startswith("<!DOCTYPE html>")
     assert page.errors == [] and page.stack == []
-    for tag in ("html", "head", "body", "main", "title", "style"):
+    for tag in ("html", "head", "body", "main", "style"):
         assert page.tags[tag] == 1, tag
+    head = text.split("<head>", 1)[1].split("</head>", 1)[0]
+    assert head.count("<title>") == 1  # the others are SVG dot tooltips
     assert page.tags["section"] == len(SECTION_IDS)
     assert set(SECTION_IDS) <= set(page.ids)
     assert len(page.ids) == len(set(page.ids)), "duplicate element ids"
@@ -178,7 +191,10 @@ def test_report_has_no_external_resources(report) -> None:
         assert url.startswith(("#", "data:image/png;base64,")), url
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", text, re.IGNORECASE)
     assert not re.search(r"""url\(\s*["']?\s*(?:https?:)?//|@import""", text, re.IGNORECASE)
-    assert page.tags["script"] == 0 and page.tags["link"] == 0 and page.tags["iframe"] == 0
+    assert page.tags["link"] == 0 and page.tags["iframe"] == 0
+    # two inline scripts only: the per-patient data (JSON) and the code that draws the view
+    assert page.tags["script"] == 2 and text.count("<script") == 2
+    assert re.findall(r"<script[^>]*>", text) == ['<script type="application/json" id="patient-data">', "<script>"]
 
 
 def test_metrics_match_metrics_json(report, tiny_run) -> None:
@@ -283,7 +299,7 @@ def test_top_features_per_modality_match_feature_importance(report, tiny_run) ->
         rows = page.body_rows(f"top-features-{modality}")
         assert len(rows) == min(TOP_N, len(group))
         first = group.iloc[0]
-        assert rows[0] == [
+        assert rows[0][:5] == [
             "1",
             first["feature"],
             first["gene_symbol"],
@@ -301,7 +317,8 @@ def test_modality_contributions_and_attribution_method(report, tiny_run) -> None
     _, _, page = report
     contrib = pd.read_csv(tiny_run["explain_dir"] / "modality_contributions.tsv", sep="\t", index_col="patient_id")
     rows = {row[0]: row for row in page.body_rows("modality-contributions")}
-    modalities = [c for c in contrib.columns if c not in ("fold", "risk", "convergence_delta")]
+    not_modalities = {"fold", "risk", "convergence_delta", "risk_percentile", "risk_group", "response_prob"}
+    modalities = [c for c in contrib.columns if c not in not_modalities and not c.startswith("group_")]
     assert set(rows) == set(modalities)
     for name in modalities:
         values = contrib[name].dropna()
@@ -342,8 +359,8 @@ def test_strings_from_data_are_escaped_and_output_replaced(tiny_run, tmp_path) -
     (tmp_path / "report.html").write_text("old report")
 
     out, text, page = _build(tmp_path, tiny_run["store"], tiny_run["model_dir"], explain, top_n=TOP_N)
-    assert "<script" not in text.lower() and "<b>" not in text
-    assert html.escape(evil) in text
+    assert text.count("<script") == 2 and "<b>" not in text  # the report's own two inline scripts
+    assert evil not in text and "&lt;script&gt;alert(" in text
     first = page.body_rows(f"top-features-{imp.loc[row, 'modality']}")[0]
     assert first[1:3] == [evil, "<b>&amp;"]
     assert page.errors == []
@@ -429,6 +446,7 @@ def test_report_counts_features_left_out_per_fold(tiny_run, tmp_path):
         out=tmp_path / "r.html",
     )
     html = out.read_text()
+    page = _parse(html)
     assert 'id="feature-selection"' in html
     metrics = _json.loads((tiny_run["model_dir"] / "metrics.json").read_text())
     counts = metrics["folds"][0]["features"]["expression"]
@@ -437,8 +455,8 @@ def test_report_counts_features_left_out_per_fold(tiny_run, tmp_path):
         == counts["constant_or_sparse"] + counts["redundant"] + counts["not_screened_in"] + counts["used"]
     )
     assert counts["used"] == 20  # max_features for expression in the fixture
-    row = f'<td>0</td>\n<td>expression</td>\n<td class="num">{counts["features"]}</td>'
-    assert row in html
+    row = next(r for r in page.body_rows("feature-selection") if r[:2] == ["0", "expression"])
+    assert row[2] == str(counts["features"])
 
 
 def test_report_shows_the_penalised_cox_reference(tiny_run, tmp_path):
@@ -512,3 +530,170 @@ def test_event_counts_of_metrics_and_store_that_disagree_are_flagged(tiny_run, t
     _, text, _ = _build(tmp_path, tiny_run["store"], model, tiny_run["explain_dir"])
     warning = f"metrics.json records {counts['n_events'] + 11} events but the cohort store has {counts['n_events']}"
     assert warning in text.split('id="warnings"')[1].split("</div>")[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections of issue 11
+
+
+def _patient_data(text: str) -> dict:
+    raw = text.split('<script type="application/json" id="patient-data">', 1)[1].split("</script>", 1)[0]
+    return json.loads(raw)
+
+
+def test_report_is_rendered_from_jinja_templates_shipped_with_the_package() -> None:
+    from importlib import resources
+
+    templates = resources.files("multimodal.report").joinpath("templates")
+    names = {p.name for p in templates.iterdir()}
+    assert {"report.html", "blocks.html", "patient_view.js"} <= names
+    source = Path(__file__).resolve().parents[1] / "multimodal/report/html.py"
+    assert "<table" not in source.read_text() and "<section" not in source.read_text()
+
+
+def test_embedded_json_cannot_close_its_script_element() -> None:
+    from multimodal.report.html import _script_json
+
+    text = str(_script_json({"feature": "</script><script>alert(1)</script>", "x": float("nan")}))
+    assert "</script" not in text.lower() and "<!--" not in text
+    assert json.loads(text) == {"feature": "</script><script>alert(1)</script>", "x": None}
+
+
+def test_missingness_pattern_counts_each_patient_once(report, tiny_run) -> None:
+    from multimodal.store import read_cohort_store
+
+    _, _, page = report
+    mdata = read_cohort_store(tiny_run["store"])
+    names = page.tables["missingness-patterns"][0][:-2]
+    has = pd.DataFrame({m: mdata.obs.index.isin(mdata.mod[m].obs_names) for m in names}, index=mdata.obs.index)
+    expected = {tuple("yes" if v else "–" for v in k): int(n) for k, n in has.value_counts().items()}
+    shown = {tuple(r[:-2]): int(r[-2]) for r in page.body_rows("missingness-patterns")}
+    assert shown == expected and sum(shown.values()) == len(mdata.obs)
+    assert len(shown) >= 2  # the tiny cohort has patients without imaging or RNA
+
+
+def test_km_numbers_at_risk_and_hazard_ratio(report, tiny_run) -> None:
+    _, text, page = report
+    pred = pd.read_csv(tiny_run["model_dir"] / "predictions.tsv", sep="\t")
+    high = (pred["risk"] > pred.groupby("fold")["risk"].transform("median")).to_numpy()
+    times = [float(t) for t in page.tables["numbers-at-risk"][0][1:]]
+    rows = {r[0]: [int(x) for x in r[1:]] for r in page.body_rows("numbers-at-risk")}
+    for name, sel in (("high risk", high), ("low risk", ~high)):
+        assert rows[name] == [int((pred["time"][sel] >= t).sum()) for t in times]
+    logrank = page.dls["logrank"]
+    hr = float(logrank["hazard ratio, high against low risk"])
+    low, high_ci = (float(x) for x in logrank["hazard ratio 95% CI"].split(" to "))
+    assert low < hr < high_ci
+    assert hr > 1  # the tiny run's model ranks better than chance (pooled C > 0.5): high risk dies sooner
+
+
+def test_calibration_uses_each_folds_breslow_baseline_hazard(report, tiny_run) -> None:
+    _, _, page = report
+    pred = pd.read_csv(tiny_run["model_dir"] / "predictions.tsv", sep="\t")
+    folds = pd.read_csv(tiny_run["model_dir"] / "folds.tsv", sep="\t")
+    for k in sorted(pred["fold"].unique()):
+        h0 = pd.read_csv(tiny_run["model_dir"] / f"fold_{k}" / "baseline_hazard.tsv", sep="\t")
+        assert (np.diff(h0["cumulative_hazard"]) > 0).all() and (h0["cumulative_hazard"] > 0).all()
+        train = pred[pred["patient_id"].isin(folds.loc[folds["fold"] != k, "patient_id"])]
+        assert h0["time"].tolist() == sorted(train.loc[train["event"] > 0, "time"].unique().tolist())
+    rows = page.body_rows("calibration-table")
+    assert sum(int(r[1]) for r in rows) == int(pred["time"].notna().sum())
+    predicted = [float(r[3]) for r in rows]
+    assert predicted == sorted(predicted) and all(0 < p < 1 for p in predicted)  # group 1: lowest survival
+    for r in rows:
+        low, high = (float(x) for x in r[5].split(" to "))
+        assert low <= float(r[4]) <= high
+
+
+def test_direction_beeswarm_dots_carry_patient_and_value(report, tiny_run) -> None:
+    import anndata as ad
+
+    _, text, page = report
+    imp = pd.read_csv(tiny_run["explain_dir"] / "feature_importance.tsv", sep="\t")
+    variants = ad.read_zarr(str(tiny_run["explain_dir"] / "attributions.zarr" / "mod" / "variants"))
+    top = imp[imp["modality"] == "variants"].sort_values("rank")["feature"].iloc[0]
+    svg = text.split('id="swarm-variants"', 1)[1].split("</svg>", 1)[0]
+    used = int((imp.loc[imp["modality"] == "variants", "mean_abs_attribution"] > 0).sum())
+    assert svg.count("<circle") == variants.n_obs * min(TOP_N, used)
+    j = variants.var_names.get_loc(top)
+    pid = variants.obs_names[0]
+    value = float(np.asarray(variants.layers["value"][0, j]))
+    assert html.escape(f"{pid}: {top} = {value:.4g}, attribution {float(variants.X[0, j]):.3g}") in svg
+    rows = {r[0]: r for r in page.body_rows("direction-table-variants")}
+    assert rows[top][1] == _fmt(imp.set_index(["modality", "feature"]).loc[("variants", top), "direction"], ".3g")
+
+
+def test_modality_value_table_matches_explain_output(report, tiny_run) -> None:
+    _, _, page = report
+    value = pd.read_csv(tiny_run["explain_dir"] / "modality_value.tsv", sep="\t").set_index("modality")
+    rows = {r[0]: r for r in page.body_rows("modality-value")}
+    assert set(rows) == set(value.index)
+    for name, r in rows.items():
+        assert r[3] == _fmt(value.loc[name, "drop"])
+        assert r[4] == f"{_fmt(value.loc[name, 'drop_ci_low'])} to {_fmt(value.loc[name, 'drop_ci_high'])}"
+    assert "modality-value-figure" in page.ids
+
+
+def test_per_patient_data_matches_attributions(report, tiny_run) -> None:
+    import anndata as ad
+
+    _, text, page = report
+    data = _patient_data(text)
+    contrib = pd.read_csv(tiny_run["explain_dir"] / "modality_contributions.tsv", sep="\t", index_col="patient_id")
+    assert sorted(data["patients"]) == sorted(contrib.index)
+    pid = sorted(contrib.index)[3]
+    patient = data["patients"][pid]
+    for m in data["modalities"]:
+        expected = contrib.loc[pid, m]
+        got = patient["contrib"][m]
+        assert (got is None and np.isnan(expected)) or got == pytest.approx(expected)
+    everything = []
+    for path in sorted(p for p in (tiny_run["explain_dir"] / "attributions.zarr" / "mod").iterdir() if p.is_dir()):
+        a = ad.read_zarr(str(path))
+        if pid in a.obs_names:
+            i = a.obs_names.get_loc(pid)
+            x, v = np.asarray(a.X[i]).ravel(), np.asarray(a.layers["value"][i]).ravel()
+            everything += [(path.name, f, float(v[j]), float(x[j])) for j, f in enumerate(a.var_names) if x[j] != 0]
+    best = sorted(everything, key=lambda e: -abs(e[3]))[:TOP_N]
+    assert [t[:2] for t in patient["top"]] == [list(b[:2]) for b in best]
+    assert [t[3] for t in patient["top"]] == pytest.approx([b[3] for b in best])
+    assert patient["rest"] == pytest.approx(sum(e[3] for e in everything) - sum(b[3] for b in best), abs=1e-6)
+    assert '<option value="' + pid + '">' in text
+
+
+def test_tasks_and_search_from_metrics_are_rendered(tiny_run, tmp_path) -> None:
+    model = _copy_model(tiny_run["model_dir"], tmp_path / "model")
+    metrics = json.loads((model / "metrics.json").read_text())
+    metrics["tasks"] = {
+        "fatigue": {
+            "kind": "binary",
+            "pooled": {"auroc": {"value": 0.71, "ci95": [0.6, 0.8]}, "n": 60},
+            "folds": [{"fold": 0, "auroc": 0.7, "n": 20}, {"fold": 1, "auroc": 0.72, "n": 20}],
+        }
+    }
+    metrics["search"] = [{"fold": 0, "dropout": 0.1, "lr": 0.001}, {"fold": 1, "dropout": 0.3, "lr": 0.01}]
+    (model / "metrics.json").write_text(json.dumps(metrics))
+    _, _, page = _build(tmp_path, tiny_run["store"], model, tiny_run["explain_dir"])
+    assert page.tables["task-fatigue"][0] == ["fold", "auroc", "n"]
+    assert page.body_rows("task-fatigue")[-1] == ["pooled", "0.710 (0.600 to 0.800)", "60"]
+    assert page.body_rows("search-choices")[1] == ["1", '{"dropout": 0.3, "lr": 0.01}']
+
+
+def test_attributions_without_the_new_files_still_render(tiny_run, tmp_path) -> None:
+    """Older explain outputs (no modality_value.tsv, trust.json, value layer; no baseline hazards): the
+    sections say what is missing instead of failing."""
+    model = _copy_model(tiny_run["model_dir"], tmp_path / "model")  # top-level files only: no fold_<k>/
+    explain = tmp_path / "explain"
+    shutil.copytree(tiny_run["explain_dir"], explain)
+    (explain / "modality_value.tsv").unlink()
+    (explain / "trust.json").unlink()
+    for layer in (explain / "attributions.zarr" / "mod").glob("*/layers/value"):
+        shutil.rmtree(layer)
+    for meta in (explain / "attributions.zarr" / "mod").glob("*/layers/zarr.json"):
+        shutil.rmtree(meta.parent)
+    _, text, page = _build(tmp_path, tiny_run["store"], model, explain)
+    assert page.errors == []
+    assert "modality_value.tsv is absent" in text
+    assert "Direction plots need the patients&#39; feature values" in text
+    assert "No calibration: the model directory has no fold_&lt;k&gt;/baseline_hazard.tsv" in text
+    assert 'id="patient-view"' in text
