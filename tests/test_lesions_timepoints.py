@@ -177,3 +177,15 @@ def test_follow_up_without_baseline_is_an_error(scans):
     rows = [r for r in _rows(scans) if not (r["patient_id"] == "P3" and r["timepoint"] == "baseline")]
     with pytest.raises(MultimodalError, match="patient P3 has a follow_up image but no baseline"):
         imaging_matrix(read_samples(_sheet(scans["root"] / "no_baseline.tsv", rows)), progress=False)
+
+
+def test_parallel_extraction_gives_the_same_features(scans):
+    """threads (worker processes per chunk, the rule's threads) change nothing in the result."""
+    sheet = read_samples(_sheet(scans["root"] / "threads.tsv", _rows(scans)))
+    one = imaging_matrix(sheet, progress=False)
+    two = imaging_matrix(sheet, threads=2, progress=False)
+    np.testing.assert_array_equal(np.asarray(one.X), np.asarray(two.X))
+    assert list(one.obs_names) == list(two.obs_names)
+    assert one.uns["ingest"] == two.uns["ingest"]
+    with pytest.raises(MultimodalError, match="threads must be a whole number of at least 1"):
+        imaging_matrix(sheet, threads=0, progress=False)

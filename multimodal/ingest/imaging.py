@@ -258,6 +258,7 @@ def imaging_matrix(
     outlier_sd: float | None = None,
     lesion_rule: str = "largest",
     filters: list[dict] | None = None,
+    threads: int = 1,
     progress: bool = True,
 ) -> anndata.AnnData:
     """IBSI 1 radiomics features of every patient with imaging, as a patients x features AnnData.
@@ -301,6 +302,9 @@ def imaging_matrix(
     ``filters`` (IBSI 2, :mod:`multimodal.ingest.ibsi_filters`): each filter's response over the processed
     image gives the 18 intensity statistics inside the intensity mask, named ``<prefix>_stat_*`` (class
     ``filter_<type>``), after the IBSI 1 features.
+
+    ``threads``: images extracted in parallel by that many worker processes (the rule's ``threads``);
+    the result does not depend on it.
     """
     missing = [col for col in ("image", "mask") if col not in samples.columns]
     if missing:
@@ -339,33 +343,24 @@ def imaging_matrix(
     extracted = np.empty((len(todo), len(names)), dtype=np.float32)
     n_merged, merged_example = 0, ""
     removed_per_entry = np.zeros(len(todo), dtype=np.int64)
-    for row, entry in enumerate(tqdm(todo, desc="radiomics", unit="image", disable=not progress)):
-        pid, image_path, mask_path = entry.patient, entry.image, entry.mask
-        image, mask, spacing, labels, taken = _image_and_mask(
-            image_path, mask_path, label=mask_label, roi=entry.roi, roi_from_sheet=entry.roi_from_sheet
-        )
+    settings = {
+        "mask_label": mask_label,
+        "processing": processing,
+        "bin_count": bin_count,
+        "bin_width": bin_width,
+        "aggregations": aggregations,
+        "filters": filter_specs,
+        "names": names,
+    }
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise MultimodalError(f"threads must be a whole number of at least 1, got {threads!r}")
+    results = _extract_all(todo, settings, threads=min(threads, max(len(todo), 1)), progress=progress)
+    for row, (values, removed_here, labels, taken) in enumerate(results):
+        extracted[row] = values
+        removed_per_entry[row] = removed_here
         if taken is None and len(labels) > 1:
             n_merged += 1
-            merged_example = merged_example or f"{mask_path}: labels {labels[:10]}"
-        try:
-            image, mask, intensity_mask, spacing, removed_per_entry[row] = processing.apply(image, mask, spacing)
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # tiny ROIs: undefined values become NaN, counted
-                features = extract_radiomics(
-                    image,
-                    mask,
-                    spacing=spacing,
-                    bin_count=bin_count,
-                    bin_width=bin_width,
-                    aggregations=aggregations,
-                    intensity_mask=intensity_mask if processing.resegments else None,
-                    resegment_range=processing.resegment_range,
-                )
-                roi = intensity_mask if processing.resegments else mask
-                features.update(filter_features(image, roi, spacing, filter_specs))
-        except MultimodalError as err:
-            raise MultimodalError(f"{image_path} (mask {mask_path}, patient {pid}): {err}") from err
-        extracted[row] = [features[name] for name in names]
+            merged_example = merged_example or f"{todo[row].mask}: labels {labels[:10]}"
     logger.info("extracted %d radiomics features from %d images", len(names), len(todo))
     if n_merged:
         logger.warning(
@@ -427,6 +422,60 @@ def imaging_matrix(
         }
     }
     return anndata.AnnData(X=rows, obs=obs, var=var, uns=uns)
+
+
+def _extract_one(entry: ImagingEntry, settings: dict) -> tuple[np.ndarray, int, list[int], int | None]:
+    """One image/mask pair's feature values (in ``settings['names']`` order), voxels removed by
+    re-segmentation, the mask's labels and the label taken."""
+    processing = settings["processing"]
+    image, mask, spacing, labels, taken = _image_and_mask(
+        entry.image, entry.mask, label=settings["mask_label"], roi=entry.roi, roi_from_sheet=entry.roi_from_sheet
+    )
+    try:
+        image, mask, intensity_mask, spacing, removed = processing.apply(image, mask, spacing)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # tiny ROIs: undefined values become NaN, counted
+            features = extract_radiomics(
+                image,
+                mask,
+                spacing=spacing,
+                bin_count=settings["bin_count"],
+                bin_width=settings["bin_width"],
+                aggregations=settings["aggregations"],
+                intensity_mask=intensity_mask if processing.resegments else None,
+                resegment_range=processing.resegment_range,
+            )
+            roi = intensity_mask if processing.resegments else mask
+            features.update(filter_features(image, roi, spacing, settings["filters"]))
+    except MultimodalError as err:
+        raise MultimodalError(f"{entry.image} (mask {entry.mask}, patient {entry.patient}): {err}") from err
+    values = np.asarray([features[name] for name in settings["names"]], dtype=np.float32)
+    return values, int(removed), labels, taken
+
+
+def _extract_all(todo: list[ImagingEntry], settings: dict, *, threads: int, progress: bool) -> list[tuple]:
+    """:func:`_extract_one` for every entry, in order; with ``threads`` > 1 in that many worker processes
+    (numpy's per-voxel work holds the GIL too often for threads to scale)."""
+    bar = tqdm(total=len(todo), desc="radiomics", unit="image", disable=not progress)
+    if threads <= 1:
+        results = []
+        for entry in todo:
+            results.append(_extract_one(entry, settings))
+            bar.update()
+        bar.close()
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch/BLAS threads
+    with ProcessPoolExecutor(max_workers=threads, mp_context=context) as pool:
+        futures = [pool.submit(_extract_one, entry, settings) for entry in todo]
+        results = []
+        for future in futures:
+            results.append(future.result())
+            bar.update()
+    bar.close()
+    return results
 
 
 LESION_RULES = ("largest", "volume_weighted")
