@@ -83,8 +83,13 @@ def test_mini_batches_are_seeded_and_cover_every_row_once():
 
 def test_rank_shares_are_equal_sized_and_padding_is_marked():
     n = 7
-    tensors = (torch.arange(n * 2.0).reshape(n, 2), torch.ones(n, 1, dtype=torch.bool), torch.arange(n) + 1.0,
-               torch.ones(n), torch.zeros(n))
+    tensors = (
+        torch.arange(n * 2.0).reshape(n, 2),
+        torch.ones(n, 1, dtype=torch.bool),
+        torch.arange(n) + 1.0,
+        torch.ones(n),
+        torch.zeros(n),
+    )
     shares = [rank_share(tensors, rank=r, world_size=3) for r in range(3)]
     assert all(s[0].shape == (3, 2) for s in shares)
     real = torch.cat([s[2][torch.isfinite(s[2])] for s in shares])

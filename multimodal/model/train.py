@@ -664,7 +664,6 @@ def _train_member(
     import shutil
 
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     from multimodal.model.benefit import treatment_kwargs
@@ -713,16 +712,7 @@ def _train_member(
             else:
                 log.info("resumed %s from epoch %d", who, epochs_done)
                 ckpt_path = str(last)
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=work,
-                save_last=True,
-                save_top_k=0,
-                every_n_epochs=1,
-                save_on_train_epoch_end=True,
-                enable_version_counter=False,
-            )
-        )
+        callbacks.append(last_checkpoint_callback(work))
     logger = CSVLogger(str(work), name="", version="log") if work is not None else CSVLogger(
         str(out), name=f"fold_{fold}", version=f"log_{member}"
     )
@@ -745,6 +735,25 @@ def _train_member(
         partial.replace(work / "done.ckpt")
         _copy_logs(work / "log", logs)
     return model
+
+
+def last_checkpoint_callback(directory: Path):
+    """Lightning's ``ModelCheckpoint`` keeping ``last.ckpt`` in ``directory`` after every training epoch.
+
+    (Lightning writes ``last`` only in an epoch where it saved a top-k checkpoint: with no monitored metric,
+    top-1 is the newest epoch, kept as ``epoch.ckpt``.)"""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(
+        dirpath=directory,
+        filename="epoch",
+        monitor=None,
+        save_top_k=1,
+        save_last=True,
+        every_n_epochs=1,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
 
 
 def _copy_logs(source: Path, target: Path) -> None:

@@ -1,0 +1,214 @@
+"""Fusion-model training speed, as ratios against references measured in the same run.
+
+(a) Training-step FLOP/s ÷ plain ``torch.matmul`` FLOP/s: one full-batch training step (forward, Cox and
+    response losses, backward, AdamW step) of ``FusionSurvivalModel`` on a synthetic cohort with every
+    feature kept (default 3,000 patients x 5,000 features: 4,000 expression + 1,000 variants), its matrix
+    FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode``; the reference is a square float32
+    ``torch.matmul`` (2,048 x 2,048), i.e. what this machine's BLAS reaches on plain matrix products.
+(b) A Lightning epoch ÷ a hand-written PyTorch loop: the same model, data (one full batch on the device) and
+    optimiser, ``--epochs`` epochs each; Lightning as ``multimodal train`` builds it (``build_trainer`` from
+    ``model.*`` settings), bare and with what training adds to it (CSV training curves and the per-epoch last
+    checkpoint that a killed run resumes from).
+(c) ``--gpu-large``: 10,000 patients x 40,000 features on the GPU (``model.accelerator: cuda``; precision
+    ``auto`` = bf16-mixed), for a machine with a CUDA device; not run on a CPU-only machine.
+
+Usage: python benchmarks/model_speed_benchmark.py [--quick] [--patients N --features F] [--epochs E]
+       python benchmarks/model_speed_benchmark.py --gpu-large
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def synthetic(n: int, features: int, *, seed: int = 0) -> tuple[dict[str, int], tuple[torch.Tensor, ...]]:
+    """A batch as the data module yields it: two modalities (80% / 20% of the features), mask, outcomes."""
+    rng = np.random.default_rng(seed)
+    dims = {"expression": features - features // 5, "variants": features // 5}
+    inputs = [torch.as_tensor(rng.standard_normal((n, d)), dtype=torch.float32) for d in dims.values()]
+    mask = torch.as_tensor(rng.random((n, 2)) > 0.05)
+    hazard = inputs[0][:, 0].numpy() - 0.5 * inputs[1][:, 0].numpy()
+    time_ = torch.as_tensor(rng.exponential(np.exp(-hazard)) * 30, dtype=torch.float32)
+    event = torch.as_tensor(rng.random(n) < 0.7, dtype=torch.float32)
+    response = torch.as_tensor(np.where(rng.random(n) < 0.5, np.nan, rng.random(n) < 0.4), dtype=torch.float32)
+    targets = torch.zeros(n, 0)
+    return dims, (*inputs, mask, time_, event, response, targets)
+
+
+def make_model(dims: dict[str, int], seed: int = 1, **settings):
+    from multimodal.model.fusion import FusionSurvivalModel
+
+    torch.manual_seed(seed)
+    return FusionSurvivalModel(dims, **settings)  # by default the training defaults (hidden 16, dropout, sum)
+
+
+def matmul_flops_per_s(size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """Plain float32 matrix product FLOP/s (2 n^3 per product), median of ``repeats``."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    torch.matmul(a, b)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def hand_step(model, optimiser, batch) -> torch.Tensor:
+    """One training step without Lightning: the module's own loss, backward, optimiser step."""
+    optimiser.zero_grad(set_to_none=True)
+    loss = model.training_step(batch, 0)
+    loss.backward()
+    optimiser.step()
+    return loss
+
+
+def training_step_ratio(
+    n: int, features: int, *, repeats: int, device: str = "cpu", precision: str = "32-true", **settings
+):
+    """(a): counted FLOPs of one step, its seconds, its FLOP/s and the matmul reference."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dims, batch = synthetic(n, features)
+    batch = tuple(t.to(device) for t in batch)
+    model = make_model(dims, **settings).to(device).train()
+    model.log_dict = lambda *a, **k: None  # no Trainer attached: logging is Lightning's, not the step's work
+    optimiser = model.configure_optimizers()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    with autocast:
+        hand_step(model, optimiser, batch)  # warm-up
+        with FlopCounterMode(display=False) as counter:
+            hand_step(model, optimiser, batch)
+        flops = counter.get_total_flops()
+        times = []
+        for _ in range(repeats):
+            _sync(device)
+            start = time.perf_counter()
+            hand_step(model, optimiser, batch)
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    step = statistics.median(times)
+    reference = matmul_flops_per_s(device=device)
+    return flops, step, flops / step, reference
+
+
+def epoch_ratio(n: int, features: int, *, epochs: int) -> dict[str, float]:
+    """(b): seconds per epoch of Lightning (bare; with CSV curves and per-epoch last checkpoints) and of a
+    hand-written loop, on the same model, data module and optimiser."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from multimodal.model.data import DeviceBatches
+    from multimodal.model.train import TrainParams, _rng_state_callback, build_trainer, last_checkpoint_callback
+
+    dims, batch = synthetic(n, features)
+
+    class Data(L.LightningDataModule):
+        def train_dataloader(self):
+            return DeviceBatches(batch)
+
+    params = TrainParams(accelerator="cpu", epochs=epochs)
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="multimodal-speed-") as scratch:
+        variants = {
+            "lightning": lambda: build_trainer(params),
+            "lightning_with_checkpoints": lambda: build_trainer(
+                params,
+                logger=CSVLogger(scratch, name="", version="log"),
+                callbacks=[_rng_state_callback(), last_checkpoint_callback(Path(scratch))],
+            ),
+        }
+        for name, make in variants.items():
+            L.seed_everything(3, verbose=False)
+            model, trainer = make_model(dims), make()
+            start = time.perf_counter()
+            trainer.fit(model, datamodule=Data())
+            out[name] = (time.perf_counter() - start) / epochs
+    L.seed_everything(3, verbose=False)
+    model = make_model(dims).train()
+    model.log_dict = lambda *a, **k: None
+    optimiser = model.configure_optimizers()
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for part in DeviceBatches(batch):
+            hand_step(model, optimiser, part)
+    out["hand_loop"] = (time.perf_counter() - start) / epochs
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=3000)
+    parser.add_argument("--features", type=int, default=5000)
+    parser.add_argument("--epochs", type=int, default=30, help="epochs per timed fit in (b)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed training steps in (a)")
+    parser.add_argument("--quick", action="store_true", help="CI size: 1,000 x 2,000, 20 epochs, 5 steps")
+    parser.add_argument("--only", choices=["flops", "epoch"], help="run one of (a), (b)")
+    parser.add_argument("--gpu-large", action="store_true", help="(c) 10,000 x 40,000 on a CUDA device")
+    args = parser.parse_args(argv)
+    if args.gpu_large:
+        return gpu_large()
+    if args.quick:
+        args.patients, args.features, args.epochs, args.repeats = 1000, 2000, 20, 5
+    print(
+        f"cohort {args.patients} patients x {args.features} features, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    if args.only in (None, "flops"):
+        for label, settings in (("defaults", {}), ("no dropout", {"dropout": 0.0, "input_dropout": 0.0})):
+            flops, step, rate, reference = training_step_ratio(
+                args.patients, args.features, repeats=args.repeats, **settings
+            )
+            print(
+                f"(a) training step ({label}): {flops / 1e9:.2f} GFLOP counted, {step * 1e3:.1f} ms, "
+                f"{rate / 1e9:.1f} GFLOP/s; torch.matmul 2048^2: {reference / 1e9:.1f} GFLOP/s; "
+                f"ratio {rate / reference:.2f} (target >= 0.5)"
+            )
+    if args.only in (None, "epoch"):
+        times = epoch_ratio(args.patients, args.features, epochs=args.epochs)
+        hand = times["hand_loop"]
+        print(
+            f"(b) per epoch: hand-written loop {hand * 1e3:.1f} ms; Lightning {times['lightning'] * 1e3:.1f} ms, "
+            f"ratio {times['lightning'] / hand:.2f} (target <= 1.15); with CSV curves and per-epoch last "
+            f"checkpoint {times['lightning_with_checkpoints'] * 1e3:.1f} ms, ratio "
+            f"{times['lightning_with_checkpoints'] / hand:.2f}"
+        )
+    return 0
+
+
+def gpu_large() -> int:
+    """(c): the 10,000 x 40,000 synthetic cohort on the first CUDA device, 32-true and bf16-mixed."""
+    if not torch.cuda.is_available():
+        print("--gpu-large needs a CUDA device; none is visible", file=sys.stderr)
+        return 2
+    n, features = 10_000, 40_000
+    print(f"cohort {n} patients x {features} features on {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    for precision in ("32-true", "bf16-mixed"):
+        if precision == "bf16-mixed" and not torch.cuda.is_bf16_supported():
+            continue
+        flops, step, rate, reference = training_step_ratio(n, features, repeats=20, device="cuda", precision=precision)
+        print(
+            f"(c) {precision}: {flops / 1e9:.1f} GFLOP per step, {step * 1e3:.2f} ms, {rate / 1e12:.2f} TFLOP/s; "
+            f"float32 torch.matmul 2048^2 {reference / 1e12:.2f} TFLOP/s; ratio {rate / reference:.2f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""A `multimodal train` killed mid-run (SIGKILL) resumes from its members' last checkpoints when run again,
+to exactly the predictions of an uninterrupted run; checkpoints load with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+MULTIMODAL = [sys.executable, "-m", "multimodal.cli"]
+
+
+@pytest.fixture(scope="module")
+def small_store(tiny_cohort, tmp_path_factory) -> Path:
+    """The tiny simulated cohort's expression and mutations in a cohort store (no imaging: quicker)."""
+    from multimodal.ingest.expression import expression_matrix, read_counts_table
+    from multimodal.ingest.samples import read_samples
+    from multimodal.ingest.variants import mutation_matrix
+    from multimodal.store import build_cohort_store
+
+    out = tmp_path_factory.mktemp("resume_store")
+    samples = read_samples(tiny_cohort / "samples.tsv")
+    chunks = {}
+    for name, adata in (
+        ("variants", mutation_matrix(samples, progress=False)),
+        ("expression", expression_matrix(read_counts_table(tiny_cohort / "expression_counts.tsv"), samples)),
+    ):
+        path = out / f"{name}.h5ad"
+        adata.write_h5ad(path)
+        chunks[name] = [path]
+    return build_cohort_store(
+        out / "cohort.zarr",
+        clinical_path=tiny_cohort / "clinical.tsv",
+        samples_path=tiny_cohort / "samples.tsv",
+        modality_chunks=chunks,
+        cohort_files=[tiny_cohort / "expression_counts.tsv"],
+    )
+
+
+def _config(path: Path) -> Path:
+    path.write_text(
+        "samples: ''\nclinical: ''\nmodel:\n  folds: 3\n  epochs: 40\n  bootstrap: 0\n  baseline: false\n"
+        "  accelerator: cpu\n  modalities: [expression, variants]\n"
+        "  max_features: {expression: 10, variants: 5}\n"
+    )
+    return path
+
+
+def _train(store: Path, out: Path, config: Path) -> list[str]:
+    return [*MULTIMODAL, "train", "--store", str(store), "--out", str(out), "--config", str(config), "--threads", "1"]
+
+
+def _env() -> dict[str, str]:
+    return os.environ | {"MULTIMODAL_NO_PROGRESS": "1", "PYTHONHASHSEED": "0"}
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_to_the_uninterrupted_result(small_store, tmp_path):
+    config = _config(tmp_path / "config.yaml")
+    whole = subprocess.run(
+        _train(small_store, tmp_path / "whole", config), capture_output=True, text=True, env=_env(), timeout=600
+    )
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert not list(tmp_path.glob(".whole.resume*"))  # a completed run leaves no work directory
+
+    out = tmp_path / "killed"
+    work = tmp_path / ".killed.resume"
+    run = subprocess.Popen(
+        _train(small_store, out, config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env()
+    )
+    deadline = time.monotonic() + 600
+    try:
+        # mid-way: fold 0 finished, fold 1 has saved a last checkpoint
+        while not list(work.glob("*/fold_1/member_0/last.ckpt")):
+            assert run.poll() is None, "training ended before it could be killed mid-way"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        run.send_signal(signal.SIGKILL)
+    finally:
+        run.kill()
+        run.wait()
+    assert not out.exists()  # nothing half-written
+    (fold_0,) = work.glob("*/fold_0/member_0/done.ckpt")
+    assert not list(work.glob("*/fold_1/member_0/done.ckpt"))
+
+    again = subprocess.run(_train(small_store, out, config), capture_output=True, text=True, env=_env(), timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "fold 0 member 0 was trained before the interruption" in again.stderr
+    assert "resumed fold 1 member 0 from epoch " in again.stderr
+    assert "resumed fold 2" not in again.stderr  # fold 2 had not started: trained from scratch
+    epoch = int(again.stderr.split("resumed fold 1 member 0 from epoch ")[1].split()[0])
+    assert 1 <= epoch < 40
+    assert not work.exists()
+
+    # exactly the uninterrupted run's predictions (RNG states restored with the checkpoint)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "predictions.tsv", sep="\t"), pd.read_csv(tmp_path / "whole" / "predictions.tsv", sep="\t")
+    )
+    for ckpt in sorted(out.glob("fold_*/model_*.ckpt")):
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)  # no pickled objects needed
+        assert state["epoch"] == 40 and "state_dict" in state
