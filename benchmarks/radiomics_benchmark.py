@@ -15,7 +15,10 @@ after one warm-up:
 - ``mirp`` (``--mirp-python``): ``mirp.extract_features`` with every IBSI 1 family, 32 bins (FBN), 3D.
 
 Prints seconds per volume, the ratio multimodal / pyradiomics (target <= 0.5) and patients per hour on
-2 cores (two ingest jobs in parallel, one patient per core at a time).
+2 cores (two ingest jobs in parallel, one patient per core at a time). Then, end to end through the
+ingest (``imaging_matrix``: reading and checking the NIfTI pairs, extraction), a chunk of
+``--chunk-patients`` such patients with ``threads`` 1 and 2 (worker processes, as rule ingest_imaging's
+``ingest.imaging_threads``): patients per hour on 2 cores and the speed-up of 2 against 1 in the same run.
 
 pyradiomics' interpreter: ``--reference-python PATH``, else ``/tmp/pyrad/bin/python`` when it exists,
 else that venv is created (``python3.11 -m venv /tmp/pyrad``, numpy and SimpleITK, then
@@ -23,7 +26,7 @@ else that venv is created (``python3.11 -m venv /tmp/pyrad``, numpy and SimpleIT
 the 3.1.0 sdist, see ../shared/STACK.md).
 
 Usage: python benchmarks/radiomics_benchmark.py [--repeats 5] [--reference-python PATH]
-       [--mirp-python PATH] [--no-reference] [--workdir DIR]
+       [--mirp-python PATH] [--no-reference] [--workdir DIR] [--chunk-patients 8]
 """
 
 from __future__ import annotations
@@ -204,6 +207,30 @@ def time_ours(image: np.ndarray, mask: np.ndarray, repeats: int, aggregations: t
     return statistics.median(times), len(features)
 
 
+def time_chunk(workdir: Path, n_patients: int, threads: int) -> float:
+    """Seconds for ``imaging_matrix`` over a chunk of ``n_patients`` image/mask pairs with ``threads``."""
+    import pandas as pd
+
+    from multimodal.ingest.imaging import imaging_matrix
+    from multimodal.ingest.samples import read_samples
+
+    sheet = workdir / "chunk_samples.tsv"
+    if not sheet.exists():
+        rows = []
+        affine = np.diag([*SPACING, 1.0])
+        for k in range(n_patients):
+            image, mask = make_volume(seed=k + 1)
+            image_path, mask_path = workdir / f"P{k}_image.nii.gz", workdir / f"P{k}_mask.nii.gz"
+            nib.save(nib.Nifti1Image(image, affine), image_path)
+            nib.save(nib.Nifti1Image(mask, affine), mask_path)
+            rows.append({"patient_id": f"P{k}", "image": str(image_path), "mask": str(mask_path)})
+        pd.DataFrame(rows).to_csv(sheet, sep="\t", index=False)
+    samples = read_samples(sheet)
+    start = time.perf_counter()
+    imaging_matrix(samples, threads=threads, progress=False)
+    return time.perf_counter() - start
+
+
 def reference_python(given: str | None) -> Path:
     if given:
         return Path(given)
@@ -239,6 +266,7 @@ def main() -> None:
     parser.add_argument("--mirp-python", help="a Python with mirp 2.x, to time it too")
     parser.add_argument("--no-reference", action="store_true", help="time ours only")
     parser.add_argument("--workdir", type=Path, help="where the NIfTI files go (default: a temporary directory)")
+    parser.add_argument("--chunk-patients", type=int, default=8, help="patients of the ingest chunk timed (0: skip)")
     args = parser.parse_args()
 
     image, mask = make_volume()
@@ -250,6 +278,16 @@ def main() -> None:
     print(f"multimodal (3D, the ingest default): {ours_3d:.3f} s per volume, {n_3d} features")
     print(f"multimodal (2D + 2.5D + 3D): {ours_all:.3f} s per volume, {n_all} features")
     print(f"multimodal patients/hour on 2 cores (3D): {2 * 3600 / ours_3d:,.0f}")
+    if args.chunk_patients > 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            chunk_dir = (args.workdir or Path(tmp)) / "chunk"
+            chunk_dir.mkdir(parents=True, exist_ok=True)
+            one = time_chunk(chunk_dir, args.chunk_patients, threads=1)
+            two = time_chunk(chunk_dir, args.chunk_patients, threads=2)
+        n = args.chunk_patients
+        print(f"ingest chunk of {n} patients (read, check, extract), threads 1: {one:.2f} s, {n * 3600 / one:,.0f} /h")
+        print(f"ingest chunk of {n} patients, threads 2 (2 cores): {two:.2f} s, {n * 3600 / two:,.0f} patients/hour")
+        print(f"speed-up threads 2 / threads 1: {one / two:.2f}")
     if args.no_reference:
         return
 

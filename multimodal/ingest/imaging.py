@@ -467,7 +467,10 @@ def _extract_all(todo: list[ImagingEntry], settings: dict, *, threads: int, prog
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch/BLAS threads
+    # fork: workers start in milliseconds with the modules loaded (spawn re-imports anndata & co. per worker,
+    # seconds each); the ingest verb loads no torch, so no threads are forked mid-flight
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with ProcessPoolExecutor(max_workers=threads, mp_context=context) as pool:
         futures = [pool.submit(_extract_one, entry, settings) for entry in todo]
         results = []
