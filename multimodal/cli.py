@@ -206,6 +206,27 @@ def cmd_ingest_table(args: argparse.Namespace) -> None:
     _write_h5ad(adata, args.out)
 
 
+def cmd_ingest_cohort_vcf(args: argparse.Namespace) -> None:
+    from multimodal.ingest.cohort_vcf import carrier_matrix, vcf_to_zarr
+    from multimodal.ingest.samples import read_samples
+    from multimodal.ingest.variants import VariantFilters
+
+    filters = VariantFilters.from_settings(
+        filter=args.filter, genes=args.gene_list, transcripts=args.transcripts
+    )
+    samples = read_samples(args.samples, data_roots=_data_roots(args))
+    if args.vcf is not None:
+        vcf_to_zarr(args.vcf, args.zarr, variants_chunk_size=args.variants_chunk, samples_chunk_size=args.samples_chunk)
+    adata = carrier_matrix(
+        args.zarr,
+        patients=samples.index,
+        filters=filters,
+        annotation_field=args.annotation_field,
+        scheduler=args.scheduler,
+    )
+    _write_h5ad(adata, args.out)
+
+
 def cmd_ingest_copy_number(args: argparse.Namespace) -> None:
     from multimodal.ingest.copy_number import copy_number_matrix
     from multimodal.ingest.samples import read_samples
@@ -475,6 +496,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="raw counts (normalised to log1p CPM; default) or an already log-scale table (used as given)",
     )
     p.set_defaults(func=cmd_ingest_expression)
+    p = kinds.add_parser(
+        "cohort-vcf", parents=[common, io], help="multi-sample VCF/BCF -> VCF Zarr -> per-gene carrier matrix"
+    )
+    p.add_argument("--vcf", type=_existing_file, help="cohort VCF/BCF (bgzipped, indexed) to convert into --zarr")
+    p.add_argument("--zarr", type=Path, required=True, help="the VCF Zarr (written from --vcf, else read)")
+    p.add_argument("--variants-chunk", type=_positive_int, default=10_000, help="variants per Zarr chunk")
+    p.add_argument("--samples-chunk", type=_positive_int, default=1_000, help="samples per Zarr chunk")
+    p.add_argument("--annotation-field", default="CSQ", help="INFO key of VEP/SnpEff annotations (default CSQ)")
+    p.add_argument("--scheduler", help="Dask distributed scheduler address (default: local threads)")
+    p.add_argument("--filter", nargs="+", metavar="VALUE", help="FILTER values accepted (default PASS)")
+    p.add_argument("--gene-list", type=_existing_file, help="gene allow-list, one symbol per line")
+    p.add_argument("--transcripts", choices=("any", "canonical"), default="any", help="transcript rule")
+    p.set_defaults(func=cmd_ingest_cohort_vcf)
     p = kinds.add_parser(
         "copy-number", parents=[common, io], help="GISTIC2 all_thresholded.by_genes.txt as the cnv modality"
     )

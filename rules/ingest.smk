@@ -117,6 +117,38 @@ rule ingest_imaging:
         " --threads {threads} --out {output:q} {params.config} > {log:q} 2>&1"
 
 
+rule ingest_cohort_vcf:
+    input:
+        samples=config["samples"],
+        vcf=config["cohort_vcf"] or [],
+    output:
+        zarr=directory(f"{OUT}/interim/cohort.vcz"),
+        h5ad=f"{OUT}/interim/cohort_variants/cohort_variants.h5ad",
+    params:
+        chunks=config["ingest"]["cohort_vcf_chunks"],
+        scheduler=option("--scheduler", [config["ingest"]["dask_scheduler"]])
+        if config["ingest"].get("dask_scheduler")
+        else "",
+        filters=variant_filter_options({"variant_filters": {**(config["ingest"].get("variant_filters") or {}), "min_depth": 0, "min_vaf": 0}}),
+        annotation_field=config["ingest"]["annotation_field"] or "CSQ",
+        config=CONFIG_OPTION,  # for data_roots
+    log:
+        f"{LOGS}/ingest_cohort_vcf.log",
+    benchmark:
+        f"{OUT}/benchmarks/ingest_cohort_vcf.tsv",
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../envs/multimodal.yaml"
+    shell:
+        "multimodal ingest cohort-vcf -q --samples {input.samples:q} --vcf {input.vcf:q} --zarr {output.zarr:q}"
+        " --variants-chunk {params.chunks[variants]} --samples-chunk {params.chunks[samples]}"
+        " --annotation-field {params.annotation_field} {params.scheduler} {params.filters}"
+        " --out {output.h5ad:q} {params.config} > {log:q} 2>&1"
+
+
 rule ingest_copy_number:
     input:
         samples=config["samples"],
