@@ -1655,8 +1655,11 @@ def _direction_section(inp: _Inputs, matrices: dict[str, Any], top_n: int) -> li
             a, v = attr[:, j], values[:, j]
             finite_v = np.isfinite(v)
             ranks = pd.Series(v).rank(pct=True).to_numpy()
-            if finite_v.sum() and np.nanmax(v) == np.nanmin(v):
+            distinct = np.unique(v[finite_v])
+            if distinct.size == 1:
                 ranks = np.where(finite_v, 0.5, np.nan)
+            elif distinct.size == 2:  # 0/1 (carrier or not): the two ends of the colour scale
+                ranks = np.where(finite_v, (v == distinct[1]).astype(float), np.nan)
             jitter = rng.uniform(-row_h * 0.35, row_h * 0.35, size=len(a))
             dots = [
                 {
