@@ -256,3 +256,25 @@ def test_harmonised_cross_validation_and_explain_keep_the_planted_volume_on_top(
     importance = explain_cohort(mdata, tmp_path / "model", tmp_path / "explain", n_steps=16, progress=False)
     imaging = importance[importance["modality"] == "imaging"].sort_values("rank")
     assert "morph_volume" in list(imaging["feature"].head(3))
+
+
+def test_the_config_schema_takes_model_harmonise_and_refuses_a_bad_rule():
+    import yaml
+
+    from multimodal.config import validate_config
+    from multimodal.model.train import TrainParams
+
+    config = yaml.safe_load(open("config/config.yaml"))
+    config["model"]["harmonise"] = {"modality": "imaging", "covariates": ["age", "sex"]}
+    checked = validate_config(config)
+    params = TrainParams.from_config(checked["model"])
+    assert params.harmonise == {
+        "modality": "imaging",
+        "site_column": "site",
+        "covariates": ["age", "sex"],
+        "unseen_site": "reference",
+    }
+    assert validate_config(yaml.safe_load(open("config/config.yaml")))["model"]["harmonise"] is None
+    config["model"]["harmonise"] = {"unseen_site": "drop"}
+    with pytest.raises(MultimodalError, match="unseen_site"):
+        validate_config(config)
