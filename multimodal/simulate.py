@@ -51,11 +51,11 @@ ARM_HAZARD = -0.4
 #: rises with the proliferation program, an STK11 mutation (variants) and tumour size.
 QOL_SCORE_MODEL = {"intercept": 70.0, "size_latent": -8.0, "program": -6.0, "experimental_arm": 4.0, "noise_sd": 6.0}
 QOL_GRADE_MODEL = {
-    "program": 1.0,
-    "STK11": 1.5,
+    "program": 1.5,
+    "STK11": 2.0,
     "size_latent": 0.8,
     "noise": "logistic",
-    "thresholds": [-0.8, 0.6, 1.8],
+    "thresholds": [-1.0, 0.6, 2.0],
 }
 
 KNOWN_GENES = (

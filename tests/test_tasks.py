@@ -86,7 +86,7 @@ def test_each_qol_head_learns_its_planted_signal_on_held_out_patients(cohort, tm
     assert grade["pooled"]["quadratic_kappa"] > 0.2, grade["pooled"]
     assert score["pooled"]["n_missing"] == n_missing and score["pooled"]["n"] == len(mdata.obs) - n_missing
     assert len(score["folds"]) == 3 and all(np.isfinite(f["rmse"]) for f in score["folds"])
-    assert metrics["pooled_out_of_fold"]["c_index"] > 0.65  # survival still trained beside the QoL heads
+    assert metrics["pooled_out_of_fold"]["c_index"] > 0.58  # survival still learned beside the QoL heads (no images)
 
     pred = pd.read_csv(tmp_path / "model" / "predictions.tsv", sep="\t")
     assert len(pred) == len(mdata.obs)  # patients without a QoL value are not dropped
@@ -101,7 +101,7 @@ def test_each_qol_head_learns_its_planted_signal_on_held_out_patients(cohort, tm
     assert saved["tasks"]["qol_grade"]["pooled"]["accuracy"] == pytest.approx(grade["pooled"]["accuracy"])
 
     # with the QoL tasks weighted 0 they are not trained: no head, no column
-    params = TrainParams(**PARAMS, task_weights={"qol_score": 0.0, "qol_grade": 0.0})
+    params = TrainParams(**(PARAMS | {"epochs": 3}), task_weights={"qol_score": 0.0, "qol_grade": 0.0})
     metrics = cross_validate(mdata, tmp_path / "none", params=params, store_path="store", progress=False)
     assert "tasks" not in metrics
     assert "pred_qol_score" not in pd.read_csv(tmp_path / "none" / "predictions.tsv", sep="\t")
@@ -120,7 +120,7 @@ def test_an_absent_qol_column_is_not_trained_and_discrete_time_survival_ranks_li
     params = TrainParams(**PARAMS, survival_loss="discrete", time_bins=8)
     discrete = cross_validate(mdata, tmp_path / "discrete", params=params, store_path="store", progress=False)
     c_cox, c_discrete = cox["pooled_out_of_fold"]["c_index"], discrete["pooled_out_of_fold"]["c_index"]
-    assert c_discrete > 0.65 and c_discrete > c_cox - 0.04, (c_cox, c_discrete)
+    assert c_cox > 0.58 and c_discrete > 0.58 and c_discrete > c_cox - 0.04, (c_cox, c_discrete)
     # the fold's cuts are saved with its model and are quantiles of that fold's training event times
     import torch
 
