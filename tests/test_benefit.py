@@ -188,7 +188,7 @@ def test_without_treatment_the_network_and_outputs_are_as_before(tiny_run):
     assert json.loads((tiny_run["model_dir"] / "params.json").read_text())["train"]["treatment"] is None
 
 
-def planted_store(root, *, n):
+def planted_store(root, *, n, seed=3):
     """clinical + variants of a simulated cohort with a strong arm x KRAS interaction (no images, few genes)."""
     from multimodal.ingest.samples import read_samples
     from multimodal.ingest.variants import mutation_matrix
@@ -199,7 +199,7 @@ def planted_store(root, *, n):
         root,
         params=SimulationParams(
             n_patients=n,
-            seed=3,
+            seed=seed,
             image_size=16,
             n_expression_genes=100,
             n_panel_genes=60,
@@ -311,3 +311,70 @@ def test_the_config_schema_takes_a_treatment_and_defaults_to_none():
     }
     with pytest.raises(MultimodalError, match="'reference' is a required property"):
         validate_config(dict(base, model={"treatment": {"column": "arm"}}))
+
+
+def test_interaction_scores_find_the_effect_modifier_as_a_cox_fit_does():
+    """The arm x feature Wald z of each feature (own Newton-Raphson Cox fit) equals lifelines' for the same model,
+    and ranks the planted effect modifier first, ahead of a feature with a main effect only."""
+    from lifelines import CoxPHFitter
+
+    from multimodal.model.benefit import interaction_scores
+
+    rng = np.random.default_rng(4)
+    n = 500
+    x = rng.normal(size=(n, 6))
+    arm = (rng.random(n) < 0.5).astype(float)[:, None]
+    eta = 0.8 * x[:, 0] - 1.0 * arm[:, 0] * x[:, 3]  # x0: prognostic only; x3: modifies the arm's effect
+    time = rng.exponential(np.exp(-eta))
+    event = (rng.random(n) < 0.8).astype(float)
+    scores = interaction_scores(x, arm, time, event)
+    assert int(np.argmax(scores)) == 3 and scores[3] > 5 and scores[0] < 3
+    for j in (0, 3):
+        frame = pd.DataFrame({"arm": arm[:, 0], "x": x[:, j], "arm_x": arm[:, 0] * x[:, j], "t": time, "e": event})
+        fit = CoxPHFitter().fit(frame, duration_col="t", event_col="e")
+        assert scores[j] == pytest.approx(abs(fit.summary.loc["arm_x", "z"]), rel=0.02)
+
+
+def test_the_effect_modifier_head_reads_only_its_modifiers():
+    """With effect_modifiers the arm's effect (benefit) depends on those features only: its gradient with respect
+    to every other input is exactly zero, and the rest of the network is as without a treatment head."""
+    torch.manual_seed(0)
+    dims = {"clinical": 2, "variants": 3, TREATMENT_MODALITY: 1}
+    net = FusionNet(
+        dims, hidden_dim=4, dropout=0, input_dropout=0, treatment_modality=TREATMENT_MODALITY, effect_modifiers=[3]
+    ).eval()  # flat index 3: the second variant
+    with torch.no_grad():
+        net.treatment_effect.weight.fill_(-0.9)
+    inputs = [torch.randn(5, 2, requires_grad=True), torch.randn(5, 3, requires_grad=True)]
+    mask = torch.ones(5, 3, dtype=torch.bool)
+    treated = net(*inputs, torch.ones(5, 1), mask=mask)[0]
+    control = net(*inputs, torch.zeros(5, 1), mask=mask)[0]
+    (control - treated).sum().backward()
+    assert torch.all(inputs[0].grad == 0)
+    assert torch.all(inputs[1].grad[:, [0, 2]] == 0) and torch.all(inputs[1].grad[:, 1] != 0)
+    assert np.allclose(
+        (control - treated).detach().numpy(),
+        -(net.treatment_effect.bias.item() - 0.9 * inputs[1][:, 1].detach().numpy()),
+        atol=1e-6,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [4, 5])
+def test_the_effect_modifier_head_recovers_benefiters_better_than_cox_with_interactions(tmp_path, seed):
+    """The planted arm x KRAS interaction (600 patients, log-hazard -1.5) on simulation seeds where the default
+    head trails the Cox model with arm interactions: with model.effect_modifiers 3 the model's AUROC for the true
+    benefiters beats that reference's on the very same folds, fitted in the same run."""
+    from multimodal.model.train import cross_validate
+
+    mdata = planted_store(tmp_path / "cohort", n=600, seed=seed)
+    params = TrainParams(
+        folds=3,
+        bootstrap=20,
+        max_features={"variants": 10},
+        effect_modifiers=3,
+        treatment={"column": "arm", "reference": "standard", "truth": str(tmp_path / "cohort" / "truth.json")},
+    )
+    metrics = cross_validate(mdata, tmp_path / "model", params=params, store_path="store", progress=False)
+    truth = metrics["benefit"]["by_arm"]["experimental"]["truth"]
+    assert truth["auroc_model"] > truth["auroc_cox_interaction"] + 0.03, truth
