@@ -12,8 +12,10 @@ run, each in a fresh process so peak memory is its own:
 
 It prints wall time and peak RSS of each and the ratio multimodal / reference.
 
+``maf_with_table`` also builds the variant-level table (``read_maf_with_table``, as ``ingest variants`` does).
+
 Usage: python benchmarks/table_ingest_benchmark.py [--genes 20000] [--samples 3000] [--cohort 300]
-       [--maf-rows 1000000] [--workdir DIR]
+       [--maf-rows 1000000] [--workdir DIR] [--only expression|maf] [--quick]
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ elif kind == "expression_pandas":
 elif kind == "maf_multimodal":
     from multimodal.ingest.variants import read_maf
     shape = (len(read_maf(path)),)
+elif kind == "maf_multimodal_with_table":
+    from multimodal.ingest.variants import read_maf_with_table
+    shape = read_maf_with_table(path)[1].shape
 elif kind == "maf_pandas":
     import pandas as pd
     columns = ["Hugo_Symbol", "Variant_Classification", "Tumor_Sample_Barcode", "FILTER"]
@@ -99,21 +104,34 @@ def main() -> None:
     parser.add_argument("--cohort", type=int, default=300, help="samples the cohort uses (read by multimodal)")
     parser.add_argument("--maf-rows", type=int, default=1_000_000)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--only", choices=("expression", "maf"), help="run one of the two benchmarks")
+    parser.add_argument(
+        "--quick", action="store_true", help="a reduced size (2,000 genes x 300 samples; 100,000 MAF rows)"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.genes, args.samples, args.cohort, args.maf_rows = 2000, 300, 100, 100_000
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mm-table-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         expression, maf = workdir / "expression.tsv", workdir / "cohort.maf"
-        write_expression(expression, genes=args.genes, samples=args.samples)
-        write_maf(maf, rows=args.maf_rows)
+        expression.touch()
+        maf.touch()
+        if args.only != "maf":
+            write_expression(expression, genes=args.genes, samples=args.samples)
+        if args.only != "expression":
+            write_maf(maf, rows=args.maf_rows)
         mib = {p: p.stat().st_size / 2**20 for p in (expression, maf)}
         print(f"expression table: {args.genes} genes x {args.samples} samples, {mib[expression]:.0f} MiB;", end=" ")
         print(f"cohort of {args.cohort}; MAF: {args.maf_rows} rows x 120 columns, {mib[maf]:.0f} MiB")
-        for name, path in (("expression", expression), ("maf", maf)):
-            ours = measure(f"{name}_multimodal", path, args.cohort)
-            reference = measure(f"{name}_pandas", path, args.cohort)
+        runs = [("expression", "expression", expression), ("maf", "maf", maf), ("maf_with_table", "maf", maf)]
+        for name, reference_kind, path in runs:
+            if args.only and reference_kind != args.only:
+                continue
+            ours = measure(f"{reference_kind}_multimodal{name.removeprefix(reference_kind)}", path, args.cohort)
+            reference = measure(f"{reference_kind}_pandas", path, args.cohort)
             print(
-                f"{name:10s} multimodal {ours['seconds']:6.1f} s {ours['peak_mib']:6.0f} MiB | "
+                f"{name:14s} multimodal {ours['seconds']:6.1f} s {ours['peak_mib']:6.0f} MiB | "
                 f"pandas reference {reference['seconds']:6.1f} s {reference['peak_mib']:6.0f} MiB | "
                 f"ratio time {ours['seconds'] / reference['seconds']:.2f}, "
                 f"memory {ours['peak_mib'] / reference['peak_mib']:.2f}"

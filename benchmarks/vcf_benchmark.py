@@ -1,0 +1,261 @@
+"""Omics at cohort scale (issue 14): three ratios measured in one run, each against a reference on the same files.
+
+1. ``per-patient``: N somatic VCFs (a few hundred to a few thousand records each, VEP CSQ with three
+   transcripts per record, FORMAT AD/DP), read by ``multimodal ingest variants`` as the workflow runs it
+   (one process per chunk of ``--chunk-size`` patients) ÷ ``bcftools query`` of the same fields over the same
+   files, both with ``--jobs`` processes at a time.
+2. ``cohort``: one multi-sample VCF (samples x variants), ``multimodal ingest cohort-vcf`` (VCF -> VCF Zarr ->
+   gene carrier matrix) ÷ ``bcftools query -f '[%GT]'`` over the same file; also the peak memory of ours.
+3. ``expression``: a genes x samples counts table read into the expression modality: peak memory above the
+   interpreter's after its imports ÷ the size of the dense float32 matrix.
+
+Usage: python benchmarks/vcf_benchmark.py [--quick] [--patients 500] [--samples 1000] [--variants 20000]
+       [--expr-samples 2000] [--expr-genes 20000] [--jobs 2] [--workdir DIR]
+``--quick`` shrinks every size (CI). bcftools must be on PATH (Debian: apt-get install bcftools).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+CSQ_FORMAT = "Allele|Consequence|IMPACT|SYMBOL|Gene|Feature|BIOTYPE|HGVSp|CANONICAL"
+HEADER = (
+    "##fileformat=VCFv4.2\n"
+    '##FILTER=<ID=PASS,Description="All filters passed">\n'
+    '##FILTER=<ID=LowQual,Description="Low quality">\n'
+    "##contig=<ID=chr1,length=250000000>\n"
+    '##INFO=<ID=CSQ,Number=.,Type=String,Description="Consequence annotations from Ensembl VEP. '
+    f'Format: {CSQ_FORMAT}">\n'
+    '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
+    '##FORMAT=<ID=AD,Number=R,Type=Integer,Description="Allelic depths">\n'
+    '##FORMAT=<ID=DP,Number=1,Type=Integer,Description="Read depth">\n'
+)
+TERMS = np.array(["missense_variant", "synonymous_variant", "intron_variant", "stop_gained", "frameshift_variant"])
+
+
+def _csq(rng: np.random.Generator, alt: str, gene: str) -> str:
+    terms = TERMS[rng.integers(0, len(TERMS), 3)]
+    return ",".join(
+        f"{alt}|{t}|MODERATE|{gene}|ENSG_{gene}|ENST_{gene}_{k}|protein_coding|p.X{k}|{'YES' if k == 0 else ''}"
+        for k, t in enumerate(terms)
+    )
+
+
+def write_patient_vcfs(root: Path, n: int, low: int, high: int, seed: int = 1) -> Path:
+    import pysam
+
+    rng = np.random.default_rng(seed)
+    genes = [f"GENE{g}" for g in range(2000)]
+    rows = ["patient_id\tvcf"]
+    for i in range(n):
+        n_records = int(rng.integers(low, high))
+        positions = np.sort(rng.choice(249_000_000, n_records, replace=False)) + 1
+        lines = [HEADER, "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tTUMOR\n"]
+        for pos in positions:
+            gene = genes[int(rng.integers(0, len(genes)))]
+            depth = int(rng.integers(20, 200))
+            alt_reads = int(rng.integers(2, depth // 2))
+            filt = "PASS" if rng.random() > 0.1 else "LowQual"
+            lines.append(
+                f"chr1\t{pos}\t.\tA\tT\t50\t{filt}\tCSQ={_csq(rng, 'T', gene)}\tGT:AD:DP\t0/1:{depth - alt_reads},"
+                f"{alt_reads}:{depth}\n"
+            )
+        text = root / f"P{i:04d}.vcf"
+        text.write_text("".join(lines))
+        pysam.tabix_index(str(text), preset="vcf", force=True)
+        rows.append(f"P{i:04d}\t{text}.gz")
+    sheet = root / "samples.tsv"
+    sheet.write_text("\n".join(rows) + "\n")
+    return sheet
+
+
+def write_cohort_vcf(path: Path, n_samples: int, n_variants: int, seed: int = 2) -> Path:
+    import pysam
+
+    rng = np.random.default_rng(seed)
+    genes = [f"GENE{g}" for g in range(5000)]
+    text = path.with_suffix("")
+    with open(text, "w") as handle:
+        handle.write(HEADER.replace("##FORMAT=<ID=AD", "##FORMAT=<ID=XX").split("##FORMAT=<ID=XX")[0])
+        handle.write("\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT"]))
+        handle.write("\t" + "\t".join(f"S{s:05d}" for s in range(n_samples)) + "\n")
+        codes = np.array(["0/0", "0/1", "1/1", "./."])
+        positions = np.sort(rng.choice(249_000_000, n_variants, replace=False)) + 1
+        for block in range(0, n_variants, 2000):
+            stop = min(block + 2000, n_variants)
+            calls = codes[rng.choice(4, size=(stop - block, n_samples), p=[0.95, 0.035, 0.01, 0.005])]
+            out = []
+            for k, v in enumerate(range(block, stop)):
+                gene = genes[int(rng.integers(0, len(genes)))]
+                filt = "PASS" if rng.random() > 0.05 else "LowQual"
+                out.append(
+                    f"chr1\t{positions[v]}\t.\tA\tT\t50\t{filt}\tCSQ={_csq(rng, 'T', gene)}\tGT\t" + "\t".join(calls[k])
+                )
+            handle.write("\n".join(out) + "\n")
+    pysam.tabix_compress(str(text), str(path), force=True)
+    pysam.tabix_index(str(path), preset="vcf", force=True)
+    text.unlink()
+    return path
+
+
+def timed_parallel(commands: list[list[str]], jobs: int) -> float:
+    def run(command: list[str]) -> None:
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(run, commands))
+    return time.perf_counter() - start
+
+
+PEAK = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
+def peak_child_mib(command: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one command, measured by a fresh parent of its own."""
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", PEAK, *command], check=True, capture_output=True, text=True)
+    return time.perf_counter() - start, int(out.stdout.split()[-1]) / 1024
+
+
+EXPRESSION = """
+import json, resource, sys
+from multimodal.ingest.expression import read_expression_inputs
+import pandas as pd, scanpy, anndata
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+path, n = sys.argv[1], int(sys.argv[2])
+sheet = pd.DataFrame({"rna_sample": [f"S{i}" for i in range(n)], "rna_file": ""},
+                     index=pd.Index([f"P{i}" for i in range(n)], name="patient_id"))
+adata = read_expression_inputs(sheet, counts=path)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"base_mib": base, "peak_mib": peak, "shape": list(adata.shape)}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
+    parser.add_argument("--patients", type=int, default=500)
+    parser.add_argument("--chunk-size", type=int, default=100, help="patients per ingest job (ingest.chunk_size)")
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--variants", type=int, default=20000)
+    parser.add_argument("--expr-samples", type=int, default=2000)
+    parser.add_argument("--expr-genes", type=int, default=20000)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+    low, high = 300, 3000
+    if args.quick:
+        args.patients, args.chunk_size, args.samples, args.variants = 20, 10, 100, 2000
+        args.expr_samples, args.expr_genes, low, high = 200, 2000, 100, 400
+    if shutil.which("bcftools") is None:
+        sys.exit("bcftools is not on PATH (apt-get install bcftools)")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mm-vcf-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    multimodal = [str(Path(sys.executable).parent / "multimodal")]
+    try:
+        sheet = write_patient_vcfs(workdir, args.patients, low, high)
+        vcfs = [line.split("\t")[1] for line in sheet.read_text().splitlines()[1:]]
+        n_chunks = -(-args.patients // args.chunk_size)
+        ours = timed_parallel(
+            [
+                [
+                    *multimodal,
+                    "ingest",
+                    "variants",
+                    "-q",
+                    "--samples",
+                    str(sheet),
+                    "--chunk",
+                    str(k),
+                    "--n-chunks",
+                    str(n_chunks),
+                    "--data-root",
+                    str(workdir),
+                    "--out",
+                    str(workdir / f"chunk_{k}.h5ad"),
+                ]
+                for k in range(n_chunks)
+            ],
+            args.jobs,
+        )
+        query = "%CHROM\t%POS\t%REF\t%ALT\t%FILTER\t%INFO/CSQ[\t%AD\t%DP]\n"
+        reference = timed_parallel([["bcftools", "query", "-f", query, vcf] for vcf in vcfs], args.jobs)
+        print(
+            f"per-patient: {args.patients} VCFs ({low}-{high} records, 3 CSQ transcripts), {args.jobs} jobs: "
+            f"multimodal ingest variants {ours:.1f} s ({n_chunks} chunks) | bcftools query {reference:.1f} s | "
+            f"ratio {ours / reference:.2f}"
+        )
+        cohort = write_cohort_vcf(workdir / "cohort.vcf.gz", args.samples, args.variants)
+        patients = workdir / "cohort_samples.tsv"
+        patients.write_text("patient_id\n" + "".join(f"S{s:05d}\n" for s in range(args.samples)))
+        ours, peak = peak_child_mib(
+            [
+                *multimodal,
+                "ingest",
+                "cohort-vcf",
+                "-q",
+                "--samples",
+                str(patients),
+                "--vcf",
+                str(cohort),
+                "--zarr",
+                str(workdir / "cohort.vcz"),
+                "--variants-chunk",
+                "5000",
+                "--samples-chunk",
+                "1000",
+                "--data-root",
+                str(workdir),
+                "--out",
+                str(workdir / "cohort.h5ad"),
+            ]
+        )
+        start = time.perf_counter()
+        subprocess.run(["bcftools", "query", "-f", "[%GT]\n", str(cohort)], check=True, stdout=subprocess.DEVNULL)
+        reference = time.perf_counter() - start
+        print(
+            f"cohort: {args.samples} samples x {args.variants} variants: VCF -> VCF Zarr -> gene matrix {ours:.1f} s, "
+            f"peak {peak:.0f} MiB | bcftools query [%GT] {reference:.1f} s | ratio {ours / reference:.2f}"
+        )
+        counts = workdir / "expression.tsv"
+        rng = np.random.default_rng(3)
+        with open(counts, "w") as handle:
+            handle.write("gene\t" + "\t".join(f"S{i}" for i in range(args.expr_samples)) + "\n")
+            for g in range(args.expr_genes):
+                values = rng.negative_binomial(5, 0.01, args.expr_samples)
+                handle.write(f"ENSG{g:011d}.1\t" + "\t".join(map(str, values)) + "\n")
+        out = subprocess.run(
+            [sys.executable, "-c", EXPRESSION, str(counts), str(args.expr_samples)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        measured = json.loads(out.stdout.strip().splitlines()[-1])
+        dense = args.expr_samples * args.expr_genes * 4 / 2**20
+        above = measured["peak_mib"] - measured["base_mib"]
+        print(
+            f"expression: {args.expr_samples} samples x {args.expr_genes} genes (table): "
+            f"peak {measured['peak_mib']:.0f} MiB, {above:.0f} MiB above the imports | "
+            f"dense float32 {dense:.0f} MiB | ratio {above / dense:.2f}"
+        )
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
