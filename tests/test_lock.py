@@ -92,3 +92,29 @@ def test_a_venv_from_the_lock_reproduces_the_demo_byte_for_byte(tmp_path):
         assert ours == theirs, part
     for name in ("metrics.json", "predictions.tsv"):
         assert (runs["main"] / "model" / name).read_bytes() == (runs["locked"] / "model" / name).read_bytes()
+
+
+#: conda-forge names of pyproject's packages where they differ; packages conda does not need (the cluster
+#: executor plugin: Snakemake's own host environment has it) are None.
+CONDA_NAMES = {"torch": "pytorch", "snakemake": "snakemake-minimal", "snakemake-executor-plugin-slurm": None}
+
+
+def test_conda_environment_pins_what_pyproject_pins():
+    """envs/multimodal.yaml (for --use-conda; conda channels cannot be reached here, so it is checked, not
+    built) pins every pyproject dependency at the same version, and installs the package post-deploy."""
+    import yaml
+
+    env = yaml.safe_load((demo.REPO / "envs" / "multimodal.yaml").read_text())
+    conda = {}
+    for item in env["dependencies"]:
+        for spec in item["pip"] if isinstance(item, dict) else [item]:
+            parts = re.split(r"==|>=|=", spec, maxsplit=1)
+            conda[re.sub(r"[-_.]+", "-", parts[0].lower())] = parts[1] if len(parts) > 1 else ""
+    pyproject = (demo.REPO / "pyproject.toml").read_text().split("[project.optional-dependencies]")[0]
+    for name, version in re.findall(r'"([A-Za-z0-9_.-]+)==([^"]+)"', pyproject):
+        key = re.sub(r"[-_.]+", "-", name.lower())
+        key = CONDA_NAMES.get(key, key)
+        if key is not None:
+            assert conda.get(key) == version, (name, version, conda.get(key))
+    script = demo.REPO / "envs" / "multimodal.post-deploy.sh"
+    assert os.access(script, os.X_OK) and "pip install --no-deps" in script.read_text()
