@@ -694,6 +694,6 @@ def test_attributions_without_the_new_files_still_render(tiny_run, tmp_path) -> 
     _, text, page = _build(tmp_path, tiny_run["store"], model, explain)
     assert page.errors == []
     assert "modality_value.tsv is absent" in text
-    assert "Direction plots need the patients&#39; feature values" in text
+    assert "Direction plots need the patients&#x27; feature values" in text
     assert "No calibration: the model directory has no fold_&lt;k&gt;/baseline_hazard.tsv" in text
     assert 'id="patient-view"' in text

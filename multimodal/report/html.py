@@ -1,22 +1,28 @@
 """One self-contained, offline HTML report of a cohort run: cohort, exclusions, metrics, risk groups, attributions.
 
-The report reads three outputs of the pipeline and writes a single HTML file (inline CSS, plots as
-base64 PNG, no scripts and no external URLs), atomically:
+Python computes the numbers and draws the figures; Jinja2 templates (``templates/``: ``report.html`` the
+page, ``blocks.html`` one macro per kind of block, ``patient_view.js`` the per-patient view) lay them out,
+autoescaped. The file has inline CSS, plots as base64 PNG or inline SVG, one inline script (the per-patient
+view, drawn from JSON embedded beside it) and no external URL; it is written atomically. It reads:
 
 - the cohort store (``obs``, modality shapes and ``uns["provenance"]``);
-- the model directory (``metrics.json``, ``predictions.tsv``, ``params.json``);
-- the explain directory (``feature_importance.tsv``, ``modality_contributions.tsv``,
-  ``uns["attribution"]`` of ``attributions.zarr``).
+- the model directory (``metrics.json``, ``predictions.tsv``, ``params.json``, ``fold_<k>/baseline_hazard.tsv``);
+- the explain directory (``feature_importance.tsv``, ``modality_contributions.tsv``, ``attributions.zarr``
+  and, when present, ``modality_value.tsv`` and ``trust.json``; absent ones are said, not failed on);
+- ``<outdir>/logs/run.log`` (``multimodal run``'s transcript) for every stage's command, when present.
 
-Sections: cohort summary, exclusions (every recorded count, zeros included), cross-validated
-metrics, Kaplan-Meier curves of out-of-fold risk groups (high risk = risk above the median of the
-patient's own fold's held-out patients), top features per modality, modality contributions with
-the attribution method and its convergence, and provenance.
+Sections: cohort summary and missingness pattern, exclusions (every recorded count, zeros included),
+cross-validated metrics with bootstrap CIs beside the references (and ``tasks``/``search`` of metrics.json when
+present), Kaplan-Meier curves of out-of-fold risk groups (high risk = risk above the median of the patient's
+own fold's held-out patients) with numbers at risk, log-rank p and hazard ratio, calibration at a horizon,
+top features per modality with their direction, beeswarm direction plots, added value per modality and the
+trust checks, modality contributions with the attribution method and its convergence, a per-patient view,
+and provenance.
 """
-
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import logging
@@ -981,7 +987,12 @@ def _risk_group_section(inp: _Inputs) -> list[Block]:
     return parts
 
 
-def _benefit_section(inp: _Inputs) -> list[Block]:
+def _benefit_section(inp: _Inputs) -> str:
+    """The "Who benefits" section as HTML (:func:`_benefit_blocks`, laid out by the templates)."""
+    return render_blocks(_benefit_blocks(inp))
+
+
+def _benefit_blocks(inp: _Inputs) -> list[Block]:
     """Predicted treatment benefit (``model.treatment``): its distribution by arm received, calibration of
     benefit by tertiles, the C-for-benefit with its bootstrap CI and, where a truth was given, the AUROC for
     the true benefiters; the assumption it rests on and the sign convention are stated first."""
@@ -1919,9 +1930,28 @@ def _environment() -> Any:
         undefined=jinja2.StrictUndefined,
         trim_blocks=False,
         keep_trailing_newline=True,
+        finalize=_finalize,
     )
     env.tests["code"] = lambda value: isinstance(value, Code)
     return env
+
+
+def _finalize(value: Any) -> Any:
+    """Escape every value the templates print as :func:`html.escape` does (``&#x27;``, ``&quot;``), as the report
+    always has, so its text is the same byte for byte; markup the templates built is left as it is."""
+    from markupsafe import Markup
+
+    if isinstance(value, Markup):
+        return value
+    return Markup(html.escape("" if value is None else str(value), quote=True))
+
+
+def render_blocks(blocks: Iterable[Block | None]) -> str:
+    """The HTML of ``blocks`` as the report lays them out (``templates/blocks.html``)."""
+    template = _environment().from_string(
+        '{% from "blocks.html" import render %}{% for b in blocks %}{{ render(b) }}\n{% endfor %}'
+    )
+    return template.render(blocks=[b for b in blocks if b])
 
 
 def _script_json(value: Any) -> Any:
@@ -1971,7 +2001,7 @@ def render_report(
     }
     sections["patient"], patient_data = _patient_section(inp, matrices, top_n)
     if isinstance(inp.metrics.get("benefit"), dict):
-        sections["benefit"] = _benefit_section(inp)
+        sections["benefit"] = _benefit_blocks(inp)
     shown = [
         {"key": key, "heading": heading, "blocks": [b for b in sections[key] if b]}
         for key, heading in SECTIONS
