@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -183,6 +184,7 @@ class _Progress:
         self._rule: str | None = None
         self._logs: list[Path] = []
         self._done_rule: str | None = None
+        self.polled = 0.0
 
     def line(self, text: str) -> None:
         """Take one line of Snakemake's output."""
@@ -212,6 +214,7 @@ class _Progress:
 
     def poll(self) -> None:
         """Report the new fold C-index lines in the running jobs' log files."""
+        self.polled = time.monotonic()
         for path, offset in list(self.logs.items()):
             try:
                 size = path.stat().st_size
@@ -276,6 +279,8 @@ def _stream(command: list[str], env: dict[str, str], *, transcript_path: Path | 
                         handle.write(line)
                         handle.flush()
                         progress.line(transcript[-1])
+                        if time.monotonic() - progress.polled >= 1.0:  # a chatty run still shows fold lines
+                            progress.poll()
             except KeyboardInterrupt:  # Snakemake got the same signal: let it stop its jobs and clean up
                 process.wait()
                 raise

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -53,3 +54,85 @@ def test_demo_outputs_and_logs(demo_run):
     for log in ("simulate.log", "assemble.log", "train.log", "explain.log", "report.log"):
         assert (out / "logs" / log).is_file()
     assert len(list((out / "interim" / "variants").glob("chunk_*.h5ad"))) == 3
+
+
+@pytest.mark.slow
+def test_run_terminal_shows_progress_folds_and_summary_not_job_listings(tiny_cohort, tmp_path):
+    """`multimodal run` as a user types it, on a reduced cohort: stage progress and each fold's C-index on the
+    terminal, Snakemake's job listings only in the transcript under the results directory."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = {
+        "samples": str(tiny_cohort / "samples.tsv"),
+        "clinical": str(tiny_cohort / "clinical.tsv"),
+        "expression": str(tiny_cohort / "expression_counts.tsv"),
+        "outdir": "results/small",
+        "model": {"folds": 3, "epochs": 8},
+        "explain": {"n_steps": 8},
+    }
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "multimodal.cli", "run", "--config", "small.yaml"]
+    command += ["--snakefile", str(REPO / "Snakefile"), "--cores", "2"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    terminal = (done.stdout + done.stderr).splitlines()
+    assert done.returncode == 0, "\n".join(terminal[-20:])
+    listing = [ln for ln in terminal if ln.lstrip().startswith(("jobid:", "input:", "output:", "reason:", "rule "))]
+    assert not listing, listing[:5]
+    assert max(len(ln) for ln in terminal) < 400
+    folds = [ln for ln in terminal if "train: fold " in ln and "C-index" in ln]
+    assert sorted(int(ln.split("train: fold ")[1].split(":")[0]) for ln in folds) == [0, 1, 2], terminal
+    assert any("train done" in ln for ln in terminal), terminal
+    last = terminal[-1]
+    assert "C-index" in last and "against penalised Cox" in last, last
+    assert f"report: {Path('results/small/report.html')}" in last, last
+    transcript = (tmp_path / "results/small/logs/run.log").read_text()
+    assert "jobid:" in transcript and "Finished jobid" in transcript
+    # the report lists every stage's command, read from that transcript
+    report = (tmp_path / "results/small/report.html").read_text()
+    commands = report.split('id="stage-commands"', 1)[1].split("</table>", 1)[0]
+    for stage in ("assemble", "train", "explain", "report"):
+        assert f"<td>{stage}</td>" in commands, stage
+    assert "multimodal train --store" in commands
+
+
+def test_progress_from_a_real_snakemake_run_shows_stages_and_fold_lines_only(tmp_path, caplog):
+    """A two-rule workflow through Snakemake itself: the terminal gets stages and the fold lines one rule's log
+    holds; Snakemake's job listing goes to the transcript file only."""
+    import logging
+    import os
+    import sys
+
+    from multimodal.workflow import _stream
+
+    (tmp_path / "Snakefile").write_text(
+        "rule all:\n    input: 'b.txt'\n"
+        "rule fit:\n    output: 'a.txt'\n    log: 'logs/fit.log'\n"
+        "    shell: \"(echo '12:00:00 multimodal.model.train INFO: fold 0: C-index 0.712, AUROC 0.650'; sleep 1.5; "
+        "echo '12:00:01 multimodal.model.train INFO: fold 1: C-index 0.688, AUROC n/a') > {log}; touch {output}\"\n"
+        "rule use:\n    input: 'a.txt'\n    output: 'b.txt'\n    shell: 'cp {input} {output}'\n"
+    )
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(tmp_path / "Snakefile"), "--cores", "1"]
+    command += ["--printshellcmds", "--directory", str(tmp_path)]
+    previous = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with caplog.at_level(logging.INFO, logger="multimodal.workflow"):
+            code, transcript = _stream(command, dict(os.environ), transcript_path=tmp_path / "logs" / "run.log")
+    finally:
+        os.chdir(previous)
+    assert code == 0
+    shown = [r.getMessage() for r in caplog.records if r.name == "multimodal.workflow"]
+    assert shown == [
+        "3 job(s) to run",
+        "started fit",
+        "train: fold 0: C-index 0.712, AUROC 0.650",
+        "train: fold 1: C-index 0.688, AUROC n/a",
+        "[1/3] fit done",
+        "started use",
+        "[2/3] use done",
+    ]
+    saved = (tmp_path / "logs" / "run.log").read_text().splitlines()
+    assert saved == transcript and any(line.strip().startswith("jobid:") for line in saved)
