@@ -6,6 +6,7 @@ extracted alone from a one-row-per-patient sheet.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -189,3 +190,54 @@ def test_parallel_extraction_gives_the_same_features(scans):
     assert one.uns["ingest"] == two.uns["ingest"]
     with pytest.raises(MultimodalError, match="threads must be a whole number of at least 1"):
         imaging_matrix(sheet, threads=0, progress=False)
+
+
+@pytest.mark.slow
+def test_the_workflow_chunks_patients_not_sheet_rows(scans, tmp_path):
+    """rule ingest_imaging (through multimodal run): with 2 patients per chunk, P1's four sheet rows stay in
+    chunk 0 and P3's follow-up in chunk 1; each chunk's table holds its patients' deltas."""
+    import anndata as ad
+    import yaml
+    from conftest import REPO
+
+    from multimodal.cli import main
+
+    _sheet(tmp_path / "samples.tsv", _rows(scans))
+    pd.DataFrame(
+        {
+            "patient_id": ["P1", "P2", "P3"],
+            "site": ["a", "b", "a"],
+            "age": [60, 70, 80],
+            "sex": ["f", "m", "f"],
+            "arm": ["x", "y", "x"],
+            "os_time": [10, 20, 30],
+            "os_event": [1, 0, 1],
+        }
+    ).to_csv(tmp_path / "clinical.tsv", sep="\t", index=False)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config.update(
+        samples="samples.tsv",
+        clinical="clinical.tsv",
+        expression=None,
+        outdir="results",
+        data_roots=[str(scans["root"]), str(tmp_path)],
+    )
+    config["simulate"]["enabled"] = False
+    config["ingest"]["chunk_size"] = 2
+    config["clinical_columns"]["response_column"] = None
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    targets = [f"results/interim/imaging/chunk_{k}.h5ad" for k in (0, 1)]
+    previous = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        code = main(
+            ["run", "-q", "--config", "config.yaml", "--snakefile", str(REPO / "Snakefile"), "--cores", "1"]
+            + ["--", *targets, "--quiet", "all"]
+        )
+    finally:
+        os.chdir(previous)
+    assert code == 0
+    first, second = (ad.read_h5ad(tmp_path / t) for t in targets)
+    assert list(first.obs_names) == ["P1", "P2"] and list(second.obs_names) == ["P3"]
+    assert first.uns["ingest"]["params"]["images_extracted"] == 5
+    assert float(second[:, "delta_morph_volume"].X[0, 0]) > 0
