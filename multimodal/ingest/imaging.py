@@ -369,14 +369,16 @@ def imaging_matrix(
             n_merged,
             merged_example,
         )
+    all_entries = todo
     combined = _combine_lesions(todo, extracted, removed_per_entry, names, lesion_rule, with_deltas)
     rows, removed, todo, n_lesions, n_without_follow_up = combined
     obs = pd.DataFrame(
         {"image": [t.image for t in todo], "mask": [t.mask for t in todo]},
         index=pd.Index([t.patient for t in todo], name="patient_id"),
     )
-    if several:
+    if several:  # per patient: baseline lesions, and whether a follow-up gave its delta features
         obs["n_lesions"] = n_lesions
+        obs["n_images"] = [sum(e.patient == t.patient for e in all_entries) for t in todo]
     if processing.resegments:
         obs["resegmented_voxels_removed"] = removed
     prefixes = ("", *DELTA_PREFIXES) if with_deltas else ("",)
@@ -404,7 +406,7 @@ def imaging_matrix(
                 **processing.params(),  # resampling and re-segmentation: "none" unless configured
                 "mask_label": "any non-zero" if mask_label is None else int(mask_label),
                 **({"roi_name": str(roi_name)} if roi_name else {}),
-                **({"lesion_rule": lesion_rule, "images_extracted": len(extracted)} if several else {}),
+                **({"lesion_rule": lesion_rule} if several else {}),
                 **({"filters_json": json.dumps(filter_specs)} if filter_specs else {}),  # IBSI 2 filters as set
                 **({"delta_features": [f"{p}<tag>" for p in DELTA_PREFIXES]} if with_deltas else {}),
             },
