@@ -208,6 +208,8 @@ def test_settings_are_checked_in_one_line(cohort):
         H.HarmoniseSpec.from_config({"covariates": ["site"]})
     with pytest.raises(MultimodalError, match="obs has no column 'scanner'"):
         FoldPreprocessor(harmonise={**SETTINGS, "site_column": "scanner"}).fit(cohort, np.arange(len(cohort.patients)))
+    with pytest.raises(MultimodalError, match="model.harmonise.modality 'radiology' is not a modality of the model"):
+        FoldPreprocessor(harmonise={**SETTINGS, "modality": "radiology"}).fit(cohort, np.arange(len(cohort.patients)))
     with pytest.raises(MultimodalError, match="obs has no column 'weight'"):
         FoldPreprocessor(harmonise={**SETTINGS, "covariates": ["weight"]}).fit(cohort, np.arange(len(cohort.patients)))
 

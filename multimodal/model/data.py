@@ -176,6 +176,11 @@ class FoldPreprocessor:
 
     def fit(self, arrays: CohortArrays, train: np.ndarray) -> FoldPreprocessor:
         """Learn per-modality selected features, means and scales from rows ``train`` only."""
+        if self.harmonise and self.harmonise.get("modality") not in arrays.modalities:
+            raise MultimodalError(
+                f"model.harmonise.modality {self.harmonise.get('modality')!r} is not a modality of the model "
+                f"({', '.join(arrays.modalities)})"
+            )
         for name in arrays.modalities:
             rows = train[arrays.present[name][train]]
             values = arrays.x[name][rows]
