@@ -323,9 +323,15 @@ def cmd_explain(args: argparse.Namespace) -> None:
     if args.patient is not None:
         import json
 
-        from multimodal.attribution.patient import format_patient, patient_explanation
+        from multimodal.attribution.patient import check_sources, format_patient, patient_explanation
 
-        summary = patient_explanation(_explain_dir(args), args.patient, top_n=args.top)
+        explain_dir = _explain_dir(args)
+        if args.model or args.store:  # the files read must belong to the model and store named
+            from multimodal.store import read_cohort_store
+
+            store = read_cohort_store(args.store) if args.store else None
+            check_sources(explain_dir, model_dir=args.model, store=store)
+        summary = patient_explanation(explain_dir, args.patient, top_n=args.top)
         print(json.dumps(summary, allow_nan=False) if args.json else format_patient(summary))
         return
     if args.json:

@@ -232,6 +232,24 @@ def test_explain_unknown_patient_is_one_line_with_near_matches(tiny_run, capsys)
     assert "--store required" in capsys.readouterr().err
 
 
+def test_explain_patient_refuses_attributions_of_another_model_run(tiny_run, tmp_path, capsys):
+    import shutil
+
+    from multimodal.cli import main
+
+    other = tmp_path / "model"
+    other.mkdir()
+    for name in ("params.json", "folds.tsv", "predictions.tsv"):
+        shutil.copy(tiny_run["model_dir"] / name, other / name)
+    args = ["explain", "--patient", "P0001", "--out", str(tiny_run["explain_dir"])]
+    assert main([*args, "--model", str(other), "--store", str(tiny_run["store"])]) == 0  # same run, same store
+    capsys.readouterr()
+    with open(other / "predictions.tsv", "a") as handle:
+        handle.write("\n")  # another run's predictions
+    assert main([*args, "--model", str(other)]) == 2
+    assert "another model run" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("method", ["gradient_shap", "deeplift"])
 def test_other_methods_run_and_a_large_delta_is_flagged(tiny_run, tmp_path, method, caplog):
     from multimodal.explain import explain_cohort

@@ -147,7 +147,10 @@ def attribute_batch(
         )
     elif settings.method == "deeplift":
         attributions, delta = DeepLift(_module(risk)).attribute(
-            tuple(x.detach().clone().requires_grad_() for x in attributed), baselines=zeros, additional_forward_args=(mask,), return_convergence_delta=True
+            tuple(x.detach().clone().requires_grad_() for x in attributed),
+            baselines=zeros,
+            additional_forward_args=(mask,),
+            return_convergence_delta=True,
         )
     else:
         if background is None or not len(background) or background[0].shape[0] == 0:

@@ -28,6 +28,28 @@ def _normalised(patient_id: str) -> str:
     return re.sub(r"(?<!\d)0+(?=\d)", "", patient_id.lower())
 
 
+def check_sources(explain_dir: str | Path, *, model_dir: str | Path | None = None, store=None) -> None:
+    """Raise when the attributions in ``explain_dir`` came from another model run than ``model_dir`` or another
+    cohort store than ``store`` (a MuData), by the fingerprints ``explain`` recorded."""
+    import anndata as ad
+    import zarr
+
+    from multimodal.explain import model_fingerprint
+
+    path = Path(explain_dir) / "attributions.zarr"
+    try:
+        uns = ad.io.read_elem(zarr.open_group(str(path / "uns" / "attribution"), mode="r"))
+    except Exception as exc:  # zarr raises several types for a missing or damaged group
+        raise MultimodalError(f"{path}: no uns/attribution ({type(exc).__name__}); run `multimodal explain`") from exc
+    if model_dir is not None and uns.get("model_fingerprint") != model_fingerprint(model_dir):
+        raise MultimodalError(f"{path}: the attributions were computed from another model run than {model_dir}")
+    if store is not None:
+        from multimodal.store import store_fingerprint
+
+        if uns.get("store_fingerprint") != store_fingerprint(store):
+            raise MultimodalError(f"{path}: the attributions were computed from another cohort store")
+
+
 def patient_explanation(explain_dir: str | Path, patient_id: str, *, top_n: int = 10) -> dict:
     """Risk, its cohort percentile and tertile group, response probability, modality contributions and the
     ``top_n`` largest attributions (by absolute value, over all modalities) with the patient's values."""
