@@ -740,3 +740,22 @@ def test_variant_table_and_filter_counts_reach_the_store_through_the_cli_chunks(
     for reason in ("below_min_depth", "below_min_vaf", "filter_not_pass"):
         assert exclusions.get(f"records_{reason}", 0) == int((records["outcome"] == reason).sum())
     assert exclusions["records_below_min_depth"] > 0 and exclusions["records_below_min_vaf"] > 0
+
+
+def test_sheet_tumour_sample_column_reaches_the_cli(tmp_path):
+    import anndata as ad
+
+    from multimodal.cli import main
+
+    vcf = write_tn_vcf(tmp_path / "tn.vcf.gz")
+    sheet = tmp_path / "samples.tsv"
+    out = tmp_path / "variants.h5ad"
+    argv = ["ingest", "variants", "-q", "--samples", str(sheet), "--out", str(out), "--data-root", str(tmp_path)]
+    sheet.write_text(f"patient_id\tvcf\nP1\t{vcf}\n")
+    assert main(argv) != 0  # two sample columns and none named: refused
+    assert not out.exists()
+    sheet.write_text(f"patient_id\tvcf\ttumour_sample\nP1\t{vcf}\tTUMOR\n")
+    assert main([*argv, "--min-vaf", "0.05", "--min-depth", "10"]) == 0
+    adata = ad.read_h5ad(out)
+    assert sorted(adata.var["gene_symbol"]) == ["BRAF", "NRAS", "PIK3CA", "TP53"]
+    assert adata.uns["ingest"]["exclusions"]["records_below_min_vaf"] == 1
