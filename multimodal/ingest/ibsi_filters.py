@@ -16,13 +16,16 @@ intensity-statistics features (``stat_*``) of the response inside the intensity 
   transform: the decomposition low-pass (L) or high-pass (H) filter of the PyWavelets wavelet (``haar``,
   ``db2``, ``db3``, ...) along each array axis in turn.
 
-Every filter takes ``padding``: ``mirror`` (default; symmetric, ``d c b a | a b c d``), ``nearest``,
-``periodic`` or ``zero``. Not covered: rotation-invariant (pooled over orientations) Laws and wavelet
-responses, Simoncelli and Riesz filters, wavelet levels above 1.
+Laws and wavelet filters take ``rotation_invariant: true`` (prefix suffix ``_ri``): the response pooled
+over the 24 right-angle rotations of the image (each response rotated back), by maximum for Laws (before
+the energy map) and by mean for wavelets, as IBSI 2 pools them. Every filter takes ``padding``:
+``mirror`` (default; symmetric, ``d c b a | a b c d``), ``nearest``, ``periodic`` or ``zero``. Not
+covered: Simoncelli and Riesz filters, wavelet levels above 1.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -44,9 +47,9 @@ LAWS_1D = {
 KNOWN = {
     "mean": {"support"},
     "log": {"sigma_mm"},
-    "laws": {"kernel", "energy_distance"},
+    "laws": {"kernel", "energy_distance", "rotation_invariant"},
     "gabor": {"sigma_mm", "wavelength_mm", "gamma", "theta_deg"},
-    "wavelet": {"wavelet", "band"},
+    "wavelet": {"wavelet", "band", "rotation_invariant"},
 }
 
 
@@ -88,6 +91,7 @@ def check_filters(filters) -> list[dict]:
             if not isinstance(distance, int) or distance < 0:
                 raise MultimodalError(f"{where}: energy_distance must be a whole number >= 0, got {distance!r}")
             full |= {"kernel": kernel, "energy_distance": distance, "prefix": f"laws_{kernel}_e{distance}"}
+            full |= _rotation(spec, where, full["prefix"])
         elif kind == "gabor":
             sigma = _positive(spec.get("sigma_mm"), f"{where}.sigma_mm")
             wavelength = _positive(spec.get("wavelength_mm"), f"{where}.wavelength_mm")
@@ -114,11 +118,55 @@ def check_filters(filters) -> list[dict]:
             if len(band) != 3 or set(band) - {"L", "H"}:
                 raise MultimodalError(f"{where}: band must be three of L/H (one per axis), e.g. LLH; got {band!r}")
             full |= {"wavelet": name, "band": band, "prefix": f"wav_{name}_{band}"}
+            full |= _rotation(spec, where, full["prefix"])
         out.append(full)
     prefixes = [f["prefix"] for f in out]
     if len(set(prefixes)) != len(prefixes):
         raise MultimodalError(f"ingest.filters: two filters have the same settings ({sorted(prefixes)})")
     return out
+
+
+def _rotation(spec: dict, where: str, prefix: str) -> dict:
+    value = spec.get("rotation_invariant", False)
+    if not isinstance(value, bool):
+        raise MultimodalError(f"{where}.rotation_invariant must be true or false, got {value!r}")
+    return {"rotation_invariant": value, "prefix": f"{prefix}_ri" if value else prefix}
+
+
+def rotations() -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
+    """The 24 right-angle rotations of a volume as (axis permutation, flips) with determinant +1."""
+    out = []
+    for perm in itertools.permutations(range(3)):
+        inversions = sum(perm[i] > perm[j] for i in range(3) for j in range(i + 1, 3))
+        for flips in itertools.product((1, -1), repeat=3):
+            if (-1) ** inversions * flips[0] * flips[1] * flips[2] == 1:
+                out.append((perm, flips))
+    return out
+
+
+def _rotate(volume: np.ndarray, perm, flips) -> np.ndarray:
+    out = np.transpose(volume, perm)
+    return np.flip(out, axis=[a for a in range(3) if flips[a] < 0]) if min(flips) < 0 else out
+
+
+def _unrotate(volume: np.ndarray, perm, flips) -> np.ndarray:
+    out = np.flip(volume, axis=[a for a in range(3) if flips[a] < 0]) if min(flips) < 0 else volume
+    return np.transpose(out, np.argsort(perm))
+
+
+def _pooled(image: np.ndarray, response, pooling: str) -> np.ndarray:
+    """``response`` (a function of a volume) made rotation invariant: pooled (max or mean) over the 24
+    right-angle rotations of the image, each response rotated back (IBSI 2)."""
+    pooled = None
+    for perm, flips in rotations():
+        here = _unrotate(response(_rotate(image, perm, flips)), perm, flips)
+        if pooled is None:
+            pooled = here.copy()
+        elif pooling == "max":
+            np.maximum(pooled, here, out=pooled)
+        else:
+            pooled += here
+    return pooled if pooling == "max" else pooled / 24
 
 
 def _positive(value, where: str) -> float:
@@ -138,9 +186,14 @@ def filter_image(image: np.ndarray, spacing: tuple[float, float, float], spec: d
         sigma = [spec["sigma_mm"] / s for s in spacing]
         return ndimage.gaussian_laplace(image, sigma=sigma, mode=mode, truncate=4.0)
     if kind == "laws":
-        response = image
-        for axis, name in enumerate(spec["kernel"][i : i + 2] for i in range(0, 6, 2)):
-            response = ndimage.correlate1d(response, np.asarray(LAWS_1D[name]), axis=axis, mode=mode)
+
+        def laws(volume: np.ndarray) -> np.ndarray:
+            for axis, name in enumerate(spec["kernel"][i : i + 2] for i in range(0, 6, 2)):
+                volume = ndimage.correlate1d(volume, np.asarray(LAWS_1D[name]), axis=axis, mode=mode)
+            return volume
+
+        # rotation invariant: max pooling of the responses, then the energy (IBSI 2)
+        response = _pooled(image, laws, "max") if spec.get("rotation_invariant") else laws(image)
         size = 2 * spec["energy_distance"] + 1
         return ndimage.uniform_filter(np.abs(response), size=size, mode=mode)
     if kind == "gabor":
@@ -149,12 +202,16 @@ def filter_image(image: np.ndarray, spacing: tuple[float, float, float], spec: d
     import pywt
 
     wavelet = pywt.Wavelet(spec["wavelet"])
-    response = image
-    for axis, band in enumerate(spec["band"]):
-        taps = np.asarray(wavelet.dec_lo if band == "L" else wavelet.dec_hi, dtype=np.float64)
-        # aligned as PyWavelets' stationary wavelet transform (pywt.swtn) aligns its coefficients
-        response = ndimage.convolve1d(response, taps, axis=axis, mode=mode)
-    return response
+
+    def band(volume: np.ndarray) -> np.ndarray:
+        for axis, which in enumerate(spec["band"]):
+            taps = np.asarray(wavelet.dec_lo if which == "L" else wavelet.dec_hi, dtype=np.float64)
+            # aligned as PyWavelets' stationary wavelet transform (pywt.swtn) aligns its coefficients
+            volume = ndimage.convolve1d(volume, taps, axis=axis, mode=mode)
+        return volume
+
+    # rotation invariant: average pooling of the responses (IBSI 2)
+    return _pooled(image, band, "mean") if spec.get("rotation_invariant") else band(image)
 
 
 def gabor_kernel(spacing_xy: tuple[float, float], spec: dict, theta_deg: float) -> np.ndarray:
