@@ -1955,11 +1955,11 @@ def render_blocks(blocks: Iterable[Block | None]) -> str:
 
 
 def _script_json(value: Any) -> Any:
-    """``value`` as JSON safe inside a ``<script>`` element (no ``</``, no NaN)."""
+    """``value`` as JSON safe inside a ``<script>`` element: ``<``, ``>`` and ``&`` as \\u escapes, NaN as null."""
     from markupsafe import Markup
 
     text = json.dumps(_json_safe(value), separators=(",", ":"), allow_nan=False)
-    return Markup(text.replace("</", "<\\/").replace("<!--", "<\\!--"))
+    return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
 
 
 def _json_safe(value: Any) -> Any:
