@@ -85,13 +85,46 @@ def pseudonymise_anndata(adata, pseudonymiser: Pseudonymiser, ids: Iterable[str]
 
     ids = list(adata.obs_names if ids is None else ids)
     scrub = pseudonymiser.scrubber(ids)
-    adata.obs_names = pd.Index([scrub(str(i)) for i in adata.obs_names], name=adata.obs_names.name)
-    for column in adata.obs.columns:
-        values = adata.obs[column]
+    names = [scrub(str(i)) for i in adata.obs_names]
+    if names != [str(i) for i in adata.obs_names]:  # (a MuData assembled from pseudonymised parts has them)
+        adata.obs_names = pd.Index(names, name=adata.obs_names.name)
+    _scrub_frame(adata.obs, scrub)
+    for key in list(adata.uns.keys()):  # e.g. the variant table's patient_id column
+        adata.uns[key] = _scrub_value(adata.uns[key], scrub)
+    return adata
+
+
+def _scrub_frame(frame, scrub) -> None:
+    """Every text column of a DataFrame, in place."""
+    import pandas as pd
+
+    for column in frame.columns:
+        values = frame[column]
         if values.dtype == object or isinstance(values.dtype, pd.CategoricalDtype | pd.StringDtype):
             scrubbed = values.astype(object).map(scrub)
-            adata.obs[column] = scrubbed.astype(values.dtype) if isinstance(values.dtype, pd.StringDtype) else scrubbed
-    return adata
+            frame[column] = scrubbed.astype(values.dtype) if isinstance(values.dtype, pd.StringDtype) else scrubbed
+
+
+def _scrub_value(value, scrub):
+    """``value`` (a uns entry: mapping, table, list, array or text) with the IDs in its text replaced."""
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, pd.DataFrame):
+        value = value.copy()
+        _scrub_frame(value, scrub)
+        if value.index.dtype == object:
+            value.index = pd.Index([scrub(str(i)) for i in value.index], name=value.index.name)
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub_value(v, scrub) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub_value(v, scrub) for v in value)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OUS":
+        return np.array([_scrub_value(v, scrub) for v in value.ravel().tolist()], dtype=object).reshape(value.shape)
+    return value
 
 
 def pseudonymise_h5ad(path: str | Path, pseudonymiser: Pseudonymiser, ids: Iterable[str]) -> None:
