@@ -306,6 +306,7 @@ def expression_matrix(
     if n_duplicate_genes:
         counts = counts.groupby(level=0, sort=False).sum()
     matrix = counts.loc[:, list(claimed)].T
+    del counts  # the cohort's columns are all that is needed from here (memory: one copy at a time)
     if values == "counts":
         uninformative = (matrix.sum(axis=0) == 0).to_numpy()
     else:
@@ -318,9 +319,12 @@ def expression_matrix(
         low = ((matrix >= min_count).sum(axis=0) < min_samples).to_numpy()
         matrix = matrix.loc[:, ~low]
     table = matrix.to_numpy(dtype=np.float64)
-    is_integer = bool(np.all(np.mod(table, 1) == 0))
-    if values == "counts" and matrix.shape[0]:
-        empty = [str(sample) for sample in matrix.index[(matrix.sum(axis=1) == 0).to_numpy()]]
+    genes, patients_rows = matrix.columns, matrix.index
+    del matrix
+    step = max(1, (1 << 22) // max(1, table.shape[1]))  # whole-number check in blocks of ~4M cells, no full temporary
+    is_integer = all(bool(np.all(np.mod(table[i : i + step], 1) == 0)) for i in range(0, table.shape[0], step))
+    if values == "counts" and table.shape[0]:
+        empty = [str(sample) for sample in patients_rows[table.sum(axis=1) == 0]]
         if empty:
             names = listing([repr(sample) for sample in empty])
             raise MultimodalError(
@@ -333,24 +337,25 @@ def expression_matrix(
                 f"{source}: values look log-transformed (not whole numbers, largest {table.max():.3g}); "
                 "give raw counts, or declare the table's scale (ingest.expression_values: log, CLI --values log)"
             )
-    if values == "log" and matrix.shape[0] and table.max() > 100:
+    if values == "log" and table.shape[0] and table.max() > 100:
         raise MultimodalError(
             f"{source}: values look like raw counts, not log-scale (largest {table.max():.6g}); "
             "use ingest.expression_values: counts (CLI --values counts)"
         )
 
     adata = ad.AnnData(
-        X=matrix.to_numpy(dtype=np.float32),
+        X=table.astype(np.float32),
         obs=pd.DataFrame({"rna_sample": list(claimed)}, index=pd.Index(list(claimed.index), name="patient_id")),
         var=pd.DataFrame(
             {
-                "gene_symbol": [symbol_of.get(g) or _gene_symbol(str(g)) for g in matrix.columns],
+                "gene_symbol": [symbol_of.get(g) or _gene_symbol(str(g)) for g in genes],
                 "feature_class": "gene_expression",
                 "source": "rna_seq",
             },
-            index=pd.Index(matrix.columns.astype(str), name="feature"),
+            index=pd.Index(genes.astype(str), name="feature"),
         ),
     )
+    del table
     if values == "counts":
         adata.layers["counts"] = adata.X.copy()
         adata.obs["library_size"] = adata.X.sum(axis=1).astype(np.float64)
@@ -443,8 +448,10 @@ def read_expression_inputs(
         samples.loc[~has_file, "rna_sample"] = ""
         frame = read_sample_files(pd.Series(files[has_file].to_numpy(), index=names[has_file]), tx2gene=genes)
         source = "rna_file of the samples sheet"
+    frames = [frame]  # handed over, not kept here: expression_matrix frees it once the cohort's columns are taken
+    del frame
     adata = expression_matrix(
-        frame, samples, source=source, values=values, min_count=min_count, min_samples=min_samples
+        frames.pop(), samples, source=source, values=values, min_count=min_count, min_samples=min_samples
     )
     adata.uns["ingest"]["params"].update(
         input=source,
