@@ -1,4 +1,8 @@
-"""Run the Snakemake workflow (``multimodal run``) through Snakemake's own command line."""
+"""Run the Snakemake workflow (``multimodal run``) through Snakemake's own command line.
+
+The terminal gets stage progress, each fold's C-index as the train verb logs it and a closing line (the C-index
+against the references, where the report is); Snakemake's full output goes to ``<outdir>/logs/run.log``.
+"""
 
 from __future__ import annotations
 
@@ -327,7 +331,8 @@ def run_workflow(
     """Run Snakemake in the current directory, after checking the config and its inputs; returns 0.
 
     A failed run leaves every earlier output as it was (:mod:`multimodal.rollback`) and ends with one
-    line: the failing rule's own error and where its log is.
+    line: the failing rule's own error and where its log is. Progress is logged at INFO (``-q`` hides it);
+    a dry run echoes Snakemake's job listing as is.
     """
     from multimodal.rollback import Snapshot
 

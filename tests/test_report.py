@@ -697,3 +697,17 @@ def test_attributions_without_the_new_files_still_render(tiny_run, tmp_path) -> 
     assert "Direction plots need the patients&#x27; feature values" in text
     assert "No calibration: the model directory has no fold_&lt;k&gt;/baseline_hazard.tsv" in text
     assert 'id="patient-view"' in text
+
+
+def test_references_beside_the_fusion_model_with_bootstrap_cis(report, tiny_run) -> None:
+    from sksurv.metrics import concordance_index_censored
+
+    _, _, page = report
+    pred = pd.read_csv(tiny_run["model_dir"] / "predictions.tsv", sep="\t")
+    rows = {r[0]: r for r in page.body_rows("reference-ci")}
+    assert set(rows) == {"fusion model", "penalised Cox (elastic net) reference", "clinical-only Cox reference"}
+    for column, label in (("risk", "fusion model"), ("risk_clinical_cox", "clinical-only Cox reference")):
+        c = concordance_index_censored(pred["event"].to_numpy() > 0, pred["time"].to_numpy(), pred[column].to_numpy())
+        assert rows[label][1:3] == [str(len(pred)), _fmt(c[0])]
+        low, high = (float(x) for x in rows[label][3].split(" to "))
+        assert low < c[0] < high
