@@ -265,3 +265,20 @@ def test_masking_a_planted_modality_lowers_the_c_index(demo_like):
 
     pooled = harrell_c(*(predictions[c].to_numpy(float) for c in ("time", "event", "risk")))
     np.testing.assert_allclose(value["c_index_full"], pooled, atol=1e-6)
+
+
+def test_ig_benchmark_runs_and_its_two_paths_agree(capsys):
+    """benchmarks/ig_benchmark.py at toy size: prints the ratio, and the batched and per-patient paths give the
+    same attributions (the timing itself is never asserted)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ig_benchmark.py"
+    spec = importlib.util.spec_from_file_location("ig_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--patients", "6", "--features", "40", "--steps", "8", "--internal-batch-size", "20", "--target", "0"])
+    out = capsys.readouterr().out
+    assert "6 patients x 40 features x 8 steps" in out and "ratio" in out
+    difference = float(out.split("max |difference| ")[1].split(";")[0])
+    assert difference < 1e-5
