@@ -377,4 +377,8 @@ def test_the_effect_modifier_head_recovers_benefiters_better_than_cox_with_inter
     )
     metrics = cross_validate(mdata, tmp_path / "model", params=params, store_path="store", progress=False)
     truth = metrics["benefit"]["by_arm"]["experimental"]["truth"]
-    assert truth["auroc_model"] > truth["auroc_cox_interaction"] + 0.03, truth
+    # measured (2026-12-02): seed 4 0.869 vs 0.781, seed 5 0.924 vs 0.886; the default head 0.781 / 0.833
+    assert truth["auroc_model"] > truth["auroc_cox_interaction"] + 0.02, truth
+    modifiers = metrics["benefit"]["effect_modifiers_per_fold"]
+    assert sorted(modifiers) == ["0", "1", "2"] and all(len(m) == 3 for m in modifiers.values())
+    assert "effect modifiers" in metrics["benefit"]["head"]

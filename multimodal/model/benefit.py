@@ -56,6 +56,17 @@ C_FOR_BENEFIT_METHOD = (
 )
 
 
+HEAD = (
+    "arm x features: each non-reference arm's log-hazard effect is linear in the patient's fused representation "
+    "and in its selected, scaled features"
+)
+MODIFIER_HEAD = (
+    "effect modifiers: each non-reference arm's log-hazard effect is linear in {n} effect modifiers only, chosen in "
+    "each fold on its training rows by the Wald z of their arm x feature interaction (a Cox model with arm, feature "
+    "and arm x feature per feature); listed per fold under effect_modifiers_per_fold"
+)
+
+
 @dataclass(frozen=True)
 class TreatmentSpec:
     """``model.treatment``: the arm column, its reference level, and optionally a ``truth.json`` with a
@@ -252,9 +263,15 @@ def treatment_kwargs(params, data) -> dict:
     out: dict = {"treatment_modality": TREATMENT_MODALITY}
     if getattr(params, "effect_modifiers", None) is not None:
         data.setup()
-        out["effect_modifiers"] = select_effect_modifiers(
-            data.preprocessor, data.arrays, data.train_rows, int(params.effect_modifiers)
-        )
+        chosen = select_effect_modifiers(data.preprocessor, data.arrays, data.train_rows, int(params.effect_modifiers))
+        names = [
+            f"{name}:{feature}"
+            for name in data.arrays.modalities
+            if name != TREATMENT_MODALITY
+            for feature in data.preprocessor.features[name]
+        ]
+        data.preprocessor.effect_modifier_names = [names[i] for i in chosen]  # said in metrics.json per fold
+        out["effect_modifiers"] = chosen
     return out
 
 
@@ -457,7 +474,7 @@ def read_true_benefit(path: str | Path) -> tuple[pd.Series, pd.Series]:
 
 
 def evaluate_benefit(
-    pred: pd.DataFrame, levels: list[str], spec: TreatmentSpec, *, n_bootstrap: int, seed: int
+    pred: pd.DataFrame, levels: list[str], spec: TreatmentSpec, *, n_bootstrap: int, seed: int, params=None
 ) -> dict:
     """metrics.json's ``benefit``: per non-reference arm, C-for-benefit (95% bootstrap CI), calibration of
     benefit by tertiles, and with ``spec.truth`` the AUROC for the true benefiters (model, Cox with arm
@@ -472,8 +489,9 @@ def evaluate_benefit(
         "arms": levels,
         "assumption": ASSUMPTION,
         "sign": SIGN,
-        "head": "arm x features: each non-reference arm's log-hazard effect is linear in the patient's fused "
-        "representation and in its selected, scaled features",
+        "head": HEAD
+        if params is None or getattr(params, "effect_modifiers", None) is None
+        else MODIFIER_HEAD.format(n=params.effect_modifiers),
         "c_for_benefit_method": C_FOR_BENEFIT_METHOD,
         "calibration_method": "tertiles of predicted benefit; observed = minus the log hazard ratio of the arm "
         "(one-covariate Cox in the group) and Kaplan-Meier survival of the arm minus the reference at "

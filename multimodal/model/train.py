@@ -515,6 +515,8 @@ def cross_validate(
             metrics_list[-1]["feature_budget"] = {name: fold_budget.get(name) for name in arrays.modalities}
             if search is not None:
                 metrics_list[-1]["search"] = search_records[-1][2].summary()
+            if getattr(data.preprocessor, "effect_modifier_names", None) is not None:  # model.effect_modifiers
+                metrics_list[-1]["effect_modifiers"] = data.preprocessor.effect_modifier_names
             if params.baseline:
                 metrics_list[-1]["penalised_cox"] = {"c_index": _c_index(fold_pred, "risk_penalised_cox")} | baseline
                 metrics_list[-1]["clinical_cox"] = {"c_index": _c_index(fold_pred, "risk_clinical_cox")} | clinical
@@ -548,7 +550,13 @@ def cross_validate(
         if spec is not None:
             from multimodal.model.benefit import evaluate_benefit
 
-            metrics["benefit"] = evaluate_benefit(pred, levels, spec, n_bootstrap=params.bootstrap, seed=params.seed)
+            metrics["benefit"] = evaluate_benefit(
+                pred, levels, spec, n_bootstrap=params.bootstrap, seed=params.seed, params=params
+            )
+            if params.effect_modifiers is not None:
+                metrics["benefit"]["effect_modifiers_per_fold"] = {
+                    str(f["fold"]): f.get("effect_modifiers") for f in fold_metrics
+                }
         if search is not None:
             from multimodal.model.search import search_summary, search_table
 
@@ -657,7 +665,7 @@ def _train_member(
     """Fit one ensemble member of one fold and save its checkpoint as ``fold_<k>/model_<member>.ckpt``.
 
     With ``resume`` (a run's work directory, :func:`_resume_dir`), the member keeps a last checkpoint there
-    after every epoch (model, optimiser, loop and RNG state) and a ``done.ckpt`` once trained: run again after
+    (``checkpoints/last.ckpt``) after every epoch (model, optimiser, loop and RNG state) and a ``done.ckpt`` once trained: run again after
     a kill, a finished member is loaded instead of trained, and a half-trained one continues from its last
     epoch, to the same weights as an uninterrupted run (on one process).
     """
@@ -702,7 +710,7 @@ def _train_member(
         return model
     callbacks, ckpt_path = [_rng_state_callback()], None
     if work is not None:
-        last = work / "last.ckpt"
+        last = work / "checkpoints" / "last.ckpt"
         if last.is_file():
             try:
                 epochs_done = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"]) + 1
@@ -712,7 +720,7 @@ def _train_member(
             else:
                 log.info("resumed %s from epoch %d", who, epochs_done)
                 ckpt_path = str(last)
-        callbacks.append(last_checkpoint_callback(work))
+        callbacks.append(last_checkpoint_callback(work / "checkpoints"))
     logger = CSVLogger(str(work), name="", version="log") if work is not None else CSVLogger(
         str(out), name=f"fold_{fold}", version=f"log_{member}"
     )
