@@ -212,9 +212,12 @@ def read_counts_table(
         diagnose_table(path, what="counts table", cause=exc, comments=True)
         raise MultimodalError(f"{path}: cannot read counts table: {str(exc).splitlines()[0]}") from exc
     keep = ~summary & ~blank
-    values = values[keep]
+    if not keep.all():  # a copy only when rows go
+        values = values[keep]
     with_missing = values.isna().any(axis=1).to_numpy()
-    values = values[~with_missing].astype(np.float64)
+    if with_missing.any():
+        values = values[~with_missing]
+    values = values.astype(np.float64, copy=False)
     if symbols is not None:
         symbols = symbols[keep][~with_missing].fillna("").astype(str).str.strip()
         values.attrs["gene_symbols"] = dict(zip(values.index, symbols, strict=True))
@@ -300,7 +303,8 @@ def expression_matrix(
     }
     n_duplicate_genes = int(counts.attrs.get("duplicate_gene_rows_summed", 0))
     attrs = dict(counts.attrs)
-    counts = counts.set_axis(strip_version(counts.index.astype(str)), axis=0)
+    counts = counts.copy(deep=False)  # new gene IDs on the same data, no copy of the values
+    counts.index = strip_version(counts.index.astype(str))
     counts.attrs = attrs
     n_duplicate_genes += int(counts.index.duplicated().sum())
     if n_duplicate_genes:
@@ -311,7 +315,8 @@ def expression_matrix(
         uninformative = (matrix.sum(axis=0) == 0).to_numpy()
     else:
         uninformative = (matrix.max(axis=0) == matrix.min(axis=0)).to_numpy()
-    matrix = matrix.loc[:, ~uninformative]
+    if uninformative.any():
+        matrix = matrix.loc[:, ~uninformative]
     if min_samples < 1:
         raise MultimodalError(f"ingest.min_expression.min_samples must be at least 1, got {min_samples}")
     low = np.zeros(matrix.shape[1], dtype=bool)
