@@ -1,9 +1,10 @@
 """Full outer cross-validation with the inner model search (model.search) on a 3,000-feature x 400-patient cohort.
 
 Generates, in a scratch directory, a synthetic cohort the way a user hands one over: a samples sheet, a clinical
-table (site, arm, age, sex, overall survival) and a patients x features table (``tables:`` modality ``rna``, 3,000 numeric
-columns, log-normal, correlated in blocks of 10; the log-hazard is linear in 12 of them plus one product of two,
-with age; ~40% censored). The table goes through the table ingest (``feature_table``) into a cohort store, then
+table (site, arm without effect, age, sex, overall survival) and a patients x features table (``tables:``
+modality ``rna``, 3,000 numeric columns, log-normal, correlated in blocks of 10; the log-hazard is linear in 12
+of them plus one product of two, with age; ~30% censored). The table goes through the table ingest
+(``feature_table``) into a cohort store, then
 
 1. one plain 5-fold cross-validation with the shipped model settings (search off), and
 2. the same folds with ``model.search`` on (grid over fusion, width, dropout, feature budget and neural weight,
