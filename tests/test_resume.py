@@ -78,7 +78,7 @@ def test_killed_training_resumes_to_the_uninterrupted_result(small_store, tmp_pa
     deadline = time.monotonic() + 600
     try:
         # mid-way: fold 0 finished, fold 1 has saved a last checkpoint
-        while not list(work.glob("*/fold_1/member_0/last.ckpt")):
+        while not list(work.glob("*/fold_1/member_0/checkpoints/last.ckpt")):
             assert run.poll() is None, "training ended before it could be killed mid-way"
             assert time.monotonic() < deadline
             time.sleep(0.01)

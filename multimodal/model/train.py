@@ -665,9 +665,9 @@ def _train_member(
     """Fit one ensemble member of one fold and save its checkpoint as ``fold_<k>/model_<member>.ckpt``.
 
     With ``resume`` (a run's work directory, :func:`_resume_dir`), the member keeps a last checkpoint there
-    (``checkpoints/last.ckpt``) after every epoch (model, optimiser, loop and RNG state) and a ``done.ckpt`` once trained: run again after
-    a kill, a finished member is loaded instead of trained, and a half-trained one continues from its last
-    epoch, to the same weights as an uninterrupted run (on one process).
+    (``checkpoints/last.ckpt``) after every epoch (model, optimiser, loop and RNG state) and a ``done.ckpt``
+    once trained: run again after a kill, a finished member is loaded instead of trained, and a half-trained
+    one continues from its last epoch, to the same weights as an uninterrupted run (on one process).
     """
     import shutil
 
