@@ -86,7 +86,7 @@ def test_the_choice_is_deterministic_for_a_seed_and_keeps_the_budget(tmp_path):
     mdata = tiny_store(tmp_path / "cohort.zarr", 36, seed=5)
     arrays = cohort_arrays(mdata)
     space = {"fusion": ["sum", "attention"], "dropout": [0.0, 0.2, 0.4]}
-    params = TrainParams(epochs=10, max_features={"expression": 6, "variants": 4}, search=SEARCH | {"space": space})
+    params = TrainParams(epochs=5, max_features={"expression": 6, "variants": 4}, search=SEARCH | {"space": space})
     spec = SearchSpec(**params.search)
     assert len(spec.candidates(1)) == 3 and spec.candidates(1) == spec.candidates(1)  # 3 of the 6-candidate grid
     assert len(SearchSpec(**(params.search | {"trials": 10})).candidates(1)) == 6  # the whole grid within budget
@@ -111,13 +111,13 @@ def test_optuna_search_is_seeded_and_keeps_the_budget(tmp_path):
     arrays = cohort_arrays(mdata)
     space = {"hidden_dim": [4, 8, 16], "dropout": [0.0, 0.3]}
     params = TrainParams(
-        epochs=10, max_features={"expression": 6}, search=SEARCH | {"method": "optuna", "trials": 4, "space": space}
+        epochs=5, max_features={"expression": 6}, search=SEARCH | {"method": "optuna", "trials": 3, "space": space}
     )
     spec = SearchSpec(**params.search)
     budget = {name: 6 for name in arrays.modalities}
     first = search_fold(arrays, np.arange(30), params, spec, budget, seed=3)
     second = search_fold(arrays, np.arange(30), params, spec, budget, seed=3)
-    assert 1 <= len(first.rows) <= 4  # repeated proposals are not refitted
+    assert 1 <= len(first.rows) <= 3  # the budget; repeated proposals are not refitted
     assert [r["settings"] for r in first.rows] == [r["settings"] for r in second.rows]
     assert first.chosen == second.chosen
 
