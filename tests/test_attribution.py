@@ -53,10 +53,14 @@ def test_each_method_attributes_every_modality_and_leaves_an_absent_one_at_zero(
 
 def test_internal_batches_give_the_same_integrated_gradients():
     model, inputs, mask = _model_and_batch(1)
-    one, _ = attribute_batch(model, inputs, mask, settings=MethodSettings(n_steps=16, internal_batch_size=16))
-    whole, _ = attribute_batch(model, inputs, mask, settings=MethodSettings(n_steps=16, internal_batch_size=10_000))
-    for a, b in zip(one, whole, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+    whole, delta = attribute_batch(model, inputs, mask, settings=MethodSettings(n_steps=16, internal_batch_size=10_000))
+    for size in (16, 5):  # one step of every patient per internal batch; patients in chunks of 5
+        part, part_delta = attribute_batch(
+            model, inputs, mask, settings=MethodSettings(n_steps=16, internal_batch_size=size)
+        )
+        for a, b in zip(part, whole, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+        np.testing.assert_allclose(part_delta, delta, atol=1e-6)
 
 
 def test_gradient_shap_needs_training_baselines_and_is_seeded():

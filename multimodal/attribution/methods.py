@@ -136,15 +136,25 @@ def attribute_batch(
     if settings.method == "integrated_gradients":
         width = sum(x.shape[1] for x in attributed) + mask.shape[1]
         batch = settings.internal_batch_size or auto_internal_batch_size(width, settings.n_steps)
-        attributions, delta = IntegratedGradients(risk).attribute(
-            attributed,
-            baselines=zeros,
-            additional_forward_args=(mask,),
-            n_steps=settings.n_steps,
-            method="gausslegendre",
-            internal_batch_size=batch,
-            return_convergence_delta=True,
-        )
+        ig = IntegratedGradients(risk)
+        pieces = []
+        # Captum's internal batches hold at least one step of every patient given: patients go in chunks of
+        # ``batch`` so an internal batch never exceeds ``batch`` rows, however large the cohort
+        for start in range(0, n, batch):
+            rows = slice(start, start + batch)
+            pieces.append(
+                ig.attribute(
+                    tuple(x[rows] for x in attributed),
+                    baselines=tuple(z[rows] for z in zeros),
+                    additional_forward_args=(mask[rows],),
+                    n_steps=settings.n_steps,
+                    method="gausslegendre",
+                    internal_batch_size=batch,
+                    return_convergence_delta=True,
+                )
+            )
+        attributions = tuple(torch.cat([p[0][i] for p in pieces]) for i in range(len(attributed)))
+        delta = torch.cat([p[1] for p in pieces])
     elif settings.method == "deeplift":
         attributions, delta = DeepLift(_module(risk)).attribute(
             tuple(x.detach().clone().requires_grad_() for x in attributed),
