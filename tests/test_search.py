@@ -153,3 +153,15 @@ def test_the_config_schema_takes_a_search_and_defaults_to_none():
     assert params.search["enabled"] and params.search["inner_folds"] == 3 and params.search["method"] == "grid"
     with pytest.raises(MultimodalError, match="model.search"):
         validate_config(dict(base, model={"search": {"enabled": True, "method": "bayes"}}))
+
+
+def test_a_space_whose_combinations_are_all_invalid_is_refused_in_one_line(tmp_path):
+    """Values valid one by one may clash together (late fusion has no interaction head): such a candidate is
+    skipped; when no candidate is left the search is refused, naming model.search.space."""
+    from multimodal.model.data import cohort_arrays
+
+    arrays = cohort_arrays(tiny_store(tmp_path / "cohort.zarr", 20, seed=1))
+    params = TrainParams(search=SEARCH | {"space": {"fusion": ["late"], "head": ["interaction"]}})
+    with pytest.raises(MultimodalError, match="model.search.space: no candidate is a valid model setting") as caught:
+        search_fold(arrays, np.arange(20), params, SearchSpec(**params.search), {}, seed=1)
+    assert "\n" not in str(caught.value)

@@ -223,8 +223,11 @@ def search_fold(
     inner = [(rows[a], rows[b]) for a, b in splitter.split(np.zeros(len(rows)), event)]
     seen: list[dict] = []
 
-    def evaluate(candidate: dict) -> tuple[float, int, list[float]]:
-        cand_params = candidate_params(params, candidate)
+    def evaluate(candidate: dict) -> tuple[float, int, list[float], str]:
+        try:  # values valid one by one may clash together (fusion late with head interaction): skipped, said
+            cand_params = candidate_params(params, candidate)
+        except MultimodalError as exc:
+            return float("nan"), 0, [], str(exc)
         cand_budget = (
             budget_for(candidate["max_features"], params, arrays.modalities, budget)
             if ("max_features" in candidate)
@@ -241,7 +244,7 @@ def search_fold(
         mean = np.array([np.nanmean([c.get(e, np.nan) for c in curves]) for e in epochs])
         mean = np.where(np.isfinite(mean), mean, 0.5)
         best = int(np.argmax(mean))  # first maximum: the fewer epochs
-        return float(mean[best]), int(epochs[best]), [float(c.get(epochs[best], np.nan)) for c in curves]
+        return float(mean[best]), int(epochs[best]), [float(c.get(epochs[best], np.nan)) for c in curves], ""
 
     table: list[dict] = []
     if spec.method == "optuna":
@@ -252,7 +255,7 @@ def search_fold(
         for i, candidate in enumerate(
             tqdm(spec.candidates(seed), desc=f"search {label}".strip(), disable=not progress, leave=False)
         ):
-            score, epochs, per_inner = evaluate(candidate)
+            score, epochs, per_inner, skipped = evaluate(candidate)
             table.append(
                 {
                     "candidate": i,
@@ -260,9 +263,15 @@ def search_fold(
                     "inner_c_index": score,
                     "epochs": epochs,
                     "inner_c_per_fold": per_inner,
+                    "skipped": skipped,
                 }
             )
-    best = max(range(len(table)), key=lambda i: (round(table[i]["inner_c_index"], 12), -i))
+    valid = [i for i, row in enumerate(table) if not row["skipped"]]
+    if not valid:
+        raise MultimodalError(
+            f"model.search.space: no candidate is a valid model setting ({table[0]['skipped'] if table else 'none'})"
+        )
+    best = max(valid, key=lambda i: (round(table[i]["inner_c_index"], 12), -i))
     for i, row in enumerate(table):
         row["chosen"] = i == best
     return FoldSearch(
@@ -295,9 +304,10 @@ def _optuna_search(spec: SearchSpec, evaluate, *, seed: int, progress: bool, lab
         candidate = {k: trial.suggest_categorical(k, spec.space[k]) for k in keys}
         key = json.dumps(candidate, sort_keys=True)
         if key in tried:  # TPE may propose a candidate again: its score is known, no refit
-            study.tell(trial, table[tried[key]]["inner_c_index"])
+            known = table[tried[key]]
+            study.tell(trial, 0.0 if known["skipped"] else known["inner_c_index"])
         else:
-            score, epochs, per_inner = evaluate(candidate)
+            score, epochs, per_inner, skipped = evaluate(candidate)
             tried[key] = len(table)
             table.append(
                 {
@@ -306,9 +316,10 @@ def _optuna_search(spec: SearchSpec, evaluate, *, seed: int, progress: bool, lab
                     "inner_c_index": score,
                     "epochs": epochs,
                     "inner_c_per_fold": per_inner,
+                    "skipped": skipped,
                 }
             )
-            study.tell(trial, score)
+            study.tell(trial, 0.0 if skipped else score)
         bar.update()
     bar.close()
     return table
@@ -402,7 +413,7 @@ def build_model(params, data):
 
 def search_table(records: list[tuple[int, int, FoldSearch]]) -> list[dict]:
     """Rows of ``search.tsv``: repeat, fold, candidate, each searched setting, inner C (mean and per inner fold),
-    the epochs at the best mean and whether it was chosen."""
+    the epochs at the best mean, whether it was chosen, and why a candidate was skipped (an invalid combination)."""
     out = []
     for repeat, fold, result in records:
         for row in result.rows:
@@ -413,6 +424,7 @@ def search_table(records: list[tuple[int, int, FoldSearch]]) -> list[dict]:
                 "epochs": row["epochs"],
                 "inner_c_per_fold": ";".join(f"{c:.4f}" for c in row["inner_c_per_fold"]),
                 "chosen": row["chosen"],
+                "skipped": row.get("skipped", ""),
             }
             out.append(entry)
     return out
