@@ -14,7 +14,11 @@ rule assemble:
         maf=MAF or [],
         tables=expand(f"{OUT}/interim/table/{{name}}.h5ad", name=list(TABLES))
         + ([f"{OUT}/interim/cnv/cnv.h5ad"] if config.get("copy_number") else [])
-        + ([f"{OUT}/interim/cohort_variants/cohort_variants.h5ad"] if config.get("cohort_vcf") else []),
+        + (
+            [f"{OUT}/interim/cohort_variants/cohort_variants.h5ad"]
+            if config.get("cohort_vcf")
+            else []
+        ),
         table_sources=list(TABLES.values())
         + [config[key] for key in ("copy_number", "cohort_vcf") if config.get(key)],
     output:

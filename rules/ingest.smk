@@ -124,24 +124,34 @@ rule ingest_cohort_vcf:
     output:
         zarr=directory(f"{OUT}/interim/cohort.vcz"),
         h5ad=f"{OUT}/interim/cohort_variants/cohort_variants.h5ad",
-    params:
-        chunks=config["ingest"]["cohort_vcf_chunks"],
-        scheduler=option("--scheduler", [config["ingest"]["dask_scheduler"]])
-        if config["ingest"].get("dask_scheduler")
-        else "",
-        filters=variant_filter_options({"variant_filters": {**(config["ingest"].get("variant_filters") or {}), "min_depth": 0, "min_vaf": 0}}),
-        annotation_field=config["ingest"]["annotation_field"] or "CSQ",
-        config=CONFIG_OPTION,  # for data_roots
     log:
         f"{LOGS}/ingest_cohort_vcf.log",
     benchmark:
-        f"{OUT}/benchmarks/ingest_cohort_vcf.tsv",
+        f"{OUT}/benchmarks/ingest_cohort_vcf.tsv"
+    conda:
+        "../envs/multimodal.yaml"
     threads: 4
     resources:
         mem_mb=8000,
         runtime=240,
-    conda:
-        "../envs/multimodal.yaml"
+    params:
+        chunks=config["ingest"]["cohort_vcf_chunks"],
+        scheduler=(
+            option("--scheduler", [config["ingest"]["dask_scheduler"]])
+            if config["ingest"].get("dask_scheduler")
+            else ""
+        ),
+        filters=variant_filter_options(
+            {
+                "variant_filters": {
+                    **(config["ingest"].get("variant_filters") or {}),
+                    "min_depth": 0,
+                    "min_vaf": 0,
+                }
+            }
+        ),
+        annotation_field=config["ingest"]["annotation_field"] or "CSQ",
+        config=CONFIG_OPTION,  # for data_roots
     shell:
         "multimodal ingest cohort-vcf -q --samples {input.samples:q} --vcf {input.vcf:q} --zarr {output.zarr:q}"
         " --variants-chunk {params.chunks[variants]} --samples-chunk {params.chunks[samples]}"
@@ -155,18 +165,18 @@ rule ingest_copy_number:
         table=config["copy_number"] or [],
     output:
         f"{OUT}/interim/cnv/cnv.h5ad",
-    params:
-        config=CONFIG_OPTION,  # for data_roots
     log:
         f"{LOGS}/ingest_copy_number.log",
     benchmark:
-        f"{OUT}/benchmarks/ingest_copy_number.tsv",
+        f"{OUT}/benchmarks/ingest_copy_number.tsv"
+    conda:
+        "../envs/multimodal.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=20,
-    conda:
-        "../envs/multimodal.yaml"
+    params:
+        config=CONFIG_OPTION,  # for data_roots
     shell:
         "multimodal ingest copy-number -q --samples {input.samples:q} --table {input.table:q}"
         " --out {output:q} {params.config} > {log:q} 2>&1"
