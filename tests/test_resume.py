@@ -1,5 +1,6 @@
-"""A `multimodal train` killed mid-run (SIGKILL) resumes from its members' last checkpoints when run again,
-to exactly the predictions of an uninterrupted run; checkpoints load with ``weights_only=True``."""
+"""Whole `multimodal train` runs: one killed mid-run (SIGKILL) resumes from its members' last checkpoints when
+run again, to exactly the predictions of an uninterrupted run (checkpoints load with ``weights_only=True``);
+one with ``strategy: ddp`` on 2 gloo processes scores as one process does."""
 
 from __future__ import annotations
 
@@ -106,3 +107,32 @@ def test_killed_training_resumes_to_the_uninterrupted_result(small_store, tmp_pa
     for ckpt in sorted(out.glob("fold_*/model_*.ckpt")):
         state = torch.load(ckpt, map_location="cpu", weights_only=True)  # no pickled objects needed
         assert state["epoch"] == 40 and "state_dict" in state
+
+
+@pytest.mark.slow
+def test_ddp_run_on_two_gloo_processes_matches_one_process(small_store, tmp_path):
+    """`multimodal train` with strategy ddp on 2 CPU processes (gloo): every rank runs the command, only rank 0
+    writes the model directory, and without dropout it scores as one process does."""
+    results = {}
+    for name, extra in (("one", ""), ("ddp", "  strategy: ddp\n  devices: 2\n")):
+        config = _config(tmp_path / f"{name}.yaml")
+        config.write_text(
+            config.read_text().replace("epochs: 40", "epochs: 5") + "  dropout: 0.0\n  input_dropout: 0.0\n" + extra
+        )
+        run = subprocess.run(
+            _train(small_store, tmp_path / name, config),
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=600,
+            cwd=tmp_path,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        results[name] = pd.read_csv(tmp_path / name / "predictions.tsv", sep="\t")
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in run.stderr  # a second process trained with the first
+    one, ddp = results["one"], results["ddp"]
+    assert list(one["patient_id"]) == list(ddp["patient_id"])
+    # the risk head's bias gets no gradient (Cox ignores a common shift): Adam's rounding noise moves it
+    centred = [(f["risk"] - f.groupby("fold")["risk"].transform("mean")).to_numpy() for f in (one, ddp)]
+    assert abs(centred[0] - centred[1]).max() < 1e-3
+    assert not list(tmp_path.glob(".ddp.resume*")) and not list(tmp_path.glob(".ddp.*.partial"))
