@@ -56,7 +56,7 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 900, env: dict | None = None, check: bool = True):
+def snakemake(workdir: Path, *args: str, timeout: int = 2400, env: dict | None = None, check: bool = True):
     """Plain ``snakemake`` on the repository's Snakefile with ``workdir/reduced.yaml``, in ``workdir``."""
     command = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--configfile", "reduced.yaml"]
     command += list(args)

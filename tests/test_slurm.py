@@ -173,7 +173,7 @@ def test_demo_runs_through_slurm_and_equals_a_local_run(slurm, cohort, tmp_path)
         text=True,
     )
     done = demo.snakemake(cluster, *args, env=slurm["env"], check=False)
-    _, local_err = local_run.communicate(timeout=900)
+    _, local_err = local_run.communicate(timeout=2400)
     assert local_run.returncode == 0, local_err[-3000:]
     transcript = done.stdout + done.stderr
     assert done.returncode == 0, transcript[-4000:]
