@@ -101,7 +101,8 @@ def sheet_modalities(samples: pd.DataFrame, config: dict, *, source: str = "conf
     provided = {
         "variants": bool((samples["vcf"] != "").any())
         or (bool(config.get("maf")) and bool((samples["maf_sample"] != "").any())),
-        "expression": bool(config.get("expression")) and bool((samples["rna_sample"] != "").any()),
+        "expression": (bool(config.get("expression")) and bool((samples["rna_sample"] != "").any()))
+        or ("rna_file" in samples.columns and bool((samples["rna_file"] != "").any())),
         "imaging": bool((samples["image"] != "").any()),
     }
     for name in config.get("tables") or {}:

@@ -100,7 +100,7 @@ def test_tcga_shaped_cohort_runs_end_to_end(tiny_cohort, tmp_path):
     assert int(exclusions["expression"]["summary_rows_removed"]) == 1
     assert int(exclusions["cohort"]["patients_without_survival_outcome"]) == 1
     assert "patients_without_response_outcome" not in exclusions["cohort"]
-    assert expression.var.loc["ENSG00000000000.1", "gene_symbol"] == counts.index[0]
+    assert expression.var.loc["ENSG00000000000", "gene_symbol"] == counts.index[0]
     # the same mutation counts as from the per-patient VCFs
     from multimodal.ingest.variants import mutation_matrix
 

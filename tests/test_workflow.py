@@ -136,3 +136,27 @@ def test_progress_from_a_real_snakemake_run_shows_stages_and_fold_lines_only(tmp
     ]
     saved = (tmp_path / "logs" / "run.log").read_text().splitlines()
     assert saved == transcript and any(line.strip().startswith("jobid:") for line in saved)
+
+
+def test_sheet_modalities_counts_per_patient_rna_files_as_expression() -> None:
+    """A cohort giving only per-patient rna_file files (no cohort counts table) still gets an expression stage."""
+    import pandas as pd
+
+    from multimodal.workflow import sheet_modalities
+
+    sheet = pd.DataFrame(
+        {
+            "patient_id": ["P1", "P2"],
+            "vcf": ["", ""],
+            "maf_sample": ["", ""],
+            "rna_sample": ["", ""],
+            "image": ["", ""],
+            "mask": ["", ""],
+            "rna_file": ["P1.quant.sf", ""],
+        }
+    )
+    assert sheet_modalities(sheet, {"expression": None}) == {"variants": False, "expression": True, "imaging": False}
+    no_files = sheet.assign(rna_file="")
+    assert sheet_modalities(no_files, {"expression": None})["expression"] is False
+    with_table = no_files.assign(rna_sample=["S1", ""])
+    assert sheet_modalities(with_table, {"expression": "counts.tsv"})["expression"] is True
