@@ -367,13 +367,15 @@ def _inner_curve(arrays, fit_rows, val_rows, params, budget, *, seed: int) -> tu
             module.train(was_training)
             curve[epoch] = harrell_c(time, event, risk.float().cpu().numpy().astype(float))
 
+    from multimodal.model.train import build_model, trainer_settings
+
     model = build_model(params, data)
+    # the run's accelerator and precision; one device: each process of a DDP run searches alone, identically
+    settings = {**trainer_settings(params), "devices": 1, "num_nodes": 1, "strategy": "auto"}
     with tempfile.TemporaryDirectory(prefix="inner_fit_") as scratch:
         trainer = L.Trainer(
             max_epochs=params.epochs,
-            accelerator=params.accelerator,
-            devices=1,
-            deterministic=True,
+            **settings,
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,
@@ -383,32 +385,6 @@ def _inner_curve(arrays, fit_rows, val_rows, params, budget, *, seed: int) -> tu
         )
         trainer.fit(model, datamodule=data)
     return curve, np.asarray(data.train_rows)
-
-
-def build_model(params, data):
-    """A fresh :class:`~multimodal.model.fusion.FusionSurvivalModel` for a fold's inputs from the settings."""
-    from multimodal.model.benefit import treatment_kwargs
-    from multimodal.model.fusion import FusionSurvivalModel
-
-    return FusionSurvivalModel(
-        data.input_dims,
-        hidden_dim=params.hidden_dim,
-        dropout=params.dropout,
-        input_dropout=params.input_dropout,
-        learning_rate=params.learning_rate,
-        weight_decay=params.weight_decay,
-        response_weight=params.response_weight,
-        fusion=params.fusion,
-        head=params.head,
-        modality_dropout=params.modality_dropout,
-        linear=params.linear,
-        neural_weight=params.neural_weight,
-        linear_l1=params.linear_l1,
-        linear_l2=params.linear_l2,
-        linear_learning_rate=params.linear_learning_rate,
-        bilinear_dim=params.bilinear_dim,
-        **treatment_kwargs(params, data),
-    )
 
 
 def search_table(records: list[tuple[int, int, FoldSearch]]) -> list[dict]:

@@ -674,29 +674,9 @@ def _train_member(
     import torch
     from lightning.pytorch.loggers import CSVLogger
 
-    from multimodal.model.benefit import treatment_kwargs
     from multimodal.model.fusion import FusionSurvivalModel
 
-    model = FusionSurvivalModel(
-        data.input_dims,
-        hidden_dim=params.hidden_dim,
-        dropout=params.dropout,
-        input_dropout=params.input_dropout,
-        learning_rate=params.learning_rate,
-        weight_decay=params.weight_decay,
-        response_weight=params.response_weight,
-        fusion=params.fusion,
-        head=params.head,
-        modality_dropout=params.modality_dropout,
-        linear=params.linear,
-        neural_weight=params.neural_weight,
-        linear_l1=params.linear_l1,
-        linear_l2=params.linear_l2,
-        linear_learning_rate=params.linear_learning_rate,
-        bilinear_dim=params.bilinear_dim,
-        **fold_model_settings(params, data.arrays, data.train_rows, _store_task_kinds(data.arrays)),
-        **treatment_kwargs(params, data),
-    )
+    model = build_model(params, data)
     final = out / f"fold_{fold}" / f"model_{member}.ckpt"
     final.parent.mkdir(parents=True, exist_ok=True)
     logs = out / f"fold_{fold}" / f"log_{member}"
@@ -816,6 +796,34 @@ def resolve_precision(params: TrainParams) -> str:
             "(use 32-true, or auto: bf16-mixed where supported, else 32-true)"
         )
     return params.precision
+
+
+def build_model(params: TrainParams, data):
+    """A fresh fusion model for a fold's (or an inner fold's) data module from the settings: the one
+    constructor of the outer fits and the inner-CV search alike (losses, tasks, arm, effect modifiers)."""
+    from multimodal.model.benefit import treatment_kwargs
+    from multimodal.model.fusion import FusionSurvivalModel
+
+    return FusionSurvivalModel(
+        data.input_dims,
+        hidden_dim=params.hidden_dim,
+        dropout=params.dropout,
+        input_dropout=params.input_dropout,
+        learning_rate=params.learning_rate,
+        weight_decay=params.weight_decay,
+        response_weight=params.response_weight,
+        fusion=params.fusion,
+        head=params.head,
+        modality_dropout=params.modality_dropout,
+        linear=params.linear,
+        neural_weight=params.neural_weight,
+        linear_l1=params.linear_l1,
+        linear_l2=params.linear_l2,
+        linear_learning_rate=params.linear_learning_rate,
+        bilinear_dim=params.bilinear_dim,
+        **fold_model_settings(params, data.arrays, data.train_rows, _store_task_kinds(data.arrays)),
+        **treatment_kwargs(params, data),
+    )
 
 
 def trainer_settings(params: TrainParams) -> dict:
