@@ -80,3 +80,22 @@ def tree_digests(root: Path, *, skip: tuple[str, ...] = ()) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and not any(s in str(p.relative_to(root)) for s in skip)
     }
+
+
+def checkpoint_weights(path: Path) -> dict:
+    """A Lightning checkpoint's weights and hyperparameters. Its bytes also hold the callbacks' state, which
+    names the directory it was written in (a temporary one, by process ID), so bytes differ between runs."""
+    import torch
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return {"state_dict": checkpoint["state_dict"], "hyper_parameters": checkpoint.get("hyper_parameters")}
+
+
+def same_checkpoints(a: Path, b: Path) -> bool:
+    """Whether two checkpoints hold bit-identical weights and the same hyperparameters."""
+    import torch
+
+    x, y = checkpoint_weights(a), checkpoint_weights(b)
+    if set(x["state_dict"]) != set(y["state_dict"]) or repr(x["hyper_parameters"]) != repr(y["hyper_parameters"]):
+        return False
+    return all(torch.equal(x["state_dict"][k], y["state_dict"][k]) for k in x["state_dict"])

@@ -88,8 +88,12 @@ def test_a_venv_from_the_lock_reproduces_the_demo_byte_for_byte(tmp_path):
         assert str(bindir) not in manifest
         runs[name] = workdir / "results" / "demo"
     for part in ("model", "explain"):
-        ours, theirs = (demo.tree_digests(r / part, skip=(".snakemake_timestamp",)) for r in runs.values())
+        ours, theirs = (demo.tree_digests(r / part, skip=(".snakemake_timestamp", ".ckpt")) for r in runs.values())
         assert ours == theirs, part
+    checkpoints = sorted((runs["main"] / "model").rglob("*.ckpt"))
+    assert checkpoints and all(
+        demo.same_checkpoints(c, runs["locked"] / "model" / c.relative_to(runs["main"] / "model")) for c in checkpoints
+    )
     for name in ("metrics.json", "predictions.tsv"):
         assert (runs["main"] / "model" / name).read_bytes() == (runs["locked"] / "model" / name).read_bytes()
 
