@@ -274,7 +274,9 @@ def test_numpy_strings_and_numbers_print_plainly_in_messages(tmp_path):
     )
     with pytest.raises(MultimodalError) as info:
         explain_cohort(mdata, tmp_path, tmp_path / "explain", method=np.str_("shap"))
-    assert str(info.value) == "unknown attribution method 'shap'; available: integrated_gradients"
+    assert str(info.value) == (
+        "explain.method: unknown 'shap'; available: integrated_gradients, gradient_shap, deeplift"
+    )
 
 
 def test_an_event_without_a_time_is_counted_nowhere(tmp_path):
