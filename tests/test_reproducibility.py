@@ -33,6 +33,7 @@ def store_content(results: Path) -> dict[str, str]:
 def manifest_without_checkpoints(path: Path) -> str:
     manifest = json.loads(path.read_text())
     manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.endswith(".ckpt")}
+    manifest["command"] = re.sub(r" --threads \d+", "", manifest["command"])  # --cores 1 runs them with 1
     return json.dumps(manifest, sort_keys=True)
 
 
