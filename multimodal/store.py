@@ -401,8 +401,9 @@ def summarize_store(mdata: mudata.MuData, *, path: str | Path = "") -> str:
     exclusions = prov.get("exclusions", {})
     if exclusions:
         lines.append("exclusions:")
-        for group, counts in exclusions.items():
-            for reason, n in counts.items():
+        # sorted: a dict read back from Zarr comes in the directory listing's order, which differs between copies
+        for group, counts in sorted(exclusions.items()):
+            for reason, n in sorted(counts.items()):
                 if int(n):
                     lines.append(f"  {group}: {reason} = {int(n)}")
     if prov:

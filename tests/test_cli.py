@@ -48,6 +48,7 @@ def test_installed_entry_point_starts():
         "report",
         "inspect",
         "run",
+        "verify",
     }
 
 
