@@ -331,24 +331,11 @@ def _inner_curve(arrays, fit_rows, val_rows, params, budget, *, seed: int) -> tu
     import lightning as L
     import torch
 
-    from multimodal.model.data import CohortDataModule
     from multimodal.model.metrics import harrell_c
+    from multimodal.model.train import fold_data_module
 
     L.seed_everything(seed, workers=True, verbose=False)
-    data = CohortDataModule(
-        arrays,
-        train_rows=fit_rows,
-        test_rows=val_rows,
-        max_features=budget,
-        screening=params.screening,
-        max_correlation=params.max_correlation,
-    )
-    if params.treatment is not None:
-        from multimodal.model.benefit import arm_aware_preprocessor
-
-        data.preprocessor = arm_aware_preprocessor(data.preprocessor)
-    if getattr(params, "harmonise", None) is not None:  # as cross_validate does, fitted on the inner training rows
-        data.preprocessor.harmonise = params.harmonise
+    data = fold_data_module(arrays, fit_rows, val_rows, params, budget, seed=seed)
     data.setup()
     inputs, mask = data.preprocessor.transform(arrays, val_rows)
     time, event = arrays.time[val_rows], arrays.event[val_rows]

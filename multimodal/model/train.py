@@ -315,7 +315,7 @@ def cross_validate(
     import torch
 
     from multimodal.model.baselines import INNER_FOLDS, BaselineSkipped
-    from multimodal.model.data import CohortDataModule, cohort_arrays
+    from multimodal.model.data import cohort_arrays
     from multimodal.model.metrics import breslow_survival, evaluation_settings
     from multimodal.model.splits import assigned_plan, read_splits, write_folds
 
@@ -382,21 +382,9 @@ def cross_validate(
                     arrays, train_rows, params, search, budget, fold=k, repeat=r, progress=progress
                 )
                 search_records.append((r, k, found))
-            data = CohortDataModule(
-                arrays,
-                train_rows=train_rows,
-                test_rows=test_rows,
-                max_features=fold_budget,
-                screening=params.screening,
-                max_correlation=params.max_correlation,
-                batch_size=params.batch_size,
-                seed=params.seed + k + REPEAT_SEED_STEP * r,
+            data = fold_data_module(
+                arrays, train_rows, test_rows, params, fold_budget, seed=params.seed + k + REPEAT_SEED_STEP * r
             )
-            if spec is not None:
-                from multimodal.model.benefit import arm_aware_preprocessor
-
-                data.preprocessor = arm_aware_preprocessor(data.preprocessor)
-            data.preprocessor.harmonise = params.harmonise  # ComBat by site, fitted with the fold's preprocessing
             train_counts = outcome_counts(arrays.time[data.train_rows], arrays.event[data.train_rows])
             if train_counts["n_events"] == 0:
                 raise MultimodalError(
@@ -796,6 +784,29 @@ def resolve_precision(params: TrainParams) -> str:
             "(use 32-true, or auto: bf16-mixed where supported, else 32-true)"
         )
     return params.precision
+
+
+def fold_data_module(arrays, train_rows, test_rows, params: TrainParams, budget: dict[str, int], *, seed: int):
+    """The data module of one (outer or inner) fold: feature budget and screening, the arm-aware preprocessor
+    with ``model.treatment``, ComBat by site with ``model.harmonise`` — all fitted on ``train_rows`` only."""
+    from multimodal.model.data import CohortDataModule
+
+    data = CohortDataModule(
+        arrays,
+        train_rows=train_rows,
+        test_rows=test_rows,
+        max_features=budget,
+        screening=params.screening,
+        max_correlation=params.max_correlation,
+        batch_size=params.batch_size,
+        seed=seed,
+    )
+    if params.treatment is not None:
+        from multimodal.model.benefit import arm_aware_preprocessor
+
+        data.preprocessor = arm_aware_preprocessor(data.preprocessor)
+    data.preprocessor.harmonise = params.harmonise  # ComBat by site, fitted with the fold's preprocessing
+    return data
 
 
 def build_model(params: TrainParams, data):
