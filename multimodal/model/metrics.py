@@ -317,24 +317,28 @@ def evaluate_held_out(
             boot = _weighted_average_precision(wr, y, p) if wr is not None else None
             out["auprc"] = _entry(average_precision_score(y, p), boot)
 
-    # paired differences against reference models (Harrell's C over patients both score)
+    # each reference's own Harrell's C, and the paired difference against it (over patients both score),
+    # from the same bootstrap resamples
+    out["reference_harrell_c"] = {}
     out["c_index_difference"] = {}
     for name, reference in (references or {}).items():
         ref = np.asarray(reference, float)[ok]
         both = np.isfinite(ref)
         if both.sum() < 2:
+            out["reference_harrell_c"][name] = _entry(None, None) | {"n": int(both.sum())}
             out["c_index_difference"][name] = _entry(None, None) | {"n": int(both.sum())}
             continue
         tb, eb = t[both], e[both]
-        value = harrell_c(tb, eb.astype(float), r[both]) - harrell_c(tb, eb.astype(float), ref[both])
-        boot = None
+        c_ref = harrell_c(tb, eb.astype(float), ref[both])
+        value = harrell_c(tb, eb.astype(float), r[both]) - c_ref
+        boot = boot_ref = None
         if weights is not None:
             w = weights[:, both]
             comparable, concordant, rows = harrell_pairs(tb, eb, r[both])
             _, concordant_ref, _ = harrell_pairs(tb, eb, ref[both])
-            boot = _weighted_pairs(w, comparable, concordant, rows) - _weighted_pairs(
-                w, comparable, concordant_ref, rows
-            )
+            boot_ref = _weighted_pairs(w, comparable, concordant_ref, rows)
+            boot = _weighted_pairs(w, comparable, concordant, rows) - boot_ref
+        out["reference_harrell_c"][name] = _entry(c_ref, boot_ref) | {"n": int(both.sum())}
         out["c_index_difference"][name] = _entry(value, boot) | {"n": int(both.sum())}
     return out
 

@@ -1366,27 +1366,6 @@ def _missingness_blocks(inp: _Inputs) -> list[Block]:
     return [_h3("Missingness pattern"), _grid([table, figure])]
 
 
-def _bootstrap_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray, *, n: int = 200, seed: int = 0) -> tuple:
-    """Harrell's C of ``risk`` and its seeded percentile bootstrap 95% CI (patients resampled; the resamples
-    scored by lifelines' O(n log n) concordance index, equal to scikit-survival's Harrell's C)."""
-    from lifelines.utils import concordance_index
-
-    from multimodal.model.metrics import harrell_c
-
-    def c(rows: np.ndarray) -> float:
-        try:
-            return float(concordance_index(time[rows], -risk[rows], event[rows]))
-        except ZeroDivisionError:  # no comparable pair in the resample
-            return float("nan")
-
-    value = harrell_c(time, event, risk)
-    rng = np.random.default_rng(seed)
-    draws = np.array([c(i) for i in rng.integers(0, len(time), (n, len(time)))])
-    draws = draws[np.isfinite(draws)]
-    low, high = (np.quantile(draws, [0.025, 0.975]) if draws.size >= 20 else (float("nan"), float("nan")))
-    return value, float(low), float(high)
-
-
 REFERENCE_COLUMNS = (
     ("risk", "fusion model"),
     ("risk_penalised_cox", "penalised Cox (elastic net) reference"),
@@ -1395,29 +1374,29 @@ REFERENCE_COLUMNS = (
 
 
 def _reference_ci_block(inp: _Inputs) -> list[Block]:
-    """Pooled out-of-fold Harrell's C with a bootstrap 95% CI for the fusion model and each reference, on the
-    same folds and patients (predictions.tsv)."""
-    pred = inp.predictions
-    present = [(c, label) for c, label in REFERENCE_COLUMNS if c in pred.columns]
+    """Pooled out-of-fold Harrell's C with its bootstrap 95% CI for the fusion model and each reference, on the
+    same folds and patients, as training computed them (metrics.json ``evaluation.pooled``)."""
+    pooled = ((inp.metrics or {}).get("evaluation") or {}).get("pooled") or {}
+    references = pooled.get("reference_harrell_c") or {}
+    entries = [("risk", {**(pooled.get("harrell_c") or {}), "n": pooled.get("n")})] + [
+        (f"risk_{name}", entry) for name, entry in references.items()
+    ]
+    labels = dict(REFERENCE_COLUMNS)
+    present = [(labels[c], entry) for c, entry in entries if c in labels and entry.get("value") is not None]
     if len(present) < 2:
         return []
     rows = []
-    for column, label in present:
-        risk = pd.to_numeric(pred[column], errors="coerce").to_numpy(float)
-        ok, _, _ = _survival_arrays(pred["time"], pred["event"])
-        keep = ok & np.isfinite(risk)
-        time = pred["time"].to_numpy(float)[keep]
-        event = (pred["event"].to_numpy(float)[keep] > 0).astype(float)
-        value, low, high = _bootstrap_c(time, event, risk[keep])
-        rows.append([label, str(int(keep.sum())), _num(value), f"{_num(low)} to {_num(high)}"])
+    for label, entry in present:
+        low, high = entry.get("ci95") or (None, None)
+        rows.append([label, _count(entry.get("n")), _num(entry["value"]), f"{_num(low)} to {_num(high)}"])
     return [
         _table(
             ["model (same folds)", "patients", "Harrell's C pooled out-of-fold", "bootstrap 95% CI"],
             rows,
             numeric=[False, True, True, True],
             table_id="reference-ci",
-            caption="Each model's held-out risks pooled over folds; 200 seeded bootstrap resamples of the patients "
-            "(computed by the report from predictions.tsv). The references are fitted on the same training folds.",
+            caption="Each model's held-out risks pooled over folds; seeded bootstrap resamples of the patients, "
+            "the same resamples for every model (metrics.json). The references are fitted on the same training folds.",
         )
     ]
 
