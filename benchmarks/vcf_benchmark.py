@@ -145,6 +145,103 @@ print(json.dumps({"base_mib": base, "peak_mib": peak, "shape": list(adata.shape)
 """
 
 
+def bench_patients(args: argparse.Namespace, workdir: Path, multimodal: list[str], low: int, high: int) -> None:
+    """Per-patient somatic VCFs through `multimodal ingest variants` in chunks vs `bcftools query`."""
+    sheet = write_patient_vcfs(workdir, args.patients, low, high)
+    vcfs = [line.split("\t")[1] for line in sheet.read_text().splitlines()[1:]]
+    n_chunks = -(-args.patients // args.chunk_size)
+    ours = timed_parallel(
+        [
+            [
+                *multimodal,
+                "ingest",
+                "variants",
+                "-q",
+                "--samples",
+                str(sheet),
+                "--chunk",
+                str(k),
+                "--n-chunks",
+                str(n_chunks),
+                "--data-root",
+                str(workdir),
+                "--out",
+                str(workdir / f"chunk_{k}.h5ad"),
+            ]
+            for k in range(n_chunks)
+        ],
+        args.jobs,
+    )
+    query = "%CHROM\t%POS\t%REF\t%ALT\t%FILTER\t%INFO/CSQ[\t%AD\t%DP]\n"
+    reference = timed_parallel([["bcftools", "query", "-f", query, vcf] for vcf in vcfs], args.jobs)
+    print(
+        f"per-patient: {args.patients} VCFs ({low}-{high} records, 3 CSQ transcripts), {args.jobs} jobs: "
+        f"multimodal ingest variants {ours:.1f} s ({n_chunks} chunks) | bcftools query {reference:.1f} s | "
+        f"ratio {ours / reference:.2f}"
+    )
+
+
+def bench_cohort(args: argparse.Namespace, workdir: Path, multimodal: list[str]) -> None:
+    """A cohort VCF -> VCF Zarr -> gene matrix vs `bcftools query [%GT]` over the same file."""
+    cohort = write_cohort_vcf(workdir / "cohort.vcf.gz", args.samples, args.variants)
+    patients = workdir / "cohort_samples.tsv"
+    patients.write_text("patient_id\n" + "".join(f"S{s:05d}\n" for s in range(args.samples)))
+    ours, peak = peak_child_mib(
+        [
+            *multimodal,
+            "ingest",
+            "cohort-vcf",
+            "-q",
+            "--samples",
+            str(patients),
+            "--vcf",
+            str(cohort),
+            "--zarr",
+            str(workdir / "cohort.vcz"),
+            "--variants-chunk",
+            "5000",
+            "--samples-chunk",
+            "1000",
+            "--data-root",
+            str(workdir),
+            "--out",
+            str(workdir / "cohort.h5ad"),
+        ]
+    )
+    start = time.perf_counter()
+    subprocess.run(["bcftools", "query", "-f", "[%GT]\n", str(cohort)], check=True, stdout=subprocess.DEVNULL)
+    reference = time.perf_counter() - start
+    print(
+        f"cohort: {args.samples} samples x {args.variants} variants: VCF -> VCF Zarr -> gene matrix {ours:.1f} s, "
+        f"peak {peak:.0f} MiB | bcftools query [%GT] {reference:.1f} s | ratio {ours / reference:.2f}"
+    )
+
+
+def bench_expression(args: argparse.Namespace, workdir: Path) -> None:
+    """Peak memory of a counts table -> expression modality vs the dense float32 matrix."""
+    counts = workdir / "expression.tsv"
+    rng = np.random.default_rng(3)
+    with open(counts, "w") as handle:
+        handle.write("gene\t" + "\t".join(f"S{i}" for i in range(args.expr_samples)) + "\n")
+        for g in range(args.expr_genes):
+            values = rng.negative_binomial(5, 0.01, args.expr_samples)
+            handle.write(f"ENSG{g:011d}.1\t" + "\t".join(map(str, values)) + "\n")
+    out = subprocess.run(
+        [sys.executable, "-c", EXPRESSION, str(counts), str(args.expr_samples)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    dense = args.expr_samples * args.expr_genes * 4 / 2**20
+    above = measured["peak_mib"] - measured["base_mib"]
+    print(
+        f"expression: {args.expr_samples} samples x {args.expr_genes} genes (table): "
+        f"peak {measured['peak_mib']:.0f} MiB, {above:.0f} MiB above the imports | "
+        f"dense float32 {dense:.0f} MiB | ratio {above / dense:.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
@@ -156,6 +253,9 @@ def main() -> None:
     parser.add_argument("--expr-genes", type=int, default=20000)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument(
+        "--only", choices=["patients", "cohort", "expression"], action="append", help="run only these (repeatable)"
+    )
     args = parser.parse_args()
     low, high = 300, 3000
     if args.quick:
@@ -167,91 +267,13 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     multimodal = [str(Path(sys.executable).parent / "multimodal")]
     try:
-        sheet = write_patient_vcfs(workdir, args.patients, low, high)
-        vcfs = [line.split("\t")[1] for line in sheet.read_text().splitlines()[1:]]
-        n_chunks = -(-args.patients // args.chunk_size)
-        ours = timed_parallel(
-            [
-                [
-                    *multimodal,
-                    "ingest",
-                    "variants",
-                    "-q",
-                    "--samples",
-                    str(sheet),
-                    "--chunk",
-                    str(k),
-                    "--n-chunks",
-                    str(n_chunks),
-                    "--data-root",
-                    str(workdir),
-                    "--out",
-                    str(workdir / f"chunk_{k}.h5ad"),
-                ]
-                for k in range(n_chunks)
-            ],
-            args.jobs,
-        )
-        query = "%CHROM\t%POS\t%REF\t%ALT\t%FILTER\t%INFO/CSQ[\t%AD\t%DP]\n"
-        reference = timed_parallel([["bcftools", "query", "-f", query, vcf] for vcf in vcfs], args.jobs)
-        print(
-            f"per-patient: {args.patients} VCFs ({low}-{high} records, 3 CSQ transcripts), {args.jobs} jobs: "
-            f"multimodal ingest variants {ours:.1f} s ({n_chunks} chunks) | bcftools query {reference:.1f} s | "
-            f"ratio {ours / reference:.2f}"
-        )
-        cohort = write_cohort_vcf(workdir / "cohort.vcf.gz", args.samples, args.variants)
-        patients = workdir / "cohort_samples.tsv"
-        patients.write_text("patient_id\n" + "".join(f"S{s:05d}\n" for s in range(args.samples)))
-        ours, peak = peak_child_mib(
-            [
-                *multimodal,
-                "ingest",
-                "cohort-vcf",
-                "-q",
-                "--samples",
-                str(patients),
-                "--vcf",
-                str(cohort),
-                "--zarr",
-                str(workdir / "cohort.vcz"),
-                "--variants-chunk",
-                "5000",
-                "--samples-chunk",
-                "1000",
-                "--data-root",
-                str(workdir),
-                "--out",
-                str(workdir / "cohort.h5ad"),
-            ]
-        )
-        start = time.perf_counter()
-        subprocess.run(["bcftools", "query", "-f", "[%GT]\n", str(cohort)], check=True, stdout=subprocess.DEVNULL)
-        reference = time.perf_counter() - start
-        print(
-            f"cohort: {args.samples} samples x {args.variants} variants: VCF -> VCF Zarr -> gene matrix {ours:.1f} s, "
-            f"peak {peak:.0f} MiB | bcftools query [%GT] {reference:.1f} s | ratio {ours / reference:.2f}"
-        )
-        counts = workdir / "expression.tsv"
-        rng = np.random.default_rng(3)
-        with open(counts, "w") as handle:
-            handle.write("gene\t" + "\t".join(f"S{i}" for i in range(args.expr_samples)) + "\n")
-            for g in range(args.expr_genes):
-                values = rng.negative_binomial(5, 0.01, args.expr_samples)
-                handle.write(f"ENSG{g:011d}.1\t" + "\t".join(map(str, values)) + "\n")
-        out = subprocess.run(
-            [sys.executable, "-c", EXPRESSION, str(counts), str(args.expr_samples)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        measured = json.loads(out.stdout.strip().splitlines()[-1])
-        dense = args.expr_samples * args.expr_genes * 4 / 2**20
-        above = measured["peak_mib"] - measured["base_mib"]
-        print(
-            f"expression: {args.expr_samples} samples x {args.expr_genes} genes (table): "
-            f"peak {measured['peak_mib']:.0f} MiB, {above:.0f} MiB above the imports | "
-            f"dense float32 {dense:.0f} MiB | ratio {above / dense:.2f}"
-        )
+        only = set(args.only or ["patients", "cohort", "expression"])
+        if "patients" in only:
+            bench_patients(args, workdir, multimodal, low, high)
+        if "cohort" in only:
+            bench_cohort(args, workdir, multimodal)
+        if "expression" in only:
+            bench_expression(args, workdir)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
