@@ -295,6 +295,9 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # Lightning warns on every fit when `srun` is on PATH outside a SLURM job (a cluster's login node, our own
+    # SLURM test machine): the workflow's jobs are plain processes there, so the hint is noise
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available.*")
 
 
 def cross_validate(
