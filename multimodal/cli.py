@@ -228,11 +228,17 @@ def cmd_ingest_cohort_vcf(args: argparse.Namespace) -> None:
 
 
 def cmd_ingest_copy_number(args: argparse.Namespace) -> None:
-    from multimodal.ingest.copy_number import copy_number_matrix
+    from multimodal.ingest.copy_number import copy_number_matrix, segment_copy_number
     from multimodal.ingest.samples import read_samples
 
     samples = read_samples(args.samples, data_roots=_data_roots(args))
-    _write_h5ad(copy_number_matrix(args.table, patients=samples.index), args.out)
+    if args.table:
+        _write_h5ad(copy_number_matrix(args.table, patients=samples.index), args.out)
+        return
+    if not args.genes_bed:
+        raise MultimodalError("ingest copy-number: --segments needs --genes-bed (the genes to summarise them over)")
+    adata = segment_copy_number(args.segments, args.genes_bed, patients=samples.index, thresholds=args.thresholds)
+    _write_h5ad(adata, args.out)
 
 
 def _named_chunk(value: str) -> tuple[str, Path]:
@@ -519,9 +525,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transcripts", choices=("any", "canonical"), default="any", help="transcript rule")
     p.set_defaults(func=cmd_ingest_cohort_vcf)
     p = kinds.add_parser(
-        "copy-number", parents=[common, io], help="GISTIC2 all_thresholded.by_genes.txt as the cnv modality"
+        "copy-number",
+        parents=[common, io],
+        help="GISTIC2 all_thresholded.by_genes.txt, or segments + a gene BED, as the cnv modality",
     )
-    p.add_argument("--table", type=_existing_file, required=True, help="GISTIC2 gene-level thresholded table")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--table", type=_existing_file, help="GISTIC2 gene-level thresholded table")
+    source.add_argument(
+        "--segments", type=_existing_file, nargs="+", help="segment files: .seg (DNAcopy, GDC) or CNVkit .cns"
+    )
+    p.add_argument("--genes-bed", type=_existing_file, help="genes (chrom, start, end, name) for --segments")
+    p.add_argument(
+        "--thresholds",
+        type=float,
+        nargs=4,
+        metavar="LOG2",
+        help="call -2..2 from the gene log2 ratio at these ascending cut points (default: keep the ratio)",
+    )
     p.set_defaults(func=cmd_ingest_copy_number)
     p = kinds.add_parser("imaging", parents=[common, io, chunking], help="radiomics from NIfTI image + mask")
     p.add_argument(

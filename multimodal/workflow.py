@@ -63,6 +63,7 @@ def check_inputs(config_path: Path) -> dict:
     Snakemake would report a bad key with the whole schema, and a missing samples sheet as a traceback.
     """
     from multimodal.config import load_config
+    from multimodal.ingest.copy_number import copy_number_source
     from multimodal.ingest.samples import check_data_roots, default_data_roots, read_samples
 
     config = load_config(config_path)
@@ -71,6 +72,12 @@ def check_inputs(config_path: Path) -> dict:
     named = {"samples": config.get("samples"), "clinical": config.get("clinical")}
     named |= {"expression": config.get("expression"), "maf": config.get("maf")}
     named |= {f"tables.{k}": v for k, v in (config.get("tables") or {}).items()}
+    cnv = copy_number_source(config.get("copy_number"))
+    if cnv and cnv.table:
+        named["copy_number"] = cnv.table
+    elif cnv:
+        named |= {f"copy_number.segments[{i}]": path for i, path in enumerate(cnv.segments)}
+        named["copy_number.genes_bed"] = cnv.genes_bed
     for key in ("samples", "clinical"):
         if not named[key]:
             raise MultimodalError(f"{config_path}: {key}: required (path to the {key} file)")

@@ -20,7 +20,8 @@ rule assemble:
             else []
         ),
         table_sources=list(TABLES.values())
-        + [config[key] for key in ("copy_number", "cohort_vcf") if config.get(key)],
+        + (CNV.files() if CNV else [])
+        + ([config["cohort_vcf"]] if config.get("cohort_vcf") else []),
     output:
         directory(f"{OUT}/cohort.zarr"),
     log:

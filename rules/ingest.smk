@@ -159,10 +159,16 @@ rule ingest_cohort_vcf:
         " --out {output.h5ad:q} {params.config} > {log:q} 2>&1"
 
 
+# copy_number: a GISTIC2 table, or segment files + a gene BED (+ thresholds); CNV is None without it
+from multimodal.ingest.copy_number import copy_number_source
+
+CNV = copy_number_source(config.get("copy_number"))
+
+
 rule ingest_copy_number:
     input:
         samples=config["samples"],
-        table=config["copy_number"] or [],
+        sources=CNV.files() if CNV else [],
     output:
         f"{OUT}/interim/cnv/cnv.h5ad",
     log:
@@ -176,9 +182,10 @@ rule ingest_copy_number:
         mem_mb=2000,
         runtime=20,
     params:
+        source=CNV.cli_options() if CNV else "",  # --table, or --segments/--genes-bed/--thresholds
         config=CONFIG_OPTION,  # for data_roots
     shell:
-        "multimodal ingest copy-number -q --samples {input.samples:q} --table {input.table:q}"
+        "multimodal ingest copy-number -q --samples {input.samples:q} {params.source}"
         " --out {output:q} {params.config} > {log:q} 2>&1"
 
 

@@ -80,3 +80,254 @@ def test_cli_ingest_and_assemble_as_the_cnv_modality(tmp_path):
     assert mdata["cnv"].var["feature_class"].unique().tolist() == ["gene_copy_number"]
     assert mdata["cnv"]["TCGA-AB-0002"].X.tolist() == [[-1, 0, -2]]
     assert mdata.uns["provenance"]["exclusions"]["cnv"]["cnv_samples_not_in_samples_sheet"] == 1
+
+
+# --- segments + a gene BED ------------------------------------------------------------------------
+# A DNAcopy/cBioPortal .seg (1-based, both ends included), as DNAcopy's segments table is written. Sample 1
+# on chromosome 1: bases 1-1000 at +1, 1001-2000 at -1, a gap, 3001-4000 at +0.5; X as 23; one segment on
+# an unplaced contig; an R-printed 1e+05 end. Sample 3: chromosome 1 at -1.5, nothing on X. Sample ZZ is
+# not in the sheet.
+SEG = (
+    "ID\tchrom\tloc.start\tloc.end\tnum.mark\tseg.mean\n"
+    "TCGA-AB-0001-01A-11D-A00R-01\t1\t1\t1000\t12\t1\n"
+    "TCGA-AB-0001-01A-11D-A00R-01\t1\t1001\t2000\t15\t-1\n"
+    "TCGA-AB-0001-01A-11D-A00R-01\t1\t3001\t4000\t9\t0.5\n"
+    "TCGA-AB-0001-01A-11D-A00R-01\t2\t1\t1000\t9\t0.3\n"
+    "TCGA-AB-0001-01A-11D-A00R-01\t23\t1\t1e+05\t40\t0.25\n"
+    "TCGA-AB-0001-01A-11D-A00R-01\tGL000192.1\t1\t500\t3\t-0.7\n"
+    "TCGA-AB-0003-01A-11D-A00R-01\t1\t1\t4000\t30\t-1.5\n"
+    "TCGA-ZZ-9999-01A-11D-A00R-01\t1\t1\t4000\t30\t0.1\n"
+)
+# A CNVkit .cns for sample 2 (0-based half-open like BED, chr-prefixed names; the sample is the file name).
+CNS = (
+    "chromosome\tstart\tend\tgene\tlog2\tdepth\tprobes\tweight\n"
+    "chr1\t0\t4000\tGENE1,GENE2\t-2\t120.5\t40\t35.2\n"
+    "chr2\t0\t1000\tGENE3\t0.3\t300.1\t9\t8.1\n"
+    "chrX\t0\t5000\tGENE4\t1\t410.0\t50\t44.0\n"
+    "chrY\t0\t1000\tGENE5\t-1\t50.2\t10\t9.0\n"
+)
+# The gene BED (0-based half-open), with what sample 1's segments give each gene, by hand:
+BED = (
+    "# genes\n"
+    "chr1\t968\t1096\tSPAN\t0\t+\n"  # bases 969-1096: 32 at +1, 96 at -1 -> (32 - 96) / 128 = -0.5
+    "chr1\t1000\t1001\tEDGE\t0\t+\n"  # base 1001, the first of the second segment -> -1
+    "chr1\t999\t1000\tLAST\t0\t-\n"  # base 1000, the last of the first segment -> +1
+    "chr1\t2000\t3000\tGAP\t0\t+\n"  # bases 2001-3000, between the segments -> missing
+    "chr1\t1984\t3016\tPARTIAL\t0\t+\n"  # 16 bases at -1, the gap, 16 at +0.5 -> -0.25
+    "chrX\t0\t100\tXGENE\t0\t+\n"  # 23 = X -> 0.25
+    "chrX\t200\t300\tPARGENE\t0\t+\n"  # pooled with its chrY line below
+    "chr2\t100\t200\tCONST\t0\t+\n"  # 0.3 in both patients that have a value -> dropped
+    "chr5\t0\t100\tNOWHERE\t0\t+\n"  # no segment in any sample -> dropped
+    "chr1_KI270706v1_random\t0\t100\tRANDOM\t0\t+\n"  # other contig -> counted
+    "chrY\t200\t300\tPARGENE\t0\t+\n"
+)
+SEG_PATIENTS = pd.Index(["TCGA-AB-0001", "TCGA-AB-0002", "TCGA-AB-0003", "TCGA-AB-0004"], name="patient_id")
+
+
+def segment_inputs(tmp_path: Path) -> tuple[list[Path], Path]:
+    seg = write(tmp_path / "cohort.seg", SEG)
+    cns = write(tmp_path / "TCGA-AB-0002-01A.call.cns", CNS)
+    return [seg, cns], write(tmp_path / "genes.bed", BED)
+
+
+def test_segments_length_weighted_per_gene(tmp_path):
+    from multimodal.ingest.copy_number import segment_copy_number
+
+    segments, bed = segment_inputs(tmp_path)
+    adata = segment_copy_number(segments, bed, patients=SEG_PATIENTS)
+    assert list(adata.obs_names) == ["TCGA-AB-0001", "TCGA-AB-0003", "TCGA-AB-0002"]
+    assert list(adata.obs["cnv_sample"]) == [
+        "TCGA-AB-0001-01A-11D-A00R-01",
+        "TCGA-AB-0003-01A-11D-A00R-01",
+        "TCGA-AB-0002-01A",
+    ]
+    genes = ["SPAN", "EDGE", "LAST", "GAP", "PARTIAL", "XGENE", "PARGENE"]
+    assert list(adata.var_names) == [f"{g}_cn" for g in genes]
+    # sample 2 (.cns): chr1 all -2; X +1 and Y -1 weigh 100 bases each in PARGENE -> 0
+    expected = [
+        [-0.5, -1, 1, np.nan, -0.25, 0.25, 0.25],
+        [-1.5, -1.5, -1.5, -1.5, -1.5, np.nan, np.nan],
+        [-2, -2, -2, -2, -2, 1, 0],
+    ]
+    np.testing.assert_allclose(adata.X, expected, rtol=0, atol=1e-7)
+    assert list(adata.obs["cnv_genes_missing"]) == [1, 2, 0]
+    assert adata.var.loc["PARTIAL_cn", "locus"] == "1:1985-3016"  # shown 1-based
+    assert set(adata.var["feature_class"]) == {"gene_copy_number"}
+    assert adata.uns["ingest"]["exclusions"] == {
+        "patients_without_copy_number": 1,
+        "cnv_samples_not_in_samples_sheet": 1,
+        "cnv_samples_matched_by_barcode_prefix": 3,
+        "segments_on_other_contigs": 1,
+        "gene_bed_lines_on_other_contigs": 1,
+        "gene_bed_lines_pooled_into_one_gene": 2,
+        "genes_without_segments_in_any_patient": 1,
+        "genes_constant_in_all_patients": 1,
+        "gene_values_missing": 3,
+    }
+
+
+def test_segments_thresholded_to_calls(tmp_path):
+    from multimodal.ingest.copy_number import call_thresholds, segment_copy_number
+
+    # a value on a threshold takes the call beyond it; missing stays missing
+    values = np.array([-1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 3.0, np.nan])
+    np.testing.assert_array_equal(
+        call_thresholds(values, [-1.0, -0.25, 0.25, 1.0]), [-2, -2, -1, -1, 0, 1, 1, 2, 2, np.nan]
+    )
+    segments, bed = segment_inputs(tmp_path)
+    adata = segment_copy_number(segments, bed, patients=SEG_PATIENTS, thresholds=[-1.0, -0.25, 0.25, 1.0])
+    # EDGE and GAP are -2 in every patient with a value once called: dropped with CONST
+    assert list(adata.var_names) == ["SPAN_cn", "LAST_cn", "PARTIAL_cn", "XGENE_cn", "PARGENE_cn"]
+    np.testing.assert_array_equal(adata.X, [[-1, 2, -1, 1, 1], [-2, -2, -2, np.nan, np.nan], [-2, -2, -2, 2, 0]])
+    assert adata.uns["ingest"]["exclusions"]["genes_constant_in_all_patients"] == 3
+    with pytest.raises(MultimodalError, match=r"thresholds: \[0.2, -0.25, 0.5, 1.0\] is not four ascending"):
+        segment_copy_number(segments, bed, patients=SEG_PATIENTS, thresholds=[0.2, -0.25, 0.5, 1.0])
+
+
+def test_gdc_segment_header(tmp_path):
+    from multimodal.ingest.copy_number import segment_copy_number
+
+    gdc = SEG.replace(
+        "ID\tchrom\tloc.start\tloc.end\tnum.mark\tseg.mean",
+        "GDC_Aliquot\tChromosome\tStart\tEnd\tNum_Probes\tSegment_Mean",
+    )
+    seg = write(tmp_path / "masked.seg.txt", gdc)
+    bed = write(tmp_path / "genes.bed", BED)
+    adata = segment_copy_number([seg], bed, patients=SEG_PATIENTS)
+    assert adata.obs_names.tolist() == ["TCGA-AB-0001", "TCGA-AB-0003"]
+    assert adata[:, ["EDGE_cn", "LAST_cn"]].X.tolist() == [[-1, 1], [-1.5, -1.5]]
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "message"),
+    [
+        ("seg", "\t3001\t4000\t", "\t4000\t3001\t", r"cohort\.seg: line 4: segment '4000-3001' ends before it starts"),
+        (
+            "seg",
+            "\t1\t1001\t2000\t",
+            "\tchromosome1\t1001\t2000\t",
+            r"cohort\.seg: line 3: chromosome 'chromosome1' is not a chromosome name",
+        ),
+        ("seg", "\t0.5\n", "\thigh\n", r"cohort\.seg: line 4: seg\.mean 'high' is not a finite number"),
+        (
+            "seg",
+            "\t1\t1001\t2000\t",
+            "\t1\t1000\t2000\t",
+            r"cohort\.seg: segments of sample 'TCGA-AB-0001-01A-11D-A00R-01' overlap: "
+            r"line 2 \(1:1-1000\) and line 3 \(1:1000-2000\)",
+        ),
+        ("seg", "\t1\t1\t1000\t", "\t1\t0\t1000\t", r"cohort\.seg: line 2: loc\.start '0' is below 1"),
+        (
+            "seg",
+            "\t1\t1001\t2000\t",
+            "\t1\t1001.5\t2000\t",
+            r"cohort\.seg: line 3: loc\.start '1001\.5' is not a whole number",
+        ),
+        (
+            "bed",
+            "chr1\t968\t1096",
+            "chr1\t1096\t968",
+            r"genes\.bed: line 2: gene '1096-968' does not end after it starts",
+        ),
+        (
+            "bed",
+            "# genes\n",
+            "chrom\tstart\tend\tname\n",
+            r"genes\.bed: line 1: start 'start' is not a whole number \(a header line\?",
+        ),
+        ("bed", "chr5\t0\t100\tNOWHERE\t0\t+\n", "chr5\t0\t100\n", r"genes\.bed: line 10: 3 tab-separated field\(s\)"),
+    ],
+)
+def test_segment_and_bed_errors_name_file_and_line(tmp_path, file, old, new, message):
+    from multimodal.ingest.copy_number import segment_copy_number
+
+    text = {"seg": SEG, "bed": BED}[file]
+    assert old in text
+    seg = write(tmp_path / "cohort.seg", SEG.replace(old, new, 1) if file == "seg" else SEG)
+    bed = write(tmp_path / "genes.bed", BED.replace(old, new, 1) if file == "bed" else BED)
+    with pytest.raises(MultimodalError, match=message):
+        segment_copy_number([seg], bed, patients=SEG_PATIENTS)
+
+
+def test_sample_in_two_segment_files_is_refused(tmp_path):
+    from multimodal.ingest.copy_number import segment_copy_number
+
+    segments, bed = segment_inputs(tmp_path)
+    again = write(tmp_path / "again.seg", SEG)
+    with pytest.raises(
+        MultimodalError, match=r"again\.seg: sample 'TCGA-AB-0001-01A-11D-A00R-01' also has segments in"
+    ):
+        segment_copy_number([*segments, again], bed, patients=SEG_PATIENTS)
+
+
+def test_cli_segments_to_the_store_with_counts_in_provenance(tmp_path):
+    from multimodal.cli import main
+    from multimodal.store import read_cohort_store
+
+    segments, bed = segment_inputs(tmp_path)
+    (tmp_path / "samples.tsv").write_text("patient_id\nTCGA-AB-0001\nTCGA-AB-0002\nTCGA-AB-0003\nTCGA-AB-0004\n")
+    (tmp_path / "clinical.tsv").write_text(
+        "patient_id\tos_time\tos_event\tage\tsex\tarm\tsite\tresponse\n"
+        "TCGA-AB-0001\t10\t1\t60\tF\tA\tS1\t1\n"
+        "TCGA-AB-0002\t20\t0\t55\tM\tB\tS1\t0\n"
+        "TCGA-AB-0003\t5\t1\t70\tF\tA\tS2\t1\n"
+        "TCGA-AB-0004\t8\t1\t64\tM\tB\tS2\t0\n"
+    )
+    common = ["--samples", str(tmp_path / "samples.tsv"), "--data-root", str(tmp_path)]
+    out = tmp_path / "cnv.h5ad"
+    source = ["--segments", *map(str, segments), "--genes-bed", str(bed), "--thresholds", "-1", "-0.25", "0.25", "1"]
+    assert main(["ingest", "copy-number", "-q", *common, *source, "--out", str(out)]) == 0
+    store = tmp_path / "cohort.zarr"
+    argv = ["assemble", "-q", *common, "--clinical", str(tmp_path / "clinical.tsv"), "--table", f"cnv={out}"]
+    assert main([*argv, "--table-source", *map(str, [*segments, bed]), "--out", str(store)]) == 0
+    mdata = read_cohort_store(store)
+    assert mdata["cnv"]["TCGA-AB-0001"].X.tolist() == [[-1, 2, -1, 1, 1]]
+    assert mdata["cnv"].obs.loc["TCGA-AB-0003", "cnv_genes_missing"] == 2
+    counts = mdata.uns["provenance"]["exclusions"]["cnv"]
+    assert counts["segments_on_other_contigs"] == 1 and counts["gene_values_missing"] == 2
+    assert counts["patients_without_copy_number"] == 1
+    # --segments without --genes-bed: one line, exit 2
+    assert main(["ingest", "copy-number", "-q", *common, "--segments", str(segments[0]), "--out", str(out)]) == 2
+
+
+def test_workflow_runs_ingest_copy_number_from_segments(tmp_path):
+    """The config's copy_number mapping reaches the rule's command (a Snakemake dry run) and is path-checked."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from multimodal.workflow import check_inputs
+
+    segments, bed = segment_inputs(tmp_path)
+    (tmp_path / "samples.tsv").write_text("patient_id\nTCGA-AB-0001\nTCGA-AB-0002\n")
+    (tmp_path / "clinical.tsv").write_text("patient_id\tos_time\tos_event\nTCGA-AB-0001\t1\t0\nTCGA-AB-0002\t2\t1\n")
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "config/config.yaml").read_text())
+    config |= {"samples": str(tmp_path / "samples.tsv"), "clinical": str(tmp_path / "clinical.tsv")}
+    config |= {"expression": None, "outdir": str(tmp_path / "out"), "data_roots": [str(tmp_path)]}
+    config["simulate"]["enabled"] = False
+    config["copy_number"] = {
+        "segments": [str(s) for s in segments],
+        "genes_bed": str(bed),
+        "thresholds": [-1, -0.2, 0.2, 1],
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    check_inputs(tmp_path / "c.yaml")
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"), "--directory", str(repo)]
+    command += ["--configfile", str(tmp_path / "c.yaml"), "--cores", "1", "--nolock"]
+    command += [
+        "--dry-run",
+        "--printshellcmds",
+        "--forcerun",
+        "ingest_copy_number",
+        f"{tmp_path}/out/interim/cnv/cnv.h5ad",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shell = next(line for line in done.stdout.splitlines() if "multimodal ingest copy-number" in line)
+    assert f"--segments {segments[0]} {segments[1]} --genes-bed {bed} --thresholds -1.0 -0.2 0.2 1.0" in shell
+    config["copy_number"]["genes_bed"] = "/etc/hostname"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(MultimodalError, match=r"c\.yaml: copy_number\.genes_bed: .* outside the data roots"):
+        check_inputs(tmp_path / "c.yaml")

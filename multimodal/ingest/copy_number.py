@@ -10,7 +10,13 @@ features), ``feature_class`` ``gene_copy_number``; X is the call as a float.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import re
+import shlex
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +25,17 @@ import pandas as pd
 
 from multimodal.errors import MultimodalError
 from multimodal.ingest.samples import resolve_barcodes
-from multimodal.ingest.textfile import MAX_LINES_NAMED, diagnose_table, listing, read_table
+from multimodal.ingest.textfile import (
+    MAX_LINES_NAMED,
+    check_rows,
+    diagnose_table,
+    id_problems,
+    line_problem,
+    listing,
+    open_text,
+    raise_problems,
+    read_table,
+)
 
 if TYPE_CHECKING:
     import anndata
@@ -116,4 +132,384 @@ def copy_number_matrix(path: str | Path, *, patients: pd.Index) -> anndata.AnnDa
         },
     }
     log.info("cnv: %d patients x %d genes from %s", adata.n_obs, adata.n_vars, path)
+    return adata
+
+
+# --------------------------------------------------------------------------------------------------
+# Segments + a gene BED
+# --------------------------------------------------------------------------------------------------
+
+#: Column names (lower-cased) of a DNAcopy/cBioPortal ``.seg`` (ID, chrom, loc.start, loc.end, num.mark,
+#: seg.mean), a GDC "Masked Copy Number Segment" file (GDC_Aliquot, Chromosome, Start, End, Num_Probes,
+#: Segment_Mean) and Firehose/TCGA-legacy segments (Sample, ...). All are 1-based, both ends included.
+SEG_COLUMNS = {
+    "sample": ("id", "sample", "gdc_aliquot", "sample_id"),
+    "chrom": ("chrom", "chromosome", "chr"),
+    "start": ("loc.start", "start"),
+    "end": ("loc.end", "end"),
+    "log2": ("seg.mean", "segment_mean"),
+}
+#: CNVkit ``.cns`` (chromosome, start, end, gene, log2, ...): one sample per file, 0-based half-open like BED.
+CNS_COLUMNS = {"chrom": ("chromosome",), "start": ("start",), "end": ("end",), "log2": ("log2",)}
+#: Chromosome position stride of the per-sample genome coordinate (above any chromosome's length).
+_STRIDE = 1 << 40
+_HUMAN = re.compile(r"(?i)^(?:chr)?(\d+|X|Y|M|MT)$")
+#: Unplaced, unlocalised, alternate and decoy contigs (GRCh37/38, UCSC and Ensembl names), and viral ones.
+_OTHER_CONTIG = re.compile(r"(?i)_|^(?:chr)?(?:Un|GL|KI|JH|KN|KV|KZ|ML|MU|NC_|NT_|NW_|HLA|HSCHR|EBV|hs37d5)")
+
+
+@dataclass(frozen=True)
+class CopyNumberSource:
+    """The config's ``copy_number``: a GISTIC2 table, or segment files with a gene BED (and thresholds)."""
+
+    table: str | None = None
+    segments: tuple[str, ...] = ()
+    genes_bed: str | None = None
+    thresholds: tuple[float, ...] | None = None
+
+    def files(self) -> list[str]:
+        """Every input file, for the workflow's inputs and the store's provenance."""
+        return [self.table] if self.table else [*self.segments, str(self.genes_bed)]
+
+    def cli_options(self) -> str:
+        """The ``multimodal ingest copy-number`` options that read this source (shell-quoted)."""
+        if self.table:
+            return f"--table {shlex.quote(self.table)}"
+        options = ["--segments", *map(shlex.quote, self.segments), "--genes-bed", shlex.quote(str(self.genes_bed))]
+        if self.thresholds:
+            options += ["--thresholds", *(repr(float(t)) for t in self.thresholds)]
+        return " ".join(options)
+
+
+def copy_number_source(value: str | dict | None) -> CopyNumberSource | None:
+    """Read the config's ``copy_number`` value (a path, a mapping, or null; the schema checked its shape)."""
+    if not value:
+        return None
+    if isinstance(value, str):
+        return CopyNumberSource(table=value)
+    segments = value.get("segments")
+    segments = (segments,) if isinstance(segments, str) else tuple(segments or ())
+    thresholds = value.get("thresholds")
+    return CopyNumberSource(
+        segments=segments,
+        genes_bed=value.get("genes_bed"),
+        thresholds=tuple(float(t) for t in thresholds) if thresholds else None,
+    )
+
+
+def harmonise_chromosomes(names: pd.Series, path: Path, *, what: str) -> pd.Series:
+    """Chromosome names as ``1``..``22``, ``X``, ``Y``, ``MT``; other contigs as ``""``; anything else an error.
+
+    ``chr1``/``1``, ``chrX``/``X``/``23``, ``Y``/``24``, ``chrM``/``MT``/``25`` (the SNP-array and CNVkit
+    convention) agree. Unplaced, alternate and decoy contigs (a ``_`` in the name, ``GL000192.1``,
+    ``chrUn...``, ``KI270...``, ``EBV``) give ``""``, for the caller to count. ``names`` is indexed by line.
+    """
+    stripped = names.str.strip()
+    found = stripped.str.extract(_HUMAN, expand=False)
+    digits = found.str.isdigit().astype("boolean").fillna(False).astype(bool)
+    numeric = pd.to_numeric(found.where(digits), errors="coerce")
+    by_number = numeric.map(lambda n: str(int(n)) if 1 <= n <= 22 else {23: "X", 24: "Y", 25: "MT"}.get(n, ""))
+    named = found.str.upper().replace({"M": "MT"})
+    out = by_number.where(numeric.notna(), named)
+    other = out.isna() & stripped.str.contains(_OTHER_CONTIG)
+    out = out.mask(other, "")
+    bad = stripped[out.isna() | (numeric.notna() & (out == ""))]
+    raise_problems(
+        path,
+        line_problem(
+            bad,
+            one="chromosome",
+            many="chromosome names",
+            problem="is not a chromosome name (1-22, X, Y, MT with or without chr; 23/24/25 for X/Y/MT)",
+            hint=f" in the {what}",
+        ),
+    )
+    return out.astype(str)
+
+
+def _integers(values: pd.Series, path: Path, *, column: str, hint: str = "") -> pd.Series:
+    """Whole numbers (``1e+05``, as R's write.table prints round positions, included), else a one-line error."""
+    numbers = pd.to_numeric(values.str.strip(), errors="coerce")
+    bad = values[~(np.isfinite(numbers) & (numbers == np.round(numbers)) & (numbers >= 0))]
+    raise_problems(
+        path,
+        line_problem(bad, one=column, many=f"{column} values", problem="is not a whole number", hint=hint),
+    )
+    return numbers.astype(np.int64)
+
+
+def read_segments(path: str | Path) -> tuple[pd.DataFrame, str]:
+    """One segment file as ``sample, chrom, start, end, log2`` (0-based half-open) indexed by line; its format.
+
+    A ``.seg`` (DNAcopy, cBioPortal, GDC, Firehose: a sample column) is 1-based with both ends included:
+    ``start - 1`` makes it half-open. A CNVkit ``.cns`` (``log2`` and no sample column) is already
+    0-based half-open; its sample is the file name before ``.call.cns``/``.cns``. ``chrom`` is harmonised
+    (:func:`harmonise_chromosomes`); segments on other contigs have ``chrom == ""``. A start after the end
+    (for ``.seg``, a start below 1), a non-whole position and a log2 ratio that is not a finite number
+    stop the run naming every line (ten, and a count).
+    """
+    path = Path(path)
+    what = "copy-number segment file"
+    frame = read_table(path, what=what)
+    lower = {c.lower(): c for c in frame.columns}
+    cns = "log2" in lower and not any(a in lower for a in SEG_COLUMNS["sample"])
+    aliases = CNS_COLUMNS if cns else SEG_COLUMNS
+    found = {key: next((lower[a] for a in names if a in lower), None) for key, names in aliases.items()}
+    missing = [key for key, column in found.items() if column is None]
+    if missing:
+        diagnose_table(path, what=what)
+        raise MultimodalError(
+            f"{path}: no {', '.join(missing)} column in the {what}; a .seg has ID (or Sample, GDC_Aliquot), chrom "
+            f"(or Chromosome), loc.start (or Start), loc.end (or End), seg.mean (or Segment_Mean); a CNVkit .cns "
+            f"has chromosome, start, end, log2 (found {', '.join(map(repr, frame.columns[:6]))})"
+        )
+    check_rows(frame, path, what=what)
+    if cns:
+        name = path.name
+        sample = name[: -len(".call.cns")] if name.endswith(".call.cns") else name.split(".cns")[0]
+        samples = pd.Series(sample, index=frame.index)
+    else:
+        samples = frame[found["sample"]].str.strip()
+        raise_problems(path, id_problems(samples[samples == ""], column=found["sample"]))
+    start = _integers(frame[found["start"]], path, column=found["start"])
+    end = _integers(frame[found["end"]], path, column=found["end"])
+    if not cns:
+        below = frame[found["start"]][start < 1]
+        raise_problems(
+            path,
+            line_problem(below, one=found["start"], many="starts", problem="is below 1 (a .seg is 1-based)"),
+        )
+        start = start - 1  # 1-based, end included -> 0-based half-open
+    reversed_ = (frame[found["start"]] + "-" + frame[found["end"]])[end <= start]
+    raise_problems(
+        path,
+        line_problem(
+            reversed_, one="segment", many="segments", problem="ends before it starts", hint=f" in the {what}"
+        ),
+    )
+    log2 = pd.to_numeric(frame[found["log2"]].str.strip(), errors="coerce")
+    raise_problems(
+        path,
+        line_problem(
+            frame[found["log2"]][~np.isfinite(log2)],
+            one=found["log2"],
+            many=f"{found['log2']} values",
+            problem="is not a finite number (the segment's mean log2 ratio)",
+        ),
+    )
+    chrom = harmonise_chromosomes(frame[found["chrom"]], path, what=what)
+    segments = pd.DataFrame({"sample": samples, "chrom": chrom, "start": start, "end": end, "log2": log2})
+    return segments, "CNVkit .cns (0-based)" if cns else ".seg (1-based)"
+
+
+def read_gene_bed(path: str | Path) -> pd.DataFrame:
+    """A gene BED (chrom, start, end, name; more columns ignored) as ``name, chrom, start, end`` by line.
+
+    BED is 0-based half-open and has no header: ``#``, ``track`` and ``browser`` lines are skipped.
+    Fewer than four fields, a non-whole position, an empty interval (end not after start), an empty name
+    or an unknown chromosome name stop the run naming the lines.
+    """
+    path = Path(path)
+    what = "gene BED"
+    if not path.is_file():
+        raise MultimodalError(f"{path}: {what} not found")
+    rows, lines = [], []
+    try:
+        with open_text(path) as handle:
+            for number, text in enumerate(handle, start=1):
+                if not text.strip() or text.startswith(("#", "track", "browser")):
+                    continue
+                fields = text.rstrip("\r\n").split("\t")
+                if len(fields) < 4:
+                    diagnose_table(path, what=what)
+                    raise MultimodalError(
+                        f"{path}: line {number}: {len(fields)} tab-separated field(s); a gene BED needs chrom, "
+                        "start, end, name"
+                    )
+                rows.append(fields[:4])
+                lines.append(number)
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        diagnose_table(path, what=what, cause=exc)
+        raise MultimodalError(f"{path}: cannot read {what}: {exc}") from exc
+    if not rows:
+        raise MultimodalError(f"{path}: {what} has no genes")
+    frame = pd.DataFrame(rows, columns=["chrom", "start", "end", "name"], index=pd.Index(lines, name="line"))
+    start = _integers(frame["start"], path, column="start", hint=" (a header line? BED has none: start it with #)")
+    end = _integers(frame["end"], path, column="end")
+    empty = (frame["start"] + "-" + frame["end"])[end <= start]
+    raise_problems(path, line_problem(empty, one="gene", many="genes", problem="does not end after it starts"))
+    names = frame["name"].str.strip()
+    raise_problems(path, id_problems(names[names == ""], column="name"))
+    chrom = harmonise_chromosomes(frame["chrom"], path, what=what)
+    return pd.DataFrame({"name": names, "chrom": chrom, "start": start, "end": end})
+
+
+def call_thresholds(values: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """GISTIC-like calls from log2 ratios and four ascending cut points ``t1 < t2 < t3 < t4``.
+
+    -2 at or below t1, -1 at or below t2, 2 at or above t4, 1 at or above t3, else 0 (a value on a
+    threshold takes the call beyond it); a missing value stays missing.
+    """
+    t1, t2, t3, t4 = thresholds
+    calls = np.select([values <= t1, values <= t2, values >= t4, values >= t3], [-2.0, -1.0, 2.0, 1.0], default=0.0)
+    return np.where(np.isnan(values), np.nan, calls).astype(np.float32)
+
+
+def _overlap_means(segments: pd.DataFrame, genes: pd.DataFrame, gene_codes: np.ndarray, n_genes: int) -> np.ndarray:
+    """One sample's length-weighted mean log2 ratio per gene (NaN where no segment overlaps it).
+
+    Hand-written rather than bioframe/pyranges (neither installed): one sample's segments do not overlap
+    (checked before), so sorted by position their ends are sorted too and two ``searchsorted`` calls give
+    every gene's run of overlapping segments, vectorised over all genes, with no new dependency.
+    ``segments`` and ``genes`` carry a genome-wide ``gstart``/``gend`` (chromosome x stride + position).
+    """
+    starts = segments["gstart"].to_numpy()
+    ends = segments["gend"].to_numpy()
+    log2 = segments["log2"].to_numpy(dtype=np.float64)
+    gstart, gend = genes["gstart"].to_numpy(), genes["gend"].to_numpy()
+    first = np.searchsorted(ends, gstart, side="right")  # first segment ending after the gene starts
+    stop = np.searchsorted(starts, gend, side="left")  # segments starting before the gene ends
+    count = np.maximum(stop - first, 0)
+    line = np.repeat(np.arange(len(gstart)), count)
+    seg = np.repeat(first - np.cumsum(count) + count, count) + np.arange(count.sum())
+    overlap = (np.minimum(ends[seg], gend[line]) - np.maximum(starts[seg], gstart[line])).astype(np.float64)
+    weighted = np.bincount(gene_codes[line], weights=overlap * log2[seg], minlength=n_genes)
+    covered = np.bincount(gene_codes[line], weights=overlap, minlength=n_genes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(covered > 0, weighted / covered, np.nan)
+
+
+def segment_copy_number(
+    segments: Sequence[str | Path],
+    genes_bed: str | Path,
+    *,
+    patients: pd.Index,
+    thresholds: Sequence[float] | None = None,
+) -> anndata.AnnData:
+    """Patients x genes copy number from segment files and a gene BED: the ``cnv`` modality.
+
+    Per gene (a BED name; several lines of one name, e.g. PAR genes on X and Y or a gene's exons, are
+    pooled), the mean log2 ratio of the segments overlapping it, each weighted by the bases it shares
+    with the gene; the bases no segment covers do not count. A gene no segment of a sample overlaps is
+    missing (NaN) for that patient, counted in ``obs['cnv_genes_missing']``, never 0. With
+    ``thresholds`` (four ascending log2 cut points) the value is the call of :func:`call_thresholds`.
+    Samples are matched to patients as in :func:`copy_number_matrix`; overlapping segments of one sample
+    and a sample in two files stop the run. Segments and genes on other contigs, genes no patient has a
+    value for and genes with one value in every patient are counted in ``uns['ingest']``.
+    """
+    import anndata as ad
+
+    if thresholds is not None:
+        thresholds = [float(t) for t in thresholds]
+        if len(thresholds) != 4 or any(b <= a for a, b in itertools.pairwise(thresholds)):
+            raise MultimodalError(
+                f"copy_number.thresholds: {thresholds} is not four ascending log2 ratios "
+                "(deep deletion, deletion, gain, amplification cut points, e.g. [-1.1, -0.25, 0.2, 0.7])"
+            )
+    genes_bed = Path(genes_bed)
+    genes = read_gene_bed(genes_bed)
+    parts, formats, owner = [], {}, {}
+    for file in map(Path, segments):
+        frame, formats[str(file)] = read_segments(file)
+        for sample in frame["sample"].unique():
+            if sample in owner:
+                raise MultimodalError(f"{file}: sample {sample!r} also has segments in {owner[sample]}")
+            owner[sample] = file
+        parts.append(frame.assign(file=str(file), line=frame.index))
+    table = pd.concat(parts, ignore_index=True)
+    other_segments = int((table["chrom"] == "").sum())
+    other_genes = genes["chrom"] == ""
+    table = table[table["chrom"] != ""]
+    genes = genes[~other_genes]
+    order = {c: i for i, c in enumerate(sorted(set(genes["chrom"]) | set(table["chrom"])))}
+    for frame in (table, genes):
+        offset = frame["chrom"].map(order).to_numpy(np.int64) * _STRIDE
+        frame["gstart"] = offset + frame["start"].to_numpy(np.int64)
+        frame["gend"] = offset + frame["end"].to_numpy(np.int64)
+    table = table.sort_values(["sample", "gstart"], kind="stable")
+    same = table["sample"].to_numpy()[1:] == table["sample"].to_numpy()[:-1]
+    clash = np.flatnonzero(same & (table["gstart"].to_numpy()[1:] < table["gend"].to_numpy()[:-1]))
+    if len(clash):
+        a, b = table.iloc[clash[0]], table.iloc[clash[0] + 1]
+
+        def where(row: pd.Series) -> str:
+            return f"line {row['line']} ({row['chrom']}:{row['start'] + 1}-{row['end']})"
+
+        raise MultimodalError(
+            f"{a['file']}: segments of sample {a['sample']!r} overlap: {where(a)} and {where(b)} "
+            f"({len(clash)} overlapping pair(s)); give one segmentation per sample"
+        )
+    names = pd.Index(pd.unique(genes["name"]))
+    codes = names.get_indexer(genes["name"])
+    sample_ids = list(owner)
+    resolved = resolve_barcodes([str(p) for p in patients], sample_ids, what="segment sample")
+    claimed: dict[str, str] = {}
+    for patient, sample in resolved.items():
+        if sample in claimed:
+            raise MultimodalError(
+                f"{owner[sample]}: sample {sample!r} is claimed by patients {claimed[sample]} and {patient}"
+            )
+        claimed[sample] = patient
+    if not claimed:
+        raise MultimodalError(
+            f"{owner[sample_ids[0]]}: none of the {len(sample_ids)} segment samples is a patient of the samples "
+            f"sheet (segments: {sample_ids[0]!r}; sheet: {str(patients[0]) if len(patients) else 'empty'!r})"
+        )
+    kept_samples = [s for s in sample_ids if s in claimed]
+    by_sample = dict(tuple(table.groupby("sample", sort=False)))
+    matrix = np.full((len(kept_samples), len(names)), np.nan)
+    for row, sample in enumerate(kept_samples):
+        if sample in by_sample:  # a sample whose every segment lies on other contigs has none here
+            matrix[row] = _overlap_means(by_sample[sample], genes, codes, len(names))
+    no_value = np.isnan(matrix).all(axis=0)
+    values = call_thresholds(matrix, thresholds) if thresholds else matrix.astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns, counted as no_value
+        spread = np.nanmax(values, axis=0) - np.nanmin(values, axis=0)
+    constant = ~no_value & (spread == 0) if len(kept_samples) > 1 else np.zeros(len(names), bool)
+    keep = ~no_value & ~constant
+    values = values[:, keep]
+    first = genes.groupby(codes).first()
+    locus = (first["chrom"] + ":" + (first["start"] + 1).astype(str) + "-" + first["end"].astype(str)).to_numpy()
+    lines_per_gene = np.bincount(codes, minlength=len(names))
+    missing = np.isnan(values).sum(axis=1)
+    adata = ad.AnnData(
+        X=values,
+        obs=pd.DataFrame(
+            {"cnv_sample": kept_samples, "cnv_genes_missing": missing.astype(np.int64)},
+            index=pd.Index([claimed[s] for s in kept_samples], name="patient_id"),
+        ),
+        var=pd.DataFrame(
+            {
+                "gene_symbol": names[keep].to_numpy(),
+                "locus": locus[keep],
+                "feature_class": "gene_copy_number",
+                "source": "segments_thresholded_calls" if thresholds else "segments_weighted_log2",
+            },
+            index=pd.Index([f"{s}{COPY_NUMBER_SUFFIX}" for s in names[keep]], name="feature"),
+        ),
+    )
+    adata.uns["ingest"] = {
+        "modality": "cnv",
+        "params": {
+            "segments": [str(s) for s in segments],
+            "formats": sorted(set(formats.values())),
+            "genes_bed": str(genes_bed),
+            "rule": "length-weighted mean log2 ratio of the overlapping segments; no overlap -> missing",
+            "thresholds": list(thresholds) if thresholds else None,
+        },
+        "n_patients_in": int(len(patients)),
+        "exclusions": {
+            "patients_without_copy_number": int(len(patients) - len(kept_samples)),
+            "cnv_samples_not_in_samples_sheet": int(len(sample_ids) - len(kept_samples)),
+            "cnv_samples_matched_by_barcode_prefix": int(sum(p != s for p, s in resolved.items())),
+            "segments_on_other_contigs": other_segments,
+            "gene_bed_lines_on_other_contigs": int(other_genes.sum()),
+            "gene_bed_lines_pooled_into_one_gene": int((lines_per_gene[lines_per_gene > 1]).sum()),
+            "genes_without_segments_in_any_patient": int(no_value.sum()),
+            "genes_constant_in_all_patients": int(constant.sum()),
+            "gene_values_missing": int(missing.sum()),
+        },
+    }
+    log.info("cnv: %d patients x %d genes from %d segment file(s) and %s", *adata.shape, len(segments), genes_bed)
     return adata
