@@ -1,4 +1,4 @@
-"""Gene-level copy number (GISTIC2 ``all_thresholded.by_genes.txt``) as the ``cnv`` modality.
+"""Gene-level copy number as the ``cnv`` modality: GISTIC2 calls, or segments summarised over a gene BED.
 
 GISTIC2 writes one row per gene: ``Gene Symbol``, ``Locus ID`` (``Gene ID`` in some releases),
 ``Cytoband``, then one column per sample holding the thresholded call: -2 deep deletion, -1 shallow
@@ -6,6 +6,10 @@ deletion, 0 diploid, 1 gain, 2 amplification. Samples are matched to patients of
 ID or unique barcode prefix (``TCGA-05-4244`` claims ``TCGA-05-4244-01A-01D-1105-01``), as MAF and
 expression samples are. Features are ``<symbol>_cn`` (unique beside expression genes and ``_mut``
 features), ``feature_class`` ``gene_copy_number``; X is the call as a float.
+
+Segments (:func:`segment_copy_number`): a ``.seg`` (DNAcopy, cBioPortal, GDC, Firehose; 1-based) or CNVkit
+``.cns`` files (0-based) with a gene BED; per gene the length-weighted mean log2 ratio of the segments
+overlapping it (missing where none does), optionally called -2..2 at four thresholds.
 """
 
 from __future__ import annotations
