@@ -285,13 +285,27 @@ class PatientVariants:
     n_records: int = 0
     n_pass: int = 0
     excluded: Counter = field(default_factory=Counter)
-    #: the variant-level rows (:data:`VARIANT_TABLE_COLUMNS` without ``patient_id``)
+    #: the variant-level rows (:data:`VARIANT_TABLE_COLUMNS` without ``patient_id``), as tuples (pysam
+    #: reader) or, from the columnar reader, as ``table``; :meth:`variant_rows` gives either as a frame
     rows: list = field(default_factory=list)
+    table: dict[str, np.ndarray] | None = None
     #: the sample column read as the tumour ("" for a VCF without sample columns)
     tumour_sample: str = ""
     #: a bgzipped VCF or a BCF with neither ``.tbi`` nor ``.csi`` beside it (read in full, which is fine
     #: for one patient's calls; counted so that a run on unindexed files is visible in the provenance)
     without_index: bool = False
+    #: which reader counted the records: ``columnar`` (:mod:`multimodal.ingest.vcf_columnar`) or ``pysam``
+    reader: str = ""
+
+    def variant_rows(self) -> pd.DataFrame:
+        """The variant-level rows as a frame (:data:`VARIANT_TABLE_COLUMNS` without ``patient_id``)."""
+        if self.table is not None:
+            return pd.DataFrame(self.table)
+        return pd.DataFrame(self.rows, columns=list(VARIANT_TABLE_COLUMNS[1:]))
+
+    def has_rows(self) -> bool:
+        """Whether any record gave a variant-level row."""
+        return bool(self.rows) or (self.table is not None and len(self.table["gene"]) > 0)
 
 
 def check_variant_file_complete(path: Path) -> None:
@@ -564,6 +578,7 @@ def read_patient_variants(
     annotation_field: str | None = None,
     tumour_sample: str | None = None,
     filters: VariantFilters | None = None,
+    columnar: bool = True,
 ) -> PatientVariants:
     """Count PASS protein-altering variants per gene in one VCF/BCF (plain, bgzipped or BCF).
 
@@ -579,6 +594,11 @@ def read_patient_variants(
     each annotation entry with as many ``|``-separated fields as the header declares, and each of its
     ``&``-joined consequence terms in :data:`CONSEQUENCE_TERMS` (VEP's and SnpEff's); any other record
     stops the run with one line naming the file, the record and the value.
+
+    ``columnar``: read a text VCF's records as columns (:mod:`multimodal.ingest.vcf_columnar`) when it
+    passes that reader's checks; any file it does not fully check, every BCF, and ``columnar=False`` are
+    read record by record with pysam, which gives the same counts and table and every one-line error.
+    The header is always parsed by htslib (pysam). ``result.reader`` says which reader counted.
     """
     import pysam
 
@@ -602,7 +622,9 @@ def read_patient_variants(
             lines = _Lines(path, text)
             tumour = _tumour_column(vcf.header, path, tumour_sample)
             result.tumour_sample = tumour or ""
-            _count_records(vcf, path, annotation_field, lines, result, tumour, filters or VariantFilters())
+            _count_records(
+                vcf, path, annotation_field, lines, result, tumour, filters or VariantFilters(), columnar=columnar
+            )
     finally:
         pysam.set_verbosity(verbosity)
     return result
@@ -705,6 +727,8 @@ def _count_records(
     result: PatientVariants,
     tumour: str | None,
     filters: VariantFilters,
+    *,
+    columnar: bool = True,
 ) -> None:
     layout = _annotation_layout(vcf.header, path, annotation_field)
     canonical_at = _field_at(layout, "CANONICAL")
@@ -716,6 +740,19 @@ def _count_records(
     key, n_fields = layout.key, len(layout.fields)
     contig_length = {name: contig.length for name, contig in vcf.header.contigs.items() if contig.length}
     n_columns = 8 + (1 + len(vcf.header.samples) if len(vcf.header.samples) else 0)
+    if columnar and lines.text:
+        from multimodal.ingest.vcf_columnar import Declined, count_columnar
+
+        try:
+            found = count_columnar(path, vcf.header, layout, tumour, filters, contig_length)
+        except Declined as exc:  # read record by record below: same counts, and pysam's exact errors
+            log.debug("%s: read record by record (the columnar reader declined: %s)", path, exc)
+        else:
+            result.n_records, result.n_pass = found.n_records, found.n_pass
+            result.excluded, result.gene_counts, result.table = found.excluded, found.gene_counts, found.table
+            result.reader = "columnar"
+            return
+    result.reader = "pysam"
     records = iter(vcf)
     previous = ""
     while True:
@@ -1196,12 +1233,15 @@ def _variant_table(
     has_vcf: pd.Series,
 ) -> pd.DataFrame:
     """The variant-level table of the patients' VCF rows and their MAF rows (``patient_of``: barcode -> patient)."""
-    parts = []
+    parts, columns = [], []
     for pid, pv in per_patient.items():
-        if pv.rows and has_vcf.get(pid, False):
-            frame = pd.DataFrame(pv.rows, columns=VARIANT_TABLE_COLUMNS[1:])
-            frame.insert(0, "patient_id", pid)
-            parts.append(frame)
+        if not (pv.has_rows() and has_vcf.get(pid, False)):
+            continue
+        # the patients' columns, joined below into one frame (one frame per patient costs ms each)
+        table = pv.table if pv.table is not None else dict(pv.variant_rows().items())
+        columns.append({"patient_id": np.full(len(table["gene"]), pid, dtype=object), **table})
+    if columns:
+        parts.append(pd.DataFrame({c: np.concatenate([part[c] for part in columns]) for c in VARIANT_TABLE_COLUMNS}))
     if maf_table is not None:
         claimed = maf_table["patient_id"].map(patient_of)
         rows = maf_table[claimed.notna().to_numpy()].copy()
