@@ -110,7 +110,7 @@ def _check_info(info: pa.Array, header, key: str) -> tuple[np.ndarray, pa.Array]
     parent = pc.list_parent_indices(lists).to_numpy()
     pairs = pc.split_pattern(pc.list_flatten(lists), "=", max_splits=1)
     has_value = pc.list_value_length(pairs).to_numpy() == 2
-    names = pc.dictionary_encode(pc.list_element(pairs, 0))
+    names = pc.dictionary_encode(pc.list_flatten(pc.list_slice(pairs, 0, 1)))
     name_code = names.indices.to_numpy()
     valued = np.flatnonzero(has_value)
     values = pc.list_flatten(pc.list_slice(pairs, 1, 2))  # the values of the items in ``valued``, in order
@@ -134,7 +134,7 @@ def _check_info(info: pa.Array, header, key: str) -> tuple[np.ndarray, pa.Array]
         _require(bool(has_value[mine].all()), f"INFO/{name} without a value")
         take = pa.array(np.flatnonzero(value_code == code))
         mine_values = values.take(take)
-        _require(_all(pc.greater(pc.utf8_length(mine_values), 0)), f"INFO/{name} with an empty value")
+        _require(_all(pc.greater(pc.binary_length(mine_values), 0)), f"INFO/{name} with an empty value")
         _check_values(mine_values, meta.type, f"INFO/{name}")
         if name == key:
             records = parent[valued[value_code == code]]
@@ -370,8 +370,9 @@ def count_columnar(
     def flags(at: int) -> np.ndarray:
         if at < 0:
             return np.zeros(len(entry_at), bool)
-        raw = pc.utf8_trim_whitespace(field(at)).to_numpy(zero_copy_only=False)[entry_at]
-        return (raw != "") & (raw != "NO")
+        raw = pc.utf8_trim_whitespace(field(at))
+        flag = pc.and_(pc.not_equal(raw, ""), pc.not_equal(raw, "NO"))
+        return flag.to_numpy(zero_copy_only=False)[entry_at]
 
     canonical_at = _field_at(layout, "CANONICAL")
     mane_at = _field_at(layout, "MANE_SELECT", "MANE")
@@ -384,7 +385,7 @@ def count_columnar(
     canonical, mane = flags(canonical_at), flags(mane_at)
     has_canonical, has_mane = any_in_group(canonical), any_in_group(mane)
     if feature_at >= 0:
-        feature = field(feature_at).to_numpy(zero_copy_only=False)[entry_at]
+        feature = pc.dictionary_encode(field(feature_at)).indices.to_numpy()[entry_at]
         same_feature = feature == feature[first][group] if len(entry_at) else np.zeros(0, bool)
     else:
         same_feature = entry_at == group_entry[group]
@@ -439,7 +440,8 @@ def count_columnar(
     any_not_allowed = np.bincount(group_record, weights=gene_outcome == "gene_not_in_allow_list", minlength=n) > 0
     decide(~any_counted & any_not_allowed, "gene_not_in_allow_list")
     decide(~any_counted, "not_protein_altering")
-    genes_counted, times = np.unique(group_gene[counted].astype(str), return_counts=True)
+    times = np.bincount(gene_code[group_entry[counted]], minlength=len(gene_names))
+    genes_counted = np.flatnonzero(times)
 
     # --- the variant-level table: one row per (record, gene), one with no gene for a record without any
     lonely = np.flatnonzero(n_groups_of == 0)
@@ -479,6 +481,6 @@ def count_columnar(
         n_records=n,
         n_pass=int(passed.sum()),
         excluded=Counter(reasons.tolist()),
-        gene_counts=Counter(dict(zip(genes_counted.tolist(), times.tolist(), strict=True))),
+        gene_counts=Counter(dict(zip(gene_names[genes_counted].tolist(), times[genes_counted].tolist(), strict=True))),
         table=frame,
     )
