@@ -331,3 +331,60 @@ def test_workflow_runs_ingest_copy_number_from_segments(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(MultimodalError, match=r"c\.yaml: copy_number\.genes_bed: .* outside the data roots"):
         check_inputs(tmp_path / "c.yaml")
+
+
+def test_gene_inside_one_segment_gets_its_value_exactly(tmp_path):
+    """(3 x 0.7) / 3 is 0.6999999999999998 in floating point: a naive weighted mean would call it a gain (1),
+    not the amplification (2) the segment's own 0.7 is at CNVkit's thresholds."""
+    from multimodal.ingest.copy_number import segment_copy_number
+
+    seg = write(
+        tmp_path / "two.seg",
+        "ID\tchrom\tloc.start\tloc.end\tnum.mark\tseg.mean\nS1\tchr7\t101\t200\t8\t0.7\nS2\tchr7\t101\t200\t8\t0\n",
+    )
+    bed = write(tmp_path / "genes.bed", "chr7\t110\t113\tEGFR\n")
+    adata = segment_copy_number([seg], bed, patients=pd.Index(["S1", "S2"]), thresholds=[-1.1, -0.25, 0.2, 0.7])
+    assert adata.X.tolist() == [[2], [0]]
+    assert segment_copy_number([seg], bed, patients=pd.Index(["S1", "S2"])).X[0, 0] == np.float32(0.7)
+
+
+def test_segments_agree_with_a_brute_force_overlap(tmp_path):
+    """Random tilings with gaps (three samples, two chromosomes) and random genes: every value equals a
+    plain loop over (gene, segment) pairs in 1-based closed coordinates."""
+    from multimodal.ingest.copy_number import segment_copy_number
+
+    rng = np.random.default_rng(3)
+    rows, segs = [], {}
+    for sample in ("S1", "S2", "S3"):
+        for chrom in ("3", "12"):
+            cuts = np.unique(rng.integers(2, 5000, 12))
+            for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+                if rng.random() < 0.2:
+                    continue  # a gap
+                value = round(float(rng.normal()), 3)
+                rows.append(f"{sample}\t{chrom}\t{a}\t{b - 1}\t5\t{value}")
+                segs.setdefault(sample, []).append((chrom, int(a), int(b) - 1, value))
+    seg = write(tmp_path / "random.seg", "ID\tchrom\tloc.start\tloc.end\tnum.mark\tseg.mean\n" + "\n".join(rows) + "\n")
+    genes = []
+    for g in range(60):
+        chrom = ("3", "12")[g % 2]
+        start = int(rng.integers(0, 5000))
+        genes.append((f"G{g}", chrom, start, start + int(rng.integers(1, 400))))
+    bed = write(tmp_path / "genes.bed", "".join(f"chr{c}\t{s}\t{e}\t{n}\n" for n, c, s, e in genes))
+    adata = segment_copy_number([seg], bed, patients=pd.Index(["S1", "S2", "S3"]))
+    dropped = adata.uns["ingest"]["exclusions"]
+    assert (
+        adata.n_vars + dropped["genes_without_segments_in_any_patient"] + dropped["genes_constant_in_all_patients"]
+        == 60
+    )
+    assert adata.n_vars >= 50 and 0 < np.isnan(adata.X).sum() < adata.X.size / 2  # values and gaps both tested
+    for sample in adata.obs_names:
+        for name, chrom, start, end in genes:
+            weight = total = 0.0
+            for c, a, b, value in segs[sample]:  # BED [start, end) is 1-based start+1..end
+                shared = min(b, end) - max(a, start + 1) + 1
+                if c == chrom and shared > 0:
+                    weight, total = weight + shared, total + shared * value
+            if f"{name}_cn" in adata.var_names:
+                got = adata[sample, f"{name}_cn"].X[0, 0]
+                np.testing.assert_allclose(got, total / weight if weight else np.nan, rtol=1e-6, atol=1e-6)

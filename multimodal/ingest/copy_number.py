@@ -201,6 +201,19 @@ def copy_number_source(value: str | dict | None) -> CopyNumberSource | None:
     )
 
 
+def _chromosome(name: str) -> str | None:
+    """One chromosome name harmonised (see :func:`harmonise_chromosomes`); None when it is not one."""
+    name = name.strip()
+    match = _HUMAN.match(name)
+    if match is None:
+        return "" if _OTHER_CONTIG.search(name) else None
+    key = match.group(1).upper()
+    if key.isdigit():
+        number = int(key)
+        return str(number) if 1 <= number <= 22 else {23: "X", 24: "Y", 25: "MT"}.get(number)
+    return "MT" if key == "M" else key
+
+
 def harmonise_chromosomes(names: pd.Series, path: Path, *, what: str) -> pd.Series:
     """Chromosome names as ``1``..``22``, ``X``, ``Y``, ``MT``; other contigs as ``""``; anything else an error.
 
@@ -208,27 +221,18 @@ def harmonise_chromosomes(names: pd.Series, path: Path, *, what: str) -> pd.Seri
     convention) agree. Unplaced, alternate and decoy contigs (a ``_`` in the name, ``GL000192.1``,
     ``chrUn...``, ``KI270...``, ``EBV``) give ``""``, for the caller to count. ``names`` is indexed by line.
     """
-    stripped = names.str.strip()
-    found = stripped.str.extract(_HUMAN, expand=False)
-    digits = found.str.isdigit().astype("boolean").fillna(False).astype(bool)
-    numeric = pd.to_numeric(found.where(digits), errors="coerce")
-    by_number = numeric.map(lambda n: str(int(n)) if 1 <= n <= 22 else {23: "X", 24: "Y", 25: "MT"}.get(n, ""))
-    named = found.str.upper().replace({"M": "MT"})
-    out = by_number.where(numeric.notna(), named)
-    other = out.isna() & stripped.str.contains(_OTHER_CONTIG)
-    out = out.mask(other, "")
-    bad = stripped[out.isna() | (numeric.notna() & (out == ""))]
+    harmonised = names.map({name: _chromosome(name) for name in names.unique()})
     raise_problems(
         path,
         line_problem(
-            bad,
+            names[harmonised.isna()],
             one="chromosome",
             many="chromosome names",
             problem="is not a chromosome name (1-22, X, Y, MT with or without chr; 23/24/25 for X/Y/MT)",
             hint=f" in the {what}",
         ),
     )
-    return out.astype(str)
+    return harmonised.astype(str)
 
 
 def _integers(values: pd.Series, path: Path, *, column: str, hint: str = "") -> pd.Series:
@@ -359,28 +363,34 @@ def call_thresholds(values: np.ndarray, thresholds: Sequence[float]) -> np.ndarr
     return np.where(np.isnan(values), np.nan, calls).astype(np.float32)
 
 
-def _overlap_means(segments: pd.DataFrame, genes: pd.DataFrame, gene_codes: np.ndarray, n_genes: int) -> np.ndarray:
-    """One sample's length-weighted mean log2 ratio per gene (NaN where no segment overlaps it).
+def _overlap_means(
+    starts: np.ndarray, ends: np.ndarray, log2: np.ndarray, genes: tuple[np.ndarray, np.ndarray, np.ndarray], n: int
+) -> np.ndarray:
+    """One sample's length-weighted mean log2 ratio for each of ``n`` genes (NaN where no segment overlaps it).
 
-    Hand-written rather than bioframe/pyranges (neither installed): one sample's segments do not overlap
-    (checked before), so sorted by position their ends are sorted too and two ``searchsorted`` calls give
-    every gene's run of overlapping segments, vectorised over all genes, with no new dependency.
-    ``segments`` and ``genes`` carry a genome-wide ``gstart``/``gend`` (chromosome x stride + position).
+    ``starts``/``ends``: the sample's segments, sorted, as genome-wide half-open coordinates (chromosome x
+    stride + position); ``genes``: the BED lines' starts and ends likewise (sorted by start) and each line's
+    gene code. Hand-written rather than bioframe/pyranges (neither installed): one sample's segments do not
+    overlap (checked before), so their ends are sorted too and two ``searchsorted`` calls give every gene's
+    run of overlapping segments, vectorised over all genes, with no new dependency. The mean is taken as
+    one overlapping segment's value plus the weighted mean difference from it, so a gene inside a single
+    segment (or segments of one value) gets that value exactly, not ``(L * v) / L`` rounded across a
+    threshold.
     """
-    starts = segments["gstart"].to_numpy()
-    ends = segments["gend"].to_numpy()
-    log2 = segments["log2"].to_numpy(dtype=np.float64)
-    gstart, gend = genes["gstart"].to_numpy(), genes["gend"].to_numpy()
+    gstart, gend, codes = genes
     first = np.searchsorted(ends, gstart, side="right")  # first segment ending after the gene starts
     stop = np.searchsorted(starts, gend, side="left")  # segments starting before the gene ends
     count = np.maximum(stop - first, 0)
     line = np.repeat(np.arange(len(gstart)), count)
     seg = np.repeat(first - np.cumsum(count) + count, count) + np.arange(count.sum())
     overlap = (np.minimum(ends[seg], gend[line]) - np.maximum(starts[seg], gstart[line])).astype(np.float64)
-    weighted = np.bincount(gene_codes[line], weights=overlap * log2[seg], minlength=n_genes)
-    covered = np.bincount(gene_codes[line], weights=overlap, minlength=n_genes)
+    gene = codes[line]
+    reference = np.zeros(n)
+    reference[gene] = log2[seg]  # any one of the gene's segments
+    weighted = np.bincount(gene, weights=overlap * (log2[seg] - reference[gene]), minlength=n)
+    covered = np.bincount(gene, weights=overlap, minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(covered > 0, weighted / covered, np.nan)
+        return np.where(covered > 0, reference + weighted / covered, np.nan)
 
 
 def segment_copy_number(
@@ -445,6 +455,9 @@ def segment_copy_number(
         )
     names = pd.Index(pd.unique(genes["name"]))
     codes = names.get_indexer(genes["name"])
+    first = genes.groupby(codes).first()  # each gene's first BED line, for its locus
+    ordered = np.argsort(genes["gstart"].to_numpy(), kind="stable")  # sorted queries search faster
+    gene_lines = (genes["gstart"].to_numpy()[ordered], genes["gend"].to_numpy()[ordered], codes[ordered])
     sample_ids = list(owner)
     resolved = resolve_barcodes([str(p) for p in patients], sample_ids, what="segment sample")
     claimed: dict[str, str] = {}
@@ -460,11 +473,14 @@ def segment_copy_number(
             f"sheet (segments: {sample_ids[0]!r}; sheet: {str(patients[0]) if len(patients) else 'empty'!r})"
         )
     kept_samples = [s for s in sample_ids if s in claimed]
-    by_sample = dict(tuple(table.groupby("sample", sort=False)))
+    by_sample = table.groupby("sample", sort=False).indices  # positions: runs of the sorted table
+    starts, ends = table["gstart"].to_numpy(), table["gend"].to_numpy()
+    log2 = table["log2"].to_numpy(dtype=np.float64)
     matrix = np.full((len(kept_samples), len(names)), np.nan)
     for row, sample in enumerate(kept_samples):
         if sample in by_sample:  # a sample whose every segment lies on other contigs has none here
-            matrix[row] = _overlap_means(by_sample[sample], genes, codes, len(names))
+            at = by_sample[sample]
+            matrix[row] = _overlap_means(starts[at], ends[at], log2[at], gene_lines, len(names))
     no_value = np.isnan(matrix).all(axis=0)
     values = call_thresholds(matrix, thresholds) if thresholds else matrix.astype(np.float32)
     with warnings.catch_warnings():
@@ -473,7 +489,6 @@ def segment_copy_number(
     constant = ~no_value & (spread == 0) if len(kept_samples) > 1 else np.zeros(len(names), bool)
     keep = ~no_value & ~constant
     values = values[:, keep]
-    first = genes.groupby(codes).first()
     locus = (first["chrom"] + ":" + (first["start"] + 1).astype(str) + "-" + first["end"].astype(str)).to_numpy()
     lines_per_gene = np.bincount(codes, minlength=len(names))
     missing = np.isnan(values).sum(axis=1)
