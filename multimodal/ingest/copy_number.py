@@ -476,13 +476,13 @@ def segment_copy_number(
     by_sample = table.groupby("sample", sort=False).indices  # positions: runs of the sorted table
     starts, ends = table["gstart"].to_numpy(), table["gend"].to_numpy()
     log2 = table["log2"].to_numpy(dtype=np.float64)
-    matrix = np.full((len(kept_samples), len(names)), np.nan)
+    values = np.full((len(kept_samples), len(names)), np.nan, dtype=np.float32)  # float32: the store's X
     for row, sample in enumerate(kept_samples):
         if sample in by_sample:  # a sample whose every segment lies on other contigs has none here
             at = by_sample[sample]
-            matrix[row] = _overlap_means(starts[at], ends[at], log2[at], gene_lines, len(names))
-    no_value = np.isnan(matrix).all(axis=0)
-    values = call_thresholds(matrix, thresholds) if thresholds else matrix.astype(np.float32)
+            means = _overlap_means(starts[at], ends[at], log2[at], gene_lines, len(names))
+            values[row] = call_thresholds(means, thresholds) if thresholds else means  # called in float64
+    no_value = np.isnan(values).all(axis=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns, counted as no_value
         spread = np.nanmax(values, axis=0) - np.nanmin(values, axis=0)
