@@ -211,12 +211,19 @@ def cmd_ingest_cohort_vcf(args: argparse.Namespace) -> None:
     from multimodal.ingest.samples import read_samples
     from multimodal.ingest.variants import VariantFilters
 
-    filters = VariantFilters.from_settings(
-        filter=args.filter, genes=args.gene_list, transcripts=args.transcripts
-    )
+    filters = VariantFilters.from_settings(filter=args.filter, genes=args.gene_list, transcripts=args.transcripts)
     samples = read_samples(args.samples, data_roots=_data_roots(args))
     if args.vcf is not None:
-        vcf_to_zarr(args.vcf, args.zarr, variants_chunk_size=args.variants_chunk, samples_chunk_size=args.samples_chunk)
+        vcf_to_zarr(
+            args.vcf,
+            args.zarr,
+            variants_chunk_size=args.variants_chunk,
+            samples_chunk_size=args.samples_chunk,
+            workers=args.threads,
+            fields="all"
+            if args.fields == ["all"]
+            else list(dict.fromkeys([args.annotation_field, *(args.fields or ())])),
+        )
     adata = carrier_matrix(
         args.zarr,
         patients=samples.index,
@@ -519,6 +526,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants-chunk", type=_positive_int, default=10_000, help="variants per Zarr chunk")
     p.add_argument("--samples-chunk", type=_positive_int, default=1_000, help="samples per Zarr chunk")
     p.add_argument("--annotation-field", default="CSQ", help="INFO key of VEP/SnpEff annotations (default CSQ)")
+    p.add_argument(
+        "--fields",
+        nargs="+",
+        metavar="KEY",
+        help="INFO String fields kept in the VCF Zarr besides GT, FILTER, position, alleles and the annotation "
+        "(default none); 'all' keeps every INFO/FORMAT field (bio2zarr, many times slower)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="htslib decompression threads; bio2zarr worker processes with --fields all (default 1)",
+    )
     p.add_argument("--scheduler", help="Dask distributed scheduler address (default: local threads)")
     p.add_argument("--filter", nargs="+", metavar="VALUE", help="FILTER values accepted (default PASS)")
     p.add_argument("--gene-list", type=_existing_file, help="gene allow-list, one symbol per line")

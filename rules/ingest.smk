@@ -155,7 +155,7 @@ rule ingest_cohort_vcf:
     shell:
         "multimodal ingest cohort-vcf -q --samples {input.samples:q} --vcf {input.vcf:q} --zarr {output.zarr:q}"
         " --variants-chunk {params.chunks[variants]} --samples-chunk {params.chunks[samples]}"
-        " --annotation-field {params.annotation_field} {params.scheduler} {params.filters}"
+        " --annotation-field {params.annotation_field} {params.scheduler} {params.filters} --threads {threads}"
         " --out {output.h5ad:q} {params.config} > {log:q} 2>&1"
 
 

@@ -150,3 +150,121 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         carrier_matrix(store, patients=pd.Index(["S1"]))
     with pytest.raises(MultimodalError, match=r"nothing\.vcz: not a VCF Zarr store"):
         carrier_matrix(tmp_path / "nothing.vcz", patients=pd.Index(["S1"]))
+
+
+HAPLOID_HEADER = HEADER.replace(
+    "##contig=<ID=chr1,length=1000000>", "##contig=<ID=chr1,length=1000000>\n##contig=<ID=chrX>"
+)
+# chrX in a cohort of three women and two men: diploid and haploid calls in the same records; a tri-allelic
+# record whose ALTs have different consequences, phased calls, a record without the annotation, a record in
+# a later chunk with three ALTs and one with a triploid call (the arrays widen: alleles 4, ploidy 3)
+HAPLOID_RECORDS = [
+    (
+        "100",
+        "G",
+        "A,T",
+        "PASS",
+        "A|missense_variant|MODERATE|AR|G6|E6|YES,T|synonymous_variant|LOW|AR|G6|E6|YES",
+        ["0/1", "0|2", "1|1", "1", "2"],
+    ),
+    (
+        "200",
+        "C",
+        "G",
+        "PASS",
+        "G|stop_gained|HIGH|DMD|G7|E7|YES,G|intron_variant|MODIFIER|DMD|G7|E7b|",
+        ["./.", "0/0", "0/1", ".", "1"],
+    ),
+    ("300", "T", "C", "PASS", None, ["1/1", "1/1", "1/1", "1", "1"]),
+    (
+        "400",
+        "A",
+        "C,G,T",
+        "PASS",
+        "C|synonymous_variant|LOW|MECP2|G8|E8|YES,G|synonymous_variant|LOW|MECP2|G8|E8|YES,"
+        "T|missense_variant&splice_region_variant|MODERATE|MECP2|G8|E8|YES",
+        ["0/3", "1/2", "2/2", "3", "0"],
+    ),
+    ("500", "G", "A", "PASS", "A|frameshift_variant|HIGH|AR|G6|E6|YES", ["0/0/1", "0/0", "0/1", "0", "1"]),
+]
+
+
+def write_x_vcf(path: Path) -> Path:
+    """The chrX cohort through pysam: bgzipped and tabix-indexed."""
+    text = path.with_name("x_text.vcf")
+    lines = [HAPLOID_HEADER]
+    for pos, ref, alt, filt, csq, gts in HAPLOID_RECORDS:
+        info = f"CSQ={csq}" if csq else "."
+        lines.append(f"chrX\t{pos}\t.\t{ref}\t{alt}\t50\t{filt}\t{info}\tGT\t" + "\t".join(gts) + "\n")
+    text.write_text("".join(lines))
+    with pysam.VariantFile(str(text)) as src, pysam.VariantFile(str(path), "wz", header=src.header) as dst:
+        for record in src:
+            dst.write(record)
+    pysam.tabix_index(str(path), preset="vcf", force=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def x_zarr(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cohort_x")
+    vcf = write_x_vcf(root / "x.vcf.gz")
+    return vcf, vcf_to_zarr(vcf, root / "x.vcz", variants_chunk_size=2, samples_chunk_size=3)
+
+
+def test_haploid_multiallelic_counts_are_exact(x_zarr):
+    _, store = x_zarr
+    adata = carrier_matrix(store, patients=pd.Index(["S1", "S2", "S3", "S4", "S5"]))
+    table = pd.DataFrame(adata.X, index=adata.obs_names, columns=adata.var["gene_symbol"])
+    # AR 100: only A (allele 1) alters: S1 0/1, S3 1|1, S4 haploid 1; S2 0|2 and S5 haploid 2 carry the
+    # synonymous T. AR 500: S2 is 0/0 and S4 haploid 0; S1's triploid 0/0/1, S3 0/1 and S5 haploid 1 carry it.
+    # DMD: S3 0/1 and S5 haploid 1 (S1 ./. and S4 . are missing). 300 has no annotation. MECP2: only T (allele 3)
+    # alters: S1 0/3 and S4 haploid 3; S2 1/2 and S3 2/2 carry synonymous ALTs.
+    expected = {
+        "S1": {"AR": 2, "MECP2": 1},
+        "S2": {},
+        "S3": {"AR": 2, "DMD": 1},
+        "S4": {"AR": 1, "MECP2": 1},
+        "S5": {"AR": 1, "DMD": 1},
+    }
+    for patient, genes in expected.items():
+        row = table.loc[patient]
+        assert row[row > 0].to_dict() == {g: float(n) for g, n in genes.items()}, patient
+    exclusions = adata.uns["ingest"]["exclusions"]
+    assert exclusions["records_no_annotation"] == 1
+    assert exclusions["missing_calls_at_counted_records"] == 2  # S1 ./. and S4 . at the DMD record
+    canonical = carrier_matrix(store, patients=pd.Index(["S1", "S3"]), filters=VariantFilters(transcripts="canonical"))
+    s3 = dict(zip(canonical.var["gene_symbol"], canonical.X[1], strict=True))
+    assert {g: n for g, n in s3.items() if n} == {"AR": 2.0, "DMD": 1.0}
+
+
+def test_vcf_zarr_equals_bio2zarr_and_passes_its_verify(x_zarr, tmp_path):
+    """The one-pass writer's arrays hold bio2zarr's values, dimension names and missing/fill codes."""
+    import zarr
+    from bio2zarr.vcz_verification import verify
+
+    diploid = write_cohort_vcf(tmp_path / "diploid.vcf.gz")
+    # bio2zarr's own check of every array against the VCF through cyvcf2 (it assumes one ploidy throughout)
+    verify(str(diploid), str(vcf_to_zarr(diploid, tmp_path / "diploid.vcz", variants_chunk_size=4)))
+    vcf, ours = x_zarr
+    reference = vcf_to_zarr(vcf, tmp_path / "b2z.vcz", variants_chunk_size=2, samples_chunk_size=3, fields="all")
+    a, b = zarr.open_group(str(ours), mode="r"), zarr.open_group(str(reference), mode="r")
+    assert set(a.array_keys()) == set(b.array_keys())
+    assert a["call_genotype"].shape == (5, 5, 3) and a["variant_allele"].shape == (5, 4)
+    for name in a.array_keys():
+        x, y = a[name], b[name]
+        assert x.metadata.dimension_names == y.metadata.dimension_names, name
+        if x.dtype.kind == "f":  # missing / fill floats are NaNs told apart by their bits
+            np.testing.assert_array_equal(x[:].view(np.int32), y[:].view(np.int32), err_msg=name)
+        else:
+            np.testing.assert_array_equal(x[:], y[:], err_msg=name)
+    assert a["call_genotype"][0, 3].tolist() == [1, -2, -2]  # a haploid call: padded with the fill value
+    assert a["variant_CSQ"][2].tolist() == [".", ".", "."]  # no annotation: missing
+    assert a.attrs["vcf_zarr_version"] == "0.5"
+
+
+def test_undeclared_filter_is_a_one_line_error(tmp_path):
+    text = tmp_path / "undeclared.vcf"  # bgzipped as written (pysam refuses to write the record)
+    text.write_text(HEADER + "chr1\t100\t.\tA\tT\t50\tq10\t.\tGT\t" + "\t".join(["0/1"] * 5) + "\n")
+    vcf = Path(pysam.tabix_index(str(text), preset="vcf", force=True))
+    with pytest.raises(MultimodalError, match=r"undeclared\.vcf\.gz: record 1 \(chr1:100\): FILTER 'q10' is not"):
+        vcf_to_zarr(vcf, tmp_path / "u.vcz")
