@@ -101,7 +101,11 @@ def read_chunks(paths: list[str | Path]) -> anndata.AnnData | None:
     for part in parts:
         exclusions.update({k: int(v) for k, v in part.uns.get("ingest", {}).get("exclusions", {}).items()})
         n_in += int(part.uns.get("ingest", {}).get("n_patients_in", part.n_obs))
-    merged = ad.concat(parts, join="outer", fill_value=0, merge="first", uns_merge=None)
+    if len(parts) == 1:  # one file (expression, a cohort table): as concat would give it, without copying its matrices
+        merged = parts[0]
+        merged.uns = {}
+    else:
+        merged = ad.concat(parts, join="outer", fill_value=0, merge="first", uns_merge=None)
     if merged.obs_names.has_duplicates:
         raise MultimodalError(f"patient {merged.obs_names[merged.obs_names.duplicated()][0]} occurs in two chunks")
     merged.var = pd.concat([p.var for p in parts]).groupby(level=0).first().reindex(merged.var_names)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from multimodal.errors import MultimodalError
-from multimodal.ingest.expression import expression_matrix, read_counts_table
+from multimodal.ingest.expression import _table_modality, expression_matrix, read_counts_table, read_expression_inputs
 
 
 def write_counts(path, text):
@@ -182,3 +182,137 @@ def test_rna_sample_may_be_a_unique_barcode_prefix(tmp_path):
     assert adata.uns["ingest"]["exclusions"]["rna_samples_matched_by_barcode_prefix"] == 2
     with pytest.raises(MultimodalError, match=r"'TCGA-05-4249', which matches 2 expression sample columns"):
         read_counts_table(path, sample_columns=["TCGA-05-4249"])
+
+
+# --- a cohort table read in row blocks (read_expression_inputs) equals the whole-frame path -----------------
+
+#: gene_name column, duplicate symbols, version suffixes (two rows one gene, integer and fractional), NA cells,
+#: zero and low-expression genes, HTSeq/STAR summary rows (one negative: tolerated there), a blank line, a count
+#: above float32's exact integers, a column no patient claims.
+BLOCKED_TABLE = (
+    "gene\tgene_name\tS1\tS2\tS3\tS4\tS9\n"
+    "ENSG00000000001.5\tTP53\t100\t200\t0\t7\t1\n"
+    "ENSG00000000002.1\tKRAS\t1.1\t2.2\t0.7\t3.3\t0\n"
+    "ENSG00000000003.2\tTP53\t16777217\t3\t4\t5\t6\n"
+    "__no_feature\t\t9\t9\t9\t-1\t9\n"
+    "ENSG00000000004.1\tEGFR\tNA\t1\t2\t3\t4\n"
+    "ENSG00000000001.7\tTP53\t5\t5\t5\t5\t5\n"
+    "\n"
+    "ENSG00000000005.1\tMYC\t0\t0\t0\t0\t8\n"
+    "ENSG00000000006.3\tLOW\t1\t0\t2\t0\t0\n"
+    "ENSG00000000002.4\tKRAS\t0.3\t0.1\t1e-7\t2.2\t0\n"
+    "ENSG00000000007.1\t\t60\t61\t62\t63\t0\n"
+    "N_unmapped\t\t50\t50\t50\t50\t50\n"
+    "ENSG00000000008.1\tBRCA1\t1\t2\t3\t\t5\n"
+)
+
+
+def assert_same_modality(a, b):
+    """Two expression modalities equal bit for bit: matrices, layers, obs, var and ingest notes."""
+    np.testing.assert_array_equal(a.X, b.X, strict=True)
+    assert a.layers.keys() == b.layers.keys()
+    for key in a.layers:
+        np.testing.assert_array_equal(a.layers[key], b.layers[key], strict=True)
+        assert a.layers[key].flags.c_contiguous and b.layers[key].flags.c_contiguous
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+    pd.testing.assert_frame_equal(a.var, b.var)
+    assert a.uns["ingest"] == b.uns["ingest"]
+
+
+@pytest.mark.parametrize("block_cells", [1, 9, 1 << 22])  # one row per block, two rows, the whole table
+def test_table_read_in_blocks_equals_the_frame_path(tmp_path, block_cells):
+    path = write_counts(tmp_path / "c.tsv", BLOCKED_TABLE)
+    sheet = samples(["S1", "S2", "S3", "S4", ""])
+    frame_path = expression_matrix(
+        read_counts_table(path, sample_columns=["S1", "S2", "S3", "S4"]),
+        sheet,
+        source=str(path),
+        min_count=2,
+        min_samples=2,
+    )
+    blocked = _table_modality(path, sheet, values="counts", min_count=2, min_samples=2, block_cells=block_cells)
+    assert_same_modality(frame_path, blocked)
+    # what the table holds, so that two equally wrong paths cannot pass
+    assert list(blocked.var_names) == ["ENSG00000000001", "ENSG00000000002", "ENSG00000000003", "ENSG00000000007"]
+    assert list(blocked.var["gene_symbol"]) == ["TP53", "KRAS", "TP53", "ENSG00000000007"]
+    counts = blocked.layers["counts"]
+    np.testing.assert_array_equal(counts[:, 0], [105, 205, 5, 12])
+    np.testing.assert_array_equal(counts[:, 1], np.float32([1.1 + 0.3, 2.2 + 0.1, 0.7 + 1e-7, 3.3 + 2.2]))
+    assert counts[0, 2] == np.float32(16777217)  # rounded once, from the float64 value
+    assert blocked.uns["ingest"]["exclusions"] == {
+        "patients_without_rna": 1,
+        "rna_samples_not_in_samples_sheet": 1,
+        "genes_zero_in_all_samples": 1,
+        "genes_with_missing_values": 2,
+        "duplicate_gene_rows_summed": 2,
+        "genes_below_min_expression": 1,
+        "summary_rows_removed": 2,
+        "rna_samples_matched_by_barcode_prefix": 0,
+    }
+    assert blocked.uns["ingest"]["params"]["integer_counts"] is False
+    via_inputs = read_expression_inputs(sheet, counts=path, min_count=2, min_samples=2)
+    np.testing.assert_array_equal(via_inputs.X, blocked.X, strict=True)
+    assert via_inputs.uns["ingest"]["params"]["input"] == str(path)
+
+
+def test_log_scale_table_in_blocks_equals_the_frame_path(tmp_path):
+    path = write_counts(
+        tmp_path / "log.tsv",
+        "gene\tS1\tS2\tS3\nA.1\t1.5\t2.25\t-0.5\nB\t3\t3\t3\nA.1\t0.1\t0\t7.7\nC|42\t0\t9.125\t1\n",
+    )
+    sheet = samples(["S1", "S2", "S3"])
+    expected = expression_matrix(read_counts_table(path, nonnegative=False), sheet, source=str(path), values="log")
+    blocked = _table_modality(path, sheet, values="log", block_cells=3)
+    assert_same_modality(expected, blocked)
+    assert list(blocked.var_names) == ["A.1", "C|42"]  # B is constant: left out
+    assert "counts" not in blocked.layers
+    np.testing.assert_array_equal(blocked.X[:, 0], np.float32([1.6, 2.25, 7.2]))
+
+
+def test_bad_cells_in_a_later_block_are_named_as_the_frame_path_names_them(tmp_path):
+    rows = "".join(f"G{g}\t{g}\t{g + 1}\n" for g in range(20))
+    for bad, pattern in (("many", "value 'many' is not a number"), ("inf", "is not finite"), ("-3", "negative")):
+        path = write_counts(tmp_path / "bad.tsv", "gene\tS1\tS2\n" + rows + f"X\t1\t{bad}\n")
+        with pytest.raises(MultimodalError) as frame_error:
+            read_counts_table(path)
+        with pytest.raises(MultimodalError, match=rf"bad\.tsv: line 22: gene 'X', sample 'S2': .*{pattern}") as err:
+            _table_modality(path, samples(["S1", "S2"]), values="counts", block_cells=4)
+        assert str(err.value) == str(frame_error.value)
+
+
+def test_whole_number_duplicates_are_summed_from_the_float32_blocks(tmp_path):
+    path = write_counts(
+        tmp_path / "c.tsv",
+        "gene\tS1\tS2\nENSG00000000001.1\t3\t16777216\nB\t1\t1\nENSG00000000001.2\t4\t1\nENSG00000000001.3\t0\t1\n",
+    )
+    sheet = samples(["S1", "S2"])
+    expected = expression_matrix(read_counts_table(path), sheet, source=str(path))
+    blocked = _table_modality(path, sheet, values="counts", block_cells=2)
+    assert_same_modality(expected, blocked)
+    np.testing.assert_array_equal(blocked.layers["counts"], np.float32([[7, 1], [16777218, 1]]))
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_library_sizes_beyond_float32_sum_as_scanpy_sums_the_frame_paths_matrix(tmp_path, duplicates):
+    import anndata as ad
+    import scanpy as sc
+
+    rng = np.random.default_rng(7)
+    ids = [f"ENSG{g:011d}.1" for g in range(60)]
+    if duplicates:
+        ids[10] = "ENSG00000000003.2"  # summed into the fourth gene: pandas then gives a Fortran-ordered matrix
+    table = pd.DataFrame(rng.integers(1, 3_000_000, (60, 12)) * 1.25, index=ids, columns=[f"S{i}" for i in range(12)])
+    path = tmp_path / "big.tsv"
+    table.to_csv(path, sep="\t", index_label="gene")
+    sheet = samples(list(table.columns))
+    expected = expression_matrix(read_counts_table(path), sheet, source=str(path))
+    blocked = _table_modality(path, sheet, values="counts", block_cells=30)
+    assert_same_modality(expected, blocked)
+    counts = blocked.layers["counts"]
+    layout = np.asfortranarray(counts) if duplicates else counts.copy()
+    assert (np.asfortranarray(counts).sum(axis=1) != counts.sum(axis=1)).any()  # the order shows in float32
+    np.testing.assert_array_equal(blocked.obs["library_size"], layout.sum(axis=1).astype(np.float64))
+    reference = ad.AnnData(layout)
+    sc.pp.normalize_total(reference, target_sum=1e6)
+    sc.pp.log1p(reference)
+    np.testing.assert_array_equal(blocked.X, reference.X)

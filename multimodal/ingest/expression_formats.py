@@ -46,7 +46,7 @@ def strip_version(ids: pd.Index) -> pd.Index:
 def sum_duplicate_ids(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows (genes) that share an ID after :func:`strip_version` summed; the count in ``attrs``."""
     attrs = dict(frame.attrs)
-    frame = frame.copy()
+    frame = frame.copy(deep=False)  # new IDs on the same values; summing duplicates makes the only copy
     frame.index = strip_version(frame.index)
     duplicated = int(frame.index.duplicated().sum())
     if duplicated:
@@ -137,6 +137,12 @@ def read_h5ad_expression(
     or per sample and ``cell_type_key`` with features ``<cell type>:<gene>``. Counts come from
     ``layers['counts']`` when present, else ``X``; they must be finite and non-negative.
     """
+    frame = _h5ad_frame(path, sample_key=sample_key, cell_type_key=cell_type_key)  # the file's AnnData freed on return
+    return sum_duplicate_ids(frame)
+
+
+def _h5ad_frame(path: str | Path, *, sample_key: str, cell_type_key: str | None) -> pd.DataFrame:
+    """:func:`read_h5ad_expression` before duplicate IDs are summed."""
     import anndata as ad
     import scanpy as sc
 
@@ -202,9 +208,9 @@ def read_h5ad_expression(
         )
     if symbols is not None and "gene_symbols" not in attrs:
         attrs["gene_symbols"] = dict(zip(frame.index, symbols.to_numpy(), strict=False))
-    frame = frame.astype(np.float64)
+    frame = frame.astype(np.float64, copy=False)  # float64 already (built so above): no second copy
     frame.attrs.update(attrs)
-    return sum_duplicate_ids(frame)
+    return frame
 
 
 def read_10x_h5_profile(path: str | Path) -> tuple[pd.Series, dict[str, str], int]:
