@@ -22,6 +22,102 @@ from multimodal.model.losses import cox_partial_likelihood, discrete_time_nll, l
 from multimodal.model.tasks import make_head, task_loss
 
 
+class _DropoutLinear(torch.autograd.Function):
+    """``linear(dropout(x, p), weight, bias)`` for a 2-D float CPU input, computed in blocks of rows.
+
+    ``nn.Dropout`` on CPU draws one Bernoulli variable per entry (slow: ~15x the cost of the product that
+    follows on a 3,000 x 4,000 input) and writes the masked, rescaled input as a new tensor the size of
+    the input (page faults on every step). Here the mask comes from random bytes of the default generator
+    (8 bits per entry, or 16 where ``p`` is not a multiple of 1/256: entry kept iff its bits are >= the
+    threshold); the masked input exists only one block of rows at a time, in cache, right before its
+    product, and the survivors' ``1/(1 - p)`` scaling is applied to the product (patients x hidden) rather
+    than to the input. The random bits (1 or 2 bytes per entry) are kept for the backward pass, which
+    rebuilds each masked block for its product (redrawing them there from the saved generator state
+    instead measured slower: drawing costs more than holding them). No library fuses a dropout mask into
+    a matrix product on CPU, hence this hand-written function.
+
+    Same distribution as ``nn.Dropout``: each entry is zeroed independently with probability ``p_used`` =
+    ``p`` rounded to a multiple of 2^-8 or 2^-16 (:func:`dropout_threshold`), survivors scaled by
+    ``1 / (1 - p_used)``, so the expectation is ``linear(x)`` exactly.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, p: float) -> torch.Tensor:
+        bits, threshold, p_used = dropout_threshold(p)
+        n, d = x.shape
+        per_word = 64 // bits  # one int64 draw gives 8 (or 4) entries' bits
+        raw = torch.empty((n * d + per_word - 1) // per_word, dtype=torch.int64).random_(-(2**63), None)
+        draws = raw.view(torch.uint8 if bits == 8 else torch.int16)[: n * d].view(n, d)
+        out = torch.empty(n, weight.shape[0], dtype=x.dtype)
+        for rows, masked in _masked_blocks(x, draws, threshold):
+            torch.mm(masked, weight.t(), out=out[rows])
+        out.mul_(1.0 / (1.0 - p_used))
+        if bias is not None:
+            out.add_(bias)
+        ctx.save_for_backward(x, weight, draws)
+        ctx.threshold, ctx.scale, ctx.has_bias = threshold, 1.0 / (1.0 - p_used), bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, draws = ctx.saved_tensors
+        grad_scaled = grad * ctx.scale
+        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        if grad_weight is not None:
+            for rows, masked in _masked_blocks(x, draws, ctx.threshold):
+                # out= rather than addmm_: the same kernel, and FLOP counters (FlopCounterMode) see it
+                torch.addmm(grad_weight, grad_scaled[rows].t(), masked, out=grad_weight)
+        if grad_x is not None:  # only when the input needs a gradient (not in training): d(keep * x)/dx = keep
+            for rows, keep in _masked_blocks(x, draws, ctx.threshold, keep_only=True):
+                torch.mul(grad_scaled[rows] @ weight, keep, out=grad_x[rows])
+        grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias, None
+
+
+def _masked_blocks(x: torch.Tensor, draws: torch.Tensor, threshold: int, *, keep_only: bool = False):
+    """Yield ``(rows, x[rows] with the entries whose draw is below threshold zeroed, unscaled)`` block by
+    block of rows (or with ``keep_only`` the 0/1 mask itself). Blocks of ~256k entries (1 MiB of float32),
+    so mask and masked block stay in cache; every block lives in one reused scratch buffer: use each
+    before asking for the next."""
+    n, d = x.shape
+    block = max(8, min(n, (1 << 18) // max(d, 1)))
+    scratch = torch.empty(block, d, dtype=x.dtype)
+    for start in range(0, n, block):
+        rows = slice(start, min(start + block, n))
+        # a float 0/1 mask and a float product: a product with a bool mask runs ~7x slower on CPU
+        keep = torch.ge(draws[rows], threshold, out=scratch[: rows.stop - start])
+        yield rows, keep if keep_only else torch.mul(x[rows], keep, out=keep)
+
+
+def dropout_threshold(p: float) -> tuple[int, int, float]:
+    """``(bits, threshold, p_used)`` of :class:`_DropoutLinear`: an entry is kept iff its ``bits``-bit draw
+    (uint8, or int16 from -2^15) is ``>= threshold``; ``p_used`` is the drop probability that gives."""
+    if float(p * 256).is_integer():
+        return 8, int(p * 256), p
+    k = round(p * 65536)
+    return 16, k - 32768, k / 65536
+
+
+def dropout_linear(x: torch.Tensor, dropout: nn.Dropout, linear: nn.Linear) -> torch.Tensor:
+    """``linear(dropout(x))``: by :class:`_DropoutLinear` where it applies (training, CPU, 2-D float32/64,
+    no autocast, 0 < p_used < 1), else the two modules as they are."""
+    p = dropout.p
+    fast = (
+        dropout.training
+        and 0 < p < 1
+        and x.device.type == "cpu"
+        and x.dim() == 2
+        and x.dtype in (torch.float32, torch.float64)
+        and linear.weight.dtype == x.dtype
+        and not torch.is_autocast_enabled("cpu")
+        and 0 < dropout_threshold(p)[2] < 1
+    )
+    if not fast:
+        return linear(dropout(x))
+    return _DropoutLinear.apply(x.contiguous(), linear.weight, linear.bias, p)
+
+
 class ModalityEncoder(nn.Module):
     """Input dropout, one linear layer and a nonlinearity: small on purpose for cohorts of hundreds."""
 
@@ -38,7 +134,8 @@ class ModalityEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.n_features == 0:  # a modality with no usable feature in this fold contributes nothing
             x = torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)
-        return self.net(x)
+        input_dropout, linear, activation, dropout = self.net
+        return dropout(activation(dropout_linear(x, input_dropout, linear)))
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -158,7 +255,7 @@ class EarlyFusion(nn.Module):
             x = torch.cat([x * present[:, j : j + 1] for j, x in enumerate(inputs)], dim=1)
         else:
             x = torch.zeros(mask.shape[0], 1, dtype=present.dtype, device=mask.device)
-        return self.out(self.projection(self.input_dropout(x)) + (1 - present) @ self.missing)
+        return self.out(dropout_linear(x, self.input_dropout, self.projection) + (1 - present) @ self.missing)
 
 
 class LateFusion(nn.Module):
@@ -402,9 +499,7 @@ class FusionNet(nn.Module):
         if self.fusion.gives_outputs:
             risk, logit = fused[:, 0], fused[:, 1]
             representation = (
-                MaskedMeanFusion()(embeddings, mask)
-                if treatment is not None or self.needs_representation
-                else None
+                MaskedMeanFusion()(embeddings, mask) if treatment is not None or self.needs_representation else None
             )
         else:
             fused = self.trunk(fused)
