@@ -106,17 +106,17 @@ def _check_info(info: pa.Array, header, key: str) -> tuple[np.ndarray, pa.Array]
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    meta = header.info[key]
+    lists = pc.split_pattern(info, ";")
+    n_items = pc.list_value_length(lists).to_numpy()
     if (
         len(info)
-        and meta.type == "String"
+        and header.info[key].type == "String"
+        and bool((n_items == 1).all())
         and _all(pc.starts_with(info, f"{key}="))
-        and not pc.any(pc.match_substring(info, ";")).as_py()
     ):  # every INFO holds the annotation key alone (a VEP-only INFO): its values without splitting items
         values = pc.utf8_slice_codeunits(info, len(key) + 1)
         _require(_all(pc.greater(pc.binary_length(values), 0)), f"INFO/{key} with an empty value")
         return np.arange(len(info)), values
-    lists = pc.split_pattern(info, ";")
     parent = pc.list_parent_indices(lists).to_numpy()
     pairs = pc.split_pattern(pc.list_flatten(lists), "=", max_splits=1)
     has_value = pc.list_value_length(pairs).to_numpy() == 2
