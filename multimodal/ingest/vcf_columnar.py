@@ -162,14 +162,15 @@ def _split_lists(values: pa.Array, sep: str) -> tuple[np.ndarray, pa.Array]:
 
 
 def _numbers(values: pa.Array, dtype: str) -> np.ndarray:
-    """Values as float64 with NaN for '.' or '' (``float32`` rounds as htslib stores FORMAT Float)."""
+    """Values as float64 with NaN for '.' or ''; a Float parsed as a double, then stored as float32, as htslib does."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     missing = pc.or_(pc.equal(values, "."), pc.equal(values, ""))
-    target = pa.int64() if dtype == "int" else pa.float32()
+    target = pa.int64() if dtype == "int" else pa.float64()
     cast = pc.cast(pc.if_else(missing, pa.scalar(None, pa.string()), values), target)
-    return cast.to_numpy(zero_copy_only=False).astype(np.float64)
+    numbers = cast.to_numpy(zero_copy_only=False)
+    return numbers.astype(np.float64) if dtype == "int" else numbers.astype(np.float32).astype(np.float64)
 
 
 #: One FORMAT value as htslib parses it, by declared type (a String or Character value holds no ':').
