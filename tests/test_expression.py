@@ -270,14 +270,24 @@ def test_log_scale_table_in_blocks_equals_the_frame_path(tmp_path):
 
 
 def test_bad_cells_in_a_later_block_are_named_as_the_frame_path_names_them(tmp_path):
-    rows = "".join(f"G{g}\t{g}\t{g + 1}\n" for g in range(20))
+    rows = "".join(f"G{g}\t{g}\t{g + 1}\n" for g in range(20)) + "\n"  # a blank line: line numbers still count it
     for bad, pattern in (("many", "value 'many' is not a number"), ("inf", "is not finite"), ("-3", "negative")):
         path = write_counts(tmp_path / "bad.tsv", "gene\tS1\tS2\n" + rows + f"X\t1\t{bad}\n")
         with pytest.raises(MultimodalError) as frame_error:
             read_counts_table(path)
-        with pytest.raises(MultimodalError, match=rf"bad\.tsv: line 22: gene 'X', sample 'S2': .*{pattern}") as err:
+        with pytest.raises(MultimodalError, match=rf"bad\.tsv: line 23: gene 'X', sample 'S2': .*{pattern}") as err:
             _table_modality(path, samples(["S1", "S2"]), values="counts", block_cells=4)
         assert str(err.value) == str(frame_error.value)
+    many = "".join(f"B{g}\t-{g + 1}\t{'x' if g == 5 else 0}\n" for g in range(12))  # 12 negatives in 6 blocks, a text
+    path = write_counts(tmp_path / "many.tsv", "gene\tS1\tS2\n" + rows + many)
+    with pytest.raises(MultimodalError) as frame_error:
+        read_counts_table(path)
+    with pytest.raises(
+        MultimodalError, match=r"line 28: gene 'B5', sample 'S2': value 'x' is not a number; 12 cells"
+    ) as err:
+        _table_modality(path, samples(["S1", "S2"]), values="counts", block_cells=4)
+    assert str(err.value) == str(frame_error.value)
+    assert "line 23 (gene 'B0', sample 'S1': '-1')" in str(err.value) and "and 2 more" in str(err.value)
 
 
 def test_whole_number_duplicates_are_summed_from_the_float32_blocks(tmp_path):

@@ -8,7 +8,7 @@ and gene selection that do are fitted inside each training fold by the model.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -124,39 +124,79 @@ def _reread_and_raise_for_bad_cells(
     *,
     nonnegative: bool = True,
     skip_summary_rows: bool = False,
+    chunksize: int | None = None,
 ) -> None:
-    """Re-read the table as text (only on the error path) and raise naming the bad cells by file line."""
-    raw = _read(path, sep, names, columns, n_comments, str)
-    raw.index = raw.index.astype(str).str.strip()
-    line_of = np.arange(len(raw)) + 2 + n_comments  # file line of each row
-    rows = ~_is_summary_row(raw.index) if skip_summary_rows else np.ones(len(raw), dtype=bool)
-    _raise_for_bad_cells(path, raw[rows], line_of[rows], nonnegative=nonnegative)
+    """Re-read the table as text (only on the error path) and raise naming the bad cells by file line.
+
+    With ``chunksize``, in blocks of that many rows (a cohort table too big to hold as text at once).
+    """
+
+    def parts() -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+        if chunksize is None:
+            frames, line_of = [_read(path, sep, names, columns, n_comments, str)], None
+        else:  # the chunked reader skips blank lines: each row's file line from one pass over the raw lines
+            frames, line_of = (
+                _read(path, sep, names, columns, n_comments, str, chunksize=chunksize),
+                _data_lines(path, n_comments),
+            )
+        seen = 0
+        for raw in frames:
+            raw.index = raw.index.astype(str).str.strip()
+            lines = np.arange(seen, seen + len(raw)) + 2 + n_comments if line_of is None else line_of[seen:][: len(raw)]
+            seen += len(raw)
+            rows = ~_is_summary_row(raw.index) if skip_summary_rows else np.ones(len(raw), dtype=bool)
+            yield raw[rows], lines[rows]
+
+    _raise_for_bad_cells(path, parts(), nonnegative=nonnegative)
 
 
-def _raise_for_bad_cells(path: Path, raw: pd.DataFrame, line_of: np.ndarray, *, nonnegative: bool = True) -> None:
-    """Raise naming every kind of bad cell (text, infinite, negative): one in full, else the first ten and the count."""
-    missing = raw.isin(MISSING_VALUES).to_numpy()
-    values = raw.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    negative = values < 0 if nonnegative else np.zeros(values.shape, dtype=bool)
+def _data_lines(path: Path, n_comments: int) -> np.ndarray:
+    """File line (1-based) of each non-empty line after the header."""
+    import gzip
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        return np.array(
+            [n for n, line in enumerate(handle, start=1) if n > n_comments + 1 and line.rstrip(b"\r\n")],
+            dtype=np.int64,
+        )
+
+
+def _raise_for_bad_cells(
+    path: Path, parts: Iterable[tuple[pd.DataFrame, np.ndarray]], *, nonnegative: bool = True
+) -> None:
+    """Raise naming every kind of bad cell (text, infinite, negative): one in full, else the first ten and the count.
+
+    ``parts``: the table as text in blocks of rows, each with the file line of its rows.
+    """
     log_hint = " (a log-scale table? set ingest.expression_values: log, CLI --values log)"
-    kinds = (  # cells, one cell's problem (given the cell as written), several cells' problem, hint
-        (np.isnan(values) & ~missing, lambda cell: f"value {cell!r} is not a number", "cells are not numbers", ""),
-        (np.isinf(values), lambda cell: f"value {cell!r} is not finite", "cells are not finite", ""),
-        (negative, lambda cell: f"negative count {cell.strip()}", "cells hold negative counts", log_hint),
+    kinds = (  # one cell's problem (given the cell as written), several cells' problem, hint
+        (lambda cell: f"value {cell!r} is not a number", "cells are not numbers", ""),
+        (lambda cell: f"value {cell!r} is not finite", "cells are not finite", ""),
+        (lambda cell: f"negative count {cell.strip()}", "cells hold negative counts", log_hint),
     )
+    totals = [0, 0, 0]
+    found: list[list[tuple[int, str, str, str]]] = [[], [], []]  # (line, gene, sample, cell) of the first ten
+    for raw, line_of in parts:
+        missing = raw.isin(MISSING_VALUES).to_numpy()
+        values = raw.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        negative = values < 0 if nonnegative else np.zeros(values.shape, dtype=bool)
+        for k, bad in enumerate((np.isnan(values) & ~missing, np.isinf(values), negative)):
+            cells = np.argwhere(bad)
+            totals[k] += len(cells)
+            for r, c in cells[: MAX_LINES_NAMED - len(found[k])]:
+                found[k].append((int(line_of[r]), raw.index[r], raw.columns[c], raw.iat[r, c]))
     fragments = []
-    for bad, one, many, hint in kinds:
-        cells = np.argwhere(bad)
-        if len(cells) == 1:
-            r, c = cells[0]
-            where = f"line {line_of[r]}: gene {raw.index[r]!r}, sample {raw.columns[c]!r}"
-            fragments.append(f"{where}: {one(raw.iat[r, c])}{hint}")
-        elif len(cells):
+    for (one, many, hint), total, cells in zip(kinds, totals, found, strict=True):
+        if total == 1:
+            line, gene, sample, cell = cells[0]
+            fragments.append(f"line {line}: gene {gene!r}, sample {sample!r}: {one(cell)}{hint}")
+        elif total:
             entries = [
-                f"line {line_of[r]} (gene {raw.index[r]!r}, sample {raw.columns[c]!r}: {raw.iat[r, c].strip()!r})"
-                for r, c in cells[:MAX_LINES_NAMED]
+                f"line {line} (gene {gene!r}, sample {sample!r}: {cell.strip()!r})"
+                for line, gene, sample, cell in cells
             ]
-            fragments.append(f"{len(cells)} {many}: {listing(entries, total=len(cells))}{hint}")
+            fragments.append(f"{total} {many}: {listing(entries, total=total)}{hint}")
     if fragments:
         raise MultimodalError(f"{path}: {'; '.join(fragments)}")
 
@@ -588,12 +628,13 @@ def _table_modality(
     take = pd.Index(plan.columns).get_indexer(list(claimed))  # each patient's column among those parsed
     sep, names, n_comments, columns = plan.sep, plan.names, plan.n_comments, plan.columns
 
+    chunksize = max(1, block_cells // len(columns))
+
     def bad_cells(**kwargs) -> None:
-        _reread_and_raise_for_bad_cells(path, sep, names, columns, n_comments, **kwargs)
+        _reread_and_raise_for_bad_cells(path, sep, names, columns, n_comments, chunksize=chunksize, **kwargs)
 
     def parsed_blocks() -> Iterator[tuple[pd.Index, np.ndarray, pd.Series | None]]:
         """Gene IDs (stripped), float64 values (rows x parsed columns) and symbols of each block of rows."""
-        chunksize = max(1, block_cells // len(columns))
         with _read(
             path, sep, names, columns, n_comments, np.float64, plan.symbol_column, chunksize=chunksize
         ) as reader:
