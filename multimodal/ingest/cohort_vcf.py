@@ -1,19 +1,21 @@
-"""A multi-sample cohort VCF/BCF as VCF Zarr (bio2zarr), and its per-gene carrier matrix by array operations.
+"""A multi-sample cohort VCF/BCF as VCF Zarr, and its per-gene carrier matrix by array operations.
 
-``vcf_to_zarr`` converts the cohort's VCF/BCF with ``bio2zarr.vcf.convert`` into the VCF Zarr layout
-(``call_genotype`` variants x samples x ploidy, ``variant_allele``, ``variant_filter``, ``variant_CSQ``
-...), Zarr format 3, chunked along variants and samples, written atomically.
+``vcf_to_zarr`` writes the VCF Zarr layout (VCF Zarr 0.5 as bio2zarr writes it: ``call_genotype`` variants x
+samples x ploidy, ``variant_allele``, ``variant_filter``, ``variant_CSQ`` ...), Zarr format 3, chunked along
+variants and samples, atomically. By default only the fields the matrix needs are kept, read in one pass by
+cyvcf2 (htslib) a chunk of variants at a time, the previous chunk compressed and written by a second thread
+(:func:`_write_vcf_zarr`); ``fields="all"`` keeps every field through ``bio2zarr.vcf.convert``.
 
-``carrier_matrix`` reads it back in chunks with ``dask.array.from_zarr``: only the consequence annotation
-(one string per variant and entry, no sample dimension) is parsed in Python, into a table of (record,
-gene) pairs with the ALT alleles that alter the protein in that gene (the VEP HIGH/MODERATE terms and
-SnpEff's equivalents of :mod:`multimodal.ingest.variants`, the same FILTER set, gene allow-list and
-transcript rule). The genotypes are then looked up against that table per chunk of variants
-(``lookup[pair, allele]`` indexed by each call), so a sample counts once per record and gene it
-carries a protein-altering ALT allele of (``0/1``, ``1/1``, ``1/2`` all count once; a missing call
-``./.`` does not, and is counted). Chunks are computed a batch at a time on the Dask scheduler in use
-(threads by default; a ``distributed`` cluster when ``scheduler`` names its address), so memory is
-bounded by the chunk size, not the cohort size.
+``carrier_matrix`` reads it back: the consequence annotation (one string per variant and entry, no sample
+dimension) is parsed for the whole cohort at once with pyarrow string kernels into (record, gene) pairs with
+the ALT alleles that alter the protein in that gene (the VEP HIGH/MODERATE terms and SnpEff's equivalents of
+:mod:`multimodal.ingest.variants`, the same FILTER set, gene allow-list and transcript rule). The genotypes are
+then reduced one (variants, samples) chunk at a time (``dask.array.from_zarr`` blocks): a sample counts once
+per record and gene it carries a protein-altering ALT allele of (``0/1``, ``1/1``, ``1/2``, a haploid ``1``
+all count once; a missing call ``./.`` does not, and is counted), summed per gene by a sparse (genes x pairs)
+product. Chunks are computed a batch at a time on the Dask scheduler in use (threads by default; a
+``distributed`` cluster when ``scheduler`` names its address), so memory is bounded by the chunk size, not the
+cohort size.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def vcf_to_zarr(
     ``fields``: the INFO keys kept beside the fixed fields and GT (default the consequence annotation):
     written in one pass by :func:`_write_vcf_zarr`. ``"all"`` keeps every INFO and FORMAT field through
     ``bio2zarr.vcf.convert`` (``workers`` processes), many times slower (see benchmarks/README.md).
+    ``workers`` is otherwise htslib's BGZF decompression threads (at least 1).
     """
     from multimodal.fileio import atomic_path
     from multimodal.ingest.variants import check_variant_file_complete
@@ -212,7 +215,8 @@ def _write_vcf_zarr(
     )
     string = np.dtypes.StringDType()
     plain = {"compressor": DEFAULT_COMPRESSOR_CONFIG}
-    # the annotation strings (hundreds of bytes a record) at zstd level 3, not 7: 5x less CPU, measured
+    # the annotation strings (hundreds of bytes a record) at zstd level 3, not bio2zarr's 7: measured on 5,000
+    # records of the benchmark's CSQ, 7x less CPU (0.012 against 0.088 s), 8.0 % of the size against 6.6 %
     annotation = {**DEFAULT_COMPRESSOR_CONFIG, "clevel": 3}
 
     def constant(name: str, values: list, dtype, dim: str, chunks=None) -> None:
@@ -268,10 +272,11 @@ def _write_vcf_zarr(
             f"variant_{key}", string, ("variants", f"INFO_{key}_dim"), (1,), "", compressor=annotation
         )
         columns[f"variant_{key}"].array.attrs["description"] = info[key].get("Description", "").strip('"')
-    # the per-call arrays at zstd level 3, not bio2zarr's 7: measured on 5,000 x 1,000 diploid calls, 6x less CPU
-    # to compress (0.05 against 0.27 s), 12 % larger, the same decoding speed; the codec is recorded per array
-    genotypes = {"compressor": {**DEFAULT_COMPRESSOR_GENOTYPES_CONFIG, "clevel": 3}}
-    calls_boolean = {"compressor": {**DEFAULT_COMPRESSOR_BOOL_CONFIG, "clevel": 3}}
+    # the per-call arrays at zstd level 1, not bio2zarr's 7: measured on 5,000 x 1,000 diploid calls, 12x less
+    # CPU to compress (0.022 against 0.27 s), 6.2 % of the size against 5.5 %, the same decoding speed; the
+    # codec is recorded in each array's metadata, so any Zarr reader decodes it
+    genotypes = {"compressor": {**DEFAULT_COMPRESSOR_GENOTYPES_CONFIG, "clevel": 1}}
+    calls_boolean = {"compressor": {**DEFAULT_COMPRESSOR_BOOL_CONFIG, "clevel": 1}}
     gt_dims = ("variants", "samples", "ploidy")
     columns["call_genotype"] = column("call_genotype", np.int8, gt_dims, (n_samples, 2), -2, **genotypes)
     columns["call_genotype_mask"] = column("call_genotype_mask", bool, gt_dims, (n_samples, 2), True, **calls_boolean)
