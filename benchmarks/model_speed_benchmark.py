@@ -104,30 +104,25 @@ def record_products(step: Callable[[], object]) -> list[tuple[tuple[int, ...], t
 
 
 def same_shape_matmul_flops_per_s(products: list, repeats: int = 5, device: str = "cpu") -> float:
-    """FLOP/s of ``torch.matmul`` alone on the step's own products (same operand shapes, strides, dtype, in the
-    same order; 2 m k n per product, batch dimensions multiplied in): the BLAS's speed on what the step
-    multiplies, without anything else the step does. Median of ``repeats`` passes over all products."""
-    operands = []
-    flops = 0
+    """FLOP/s of ``torch.matmul`` alone on the step's own products (same operand shapes, strides and dtype;
+    2 m k n per product, batch dimensions multiplied in): the BLAS's speed on what the step multiplies,
+    without anything else the step does. Each product is timed ``repeats`` times after a warm-up; the sum
+    of the per-product medians is the time (robust to one stalled product on a loaded machine)."""
+    flops, seconds = 0, 0.0
     for a_shape, a_stride, b_shape, b_stride, dtype in products:
         a = torch.empty_strided(a_shape, a_stride, dtype=dtype, device=device).normal_()
         b = torch.empty_strided(b_shape, b_stride, dtype=dtype, device=device).normal_()
-        operands.append((a, b))
         flops += 2 * a.numel() * b_shape[-1]
-
-    def run() -> None:
-        for a, b in operands:
+        torch.matmul(a, b)
+        times = []
+        for _ in range(repeats):
+            _sync(device)
+            start = CLOCK()
             torch.matmul(a, b)
-
-    run()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = CLOCK()
-        run()
-        _sync(device)
-        times.append(CLOCK() - start)
-    return flops / statistics.median(times)
+            _sync(device)
+            times.append(CLOCK() - start)
+        seconds += statistics.median(times)
+    return flops / seconds
 
 
 def hand_step(model, optimiser, batch) -> torch.Tensor:
