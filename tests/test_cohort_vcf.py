@@ -153,7 +153,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
 
 
 HAPLOID_HEADER = HEADER.replace(
-    "##contig=<ID=chr1,length=1000000>", "##contig=<ID=chr1,length=1000000>\n##contig=<ID=chrX>"
+    "##contig=<ID=chr1,length=1000000>",
+    '##contig=<ID=chr1,length=1000000>\n##contig=<ID=chrX>\n##INFO=<ID=SRC,Number=1,Type=String,Description="Caller">',
 )
 # chrX in a cohort of three women and two men: diploid and haploid calls in the same records; a tri-allelic
 # record whose ALTs have different consequences, phased calls, a record without the annotation, a record in
@@ -194,7 +195,7 @@ def write_x_vcf(path: Path) -> Path:
     text = path.with_name("x_text.vcf")
     lines = [HAPLOID_HEADER]
     for pos, ref, alt, filt, csq, gts in HAPLOID_RECORDS:
-        info = f"CSQ={csq}" if csq else "."
+        info = ";".join([f"CSQ={csq}"] * bool(csq) + [f"SRC=caller{pos}"] * (pos != "200")) or "."
         lines.append(f"chrX\t{pos}\t.\t{ref}\t{alt}\t50\t{filt}\t{info}\tGT\t" + "\t".join(gts) + "\n")
     text.write_text("".join(lines))
     with pysam.VariantFile(str(text)) as src, pysam.VariantFile(str(path), "wz", header=src.header) as dst:
@@ -208,7 +209,7 @@ def write_x_vcf(path: Path) -> Path:
 def x_zarr(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("cohort_x")
     vcf = write_x_vcf(root / "x.vcf.gz")
-    return vcf, vcf_to_zarr(vcf, root / "x.vcz", variants_chunk_size=2, samples_chunk_size=3)
+    return vcf, vcf_to_zarr(vcf, root / "x.vcz", variants_chunk_size=2, samples_chunk_size=3, fields=("CSQ", "SRC"))
 
 
 def test_haploid_multiallelic_counts_are_exact(x_zarr):
@@ -259,6 +260,7 @@ def test_vcf_zarr_equals_bio2zarr_and_passes_its_verify(x_zarr, tmp_path):
             np.testing.assert_array_equal(x[:], y[:], err_msg=name)
     assert a["call_genotype"][0, 3].tolist() == [1, -2, -2]  # a haploid call: padded with the fill value
     assert a["variant_CSQ"][2].tolist() == [".", ".", "."]  # no annotation: missing
+    assert a["variant_SRC"][:].tolist() == ["caller100", ".", "caller300", "caller400", "caller500"]  # Number=1: 1-D
     assert a.attrs["vcf_zarr_version"] == "0.5"
 
 
