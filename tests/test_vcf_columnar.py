@@ -250,6 +250,18 @@ def test_a_file_the_columnar_reader_does_not_check_is_read_by_pysam(tmp_path):
     assert both(empty).n_records == 0
 
 
+def test_a_vcf_over_the_size_limit_streams_through_pysam(tmp_path, monkeypatch):
+    from multimodal.ingest import vcf_columnar
+
+    path = write_tn_vcf(tmp_path / "tn.vcf.gz")
+    both(path, tumour_sample="TUMOR")
+    monkeypatch.setattr(vcf_columnar, "MAX_TEXT_BYTES", path.stat().st_size * 8 - 1)
+    both(path, tumour_sample="TUMOR", reader="pysam")
+    plain = write_vcf(tmp_path / "a.vcf", compress=False)
+    monkeypatch.setattr(vcf_columnar, "MAX_TEXT_BYTES", plain.stat().st_size - 1)
+    both(plain, reader="pysam")
+
+
 def _fails(path: Path) -> bool:
     try:
         read_patient_variants(path, columnar=False)

@@ -40,6 +40,9 @@ _FLOAT_LIST = f"^{_FLOAT}(?:,{_FLOAT})*$"
 _GT = r"^(?:\.|[0-9]{1,6})(?:[/|](?:\.|[0-9]{1,6}))*$"
 _QUAL = f"^{_FLOAT}$"
 _POS = r"^[0-9]{1,10}$"
+#: The largest VCF text read as columns (the columns hold a few copies of it at once); a larger VCF (a
+#: whole-genome call set) streams through the pysam loop in constant memory instead.
+MAX_TEXT_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -60,15 +63,20 @@ class Declined(Exception):  # noqa: N818 - a decision, not an error: the caller 
 
 
 def _read_text(path: Path) -> bytes:
-    """The VCF's bytes: BGZF through htslib (pysam.BGZFile), a plain VCF as it is."""
+    """The VCF's bytes: BGZF through htslib (pysam.BGZFile), a plain VCF as it is; at most :data:`MAX_TEXT_BYTES`."""
     import pysam
 
     with open(path, "rb") as handle:
         magic = handle.read(2)
-    if magic == b"\x1f\x8b":
-        with pysam.BGZFile(str(path), "rb") as handle:
-            return handle.read()
-    return path.read_bytes()
+    compressed = magic == b"\x1f\x8b"
+    # BGZF text is rarely over 10x its file: such a file is not even decompressed here
+    _require(path.stat().st_size <= MAX_TEXT_BYTES // (8 if compressed else 1), "a large VCF: streamed instead")
+    if not compressed:
+        return path.read_bytes()
+    with pysam.BGZFile(str(path), "rb") as handle:
+        data = handle.read()
+    _require(len(data) <= MAX_TEXT_BYTES, "a large VCF: streamed instead")
+    return data
 
 
 def _body(data: bytes) -> memoryview:
