@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 import pandas as pd
+from snakemake.exceptions import WorkflowError
 
 from multimodal.ingest.samples import chunk as _chunk
 from multimodal.workflow import sheet_modalities
@@ -172,7 +173,27 @@ def table_options(input_tables):
 # The verbs read their settings from the config file, given as a parameter rather than an input: editing
 # one section (or a comment) must not rerun every stage. Each rule lists its own section in `params`,
 # so Snakemake reruns exactly the stages whose settings changed.
-CONFIG_OPTION = option("--config", workflow.configfiles[-1:])
+def given_config_file(workflow):
+    """The config file this run was given: ``--configfile`` on the command line (relative to the working
+    directory when inside it), else the Snakefile's own. Snakemake lists the Snakefile's ``configfile:`` after
+    the command line's whenever config/config.yaml exists, so the last of ``workflow.configfiles`` would be the
+    shipped file, not the user's. The verbs read one file: several ``--configfile`` are refused."""
+    given = list(workflow.overwrite_configfiles)
+    if len(given) > 1:
+        raise WorkflowError(
+            "give one --configfile (the multimodal verbs read their settings from one file), got "
+            + ", ".join(map(str, given))
+        )
+    if not given:
+        return workflow.configfiles[-1:]
+    path = Path(given[0]).absolute()
+    try:
+        return [str(path.relative_to(Path.cwd().absolute()))]
+    except ValueError:
+        return [str(path)]
+
+
+CONFIG_OPTION = option("--config", given_config_file(workflow))
 
 
 def cluster_resources(config):

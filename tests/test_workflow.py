@@ -160,3 +160,32 @@ def test_sheet_modalities_counts_per_patient_rna_files_as_expression() -> None:
     assert sheet_modalities(no_files, {"expression": None})["expression"] is False
     with_table = no_files.assign(rna_sample=["S1", ""])
     assert sheet_modalities(with_table, {"expression": "counts.tsv"})["expression"] is True
+
+
+def test_every_stage_reads_the_config_file_it_was_given_not_the_shipped_one(tmp_path):
+    """Run from the project directory (where config/config.yaml exists) with another config file: Snakemake lists
+    the Snakefile's own config file after the command line's, and every verb once read the shipped one."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["outdir"] = str(tmp_path / "out")
+    mine = tmp_path / "my_cohort.yaml"
+    mine.write_text(yaml.safe_dump(config))
+    base = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(REPO)]
+    base += ["--cores", "1", "--nolock", "--dry-run", "--printshellcmds"]
+    done = subprocess.run([*base, "--configfile", str(mine)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    commands = [line for line in (done.stdout + done.stderr).splitlines() if "Shell command: multimodal " in line]
+    assert len(commands) >= 8  # simulate, the ingest chunks, assemble, train, explain, report, ...
+    assert all(f"--config {mine}" in line for line in commands if "--config" in line)
+    assert sum("--config" in line for line in commands) >= 6
+    assert "config/config.yaml" not in "\n".join(commands)
+
+    refused = subprocess.run(
+        [*base, "--configfile", str(mine), str(REPO / "config/config.yaml")], capture_output=True, text=True
+    )
+    assert refused.returncode != 0
+    assert "give one --configfile" in refused.stdout + refused.stderr
