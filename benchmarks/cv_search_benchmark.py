@@ -14,7 +14,7 @@ both on ``--cores`` torch threads. Prints the wall time of each, the fusion mode
 reference's mean C over the same folds for each, the settings chosen per fold and the ratio of search time to
 one plain CV (the reference measured in the same run).
 
-Usage: python benchmarks/cv_search_benchmark.py [--quick] [--cores 2] [--trials 4] [--workdir DIR] [--keep]
+Usage: python benchmarks/cv_search_benchmark.py [--quick] [--cores 2] [--trials 4] [--linear] [--workdir DIR] [--keep]
 ``--quick``: 150 patients x 500 features, 3 folds, 30 epochs, 3 candidates (a smoke run of the same path).
 """
 
@@ -106,6 +106,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument(
+        "--linear", action="store_true", help="model.linear on (wide and deep) in both runs; search tries it off"
+    )
     args = parser.parse_args()
 
     import torch
@@ -126,6 +129,7 @@ def main() -> int:
         print(
             f"cohort: {n} patients x {p} features (tables: rna), {int(mdata.obs['event'].sum())} events; "
             f"generated and ingested in {prepare:.1f} s; {args.cores} torch threads"
+            + ("; model.linear on" if args.linear else "")
         )
         base = {"folds": folds, "epochs": epochs, "bootstrap": 50, "max_features": {"rna": 20}}
         space = {
@@ -135,6 +139,9 @@ def main() -> int:
             "max_features": [20, 50],
             "neural_weight": [1.0, 0.5],
         }
+        if args.linear:
+            base["linear"] = True
+            space["linear"] = [True, False]
         plain, plain_s = run(mdata, workdir / "plain", TrainParams(**base))
         search = {"enabled": True, "method": "grid", "trials": trials, "inner_folds": 3, "space": space}
         searched, search_s = run(mdata, workdir / "search", TrainParams(**base, search=search))

@@ -177,7 +177,8 @@ def given_config_file(workflow):
     """The config file this run was given: ``--configfile`` on the command line (relative to the working
     directory when inside it), else the Snakefile's own. Snakemake lists the Snakefile's ``configfile:`` after
     the command line's whenever config/config.yaml exists, so the last of ``workflow.configfiles`` would be the
-    shipped file, not the user's. The verbs read one file: several ``--configfile`` are refused."""
+    shipped file, not the user's. The verbs read one file: several ``--configfile`` are refused.
+    """
     given = list(workflow.overwrite_configfiles)
     if len(given) > 1:
         raise WorkflowError(
