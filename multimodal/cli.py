@@ -239,12 +239,15 @@ def cmd_ingest_copy_number(args: argparse.Namespace) -> None:
     from multimodal.ingest.samples import read_samples
 
     samples = read_samples(args.samples, data_roots=_data_roots(args))
+    names = samples["cnv_sample"].to_dict() if "cnv_sample" in samples.columns else None
     if args.table:
-        _write_h5ad(copy_number_matrix(args.table, patients=samples.index), args.out)
+        _write_h5ad(copy_number_matrix(args.table, patients=samples.index, sample_names=names), args.out)
         return
     if not args.genes_bed:
         raise MultimodalError("ingest copy-number: --segments needs --genes-bed (the genes to summarise them over)")
-    adata = segment_copy_number(args.segments, args.genes_bed, patients=samples.index, thresholds=args.thresholds)
+    adata = segment_copy_number(
+        args.segments, args.genes_bed, patients=samples.index, thresholds=args.thresholds, sample_names=names
+    )
     _write_h5ad(adata, args.out)
 
 

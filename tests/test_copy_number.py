@@ -388,3 +388,46 @@ def test_segments_agree_with_a_brute_force_overlap(tmp_path):
             if f"{name}_cn" in adata.var_names:
                 got = adata[sample, f"{name}_cn"].X[0, 0]
                 np.testing.assert_allclose(got, total / weight if weight else np.nan, rtol=1e-6, atol=1e-6)
+
+
+def test_cnv_sample_maps_aliquot_uuids_to_patients(tmp_path):
+    """A GDC segment file names aliquot UUIDs, no barcode: the sheet's cnv_sample maps each patient to its own,
+    giving exactly the values the barcodes gave; a cnv_sample naming no sample stops the run."""
+    from multimodal.ingest.copy_number import segment_copy_number
+
+    uuids = {
+        "TCGA-AB-0001": "0b6a7c3e-1f2d-4e5a-9b8c-7d6e5f4a3b21",
+        "TCGA-AB-0003": "9f8e7d6c-5b4a-4c3d-8e2f-1a0b9c8d7e6f",
+    }
+    text = SEG
+    for patient, uuid in uuids.items():
+        text = text.replace(f"{patient}-01A-11D-A00R-01", uuid)
+    segments, bed = segment_inputs(tmp_path)
+    by_barcode = segment_copy_number(segments, bed, patients=SEG_PATIENTS)
+    segments[0].write_text(text)
+    by_uuid = segment_copy_number(segments, bed, patients=SEG_PATIENTS, sample_names=uuids)
+    assert list(by_uuid.obs_names) == list(by_barcode.obs_names)
+    assert list(by_uuid.obs["cnv_sample"]) == [uuids["TCGA-AB-0001"], uuids["TCGA-AB-0003"], "TCGA-AB-0002-01A"]
+    np.testing.assert_array_equal(by_uuid.X, by_barcode.X)
+    without = segment_copy_number(segments, bed, patients=SEG_PATIENTS)  # the UUID patients are not found
+    assert list(without.obs_names) == ["TCGA-AB-0002"]
+    with pytest.raises(MultimodalError, match=r"cnv_sample names no segment sample: TCGA-AB-0001 \('0b6a7c3e-typo'\)"):
+        segment_copy_number(segments, bed, patients=SEG_PATIENTS, sample_names={"TCGA-AB-0001": "0b6a7c3e-typo"})
+
+
+def test_cnv_sample_names_gistic_columns_from_the_samples_sheet(tmp_path):
+    """The sheet's cnv_sample column (read by read_samples) picks the GISTIC column of a patient whose ID is not
+    a prefix of it; two patients naming one column is a sample swap, refused by the sheet."""
+    from multimodal.ingest.samples import read_samples
+
+    table = write(tmp_path / "all_thresholded.by_genes.txt")
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text("patient_id\tcnv_sample\nP1\tTCGA-AB-0002-01A-11D-A00R-01\nP2\t\nTCGA-AB-0003\t\n")
+    samples = read_samples(sheet)
+    adata = copy_number_matrix(table, patients=samples.index, sample_names=samples["cnv_sample"].to_dict())
+    assert list(adata.obs_names) == ["P1", "TCGA-AB-0003"]
+    assert adata[:, "ERBB2_cn"].X.ravel().tolist() == [0, 1]
+    assert adata[:, "CDKN2A_cn"].X.ravel().tolist() == [-2, 0]
+    sheet.write_text("patient_id\tcnv_sample\nP1\tS1\nP2\tS1\n")
+    with pytest.raises(MultimodalError, match="cnv_sample"):
+        read_samples(sheet)

@@ -19,7 +19,7 @@ import logging
 import re
 import shlex
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,12 +53,33 @@ GISTIC_ANNOTATION = ("Gene Symbol", "Locus ID", "Gene ID", "Cytoband")
 COPY_NUMBER_SUFFIX = "_cn"
 
 
-def copy_number_matrix(path: str | Path, *, patients: pd.Index) -> anndata.AnnData:
+def patient_samples(
+    patients: pd.Index, available: Collection[str], sample_names: Mapping[str, str] | None, *, what: str
+) -> dict[str, str]:
+    """Each patient's sample among ``available``: its ``cnv_sample`` from the samples sheet where given, else
+    its patient ID, matched exactly or as a unique barcode prefix (:func:`resolve_barcodes`). A ``cnv_sample``
+    that names no sample stops the run (a typo would otherwise leave the patient without copy number)."""
+    names = {str(p): (sample_names or {}).get(str(p)) or str(p) for p in patients}
+    resolved = resolve_barcodes(sorted(set(names.values())), available, what=what)
+    given = {p: n for p, n in names.items() if (sample_names or {}).get(p)}
+    unknown = [f"{p} ({n!r})" for p, n in given.items() if n not in resolved]
+    if unknown:
+        raise MultimodalError(
+            f"samples sheet: cnv_sample names no {what}: {', '.join(unknown[:3])}"
+            + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+        )
+    return {p: resolved[n] for p, n in names.items() if n in resolved}
+
+
+def copy_number_matrix(
+    path: str | Path, *, patients: pd.Index, sample_names: Mapping[str, str] | None = None
+) -> anndata.AnnData:
     """Patients x genes thresholded copy-number calls from a GISTIC2 gene-level table.
 
     Every cell must be one of :data:`GISTIC_CALLS`; a repeated gene symbol or a sample claimed by two
     patients stops the run naming them. Samples of no patient, patients without a sample, and genes with
-    the same call in every patient are counted in ``uns['ingest']``.
+    the same call in every patient are counted in ``uns['ingest']``. ``sample_names`` (the samples sheet's
+    ``cnv_sample``) names a patient's column where it differs from the patient ID or a prefix of it.
     """
     import anndata as ad
 
@@ -81,7 +102,7 @@ def copy_number_matrix(path: str | Path, *, patients: pd.Index) -> anndata.AnnDa
     sample_columns = [c for c in frame.columns if c not in GISTIC_ANNOTATION]
     if not sample_columns:
         raise MultimodalError(f"{path}: {what} has no sample columns after Gene Symbol, Locus ID, Cytoband")
-    resolved = resolve_barcodes([str(p) for p in patients], sample_columns, what=f"sample column of {path.name}")
+    resolved = patient_samples(patients, sample_columns, sample_names, what=f"sample column of {path.name}")
     claimed: dict[str, str] = {}
     for patient, column in resolved.items():
         if column in claimed:
@@ -399,6 +420,7 @@ def segment_copy_number(
     *,
     patients: pd.Index,
     thresholds: Sequence[float] | None = None,
+    sample_names: Mapping[str, str] | None = None,
 ) -> anndata.AnnData:
     """Patients x genes copy number from segment files and a gene BED: the ``cnv`` modality.
 
@@ -407,7 +429,8 @@ def segment_copy_number(
     with the gene; the bases no segment covers do not count. A gene no segment of a sample overlaps is
     missing (NaN) for that patient, counted in ``obs['cnv_genes_missing']``, never 0. With
     ``thresholds`` (four ascending log2 cut points) the value is the call of :func:`call_thresholds`.
-    Samples are matched to patients as in :func:`copy_number_matrix`; overlapping segments of one sample
+    Samples are matched to patients as in :func:`copy_number_matrix` (``sample_names``: the sheet's
+    ``cnv_sample``, e.g. a GDC aliquot UUID); overlapping segments of one sample
     and a sample in two files stop the run. Segments and genes on other contigs, genes no patient has a
     value for and genes with one value in every patient are counted in ``uns['ingest']``.
     """
@@ -459,7 +482,7 @@ def segment_copy_number(
     ordered = np.argsort(genes["gstart"].to_numpy(), kind="stable")  # sorted queries search faster
     gene_lines = (genes["gstart"].to_numpy()[ordered], genes["gend"].to_numpy()[ordered], codes[ordered])
     sample_ids = list(owner)
-    resolved = resolve_barcodes([str(p) for p in patients], sample_ids, what="segment sample")
+    resolved = patient_samples(patients, sample_ids, sample_names, what="segment sample")
     claimed: dict[str, str] = {}
     for patient, sample in resolved.items():
         if sample in claimed:

@@ -2,6 +2,8 @@
 
 Columns: ``patient_id`` (required), and any of ``vcf`` (VCF/BCF path), ``maf_sample`` (the patient's
 Tumor_Sample_Barcode in a cohort MAF), ``rna_sample`` (column name in the expression counts table),
+``cnv_sample`` (the patient's sample in the copy-number input, where it is not the patient ID or a prefix of it:
+a GDC segment file's aliquot UUID),
 ``image`` (NIfTI, NRRD, or a directory holding one DICOM series), ``mask`` (NIfTI, NRRD, DICOM SEG or
 RTSTRUCT), ``roi`` (the SEG segment or RTSTRUCT ROI to use) and ``tumour_sample`` (the tumour's sample
 column in a tumour/normal VCF; needed when the VCF has several), ``rna_file`` (the patient's own
@@ -35,7 +37,7 @@ from multimodal.errors import MultimodalError
 from multimodal.ingest.textfile import id_problems, list_lines, raise_problems, read_table
 
 FILE_COLUMNS = ("vcf", "image", "mask", "rna_file")
-OPTIONAL_COLUMNS = ("vcf", "maf_sample", "rna_sample", "image", "mask", "rna_file")
+OPTIONAL_COLUMNS = ("vcf", "maf_sample", "rna_sample", "cnv_sample", "image", "mask", "rna_file")
 #: Optional columns that may repeat between patients: ``tumour_sample`` names a column inside the patient's own VCF.
 SHARED_VALUE_COLUMNS = ("tumour_sample",)
 #: Columns that let a patient have several imaging rows (lesions, timepoints), and the timepoints known.
