@@ -42,7 +42,7 @@ def test_lock_pins_everything_with_hashes_and_the_cpu_torch():
         assert name in pinned, name
     # the lock agrees with pyproject's own pins
     pyproject = (demo.REPO / "pyproject.toml").read_text()
-    for name, version in re.findall(r'"([A-Za-z0-9_.-]+)==([^"]+)"', pyproject):
+    for name, version in re.findall(r'"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==([^"]+)"', pyproject):
         key = re.sub(r"[-_.]+", "-", name.lower())
         assert pinned.get(key, "").split("+")[0] == version, (name, version, pinned.get(key))
 
@@ -113,9 +113,10 @@ def test_conda_environment_pins_what_pyproject_pins():
     for item in env["dependencies"]:
         for spec in item["pip"] if isinstance(item, dict) else [item]:
             parts = re.split(r"==|>=|=", spec, maxsplit=1)
-            conda[re.sub(r"[-_.]+", "-", parts[0].lower())] = parts[1] if len(parts) > 1 else ""
+            name = re.sub(r"\[.*\]", "", parts[0])  # a pip requirement's extras, e.g. bio2zarr[vcf]
+            conda[re.sub(r"[-_.]+", "-", name.lower())] = parts[1] if len(parts) > 1 else ""
     pyproject = (demo.REPO / "pyproject.toml").read_text().split("[project.optional-dependencies]")[0]
-    for name, version in re.findall(r'"([A-Za-z0-9_.-]+)==([^"]+)"', pyproject):
+    for name, version in re.findall(r'"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==([^"]+)"', pyproject):
         key = re.sub(r"[-_.]+", "-", name.lower())
         key = CONDA_NAMES.get(key, key)
         if key is not None:
