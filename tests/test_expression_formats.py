@@ -185,6 +185,17 @@ def test_single_cell_h5ad_summed_per_sample_and_per_cell_type(tmp_path):
         read_h5ad_expression(path, cell_type_key="celltype")
 
 
+def test_single_cell_h5ad_with_every_cell_assigned_is_summed_in_place(tmp_path):
+    path, counts, obs = single_cell(tmp_path)
+    labelled = ad.read_h5ad(path)[1:].copy()  # without cell0, the one cell lacking a sample
+    labelled.write_h5ad(path)
+    frame = read_h5ad_expression(path)
+    assert frame.attrs["cells_without_sample_or_cell_type"] == 0 and frame.attrs["cells_aggregated"] == 59
+    for sample in ("S1", "S2", "S3"):
+        cells = (obs["sample"] == sample).to_numpy()
+        np.testing.assert_array_equal(frame[sample].to_numpy(), counts[cells].sum(axis=0))
+
+
 def test_10x_h5_read_by_scanpy_and_summed_over_cells(tmp_path):
     counts = np.array([[0, 3, 1], [2, 0, 0], [5, 1, 0], [0, 0, 4]], dtype=np.int32)  # 4 cells x 3 genes
     ids = ["ENSG00000141510.17", "ENSG00000133703", "ENSG00000146648"]

@@ -176,7 +176,7 @@ def _h5ad_frame(path: str | Path, *, sample_key: str, cell_type_key: str | None)
         missing = adata.obs[keys].isna().any(axis=1).to_numpy()
         attrs["cells_without_sample_or_cell_type"] = int(missing.sum())
         attrs["cells_aggregated"] = int((~missing).sum())
-        cells = adata[~missing].copy()
+        cells = adata[~missing].copy() if missing.any() else adata  # no second copy of the cells when all are kept
         for key in keys:
             cells.obs[key] = cells.obs[key].astype(str).astype("category")
         summed = sc.get.aggregate(cells, by=keys, func="sum", layer=layer)
