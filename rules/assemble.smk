@@ -32,7 +32,7 @@ rule assemble:
         "../envs/multimodal.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=table_memory_mb(4000),
         runtime=30,
     params:
         variants=lambda wc, input: option("--variants", input.variants),

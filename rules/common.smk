@@ -197,6 +197,23 @@ def given_config_file(workflow):
 CONFIG_OPTION = option("--config", given_config_file(workflow))
 
 
+def table_memory_mb(base_mb):
+    """``mem_mb`` of a rule that holds a cohort expression table as a matrix: ``base_mb``, or 500 MB plus 2.5x
+    the table's size on disk (5x that for a gzipped one) when more; measured peaks are ~2.1x the plain TSV
+    at 10,000 x 60,000 (benchmarks/README.md), so a SLURM job at biobank size is not killed at 4 GB."""
+
+    def mem_mb(wildcards, input):
+        total = 0.0
+        counts = getattr(input, "counts", [])  # one file is a plain string
+        for path in [counts] if isinstance(counts, str) else counts:
+            if os.path.exists(path):
+                size = os.path.getsize(path) / 1e6
+                total += size * (5 if str(path).endswith((".gz", ".bgz")) else 1)
+        return max(base_mb, int(500 + 2.5 * total))
+
+    return mem_mb
+
+
 def cluster_resources(config):
     """slurm_partition / slurm_account from the config's resources section, else the environment."""
     found = {}

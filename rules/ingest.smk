@@ -58,7 +58,7 @@ rule ingest_expression:
         "../envs/multimodal.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=table_memory_mb(4000),
         runtime=30,
     params:
         values=config["ingest"]["expression_values"],

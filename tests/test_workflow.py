@@ -189,3 +189,32 @@ def test_every_stage_reads_the_config_file_it_was_given_not_the_shipped_one(tmp_
     )
     assert refused.returncode != 0
     assert "give one --configfile" in refused.stdout + refused.stderr
+
+
+def test_expression_jobs_ask_for_memory_by_the_size_of_the_counts_table(tmp_path):
+    """ingest_expression and assemble hold the cohort table as a matrix: their mem_mb (what SLURM allocates)
+    grows with the table (a sparse 2,400 MB file: 500 + 2.5 x 2,400 MB), never below the 4,000 MB floor."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    (tmp_path / "config").mkdir()
+    (tmp_path / "demo").mkdir()
+    for name in ("config.yaml", "samples.tsv"):
+        shutil.copy(REPO / "config" / name, tmp_path / "config" / name)
+    with open(tmp_path / "demo/expression_counts.tsv", "wb") as handle:
+        handle.truncate(2_400_000_000)
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path)]
+    done = subprocess.run([*command, "--cores", "1", "--dry-run"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = done.stdout + done.stderr
+    memory = {
+        rule: int(mem) for rule, mem in re.findall(r"rule (\w+):\n(?:    .*\n)*?    resources: .*?mem_mb=(\d+)", text)
+    }
+    assert memory["ingest_expression"] == memory["assemble"] == 500 + int(2.5 * 2400)
+    assert memory["ingest_variants"] == 2000  # not a table rule
+    os.truncate(tmp_path / "demo/expression_counts.tsv", 1000)
+    done = subprocess.run([*command, "--cores", "1", "--dry-run"], capture_output=True, text=True, timeout=300)
+    small = dict(re.findall(r"rule (\w+):\n(?:    .*\n)*?    resources: .*?mem_mb=(\d+)", done.stdout + done.stderr))
+    assert small["ingest_expression"] == small["assemble"] == "4000"
