@@ -134,9 +134,7 @@ def write_stage_manifest(args, argv: Sequence[str] | None = None) -> Path | None
     stage = " ".join(s for s in (args.verb, getattr(args, "modality", None)) if s)
     inputs = [p for key, value in sorted(vars(args).items()) if key != "out" for p in _argument_files(value)]
     argv = list(sys.argv if argv is None else ["multimodal", *argv])
-    return write_manifest(
-        out, stage=stage, command=relative_command(argv), inputs=inputs, versions=package_versions()
-    )
+    return write_manifest(out, stage=stage, command=relative_command(argv), inputs=inputs, versions=package_versions())
 
 
 def find_manifests(results: Path) -> list[Path]:

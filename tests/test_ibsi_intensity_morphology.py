@@ -37,8 +37,6 @@ OUR_TAGS = MORPH_TAGS + LOC_TAGS + STAT_TAGS + IH_TAGS + IVH_TAGS
 PHANTOM_WITHIN_TOLERANCE = 74
 
 
-
-
 REFERENCE = ibsi_reference()
 TESTED = sorted(tag for tag in OUR_TAGS if tag in REFERENCE)
 

@@ -19,8 +19,6 @@ from multimodal.ingest.ibsi_texture import FAMILIES, ibsi_texture_features
 MIN_WITHIN_TOLERANCE = 408
 
 
-
-
 REFERENCE = {tag: v for tag, v in ibsi_reference().items() if tag.split("_", 1)[0] in FAMILIES}
 
 

@@ -467,9 +467,7 @@ def test_the_samples_sheet_names_a_dicom_series_and_its_roi(files: dict[str, str
     shutil.copytree(files["ct"], copy)
     sheet = tmp_path / "samples.tsv"
     sheet.write_text(
-        "patient_id\timage\tmask\troi\n"
-        f"RT\t{files['ct']}\t{files['rtstruct']}\tGTV\n"
-        f"SEG\t{copy}\t{files['seg']}\t\n"
+        f"patient_id\timage\tmask\troi\nRT\t{files['ct']}\t{files['rtstruct']}\tGTV\nSEG\t{copy}\t{files['seg']}\t\n"
     )
     out = tmp_path / "imaging.h5ad"
     root = str(Path(files["ct"]).parent)

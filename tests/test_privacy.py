@@ -130,5 +130,3 @@ def test_the_mapping_is_written_only_where_asked(tmp_path):
 
 def test_key_bytes_are_not_in_the_repr():
     assert "secret" not in repr(Pseudonymiser(key=KEY))
-
-

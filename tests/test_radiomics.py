@@ -247,8 +247,6 @@ def test_glrlm_features_of_a_single_run() -> None:
 PHANTOM_WITHIN_TOLERANCE = 482
 
 
-
-
 def _within(reference: float, tolerance: float, value: float) -> bool:
     # IBSI reports values to 3 significant digits; a tolerance of 0 means "equal after rounding".
     rounding = 0.5 * 10 ** (math.floor(math.log10(abs(reference))) - 2) if reference else 0.0

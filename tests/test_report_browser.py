@@ -59,8 +59,15 @@ def driver(browser_binaries):
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not look anything up
     options = webdriver.ChromeOptions()
     options.binary_location = browser_binaries["chromium"]
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1280,1000", "--no-first-run", "--disable-extensions"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     browser = webdriver.Chrome(options=options, service=Service(executable_path=browser_binaries["chromedriver"]))

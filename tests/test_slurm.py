@@ -104,9 +104,7 @@ def slurm(tmp_path_factory):
         pytest.skip(f"{conf} exists (a SLURM installation of this machine's own): not replacing it")
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(
-        SLURM_CONF.format(
-            host=host, root=root, user=getpass.getuser(), ctld_port=free_port(), d_port=free_port()
-        )
+        SLURM_CONF.format(host=host, root=root, user=getpass.getuser(), ctld_port=free_port(), d_port=free_port())
     )
     env = demo.environment()
     env.pop("SLURM_CONF", None)

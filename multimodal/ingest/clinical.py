@@ -174,9 +174,7 @@ def _check_qol_spec(spec: ClinicalSpec) -> None:
     taken |= {c for c in (spec.response_column, spec.site_column) if c} | set(spec.covariates)
     for column, kind in spec.qol_columns:
         if kind not in ("continuous", "ordinal"):
-            raise MultimodalError(
-                f"clinical_columns.qol_columns.{column} must be continuous or ordinal, got {kind}"
-            )
+            raise MultimodalError(f"clinical_columns.qol_columns.{column} must be continuous or ordinal, got {kind}")
         if column in taken:
             raise MultimodalError(
                 f"clinical_columns.qol_columns.{column}: the column is already used as a covariate, identifier, "

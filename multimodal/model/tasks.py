@@ -227,9 +227,7 @@ def tasks_summary(pred: pd.DataFrame, tasks: dict[str, str], untrained: dict[str
     """metrics.json's ``tasks``: ``{name: {"kind", "pooled", "folds": [...], "not_trained_in_folds"}}``."""
     out = {}
     for name, kind in tasks.items():
-        folds = [
-            {"fold": int(k)} | task_metrics(kind, name, part) for k, part in pred.groupby("fold", sort=True)
-        ]
+        folds = [{"fold": int(k)} | task_metrics(kind, name, part) for k, part in pred.groupby("fold", sort=True)]
         out[name] = {
             "kind": kind,
             "pooled": task_metrics(kind, name, pred),

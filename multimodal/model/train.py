@@ -409,7 +409,7 @@ def cross_validate(
             train_inputs, train_mask = data.preprocessor.transform(arrays, data.train_rows)
             risks, probs, train_risks, arm_risks, task_members = [], [], [], [], []
             for message in fit_task_specs(tasks, arrays.targets, data.train_rows, params.task_weights)[1]:
-                untrained.setdefault(message.split(':')[0].removeprefix('task '), []).append(k)
+                untrained.setdefault(message.split(":")[0].removeprefix("task "), []).append(k)
                 note(f"fold {k}: {message}")
             for member in range(params.ensemble):
                 # members differ only in their seed: averaging them removes much of a small cohort's
@@ -434,8 +434,12 @@ def cross_validate(
             fold_t, fold_e = arrays.time[data.train_rows], arrays.event[data.train_rows]  # the report's calibration:
             event_times = np.unique(fold_t[(fold_e > 0) & np.isfinite(fold_t)])  # S(t|x) = exp(-exp(risk) H0(t))
             pd.DataFrame(
-                {"time": event_times, "cumulative_hazard": -np.log(breslow_survival(
-                    np.mean(train_risks, axis=0), fold_t, fold_e, np.zeros(1), event_times)[0])}
+                {
+                    "time": event_times,
+                    "cumulative_hazard": -np.log(
+                        breslow_survival(np.mean(train_risks, axis=0), fold_t, fold_e, np.zeros(1), event_times)[0]
+                    ),
+                }
             ).to_csv(fold_dir / "baseline_hazard.tsv", sep="\t", index=False)
             fold_survival = breslow_survival(
                 np.mean(train_risks, axis=0),
@@ -692,8 +696,10 @@ def _train_member(
                 log.info("resumed %s from epoch %d", who, epochs_done)
                 ckpt_path = str(last)
         callbacks.append(last_checkpoint_callback(work / "checkpoints"))
-    logger = CSVLogger(str(work), name="", version="log") if work is not None else CSVLogger(
-        str(out), name=f"fold_{fold}", version=f"log_{member}"
+    logger = (
+        CSVLogger(str(work), name="", version="log")
+        if work is not None
+        else CSVLogger(str(out), name=f"fold_{fold}", version=f"log_{member}")
     )
     trainer = build_trainer(params, logger=logger, callbacks=callbacks, progress=progress)
     if fold == 0 and member == 0 and not repeat:

@@ -19,6 +19,7 @@ top features per modality with their direction, beeswarm direction plots, added 
 trust checks, modality contributions with the attribution method and its convergence, a per-patient view,
 and provenance.
 """
+
 from __future__ import annotations
 
 import base64
@@ -491,8 +492,10 @@ def _cohort_section(inp: _Inputs) -> list[Block]:
             + _response_pairs(obs),
             dl_id="cohort-outcomes",
         ),
-        _p(f"Times are in {inp.time_unit}." if inp.time_unit else "Times are in the unit of the clinical table.",
-           cls="note"),
+        _p(
+            f"Times are in {inp.time_unit}." if inp.time_unit else "Times are in the unit of the clinical table.",
+            cls="note",
+        ),
     ]
     rows = []
     for name in _modalities(inp):
@@ -549,13 +552,13 @@ def _exclusions_section(inp: _Inputs) -> list[Block]:
             classes.append("zero" if text == "0" else None)
     return [
         _table(
-        ["group", "reason", "count"],
-        rows,
-        numeric=[False, False, True],
-        table_id="exclusions-table",
-        caption="Every count recorded at ingest, zeros included. Counts name what they count "
-        "(patients, records, samples or genes).",
-        row_classes=classes,
+            ["group", "reason", "count"],
+            rows,
+            numeric=[False, False, True],
+            table_id="exclusions-table",
+            caption="Every count recorded at ingest, zeros included. Counts name what they count "
+            "(patients, records, samples or genes).",
+            row_classes=classes,
         )
     ]
 
@@ -643,8 +646,9 @@ def _metrics_section(inp: _Inputs) -> list[Block]:
         )
     notes = [str(n) for n in (m.get("notes") or [])]
     if notes:
-        parts.append(_list(notes, title="Adapted to this cohort", note="(recorded in metrics.json)",
-                           block_id="model-notes"))
+        parts.append(
+            _list(notes, title="Adapted to this cohort", note="(recorded in metrics.json)", block_id="model-notes")
+        )
     parts += _baseline_block(m)
     parts += _evaluation_block(m)
     parts += _reference_ci_block(inp)
@@ -662,8 +666,11 @@ def _baseline_block(metrics: dict) -> list[Block]:
         return []
     if cox.get("skipped"):
         return [
-            _p(f"The penalised Cox reference was not fitted: {cox['skipped']}.", cls="warnings",
-               block_id="baseline-skipped")
+            _p(
+                f"The penalised Cox reference was not fitted: {cox['skipped']}.",
+                cls="warnings",
+                block_id="baseline-skipped",
+            )
         ]
     skipped = cox.get("skipped_folds") or {}
     skipped_note = (
@@ -912,26 +919,52 @@ def _risk_group_section(inp: _Inputs) -> list[Block]:
         counts = [int((time[sel] >= x).sum()) for x in at_risk_times]
         at_risk_rows.append([name, *map(str, counts)])
         for x, c in zip(at_risk_times, counts, strict=True):
-            ax.annotate(str(c), (x, 0), xycoords=("data", "axes fraction"), xytext=(0, -42 - 13 * row_i),
-                        textcoords="offset points", ha="center", fontsize=8, color=GROUP_COLOURS[name])
-        ax.annotate(name, (0, 0), xycoords="axes fraction", xytext=(-8, -42 - 13 * row_i), textcoords="offset points",
-                    ha="right", fontsize=8, color=GROUP_COLOURS[name])
-    ax.annotate("at risk", (0, 0), xycoords="axes fraction", xytext=(-8, -30), textcoords="offset points",
-                ha="right", fontsize=8)
+            ax.annotate(
+                str(c),
+                (x, 0),
+                xycoords=("data", "axes fraction"),
+                xytext=(0, -42 - 13 * row_i),
+                textcoords="offset points",
+                ha="center",
+                fontsize=8,
+                color=GROUP_COLOURS[name],
+            )
+        ax.annotate(
+            name,
+            (0, 0),
+            xycoords="axes fraction",
+            xytext=(-8, -42 - 13 * row_i),
+            textcoords="offset points",
+            ha="right",
+            fontsize=8,
+            color=GROUP_COLOURS[name],
+        )
+    ax.annotate(
+        "at risk",
+        (0, 0),
+        xycoords="axes fraction",
+        xytext=(-8, -30),
+        textcoords="offset points",
+        ha="right",
+        fontsize=8,
+    )
     ax.set_xlabel(f"time ({inp.time_unit})" if inp.time_unit else "time")
     ax.set_ylabel("survival probability")
     ax.set_ylim(0, 1.02)
     ax.set_xlim(left=0)
     ax.legend(loc="lower left", frameon=False)
-    ax.set_title(f"log-rank p = {_pvalue(p)}; HR {_num(hr, '.2f')} ({_num(hr_low, '.2f')} to {_num(hr_high, '.2f')})",
-                 fontsize=10)
+    ax.set_title(
+        f"log-rank p = {_pvalue(p)}; HR {_num(hr, '.2f')} ({_num(hr_low, '.2f')} to {_num(hr_high, '.2f')})",
+        fontsize=10,
+    )
     rule = (
         "Each held-out patient is high risk if its predicted risk exceeds the median risk of the held-out "
         "patients of its own cross-validation fold, else low risk (ties at the median are low risk)."
     )
     caption = (
         f"Kaplan-Meier curves of the out-of-fold risk groups; ticks mark censored patients. {rule} "
-        f"Log-rank test: chi-square {_num(chisq, '.2f')}, p = {_pvalue(p)}" + (f" ({note})." if note else ".")
+        f"Log-rank test: chi-square {_num(chisq, '.2f')}, p = {_pvalue(p)}"
+        + (f" ({note})." if note else ".")
         + f" Hazard ratio of high against low risk (Cox, lifelines): {_num(hr, '.2f')} (95% CI {_num(hr_low, '.2f')} "
         f"to {_num(hr_high, '.2f')}). Numbers at risk below the axis."
     )
@@ -1512,7 +1545,7 @@ def _calibration_blocks(inp: _Inputs, scored: pd.DataFrame) -> list[Block]:
     horizon = _calibration_horizon(inp, time)
     predicted = np.full(len(rows_ok), np.nan)
     for k, (t0, h0) in hazards.items():
-        sel = (rows_ok["fold"].to_numpy(float) == k)
+        sel = rows_ok["fold"].to_numpy(float) == k
         at = np.searchsorted(t0, horizon, side="right") - 1
         h = float(h0[at]) if at >= 0 else 0.0
         predicted[sel] = np.exp(-np.exp(rows_ok["risk"].to_numpy(float)[sel]) * h)
@@ -1530,7 +1563,7 @@ def _calibration_blocks(inp: _Inputs, scored: pd.DataFrame) -> list[Block]:
         observed = float(kmf.predict(horizon))
         ci = kmf.confidence_interval_survival_function_
         before = ci.index.to_numpy(float) <= horizon
-        low, high = (ci.to_numpy(float)[before][-1] if before.any() else (1.0, 1.0))
+        low, high = ci.to_numpy(float)[before][-1] if before.any() else (1.0, 1.0)
         rows.append(
             [
                 str(g),
@@ -1550,8 +1583,14 @@ def _calibration_blocks(inp: _Inputs, scored: pd.DataFrame) -> list[Block]:
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="#9aa5b1", linewidth=1, linestyle="--")
     ys_a, lo_a, hi_a = np.array(ys), np.array(lows), np.array(highs)
-    ax.errorbar(xs, ys_a, yerr=[np.clip(ys_a - lo_a, 0, None), np.clip(hi_a - ys_a, 0, None)], fmt="o",
-                color=BAR_COLOUR, capsize=3)
+    ax.errorbar(
+        xs,
+        ys_a,
+        yerr=[np.clip(ys_a - lo_a, 0, None), np.clip(hi_a - ys_a, 0, None)],
+        fmt="o",
+        color=BAR_COLOUR,
+        capsize=3,
+    )
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel(f"predicted survival at {_num(horizon, '.4g')}{unit}")
@@ -1569,8 +1608,19 @@ def _calibration_blocks(inp: _Inputs, scored: pd.DataFrame) -> list[Block]:
         table_id="calibration-table",
         caption=caption,
     )
-    return parts + [_grid([table, _figure(fig, alt="calibration plot of predicted against observed survival",
-                                          caption=caption, figure_id="calibration-figure")])]
+    return parts + [
+        _grid(
+            [
+                table,
+                _figure(
+                    fig,
+                    alt="calibration plot of predicted against observed survival",
+                    caption=caption,
+                    figure_id="calibration-figure",
+                ),
+            ]
+        )
+    ]
 
 
 def _read_attribution_matrices(inp: _Inputs) -> dict[str, Any]:
@@ -1676,8 +1726,12 @@ def _direction_section(inp: _Inputs, matrices: dict[str, Any], top_n: int) -> li
             hi_mask = finite_v & (ranks > 0.5)
             lo_mask = finite_v & (ranks <= 0.5)
             table_rows.append(
-                [feature, *direction, _num(np.nanmean(a[hi_mask]) if hi_mask.any() else np.nan, ".3g"),
-                 _num(np.nanmean(a[lo_mask]) if lo_mask.any() else np.nan, ".3g")]
+                [
+                    feature,
+                    *direction,
+                    _num(np.nanmean(a[hi_mask]) if hi_mask.any() else np.nan, ".3g"),
+                    _num(np.nanmean(a[lo_mask]) if lo_mask.any() else np.nan, ".3g"),
+                ]
             )
         ticks = [{"x": round(zero_x + t * scale, 1), "label": _num(t, ".2g")} for t in np.linspace(-limit, limit, 5)]
         parts.append(_h3(name, block_id=f"direction-{_slug(name)}"))
@@ -1698,8 +1752,13 @@ def _direction_section(inp: _Inputs, matrices: dict[str, Any], top_n: int) -> li
         )
         parts.append(
             _table(
-                ["feature", "direction", "effect", "mean attribution, upper half of values",
-                 "mean attribution, lower half of values"],
+                [
+                    "feature",
+                    "direction",
+                    "effect",
+                    "mean attribution, upper half of values",
+                    "mean attribution, lower half of values",
+                ],
                 table_rows,
                 numeric=[False, True, False, True, True],
                 table_id=f"direction-table-{_slug(name)}",
@@ -1725,8 +1784,14 @@ def _value_section(inp: _Inputs) -> list[Block]:
         names = _ordered(table["modality"], inp)
         table = table.set_index("modality").loc[names]
         rows = [
-            [name, _num(r.get("c_index_full")), _num(r.get("c_index_masked")), _num(r.get("drop")),
-             f"{_num(r.get('drop_ci_low'))} to {_num(r.get('drop_ci_high'))}", _num(r.get("shapley_share"))]
+            [
+                name,
+                _num(r.get("c_index_full")),
+                _num(r.get("c_index_masked")),
+                _num(r.get("drop")),
+                f"{_num(r.get('drop_ci_low'))} to {_num(r.get('drop_ci_high'))}",
+                _num(r.get("shapley_share")),
+            ]
             for name, r in table.iterrows()
         ]
         caption = (
@@ -1737,8 +1802,14 @@ def _value_section(inp: _Inputs) -> list[Block]:
         )
         parts.append(
             _table(
-                ["modality", "C-index, all modalities", "C-index, modality masked", "drop", "drop 95% CI",
-                 "Shapley share"],
+                [
+                    "modality",
+                    "C-index, all modalities",
+                    "C-index, modality masked",
+                    "drop",
+                    "drop 95% CI",
+                    "Shapley share",
+                ],
                 rows,
                 numeric=[False, True, True, True, True, True],
                 table_id="modality-value",
@@ -1757,9 +1828,17 @@ def _value_section(inp: _Inputs) -> list[Block]:
         ax.axvline(0, color="#1d2329", linewidth=0.8)
         ax.set_yticks(y, names)
         ax.set_xlabel("C-index drop when masked (95% CI)")
-        parts[-1] = _grid([parts[-1], _figure(fig, alt="bar chart of the C-index drop per masked modality",
-                                              caption="C-index drop when the modality is masked, with its CI.",
-                                              figure_id="modality-value-figure")])
+        parts[-1] = _grid(
+            [
+                parts[-1],
+                _figure(
+                    fig,
+                    alt="bar chart of the C-index drop per masked modality",
+                    caption="C-index drop when the modality is masked, with its CI.",
+                    figure_id="modality-value-figure",
+                ),
+            ]
+        )
     trust_path = inp.explain_dir / "trust.json"
     if trust_path.is_file():
         trust = _read_json(trust_path)
@@ -1781,24 +1860,42 @@ def _trust_blocks(trust: dict) -> list[Block]:
         ]
         if rows:
             parts.append(
-                _table(["modality", *keys], rows, numeric=[False] + [True] * len(keys), table_id="trust-stability",
-                       caption="Rank stability of the feature importance across the fold models.")
+                _table(
+                    ["modality", *keys],
+                    rows,
+                    numeric=[False] + [True] * len(keys),
+                    table_id="trust-stability",
+                    caption="Rank stability of the feature importance across the fold models.",
+                )
             )
     randomisation = trust.get("randomisation")
     if isinstance(randomisation, dict):
-        pairs = [(k, json.dumps(_json_safe(v), default=str) if isinstance(v, dict | list) else _num(v, ".3g")
-                  if isinstance(v, int | float) and not isinstance(v, bool) else str(v))
-                 for k, v in randomisation.items()]
+        pairs = [
+            (
+                k,
+                json.dumps(_json_safe(v), default=str)
+                if isinstance(v, dict | list)
+                else _num(v, ".3g")
+                if isinstance(v, int | float) and not isinstance(v, bool)
+                else str(v),
+            )
+            for k, v in randomisation.items()
+        ]
         parts.append(_h3("Model randomisation check"))
         parts.append(_kv(pairs, dl_id="trust-randomisation"))
     planted = trust.get("planted_precision_at_10")
     if isinstance(planted, dict) and planted:
         parts.append(
-            _table(["modality", "precision@10 of planted features"],
-                   [[k, _num(v, ".2f") if not isinstance(v, dict) else _num(v.get("precision"), ".2f")]
-                    for k, v in planted.items()],
-                   numeric=[False, True], table_id="trust-planted",
-                   caption="Simulated cohort: share of each modality's top 10 features that the simulator planted.")
+            _table(
+                ["modality", "precision@10 of planted features"],
+                [
+                    [k, _num(v, ".2f") if not isinstance(v, dict) else _num(v.get("precision"), ".2f")]
+                    for k, v in planted.items()
+                ],
+                numeric=[False, True],
+                table_id="trust-planted",
+                caption="Simulated cohort: share of each modality's top 10 features that the simulator planted.",
+            )
         )
     return parts
 
@@ -1894,8 +1991,10 @@ def _stage_commands(inp: _Inputs) -> list[Block]:
                 rule = None
     if not rows:
         rows = [["assemble (cohort store)", Code(str(inp.provenance.get("command", "n/a")))]]
-        source = ("the store's provenance (the other stages' commands are recorded when the pipeline runs through "
-                  "multimodal run, in <outdir>/logs/run.log)")
+        source = (
+            "the store's provenance (the other stages' commands are recorded when the pipeline runs through "
+            "multimodal run, in <outdir>/logs/run.log)"
+        )
     else:
         source = f"{transcript}"
     return [
