@@ -63,6 +63,11 @@ CLOCK: Callable[[], float] = time.perf_counter
 def matmul_flops_per_s(size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
     """Plain float32 matrix product FLOP/s (2 n^3 per product), median of ``repeats``."""
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    return 2 * size**3 / median_matmul_seconds(a, b, repeats, device)
+
+
+def median_matmul_seconds(a: torch.Tensor, b: torch.Tensor, repeats: int, device: str) -> float:
+    """Median seconds of ``torch.matmul(a, b)`` over ``repeats`` timed runs after one warm-up."""
     torch.matmul(a, b)
     times = []
     for _ in range(repeats):
@@ -71,7 +76,7 @@ def matmul_flops_per_s(size: int = 2048, repeats: int = 5, device: str = "cpu") 
         torch.matmul(a, b)
         _sync(device)
         times.append(CLOCK() - start)
-    return 2 * size**3 / statistics.median(times)
+    return statistics.median(times)
 
 
 def _sync(device: str) -> None:
@@ -113,15 +118,7 @@ def same_shape_matmul_flops_per_s(products: list, repeats: int = 5, device: str 
         a = torch.empty_strided(a_shape, a_stride, dtype=dtype, device=device).normal_()
         b = torch.empty_strided(b_shape, b_stride, dtype=dtype, device=device).normal_()
         flops += 2 * a.numel() * b_shape[-1]
-        torch.matmul(a, b)
-        times = []
-        for _ in range(repeats):
-            _sync(device)
-            start = CLOCK()
-            torch.matmul(a, b)
-            _sync(device)
-            times.append(CLOCK() - start)
-        seconds += statistics.median(times)
+        seconds += median_matmul_seconds(a, b, repeats, device)
     return flops / seconds
 
 
