@@ -200,7 +200,8 @@ CONFIG_OPTION = option("--config", given_config_file(workflow))
 def table_memory_mb(base_mb):
     """``mem_mb`` of a job holding a cohort expression table as a matrix: ``base_mb``, or 500 MB plus 2.5x
     the table's size on disk (5x that for a gzipped one) when more; measured peaks are ~2.1x the plain TSV
-    at 10,000 x 60,000 (benchmarks/README.md), so a SLURM job at biobank size is not killed at 4 GB."""
+    at 10,000 x 60,000 (benchmarks/README.md), so a SLURM job at biobank size is not killed at 4 GB.
+    """
 
     def mem_mb(wildcards, input):
         total = 0.0
