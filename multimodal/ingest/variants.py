@@ -1094,6 +1094,34 @@ def _read_maf_columns(path: Path, header: list[str], n_comments: int, columns: l
     return table.to_pandas()
 
 
+class FirstFailure:
+    """Each record's first reason to leave it out, in the order the reasons are tried (FILTER first, then depth and
+    VAF, then the caller's own); records no reason took stay ``undecided``. Shared by the MAF and the columnar VCF
+    readers so that both order and name the outcomes as the record-by-record reader does."""
+
+    def __init__(self, passed: np.ndarray) -> None:
+        self.outcome = np.full(len(passed), "", dtype=object)
+        self.outcome[~passed] = "filter_not_pass"
+        self.undecided = passed.copy()
+        self.reasons = ["filter_not_pass"]
+
+    def decide(self, mask: np.ndarray, reason: str) -> None:
+        hit = self.undecided & mask
+        self.outcome[hit] = reason
+        self.undecided &= ~hit
+        self.reasons.append(reason)
+
+    def depth_and_vaf(self, depth: np.ndarray | None, vaf: np.ndarray | None, filters: VariantFilters) -> None:
+        """``ingest.variant_filters`` min_depth and min_vaf: a missing value, then one below the minimum."""
+        with np.errstate(invalid="ignore"):
+            if filters.min_depth:
+                self.decide(np.isnan(depth), "missing_depth")
+                self.decide(depth < filters.min_depth, "below_min_depth")
+            if filters.min_vaf:
+                self.decide(np.isnan(vaf), "missing_vaf")
+                self.decide(vaf < filters.min_vaf, "below_min_vaf")
+
+
 def read_maf(path: str | Path, *, filters: VariantFilters | None = None) -> dict[str, PatientVariants]:
     """Count PASS protein-altering variants per gene for every tumour sample of a MAF (plain or gzipped).
 
@@ -1156,31 +1184,15 @@ def read_maf_with_table(
         alt_count = pd.to_numeric(maf["t_alt_count"].str.strip(), errors="coerce").to_numpy(dtype=float)
         with np.errstate(divide="ignore", invalid="ignore"):
             vaf = np.where(depth > 0, alt_count / depth, np.nan)
-    outcome = np.full(len(maf), "", dtype=object)
-    reason_order = []
-    undecided = passed.copy()
-    outcome[~passed] = "filter_not_pass"
-
-    def decide(mask: np.ndarray, reason: str) -> None:
-        nonlocal undecided
-        hit = undecided & mask
-        outcome[hit] = reason
-        undecided &= ~hit
-        reason_order.append(reason)
-
-    if filters.min_depth:
-        decide(np.isnan(depth), "missing_depth")
-        decide(depth < filters.min_depth, "below_min_depth")
-    if filters.min_vaf:
-        decide(np.isnan(vaf), "missing_vaf")
-        decide(vaf < filters.min_vaf, "below_min_vaf")
-    decide(gene.isin(["", "Unknown"]).to_numpy(), "no_gene_symbol")
-    decide(classes.isin(MAF_UNCLASSIFIED).to_numpy(), "unclassified")
-    decide(~classes.isin(MAF_PROTEIN_ALTERING).to_numpy(), "not_protein_altering")
+    first = FirstFailure(passed)
+    first.depth_and_vaf(depth, vaf, filters)
+    first.decide(gene.isin(["", "Unknown"]).to_numpy(), "no_gene_symbol")
+    first.decide(classes.isin(MAF_UNCLASSIFIED).to_numpy(), "unclassified")
+    first.decide(~classes.isin(MAF_PROTEIN_ALTERING).to_numpy(), "not_protein_altering")
     if filters.genes is not None:
-        decide(~gene.isin(filters.genes).to_numpy(), "gene_not_in_allow_list")
+        first.decide(~gene.isin(filters.genes).to_numpy(), "gene_not_in_allow_list")
+    outcome, undecided, reasons = first.outcome, first.undecided, first.reasons
     outcome[undecided] = COUNTED
-    reasons = ["filter_not_pass", *reason_order]
     codes, barcodes = pd.factorize(sample, sort=False)
     n_samples = len(barcodes)
     n_records = np.bincount(codes, minlength=n_samples)

@@ -276,7 +276,15 @@ def count_columnar(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from multimodal.ingest.variants import _ALT, _BASES, CONSEQUENCE_TERMS, COUNTED, PROTEIN_ALTERING, _field_at
+    from multimodal.ingest.variants import (
+        _ALT,
+        _BASES,
+        CONSEQUENCE_TERMS,
+        COUNTED,
+        PROTEIN_ALTERING,
+        FirstFailure,
+        _field_at,
+    )
 
     body = _body(_read_text(path))
     n_samples = len(header.samples)
@@ -417,22 +425,9 @@ def count_columnar(
     shown = np.where(shown_altering != none, shown_altering, shown_first)
 
     # --- record outcomes, in the pysam loop's order
-    outcome = np.full(n, "", dtype=object)
-    undecided = passed.copy()
-    outcome[~passed] = "filter_not_pass"
-
-    def decide(mask: np.ndarray, reason: str) -> None:
-        hit = undecided & mask
-        outcome[hit] = reason
-        undecided[hit] = False
-
-    with np.errstate(invalid="ignore"):
-        if filters.min_depth:
-            decide(np.isnan(depth), "missing_depth")
-            decide(depth < filters.min_depth, "below_min_depth")
-        if filters.min_vaf:
-            decide(np.isnan(vaf), "missing_vaf")
-            decide(vaf < filters.min_vaf, "below_min_vaf")
+    first = FirstFailure(passed)
+    outcome, decide = first.outcome, first.decide
+    first.depth_and_vaf(depth, vaf, filters)
     n_entries_of = np.bincount(entry_record, minlength=n)
     decide(n_entries_of == 0, "no_annotation")
     n_groups_of = np.bincount(group_record, minlength=n)
