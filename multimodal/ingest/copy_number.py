@@ -19,7 +19,7 @@ import logging
 import re
 import shlex
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,11 +54,18 @@ COPY_NUMBER_SUFFIX = "_cn"
 
 
 def patient_samples(
-    patients: pd.Index, available: Collection[str], sample_names: Mapping[str, str] | None, *, what: str
-) -> dict[str, str]:
-    """Each patient's sample among ``available``: its ``cnv_sample`` from the samples sheet where given, else
-    its patient ID, matched exactly or as a unique barcode prefix (:func:`resolve_barcodes`). A ``cnv_sample``
-    that names no sample stops the run (a typo would otherwise leave the patient without copy number)."""
+    patients: pd.Index,
+    available: Collection[str],
+    sample_names: Mapping[str, str] | None,
+    *,
+    what: str,
+    file_of: Callable[[str], str | Path],
+) -> tuple[dict[str, str], int]:
+    """The patient of each claimed sample among ``available`` (sample -> patient), and how many were matched by a
+    barcode prefix rather than exactly: a patient's ``cnv_sample`` from
+    the samples sheet where given, else its patient ID, matched exactly or as a unique barcode prefix
+    (:func:`resolve_barcodes`). A ``cnv_sample`` that names no sample stops the run (a typo would otherwise leave
+    the patient without copy number), and so does a sample two patients claim (named with ``file_of(sample)``)."""
     names = {str(p): (sample_names or {}).get(str(p)) or str(p) for p in patients}
     resolved = resolve_barcodes(sorted(set(names.values())), available, what=what)
     given = {p: n for p, n in names.items() if (sample_names or {}).get(p)}
@@ -68,7 +75,19 @@ def patient_samples(
             f"samples sheet: cnv_sample names no {what}: {', '.join(unknown[:3])}"
             + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
         )
-    return {p: resolved[n] for p, n in names.items() if n in resolved}
+    claimed: dict[str, str] = {}
+    n_by_prefix = 0
+    for patient, name in names.items():
+        if name not in resolved:
+            continue
+        sample = resolved[name]
+        n_by_prefix += sample != name
+        if sample in claimed:
+            raise MultimodalError(
+                f"{file_of(sample)}: sample {sample!r} is claimed by patients {claimed[sample]} and {patient}"
+            )
+        claimed[sample] = patient
+    return claimed, n_by_prefix
 
 
 def copy_number_matrix(
@@ -102,12 +121,9 @@ def copy_number_matrix(
     sample_columns = [c for c in frame.columns if c not in GISTIC_ANNOTATION]
     if not sample_columns:
         raise MultimodalError(f"{path}: {what} has no sample columns after Gene Symbol, Locus ID, Cytoband")
-    resolved = patient_samples(patients, sample_columns, sample_names, what=f"sample column of {path.name}")
-    claimed: dict[str, str] = {}
-    for patient, column in resolved.items():
-        if column in claimed:
-            raise MultimodalError(f"{path}: sample {column!r} is claimed by patients {claimed[column]} and {patient}")
-        claimed[column] = patient
+    claimed, n_by_prefix = patient_samples(
+        patients, sample_columns, sample_names, what=f"sample column of {path.name}", file_of=lambda _: path
+    )
     if not claimed:
         raise MultimodalError(
             f"{path}: none of its {len(sample_columns)} sample columns is a patient of the samples sheet "
@@ -152,7 +168,7 @@ def copy_number_matrix(
         "exclusions": {
             "patients_without_copy_number": int(len(patients) - len(columns)),
             "cnv_samples_not_in_samples_sheet": int(len(sample_columns) - len(columns)),
-            "cnv_samples_matched_by_barcode_prefix": int(sum(p != c for p, c in resolved.items())),
+            "cnv_samples_matched_by_barcode_prefix": n_by_prefix,
             "genes_constant_in_all_patients": int(constant.sum()),
         },
     }
@@ -482,14 +498,7 @@ def segment_copy_number(
     ordered = np.argsort(genes["gstart"].to_numpy(), kind="stable")  # sorted queries search faster
     gene_lines = (genes["gstart"].to_numpy()[ordered], genes["gend"].to_numpy()[ordered], codes[ordered])
     sample_ids = list(owner)
-    resolved = patient_samples(patients, sample_ids, sample_names, what="segment sample")
-    claimed: dict[str, str] = {}
-    for patient, sample in resolved.items():
-        if sample in claimed:
-            raise MultimodalError(
-                f"{owner[sample]}: sample {sample!r} is claimed by patients {claimed[sample]} and {patient}"
-            )
-        claimed[sample] = patient
+    claimed, n_by_prefix = patient_samples(patients, sample_ids, sample_names, what="segment sample", file_of=owner.get)
     if not claimed:
         raise MultimodalError(
             f"{owner[sample_ids[0]]}: none of the {len(sample_ids)} segment samples is a patient of the samples "
@@ -544,7 +553,7 @@ def segment_copy_number(
         "exclusions": {
             "patients_without_copy_number": int(len(patients) - len(kept_samples)),
             "cnv_samples_not_in_samples_sheet": int(len(sample_ids) - len(kept_samples)),
-            "cnv_samples_matched_by_barcode_prefix": int(sum(p != s for p, s in resolved.items())),
+            "cnv_samples_matched_by_barcode_prefix": n_by_prefix,
             "segments_on_other_contigs": other_segments,
             "gene_bed_lines_on_other_contigs": int(other_genes.sum()),
             "gene_bed_lines_pooled_into_one_gene": int((lines_per_gene[lines_per_gene > 1]).sum()),
