@@ -410,8 +410,8 @@ def test_cnv_sample_maps_aliquot_uuids_to_patients(tmp_path):
     assert list(by_uuid.obs["cnv_sample"]) == [uuids["TCGA-AB-0001"], uuids["TCGA-AB-0003"], "TCGA-AB-0002-01A"]
     np.testing.assert_array_equal(by_uuid.X, by_barcode.X)
     # the UUIDs name their samples exactly: only TCGA-AB-0002 (-> TCGA-AB-0002-01A) is a barcode-prefix match
-    assert by_barcode.uns["ingest"]["cnv_samples_matched_by_barcode_prefix"] == 3
-    assert by_uuid.uns["ingest"]["cnv_samples_matched_by_barcode_prefix"] == 1
+    assert by_barcode.uns["ingest"]["exclusions"]["cnv_samples_matched_by_barcode_prefix"] == 3
+    assert by_uuid.uns["ingest"]["exclusions"]["cnv_samples_matched_by_barcode_prefix"] == 1
     without = segment_copy_number(segments, bed, patients=SEG_PATIENTS)  # the UUID patients are not found
     assert list(without.obs_names) == ["TCGA-AB-0002"]
     with pytest.raises(MultimodalError, match=r"cnv_sample names no segment sample: TCGA-AB-0001 \('0b6a7c3e-typo'\)"):
