@@ -493,6 +493,14 @@ def _exclusions(
     }
 
 
+def _check_settings(values: str, min_samples: int) -> None:
+    """``ingest.expression_values`` and ``ingest.min_expression.min_samples``, before any file is read."""
+    if values not in EXPRESSION_VALUES:
+        raise MultimodalError(f"expression values must be one of {EXPRESSION_VALUES}, got {values!r}")
+    if min_samples < 1:
+        raise MultimodalError(f"ingest.min_expression.min_samples must be at least 1, got {min_samples}")
+
+
 def expression_matrix(
     counts: pd.DataFrame,
     samples: pd.DataFrame,
@@ -521,8 +529,7 @@ def expression_matrix(
     """
     from multimodal.ingest.expression_formats import strip_version
 
-    if values not in EXPRESSION_VALUES:
-        raise MultimodalError(f"expression values must be one of {EXPRESSION_VALUES}, got {values!r}")
+    _check_settings(values, min_samples)
     claimed, n_by_prefix, n_unclaimed = _claimed_columns(
         counts.columns, samples, source=source, n_not_read=counts.attrs.get("sample_columns_not_read", 0)
     )
@@ -543,8 +550,6 @@ def expression_matrix(
         uninformative = (matrix.max(axis=0) == matrix.min(axis=0)).to_numpy()
     if uninformative.any():
         matrix = matrix.loc[:, ~uninformative]
-    if min_samples < 1:
-        raise MultimodalError(f"ingest.min_expression.min_samples must be at least 1, got {min_samples}")
     low = np.zeros(matrix.shape[1], dtype=bool)
     if min_count > 0:
         low = ((matrix >= min_count).sum(axis=0) < min_samples).to_numpy()
@@ -611,8 +616,7 @@ def _table_modality(
     """
     from multimodal.ingest.expression_formats import strip_version
 
-    if values not in EXPRESSION_VALUES:
-        raise MultimodalError(f"expression values must be one of {EXPRESSION_VALUES}, got {values!r}")
+    _check_settings(values, min_samples)
     nonnegative = values == "counts"
     plan = _plan_table(path, [s for s in samples["rna_sample"] if s])
     if not plan.columns:  # nothing to parse: the frame path names what is missing
@@ -623,8 +627,6 @@ def _table_modality(
     claimed, n_by_prefix, n_unclaimed = _claimed_columns(
         pd.Index(plan.columns), samples, source=source, n_not_read=len(plan.in_file) - len(plan.columns)
     )
-    if min_samples < 1:
-        raise MultimodalError(f"ingest.min_expression.min_samples must be at least 1, got {min_samples}")
     take = pd.Index(plan.columns).get_indexer(list(claimed))  # each patient's column among those parsed
     sep, names, n_comments, columns = plan.sep, plan.names, plan.n_comments, plan.columns
 
