@@ -59,19 +59,24 @@ RECORDS = [
 ]
 
 
-def write_cohort_vcf(path: Path, records=RECORDS) -> Path:
-    """A bgzipped, tabix-indexed multi-sample VCF written through pysam."""
-    text = path.with_name("cohort_text.vcf")
-    lines = [HEADER] + [
-        f"chr1\t{pos}\t.\t{ref}\t{alt}\t50\t{filt}\tCSQ={csq}\tGT\t" + "\t".join(gts) + "\n"
-        for pos, ref, alt, filt, csq, gts in records
-    ]
+def bgzipped_through_pysam(lines: list[str], path: Path) -> Path:
+    """The VCF text ``lines`` written beside ``path``, re-written by pysam to ``path`` bgzipped, tabix-indexed."""
+    text = path.with_name(path.name.removesuffix(".vcf.gz") + "_text.vcf")
     text.write_text("".join(lines))
     with pysam.VariantFile(str(text)) as src, pysam.VariantFile(str(path), "wz", header=src.header) as dst:
         for record in src:
             dst.write(record)
     pysam.tabix_index(str(path), preset="vcf", force=True)
     return path
+
+
+def write_cohort_vcf(path: Path, records=RECORDS) -> Path:
+    """A bgzipped, tabix-indexed multi-sample VCF written through pysam."""
+    lines = [HEADER] + [
+        f"chr1\t{pos}\t.\t{ref}\t{alt}\t50\t{filt}\tCSQ={csq}\tGT\t" + "\t".join(gts) + "\n"
+        for pos, ref, alt, filt, csq, gts in records
+    ]
+    return bgzipped_through_pysam(lines, path)
 
 
 @pytest.fixture(scope="module")
@@ -192,17 +197,11 @@ HAPLOID_RECORDS = [
 
 def write_x_vcf(path: Path) -> Path:
     """The chrX cohort through pysam: bgzipped and tabix-indexed."""
-    text = path.with_name("x_text.vcf")
     lines = [HAPLOID_HEADER]
     for pos, ref, alt, filt, csq, gts in HAPLOID_RECORDS:
         info = ";".join([f"CSQ={csq}"] * bool(csq) + [f"SRC=caller{pos}"] * (pos != "200")) or "."
         lines.append(f"chrX\t{pos}\t.\t{ref}\t{alt}\t50\t{filt}\t{info}\tGT\t" + "\t".join(gts) + "\n")
-    text.write_text("".join(lines))
-    with pysam.VariantFile(str(text)) as src, pysam.VariantFile(str(path), "wz", header=src.header) as dst:
-        for record in src:
-            dst.write(record)
-    pysam.tabix_index(str(path), preset="vcf", force=True)
-    return path
+    return bgzipped_through_pysam(lines, path)
 
 
 @pytest.fixture(scope="module")
