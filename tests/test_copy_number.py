@@ -58,25 +58,37 @@ def test_bad_calls_and_repeated_genes_are_named(tmp_path):
         copy_number_matrix(short, patients=patients)
 
 
-def test_cli_ingest_and_assemble_as_the_cnv_modality(tmp_path):
+CLINICAL_ROWS = [
+    "TCGA-AB-0001\t10\t1\t60\tF\tA\tS1\t1\n",
+    "TCGA-AB-0002\t20\t0\t55\tM\tB\tS1\t0\n",
+    "TCGA-AB-0003\t5\t1\t70\tF\tA\tS2\t1\n",
+    "TCGA-AB-0004\t8\t1\t64\tM\tB\tS2\t0\n",
+]
+
+
+def cli_cnv_store(tmp_path: Path, n_patients: int, source: list[str], source_files: list[Path]):
+    """``multimodal ingest copy-number`` (``source``: its input options) then ``assemble`` for the first
+    ``n_patients`` of TCGA-AB-0001..4; returns the store read back and the CLI's common options."""
     from multimodal.cli import main
     from multimodal.store import read_cohort_store
 
-    gistic = write(tmp_path / "all_thresholded.by_genes.txt")
-    (tmp_path / "samples.tsv").write_text("patient_id\nTCGA-AB-0001\nTCGA-AB-0002\nTCGA-AB-0003\n")
+    rows = CLINICAL_ROWS[:n_patients]
+    (tmp_path / "samples.tsv").write_text("patient_id\n" + "".join(r.split("\t")[0] + "\n" for r in rows))
     (tmp_path / "clinical.tsv").write_text(
-        "patient_id\tos_time\tos_event\tage\tsex\tarm\tsite\tresponse\n"
-        "TCGA-AB-0001\t10\t1\t60\tF\tA\tS1\t1\n"
-        "TCGA-AB-0002\t20\t0\t55\tM\tB\tS1\t0\n"
-        "TCGA-AB-0003\t5\t1\t70\tF\tA\tS2\t1\n"
+        "patient_id\tos_time\tos_event\tage\tsex\tarm\tsite\tresponse\n" + "".join(rows)
     )
     common = ["--samples", str(tmp_path / "samples.tsv"), "--data-root", str(tmp_path)]
     out = tmp_path / "cnv.h5ad"
-    assert main(["ingest", "copy-number", "-q", *common, "--table", str(gistic), "--out", str(out)]) == 0
+    assert main(["ingest", "copy-number", "-q", *common, *source, "--out", str(out)]) == 0
     store = tmp_path / "cohort.zarr"
     argv = ["assemble", "-q", *common, "--clinical", str(tmp_path / "clinical.tsv"), "--table", f"cnv={out}"]
-    assert main([*argv, "--table-source", str(gistic), "--out", str(store)]) == 0
-    mdata = read_cohort_store(store)
+    assert main([*argv, "--table-source", *map(str, source_files), "--out", str(store)]) == 0
+    return read_cohort_store(store), common
+
+
+def test_cli_ingest_and_assemble_as_the_cnv_modality(tmp_path):
+    gistic = write(tmp_path / "all_thresholded.by_genes.txt")
+    mdata, _ = cli_cnv_store(tmp_path, 3, ["--table", str(gistic)], [gistic])
     assert mdata["cnv"].var["feature_class"].unique().tolist() == ["gene_copy_number"]
     assert mdata["cnv"]["TCGA-AB-0002"].X.tolist() == [[-1, 0, -2]]
     assert mdata.uns["provenance"]["exclusions"]["cnv"]["cnv_samples_not_in_samples_sheet"] == 1
@@ -262,25 +274,11 @@ def test_sample_in_two_segment_files_is_refused(tmp_path):
 
 def test_cli_segments_to_the_store_with_counts_in_provenance(tmp_path):
     from multimodal.cli import main
-    from multimodal.store import read_cohort_store
 
     segments, bed = segment_inputs(tmp_path)
-    (tmp_path / "samples.tsv").write_text("patient_id\nTCGA-AB-0001\nTCGA-AB-0002\nTCGA-AB-0003\nTCGA-AB-0004\n")
-    (tmp_path / "clinical.tsv").write_text(
-        "patient_id\tos_time\tos_event\tage\tsex\tarm\tsite\tresponse\n"
-        "TCGA-AB-0001\t10\t1\t60\tF\tA\tS1\t1\n"
-        "TCGA-AB-0002\t20\t0\t55\tM\tB\tS1\t0\n"
-        "TCGA-AB-0003\t5\t1\t70\tF\tA\tS2\t1\n"
-        "TCGA-AB-0004\t8\t1\t64\tM\tB\tS2\t0\n"
-    )
-    common = ["--samples", str(tmp_path / "samples.tsv"), "--data-root", str(tmp_path)]
-    out = tmp_path / "cnv.h5ad"
     source = ["--segments", *map(str, segments), "--genes-bed", str(bed), "--thresholds", "-1", "-0.25", "0.25", "1"]
-    assert main(["ingest", "copy-number", "-q", *common, *source, "--out", str(out)]) == 0
-    store = tmp_path / "cohort.zarr"
-    argv = ["assemble", "-q", *common, "--clinical", str(tmp_path / "clinical.tsv"), "--table", f"cnv={out}"]
-    assert main([*argv, "--table-source", *map(str, [*segments, bed]), "--out", str(store)]) == 0
-    mdata = read_cohort_store(store)
+    mdata, common = cli_cnv_store(tmp_path, 4, source, [*segments, bed])
+    out = tmp_path / "cnv.h5ad"
     assert mdata["cnv"]["TCGA-AB-0001"].X.tolist() == [[-1, 2, -1, 1, 1]]
     assert mdata["cnv"].obs.loc["TCGA-AB-0003", "cnv_genes_missing"] == 2
     counts = mdata.uns["provenance"]["exclusions"]["cnv"]
