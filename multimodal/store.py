@@ -235,6 +235,21 @@ def write_cohort_store(mdata: mudata.MuData, path: str | Path, *, provenance: di
     return path
 
 
+def sort_mappings(mapping: dict) -> dict:
+    """Put the keys of ``mapping`` and of every dict nested in it in sorted order, in place; returns it.
+
+    Zarr v3 lists a group's members in the order its concurrent reads complete, so a dict read back from a
+    store (``uns``) comes in a different order from one process to the next; anything that iterates over
+    it (the QoL tasks' target columns, the report's tables) must not inherit that: every reader of a store's
+    ``uns`` goes through this.
+    """
+    items = sorted(mapping.items(), key=lambda item: str(item[0]))
+    mapping.clear()
+    for key, value in items:
+        mapping[key] = sort_mappings(value) if isinstance(value, dict) else value
+    return mapping
+
+
 def read_cohort_store(path: str | Path) -> mudata.MuData:
     """Open a cohort store written by :func:`write_cohort_store`."""
     import mudata as md
@@ -250,6 +265,9 @@ def read_cohort_store(path: str | Path) -> mudata.MuData:
             mdata = md.read_zarr(str(path))
     except Exception as exc:  # zarr/anndata raise many types for a damaged store
         raise MultimodalError(f"{path}: cannot read cohort store: {type(exc).__name__}: {exc}") from exc
+    sort_mappings(mdata.uns)
+    for adata in mdata.mod.values():
+        sort_mappings(adata.uns)
     version = str(mdata.uns.get("provenance", {}).get("store_spec_version", ""))
     if version.split(".")[0] != STORE_SPEC_VERSION.split(".")[0]:
         raise MultimodalError(

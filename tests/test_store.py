@@ -235,3 +235,38 @@ def test_each_modalitys_ingest_settings_are_kept_in_the_provenance(tiny_run):
     settings = json.loads(read_cohort_store(tiny_run["store"]).uns["provenance"]["ingest_params_json"])
     assert {"variants", "imaging", "expression"} <= set(settings)
     assert settings["imaging"]["bin_count"] == 32
+
+
+def test_dicts_read_from_a_store_come_in_one_order_whatever_zarr_lists(tiny_run, tmp_path):
+    """Zarr v3 lists a group's members in the order its concurrent reads finish, which differs from one process
+    to the next: the QoL tasks' target columns (uns['tasks']) swapped between two runs of the same training.
+    Every reader of a store's uns gives dicts, nested ones too, in sorted key order."""
+    import shutil
+
+    import zarr
+    from anndata.io import write_elem
+
+    from multimodal.store import read_cohort_store
+
+    copy = tmp_path / "cohort.zarr"
+    shutil.copytree(tiny_run["store"], copy)
+    names = [f"qol_{c}" for c in "zyxwvutsrqpo"]
+    group = zarr.open_group(str(copy), mode="r+")
+    write_elem(group["uns"], "tasks", {name: "continuous" for name in names})
+    write_elem(group["uns"], "nested", {"outer": {name: i for i, name in enumerate(names)}})
+    for _ in range(3):
+        mdata = read_cohort_store(copy)
+        assert list(mdata.uns["tasks"]) == sorted(names)
+        assert list(mdata.uns["nested"]["outer"]) == sorted(names)
+        assert list(mdata.uns) == sorted(mdata.uns)
+        assert list(mdata.uns["provenance"]) == sorted(mdata.uns["provenance"])
+
+
+def test_qol_task_columns_follow_the_task_names_not_the_dicts_order(tiny_run):
+    from multimodal.model.tasks import store_tasks
+    from multimodal.store import read_cohort_store
+
+    mdata = read_cohort_store(tiny_run["store"])
+    mdata.obs["qol_b"], mdata.obs["qol_a"] = 1.0, 2.0
+    mdata.uns["tasks"] = {"qol_b": "continuous", "qol_a": "ordinal"}
+    assert list(store_tasks(mdata)) == ["qol_a", "qol_b"]

@@ -35,10 +35,11 @@ def check_sources(explain_dir: str | Path, *, model_dir: str | Path | None = Non
     import zarr
 
     from multimodal.explain import model_fingerprint
+    from multimodal.store import sort_mappings
 
     path = Path(explain_dir) / "attributions.zarr"
     try:
-        uns = ad.io.read_elem(zarr.open_group(str(path / "uns" / "attribution"), mode="r"))
+        uns = sort_mappings(ad.io.read_elem(zarr.open_group(str(path / "uns" / "attribution"), mode="r")))
     except Exception as exc:  # zarr raises several types for a missing or damaged group
         raise MultimodalError(f"{path}: no uns/attribution ({type(exc).__name__}); run `multimodal explain`") from exc
     if model_dir is not None and uns.get("model_fingerprint") != model_fingerprint(model_dir):

@@ -58,9 +58,10 @@ class TaskSpec:
 
 
 def store_tasks(mdata: mudata.MuData) -> dict[str, str]:
-    """``{column: kind}`` of the QoL tasks recorded in a store (``uns['tasks']``) whose column is in obs."""
+    """``{column: kind}`` of the QoL tasks recorded in a store (``uns['tasks']``) whose column is in obs, in
+    the order of their names: the order of the target matrix's columns, so never the dict's own order."""
     recorded = mdata.uns.get("tasks", {})
-    tasks = {str(k): str(v) for k, v in (recorded.items() if hasattr(recorded, "items") else [])}
+    tasks = {str(k): str(v) for k, v in sorted(recorded.items() if hasattr(recorded, "items") else [])}
     return {name: kind for name, kind in tasks.items() if name in mdata.obs}
 
 

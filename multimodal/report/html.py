@@ -298,7 +298,7 @@ def _read_store(path: Path) -> tuple[pd.DataFrame, dict[str, tuple[int, int]], d
 
 def _read_attribution(path: Path) -> dict:
     """``uns["attribution"]`` of the attributions store, read without loading the attribution matrices."""
-    from multimodal.store import configure_zarr_v3
+    from multimodal.store import configure_zarr_v3, sort_mappings
 
     if not (path / "zarr.json").is_file():
         raise MultimodalError(f"{path}: missing (no zarr.json)")
@@ -308,7 +308,7 @@ def _read_attribution(path: Path) -> dict:
         from anndata.io import read_elem
 
         group = zarr.open_group(str(path), mode="r")
-        uns = read_elem(group["uns"]) if "uns" in group else {}
+        uns = sort_mappings(read_elem(group["uns"])) if "uns" in group else {}
     except Exception as exc:  # zarr/anndata raise many types for a damaged store
         raise MultimodalError(f"{path}: cannot read attribution store: {type(exc).__name__}: {exc}") from exc
     record = uns.get("attribution") if isinstance(uns, dict) else None
@@ -1628,7 +1628,7 @@ def _read_attribution_matrices(inp: _Inputs) -> dict[str, Any]:
     cannot be read as such (the sections that need it say so)."""
     import anndata as ad
 
-    from multimodal.store import configure_zarr_v3
+    from multimodal.store import configure_zarr_v3, sort_mappings
 
     root = inp.explain_dir / "attributions.zarr" / "mod"
     out = {}
@@ -1638,6 +1638,7 @@ def _read_attribution_matrices(inp: _Inputs) -> dict[str, Any]:
     for path in sorted(p for p in root.iterdir() if p.is_dir()):
         try:
             out[path.name] = ad.read_zarr(str(path))
+            sort_mappings(out[path.name].uns)
         except Exception as exc:  # noqa: BLE001 - a damaged modality is reported, the others still shown
             inp.warn(f"{path}: cannot read attributions: {type(exc).__name__}: {exc}")
     return out
