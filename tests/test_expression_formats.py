@@ -13,7 +13,12 @@ import scipy.sparse as sp
 from multimodal.cli import main
 from multimodal.errors import MultimodalError
 from multimodal.ingest.expression import expression_matrix, read_counts_table, read_expression_inputs
-from multimodal.ingest.expression_formats import read_10x_h5_profile, read_h5ad_expression, strip_version
+from multimodal.ingest.expression_formats import (
+    bulk_h5ad_modality,
+    read_10x_h5_profile,
+    read_h5ad_expression,
+    strip_version,
+)
 
 SALMON_HEADER = "Name\tLength\tEffectiveLength\tTPM\tNumReads\n"
 
@@ -139,6 +144,127 @@ def test_bulk_h5ad_reads_the_counts_layer(tmp_path):
     adata = read_expression_inputs(sheet({"P1": {"rna_sample": "S2"}, "P2": {"rna_sample": "S1"}}), counts=path)
     np.testing.assert_array_equal(adata.layers["counts"], [[3, 7, 0], [10, 0, 5]])
     assert list(adata.var["gene_symbol"]) == ["TP53", "KRAS", "EGFR"]
+
+
+#: A bulk cohort: 6 samples (S2 and S5 claimed by no patient) x 8 genes. Gene rows 0, 2 and 7 are one gene after
+#: version stripping (summed); rows 1 and 3 share the symbol KRAS under two IDs (two features); row 4 reaches
+#: 10 in one cohort sample only (below the filter); row 5 is zero in every cohort sample (not in S2).
+BULK_IDS = [
+    "ENSG00000000001.1",
+    "ENSG00000000002.3",
+    "ENSG00000000001.2",
+    "ENSG00000000004.1",
+    "ENSG00000000005.1",
+    "ENSG00000000006.1",
+    "ENSG00000000007.2",
+    "ENSG00000000001.9",
+]
+BULK_SYMBOLS = ["TP53", "KRAS", "TP53", "KRAS", "LOW", "ZERO", "MYC", "TP53"]
+BULK_COUNTS = np.array(
+    [
+        [100, 17, 5, 30, 9, 0, 12, 1],
+        [200, 0, 5, 40, 0, 0, 13, 1],
+        [1, 1, 1, 1, 1, 50, 1, 1],
+        [0, 3, 5, 50, 11, 0, 14, 1],
+        [10, 20, 5, 60, 0, 0, 15, 1],
+        [2, 2, 2, 2, 2, 2, 2, 2],
+    ],
+    dtype=np.float64,
+)
+#: Patients P1-P4 claim S4, S1, S0, S3 (not in file order); P5 has no RNA.
+BULK_SHEET = {
+    "P1": {"rna_sample": "S4"},
+    "P2": {"rna_sample": "S1"},
+    "P3": {"rna_sample": "S0"},
+    "P4": {"rna_sample": "S3"},
+    "P5": {"rna_sample": ""},
+}
+
+
+def write_bulk_h5ad(path: Path, counts: np.ndarray, kind: str, dtype=np.float32) -> Path:
+    """``counts`` (samples x genes) as an anndata-written bulk .h5ad: X dense, CSR or CSC, of ``dtype``."""
+    values = counts.astype(dtype)
+    matrix = {"dense": values, "csr": sp.csr_matrix(values), "csc": sp.csc_matrix(values)}[kind]
+    var = pd.DataFrame({"gene_name": BULK_SYMBOLS}, index=BULK_IDS)
+    ad.AnnData(X=matrix, obs=pd.DataFrame(index=[f"S{i}" for i in range(len(counts))]), var=var).write_h5ad(path)
+    return path
+
+
+def assert_same_modality(a: ad.AnnData, b: ad.AnnData) -> None:
+    """Two expression modalities equal bit for bit: matrices, layers, obs, var and ingest notes."""
+    np.testing.assert_array_equal(a.X, b.X, strict=True)
+    assert a.layers.keys() == b.layers.keys()
+    for key in a.layers:
+        np.testing.assert_array_equal(a.layers[key], b.layers[key], strict=True)
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+    pd.testing.assert_frame_equal(a.var, b.var)
+    assert a.uns["ingest"] == b.uns["ingest"]
+
+
+@pytest.mark.parametrize("fraction", [False, True])  # True: float64 X with a value float32 rounds (staged as float64)
+@pytest.mark.parametrize("kind", ["dense", "csr", "csc"])
+def test_bulk_h5ad_read_in_blocks_equals_the_frame_path(tmp_path, kind, fraction):
+    counts = BULK_COUNTS.copy()
+    if fraction:
+        counts[1, 2] += 0.1  # S1's second TP53 row: 5.1, whose float32 is not 5.1 (the sum is made in float64)
+    path = write_bulk_h5ad(tmp_path / "bulk.h5ad", counts, kind, np.float64 if fraction else np.float32)
+    samples = sheet(BULK_SHEET)
+    frame_path = expression_matrix(read_h5ad_expression(path), samples, source=str(path), min_count=10, min_samples=2)
+    for block_cells in (1, 5, None):  # a cell, a row or a gene per block; the default (all at once)
+        blocked = bulk_h5ad_modality(path, samples, min_count=10, min_samples=2, block_cells=block_cells)
+        assert_same_modality(frame_path, blocked)
+    via_inputs = read_expression_inputs(samples, counts=path, min_count=10, min_samples=2)
+    np.testing.assert_array_equal(via_inputs.X, blocked.X, strict=True)
+    # what the file holds, so that two equally wrong paths cannot pass
+    assert list(blocked.obs_names) == ["P1", "P2", "P3", "P4"]
+    assert list(blocked.var_names) == ["ENSG00000000001", "ENSG00000000002", "ENSG00000000004", "ENSG00000000007"]
+    assert list(blocked.var["gene_symbol"]) == ["TP53", "KRAS", "KRAS", "MYC"]
+    expected = np.array([[16, 20, 60, 15], [206, 0, 40, 13], [106, 17, 30, 12], [6, 3, 50, 14]], dtype=np.float64)
+    expected[1, 0] += 0.1 if fraction else 0.0
+    np.testing.assert_array_equal(blocked.layers["counts"], expected.astype(np.float32))
+    assert blocked.uns["ingest"]["exclusions"] == {
+        "patients_without_rna": 1,
+        "rna_samples_not_in_samples_sheet": 2,
+        "genes_zero_in_all_samples": 1,
+        "genes_with_missing_values": 0,
+        "duplicate_gene_rows_summed": 2,
+        "genes_below_min_expression": 1,
+        "summary_rows_removed": 0,
+        "rna_samples_matched_by_barcode_prefix": 0,
+    }
+    assert blocked.uns["ingest"]["params"]["integer_counts"] is not fraction
+
+
+@pytest.mark.parametrize("kind", ["dense", "csr"])
+def test_bad_cells_of_a_bulk_h5ad_are_named_as_the_frame_path_names_them(tmp_path, kind):
+    counts = BULK_COUNTS.copy()
+    counts[0, 1], counts[3, 4], counts[4, 6] = np.nan, -3, np.inf
+    path = write_bulk_h5ad(tmp_path / "bad.h5ad", counts, kind)
+    with pytest.raises(MultimodalError) as frame_error:
+        read_h5ad_expression(path)
+    with pytest.raises(MultimodalError) as err:
+        bulk_h5ad_modality(path, sheet(BULK_SHEET), block_cells=5)
+    assert str(err.value) == str(frame_error.value)
+    assert str(err.value) == (
+        f"{path}: X holds negative or non-finite values; raw counts expected (3 cells: "
+        "obs 'S0', var 'ENSG00000000002.3': nan, obs 'S3', var 'ENSG00000000005.1': -3, "
+        "obs 'S4', var 'ENSG00000000007.2': inf)"
+    )
+    counts = BULK_COUNTS.copy()
+    counts[2, 0] = -1  # in S2, which no patient claims: the block path reads only the cohort's rows
+    path = write_bulk_h5ad(tmp_path / "unclaimed.h5ad", counts, kind)
+    with pytest.raises(MultimodalError, match=r"\(obs 'S2', var 'ENSG00000000001.1': -1\)$"):
+        read_h5ad_expression(path)
+    assert bulk_h5ad_modality(path, sheet(BULK_SHEET)).shape == (4, 5)
+    twice = ad.read_h5ad(path)
+    twice.obs_names = ["S0", "S1", "S2", "S3", "S4", "S1"]  # anndata writes it (with a warning)
+    twice.write_h5ad(path)
+    with pytest.raises(MultimodalError, match=r"obs name 'S1', an rna_sample of the samples sheet, names more than"):
+        bulk_h5ad_modality(path, sheet(BULK_SHEET))
+    not_h5ad = tmp_path / "text.h5ad"
+    not_h5ad.write_text("gene\tS1\nA\t1\n")
+    with pytest.raises(MultimodalError, match=r"text\.h5ad: cannot read as AnnData \(\.h5ad\): "):
+        bulk_h5ad_modality(not_h5ad, sheet(BULK_SHEET))
 
 
 def single_cell(tmp_path: Path) -> tuple[Path, np.ndarray, pd.DataFrame]:

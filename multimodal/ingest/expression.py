@@ -8,7 +8,7 @@ and gene selection that do are fitted inside each training fold by the model.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -612,10 +612,9 @@ def _table_modality(
     made per row on the block. Rows that share a gene ID after version stripping are summed in float64, as
     ``groupby().sum()`` sums them (from the float32 copy when it holds their values exactly, else re-read).
     The blocks are then laid into one patients x genes float32 matrix, each freed once copied: the peak is
-    about one matrix plus a block while reading, two (raw counts and normalised) at the end.
+    about one matrix plus a block while reading, two (raw counts and normalised) at the end. The parsing and
+    row rules are the table's; the rest is :func:`modality_from_row_blocks`, which a bulk .h5ad feeds too.
     """
-    from multimodal.ingest.expression_formats import strip_version
-
     _check_settings(values, min_samples)
     nonnegative = values == "counts"
     plan = _plan_table(path, [s for s in samples["rna_sample"] if s])
@@ -654,46 +653,38 @@ def _table_modality(
                     raise MultimodalError(f"{path}: cannot read the counts table's values as numbers")
                 yield chunk.index.astype(str).str.strip(), cells, symbol
 
-    blocks: list[np.ndarray] = []  # kept rows x patients, float32
-    ids: list[np.ndarray] = []
-    symbols: list[np.ndarray] = []
-    rows_read: list[np.ndarray] = []  # row of each kept row among the rows parsed (for a second pass)
-    stats: dict[str, list[np.ndarray]] = {"max": [], "min": [], "integer": [], "exact": [], "at_least": []}
-    n_rows = n_summary = n_with_missing = 0
-    negative = False
-    try:
-        for index, cells, symbol in parsed_blocks():
-            missing = np.isnan(cells)
-            blank = np.asarray(index == "") & missing.all(axis=1)
-            summary = _is_summary_row(index)
-            negative = negative or bool(nonnegative and (cells < 0).any())
-            keep = ~summary & ~blank
-            gaps = keep & missing.any(axis=1)
-            rows = np.flatnonzero(keep & ~gaps)
-            n_summary += int(summary.sum())
-            n_with_missing += int(gaps.sum())
-            cohort = cells[np.ix_(rows, take)]  # kept rows x patients, float64
-            del missing
-            block = cohort.astype(np.float32)
-            stats["max"].append(cohort.max(axis=1, initial=-np.inf))
-            stats["min"].append(cohort.min(axis=1, initial=np.inf))
-            stats["integer"].append((np.mod(cohort, 1) == 0).all(axis=1))
-            stats["exact"].append((block == cohort).all(axis=1))
-            if min_count > 0:
-                stats["at_least"].append((cohort >= min_count).sum(axis=1))
-            del cohort
-            blocks.append(block)
-            ids.append(np.asarray(index[rows], dtype=object))
-            if symbol is not None:
-                symbols.append(symbol.iloc[rows].fillna("").astype(str).str.strip().to_numpy(dtype=object))
-            rows_read.append(n_rows + rows)
-            n_rows += len(cells)
-            del cells
-        if negative:
-            bad_cells(skip_summary_rows=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
-        diagnose_table(path, what="counts table", cause=exc, comments=True)
-        raise MultimodalError(f"{path}: cannot read counts table: {str(exc).splitlines()[0]}") from exc
+    tally = {"summary_rows_removed": 0, "genes_with_missing_values": 0}
+
+    def row_blocks() -> Iterator[RowBlock]:
+        """The kept rows of each parsed block over the cohort's columns; summary, blank and gapped rows counted."""
+        n_rows, negative = 0, False
+        try:
+            for index, cells, symbol in parsed_blocks():
+                missing = np.isnan(cells)
+                blank = np.asarray(index == "") & missing.all(axis=1)
+                summary = _is_summary_row(index)
+                negative = negative or bool(nonnegative and (cells < 0).any())
+                keep = ~summary & ~blank
+                gaps = keep & missing.any(axis=1)
+                rows = np.flatnonzero(keep & ~gaps)
+                tally["summary_rows_removed"] += int(summary.sum())
+                tally["genes_with_missing_values"] += int(gaps.sum())
+                del missing
+                yield RowBlock(
+                    ids=np.asarray(index[rows], dtype=object),
+                    cells=cells[np.ix_(rows, take)],  # kept rows x patients, float64
+                    symbols=None
+                    if symbol is None
+                    else symbol.iloc[rows].fillna("").astype(str).str.strip().to_numpy(dtype=object),
+                    positions=n_rows + rows,
+                )
+                n_rows += len(cells)
+                del cells
+            if negative:
+                bad_cells(skip_summary_rows=True)
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
+            diagnose_table(path, what="counts table", cause=exc, comments=True)
+            raise MultimodalError(f"{path}: cannot read counts table: {str(exc).splitlines()[0]}") from exc
 
     def rows_again(wanted: np.ndarray) -> np.ndarray:
         """Those parsed rows (sorted positions) as float64 over the cohort's columns: a second pass over the file."""
@@ -703,6 +694,83 @@ def _table_modality(
             out.append(cells[np.ix_(here, take)])
             seen += len(cells)
         return np.concatenate(out)
+
+    return modality_from_row_blocks(
+        row_blocks(),
+        rows_again,
+        tally,
+        claimed=claimed,
+        samples=samples,
+        source=source,
+        values=values,
+        target_sum=target_sum,
+        min_count=min_count,
+        min_samples=min_samples,
+        n_unclaimed=n_unclaimed,
+        n_by_prefix=n_by_prefix,
+    )
+
+
+@dataclass(frozen=True)
+class RowBlock:
+    """A block of an input's gene rows, as :func:`modality_from_row_blocks` takes them."""
+
+    ids: np.ndarray  #: each row's gene ID as the input writes it (version suffix and all), object
+    cells: np.ndarray  #: float64, rows x the cohort's patients (in the order of ``claimed``)
+    symbols: np.ndarray | None  #: each row's gene symbol, or None when the input has none
+    positions: np.ndarray  #: each row's position among the input's rows, as ``rows_again`` takes them
+
+
+def modality_from_row_blocks(
+    row_blocks: Iterable[RowBlock],
+    rows_again: Callable[[np.ndarray], np.ndarray],
+    tally: dict[str, int],
+    *,
+    claimed: pd.Series,
+    samples: pd.DataFrame,
+    source: str,
+    values: str,
+    target_sum: float = 1e6,
+    min_count: float = 0.0,
+    min_samples: int = 1,
+    n_unclaimed: int,
+    n_by_prefix: int,
+    gene_order: bool = False,
+) -> anndata.AnnData:
+    """The modality from an input's gene rows given in blocks (a counts table's, an .h5ad's genes): the block path.
+
+    Each block's float64 cells are checked per row (whole numbers, largest value, zero or constant genes, the
+    low-expression filter) and kept as float32 (the cast the modality makes anyway). Rows that share a gene ID
+    after version stripping are summed in float64, as ``groupby().sum()`` sums them (from the float32 copy
+    when it holds their values exactly, else from ``rows_again``: their float64 values, rows x patients, read
+    again by position). The blocks are then laid into one patients x genes float32 matrix, each freed once
+    copied. ``tally``: the input's counts of rows left out (``summary_rows_removed``,
+    ``genes_with_missing_values``), complete once ``row_blocks`` is exhausted. Library sizes are summed gene
+    after gene (see :func:`_row_sums`) when rows were summed, as on the frame path's matrix, or with
+    ``gene_order`` (an input whose frame path gives a Fortran-ordered matrix anyway: a CSC .h5ad).
+    """
+    from multimodal.ingest.expression_formats import strip_version
+
+    blocks: list[np.ndarray] = []  # kept rows x patients, float32
+    ids: list[np.ndarray] = []
+    symbols: list[np.ndarray] = []
+    rows_read: list[np.ndarray] = []  # position of each kept row (for a second pass)
+    stats: dict[str, list[np.ndarray]] = {"max": [], "min": [], "integer": [], "exact": [], "at_least": []}
+    for part in row_blocks:
+        cohort = part.cells
+        block = cohort.astype(np.float32)
+        stats["max"].append(cohort.max(axis=1, initial=-np.inf))
+        stats["min"].append(cohort.min(axis=1, initial=np.inf))
+        stats["integer"].append((np.mod(cohort, 1) == 0).all(axis=1))
+        stats["exact"].append((block == cohort).all(axis=1))
+        if min_count > 0:
+            stats["at_least"].append((cohort >= min_count).sum(axis=1))
+        blocks.append(block)
+        ids.append(part.ids)
+        if part.symbols is not None:
+            symbols.append(part.symbols)
+        rows_read.append(part.positions)
+        del cohort, part
 
     def joined(parts: list[np.ndarray], dtype) -> np.ndarray:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
@@ -758,7 +826,7 @@ def _table_modality(
         counts[:, columns_here[columns_here >= 0]] = summed.to_numpy()[columns_here >= 0].astype(np.float32).T
     return _expression_anndata(
         counts,
-        in_gene_order=len(row_ids) > n_genes and counts.shape[0] > 1 and counts.shape[1] > 1,
+        in_gene_order=(gene_order or len(row_ids) > n_genes) and counts.shape[0] > 1 and counts.shape[1] > 1,
         claimed=claimed,
         genes=genes[kept],
         symbol_of=symbol_of,
@@ -776,11 +844,11 @@ def _table_modality(
             claimed=claimed,
             n_unclaimed=n_unclaimed,
             n_uninformative=int(uninformative.sum()),
-            n_with_missing=n_with_missing,
+            n_with_missing=tally.get("genes_with_missing_values", 0),
             n_duplicate_genes=len(row_ids) - n_genes,
             n_low=int(low.sum()),
             attrs={},
-            n_summary_rows=n_summary,
+            n_summary_rows=tally.get("summary_rows_removed", 0),
             n_by_prefix=n_by_prefix,
         ),
     )
@@ -806,7 +874,12 @@ def read_expression_inputs(
     through ``tx2gene``), 10x ``.h5``, single-cell ``.h5ad`` or a one-sample counts table; such a patient's
     ``rna_sample`` defaults to its patient ID. Giving both is refused (one cohort, one way).
     """
-    from multimodal.ingest.expression_formats import read_h5ad_expression, read_sample_files, read_tx2gene
+    from multimodal.ingest.expression_formats import (
+        bulk_h5ad_modality,
+        read_h5ad_expression,
+        read_sample_files,
+        read_tx2gene,
+    )
 
     files = samples["rna_file"].astype(str) if "rna_file" in samples else pd.Series("", index=samples.index)
     has_file = files.str.len() > 0
@@ -823,10 +896,16 @@ def read_expression_inputs(
     genes = read_tx2gene(tx2gene) if tx2gene else None
     if counts is not None:
         path = Path(counts)
-        if path.name.lower().endswith(".h5ad"):
-            frame = read_h5ad_expression(path, sample_key=sample_key, cell_type_key=cell_type_key)
+        adata = None
+        if path.name.lower().endswith(".h5ad"):  # a bulk one in blocks; single-cell (None here) through scanpy
+            adata = bulk_h5ad_modality(
+                path, samples, sample_key=sample_key, values=values, min_count=min_count, min_samples=min_samples
+            )
+            if adata is None:
+                frame = read_h5ad_expression(path, sample_key=sample_key, cell_type_key=cell_type_key)
         else:
             adata = _table_modality(path, samples, values=values, min_count=min_count, min_samples=min_samples)
+        if adata is not None:
             return _with_input_params(
                 adata, source=str(path), tx2gene=tx2gene, sample_key=sample_key, cell_type_key=cell_type_key
             )

@@ -24,12 +24,19 @@ what it left out in ``frame.attrs``. Gene IDs are harmonised by :func:`strip_ver
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from multimodal.errors import MultimodalError
+from multimodal.ingest.textfile import MAX_LINES_NAMED, listing
+
+if TYPE_CHECKING:
+    import anndata
 
 #: Salmon's quant.sf columns, in order.
 SALMON_COLUMNS = ("Name", "Length", "EffectiveLength", "TPM", "NumReads")
@@ -157,14 +164,24 @@ def _h5ad_frame(path: str | Path, *, sample_key: str, cell_type_key: str | None)
     matrix = adata.layers[layer] if layer else adata.X
     values = matrix.data if hasattr(matrix, "data") and not isinstance(matrix, np.ndarray) else np.asarray(matrix)
     if values.size and (not np.isfinite(values).all() or (values < 0).any()):
-        raise MultimodalError(
-            f"{path}: {'layers[counts]' if layer else 'X'} holds negative or non-finite values; raw counts expected"
+        if hasattr(matrix, "tocoo"):  # the stored entries, in row-major order as a dense matrix is scanned
+            entries = matrix.tocoo()
+            bad = ~np.isfinite(entries.data) | (entries.data < 0)
+            order = np.lexsort((entries.col[bad], entries.row[bad]))
+            rows, cols, cells = entries.row[bad][order], entries.col[bad][order], entries.data[bad][order]
+        else:
+            dense = np.asarray(matrix)
+            rows, cols = np.nonzero(~np.isfinite(dense) | (dense < 0))
+            cells = dense[rows, cols]
+        raise _bad_counts_error(
+            path,
+            layer,
+            adata.obs_names[rows[:MAX_LINES_NAMED]],
+            adata.var_names[cols[:MAX_LINES_NAMED]],
+            cells,
+            len(rows),
         )
-    symbols = None
-    for column in ("gene_symbol", "gene_name", "feature_name", "gene_symbols"):
-        if column in adata.var:
-            symbols = adata.var[column].astype(str)
-            break
+    symbols = _var_symbols(adata.var)
     attrs: dict = {}
     if sample_key in adata.obs:
         if cell_type_key and cell_type_key not in adata.obs:
@@ -213,6 +230,181 @@ def _h5ad_frame(path: str | Path, *, sample_key: str, cell_type_key: str | None)
     return frame
 
 
+#: ``var`` columns that hold gene symbols, in order of preference.
+SYMBOL_VAR_COLUMNS = ("gene_symbol", "gene_name", "feature_name", "gene_symbols")
+
+
+def _var_symbols(var: pd.DataFrame) -> pd.Series | None:
+    """The gene symbols of an AnnData's ``var`` (its first :data:`SYMBOL_VAR_COLUMNS` column, as text), or None."""
+    for column in SYMBOL_VAR_COLUMNS:
+        if column in var:
+            return var[column].astype(str)
+    return None
+
+
+def _bad_counts_error(
+    path: Path, layer: str | None, obs: Sequence, var: Sequence, cells: np.ndarray, total: int
+) -> MultimodalError:
+    """The error for negative or non-finite counts: the first cells (``obs``, ``var`` names and value) and how many."""
+    entries = [f"obs {str(o)!r}, var {str(v)!r}: {float(c):g}" for o, v, c in zip(obs, var, cells, strict=False)]
+    found = entries[0] if total == 1 else f"{total} cells: {listing(entries, total=total)}"
+    return MultimodalError(
+        f"{path}: {f'layers[{layer}]' if layer else 'X'} holds negative or non-finite values; raw counts expected "
+        f"({found})"
+    )
+
+
+def bulk_h5ad_modality(
+    path: str | Path,
+    samples: pd.DataFrame,
+    *,
+    sample_key: str = "sample",
+    values: str = "counts",
+    target_sum: float = 1e6,
+    min_count: float = 0.0,
+    min_samples: int = 1,
+    block_cells: int | None = None,
+) -> anndata.AnnData | None:
+    """The expression modality of a bulk ``.h5ad`` read in blocks; None for a single-cell one (``obs[sample_key]``).
+
+    Equal, value for value and in its ingest notes, to ``expression_matrix(read_h5ad_expression(path), samples,
+    ...)``, in a fraction of the memory. Only the cohort's rows (``rna_sample`` names ``obs_names``) of
+    ``layers['counts']`` (else ``X``; dense, CSR or CSC; any number type) are read, ``block_cells`` cells at
+    a time, through h5py and anndata's :func:`anndata.io.sparse_dataset` (``read_h5ad(backed="r")`` would
+    load every layer whole); each block is checked as float64 (negative or non-finite cells are an error
+    naming them) and laid, transposed, into gene-row blocks of the cohort's matrix, held as float32 (float64
+    if a value has no exact float32). Those feed :func:`multimodal.ingest.expression.modality_from_row_blocks`,
+    the block path the counts tables take: about one matrix while reading, two at the end.
+    """
+    import h5py
+    from anndata.abc import CSCDataset
+    from anndata.io import read_elem, sparse_dataset
+
+    from multimodal.ingest.expression import (
+        BLOCK_CELLS,
+        RowBlock,
+        _check_settings,
+        _claimed_columns,
+        modality_from_row_blocks,
+    )
+
+    _check_settings(values, min_samples)
+    block_cells = block_cells or BLOCK_CELLS
+    path = Path(path)
+    if not path.is_file():
+        raise MultimodalError(f"{path}: expression .h5ad not found")
+    with ExitStack() as stack:
+        try:
+            handle = stack.enter_context(h5py.File(path, "r"))
+            obs, var = read_elem(handle["obs"]), read_elem(handle["var"])
+            layer = "counts" if "counts" in handle.get("layers", {}) else None
+            element = handle["layers"]["counts"] if layer else handle["X"]
+            matrix = sparse_dataset(element) if isinstance(element, h5py.Group) else element
+        except Exception as exc:  # h5py/anndata raise many types for a file that is not an h5ad
+            raise MultimodalError(f"{path}: cannot read as AnnData (.h5ad): {type(exc).__name__}: {exc}") from exc
+        if sample_key in obs:
+            return None
+        source = str(path)
+        obs_names = pd.Index(obs.index.astype(str))
+        claimed, n_by_prefix, n_unclaimed = _claimed_columns(obs_names, samples, source=source)
+        if not obs_names.is_unique:
+            twice = obs_names[obs_names.duplicated()].intersection(list(claimed))
+            if len(twice):
+                raise MultimodalError(
+                    f"{path}: obs name {twice[0]!r}, an rna_sample of the samples sheet, names more than one row"
+                )
+        position = obs_names.get_indexer_for(list(claimed))  # one row each (checked above)
+        rows = np.unique(position)  # the cohort's rows in file order: h5py reads increasing indices
+        take = np.searchsorted(rows, position)  # each patient's row among those read
+        n_genes = len(var)
+        row_step = max(1, block_cells // max(1, n_genes))
+        # staged as float32 while every value read has an exact float32 (always so for these types), else float64
+        stage64 = False
+        always_exact = np.dtype(matrix.dtype) in (np.float32, np.float16, np.int8, np.uint8, np.int16, np.uint16)
+
+        def read_rows() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            """Positions and float64 values (rows x genes) of the cohort's rows, a block at a time."""
+            for start in range(0, len(rows), row_step):
+                here = rows[start : start + row_step]
+                wanted = slice(here[0], here[-1] + 1) if here[-1] - here[0] == len(here) - 1 else here
+                part = matrix[wanted]
+                part = part.toarray() if hasattr(part, "toarray") else np.asarray(part)
+                yield here, part.astype(np.float64, copy=False)
+
+        gene_step = max(1, block_cells // max(1, len(rows)))
+        starts = range(0, n_genes, gene_step)
+        staged = [np.empty((min(gene_step, n_genes - g), len(rows)), dtype=np.float32) for g in starts]
+        bad_obs: list[str] = []
+        bad_var: list[str] = []
+        bad_cells: list[float] = []
+        n_bad = done = 0
+        for here, part in read_rows():
+            bad = ~np.isfinite(part) | (part < 0)
+            if bad.any():
+                r, c = np.nonzero(bad)
+                n_bad += len(r)
+                keep = max(0, MAX_LINES_NAMED - len(bad_cells))
+                bad_obs += list(obs_names[here[r[:keep]]])
+                bad_var += list(var.index[c[:keep]].astype(str))
+                bad_cells += list(part[r[:keep], c[:keep]])
+            if not (always_exact or stage64 or n_bad or (part.astype(np.float32) == part).all()):
+                stage64 = True  # from now on every staged block is float64, so the values stay exact
+                for k, block in enumerate(staged):  # one block at a time: a block more at the peak, not a matrix
+                    staged[k] = block.astype(np.float64)
+            for block, g in zip(staged, starts, strict=True):
+                block[:, done : done + len(here)] = part[:, g : g + len(block)].T
+            done += len(here)
+            del part, bad
+        if n_bad:
+            raise _bad_counts_error(path, layer, bad_obs, bad_var, np.asarray(bad_cells), n_bad)
+
+        # IDs stripped here, as the frame path strips them before it keys symbols by ID (the last row's symbol wins)
+        ids = np.asarray(strip_version(pd.Index(var.index.astype(str))), dtype=object)
+        symbols = _var_symbols(var)
+        symbols = None if symbols is None else symbols.to_numpy(dtype=object)
+        identity = len(take) == len(rows) and bool((take == np.arange(len(rows))).all())
+
+        def row_blocks() -> Iterator[RowBlock]:
+            """The staged gene-row blocks as float64, over the cohort's patients, each freed once handed on."""
+            for k, g in enumerate(starts):
+                block, staged[k] = staged[k], None
+                cells = block.astype(np.float64, copy=False)
+                del block
+                end = g + len(cells)
+                yield RowBlock(
+                    ids=ids[g:end],
+                    cells=cells if identity else cells[:, take],
+                    symbols=None if symbols is None else symbols[g:end],
+                    positions=np.arange(g, end),
+                )
+                del cells
+
+        def rows_again(genes: np.ndarray) -> np.ndarray:
+            """Those genes (var positions) as float64 over the cohort's patients: a second pass over the rows."""
+            out = np.empty((len(genes), len(rows)))
+            seen = 0
+            for here, part in read_rows():
+                out[:, seen : seen + len(here)] = part[:, genes].T
+                seen += len(here)
+            return out[:, take]
+
+        return modality_from_row_blocks(
+            row_blocks(),
+            rows_again,
+            {},
+            claimed=claimed,
+            samples=samples,
+            source=source,
+            values=values,
+            target_sum=target_sum,
+            min_count=min_count,
+            min_samples=min_samples,
+            n_unclaimed=n_unclaimed,
+            n_by_prefix=n_by_prefix,
+            gene_order=isinstance(matrix, CSCDataset),  # the frame path's CSC toarray() is Fortran-ordered
+        )
+
+
 def read_10x_h5_profile(path: str | Path) -> tuple[pd.Series, dict[str, str], int]:
     """One sample's 10x ``.h5``: counts summed over its cell barcodes, by Ensembl gene ID.
 
@@ -250,11 +442,8 @@ def _h5ad_total(path: Path) -> tuple[pd.Series, dict[str, str], int]:
     if not np.isfinite(totals).all() or (totals < 0).any():
         raise MultimodalError(f"{path}: negative or non-finite values; raw counts expected")
     ids = strip_version(pd.Index(adata.var_names.astype(str)))
-    symbols = {}
-    for column in ("gene_symbol", "gene_name", "feature_name", "gene_symbols"):
-        if column in adata.var:
-            symbols = dict(zip(ids, adata.var[column].astype(str), strict=True))
-            break
+    found = _var_symbols(adata.var)
+    symbols = {} if found is None else dict(zip(ids, found, strict=True))
     return pd.Series(totals, index=ids), symbols, int(adata.n_obs)
 
 
