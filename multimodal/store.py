@@ -111,7 +111,10 @@ def read_chunks(paths: list[str | Path]) -> anndata.AnnData | None:
     merged.var = pd.concat([p.var for p in parts]).groupby(level=0).first().reindex(merged.var_names)
     tables = [p.uns["variant_table"] for p in parts if "variant_table" in p.uns]
     if tables:  # the variant-level table of each chunk's patients (multimodal.ingest.variants)
-        merged.uns["variant_table"] = pd.concat(tables, ignore_index=True)
+        table = pd.concat(tables, ignore_index=True)
+        # chunks write their string columns as categoricals; the store keeps plain string columns
+        strings = {c: object for c in table if isinstance(table[c].dtype, pd.CategoricalDtype)}
+        merged.uns["variant_table"] = table.astype(strings)
     ingest["exclusions"] = dict(exclusions)
     ingest["n_patients_in"] = n_in
     merged.uns["ingest"] = ingest

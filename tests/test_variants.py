@@ -727,6 +727,14 @@ def test_variant_table_and_filter_counts_reach_the_store_through_the_cli_chunks(
     variants = mdata["variants"]
     table = variants.uns["variant_table"]
     assert set(table["patient_id"]) <= set(variants.obs_names) and len(set(table["patient_id"])) > 1
+    # the chunks write the string columns as categoricals; the store holds the same strings as plain columns
+    import anndata as ad
+
+    written = pd.concat([ad.read_h5ad(c).uns["variant_table"] for c in chunks], ignore_index=True)
+    assert ad.read_h5ad(chunks[0]).uns["variant_table"]["gene"].dtype == "category"
+    strings = [c for c in table if c not in ("pos", "depth", "vaf")]
+    assert all(table[c].dtype == object for c in strings)
+    pd.testing.assert_frame_equal(table, written.astype({c: object for c in strings}))
     counted = table[table["outcome"] == "counted"]
     assert (counted["depth"] >= 60).all() and (counted["vaf"] >= 0.1).all()
     # the counted rows are the matrix, gene by gene and patient by patient

@@ -1244,7 +1244,12 @@ def _variant_table(
     patient_of: dict[str, str],
     has_vcf: pd.Series,
 ) -> pd.DataFrame:
-    """The variant-level table of the patients' VCF rows and their MAF rows (``patient_of``: barcode -> patient)."""
+    """The variant-level table of the patients' VCF rows and their MAF rows (``patient_of``: barcode -> patient).
+
+    ``pos``, ``depth`` and ``vaf`` are float64 (NaN where not given); every other column is categorical
+    (:func:`_categorical`): the same strings as plain columns, written to the .h5ad as codes and one copy of
+    each distinct value (as variable-length strings they took most of a chunk's writing time).
+    """
     parts, columns = [], []
     for pid, pv in per_patient.items():
         if not (pv.has_rows() and has_vcf.get(pid, False)):
@@ -1253,21 +1258,30 @@ def _variant_table(
         table = pv.table if pv.table is not None else dict(pv.variant_rows().items())
         columns.append({"patient_id": np.full(len(table["gene"]), pid, dtype=object), **table})
     if columns:
-        parts.append(pd.DataFrame({c: np.concatenate([part[c] for part in columns]) for c in VARIANT_TABLE_COLUMNS}))
+        parts.append({c: np.concatenate([part[c] for part in columns]) for c in VARIANT_TABLE_COLUMNS})
     if maf_table is not None:
         claimed = maf_table["patient_id"].map(patient_of)
-        rows = maf_table[claimed.notna().to_numpy()].copy()
-        rows["patient_id"] = claimed[claimed.notna()].to_numpy()
-        parts.append(rows)
-    if not parts:
-        parts = [pd.DataFrame(columns=list(VARIANT_TABLE_COLUMNS))]
-    table = pd.concat(parts, ignore_index=True)
+        rows = maf_table[claimed.notna().to_numpy()]
+        parts.append({c: rows[c].to_numpy() for c in VARIANT_TABLE_COLUMNS[1:]})
+        parts[-1]["patient_id"] = claimed[claimed.notna()].to_numpy()
+    joined = {}
     for column in VARIANT_TABLE_COLUMNS:
+        values = [part[column] for part in parts]
         if column in ("pos", "depth", "vaf"):
-            table[column] = pd.to_numeric(table[column], errors="coerce").astype(np.float64)
+            numbers = [pd.to_numeric(pd.Series(v), errors="coerce").to_numpy(np.float64) for v in values]
+            joined[column] = np.concatenate([np.zeros(0), *numbers])
         else:
-            table[column] = table[column].fillna("").astype(str)
-    return table[list(VARIANT_TABLE_COLUMNS)]
+            joined[column] = _categorical(np.concatenate([np.zeros(0, dtype=object), *values]))
+    return pd.DataFrame(joined, columns=list(VARIANT_TABLE_COLUMNS))
+
+
+def _categorical(values: np.ndarray) -> pd.Categorical:
+    """A string column as a categorical: missing values as "", any other non-string value as its ``str``."""
+    column = pd.Categorical(values)
+    categories = column.categories
+    if (column.codes < 0).any() or not (categories.dtype == object and all(isinstance(c, str) for c in categories)):
+        column = pd.Categorical(pd.Series(values, dtype=object).fillna("").astype(str))
+    return column
 
 
 def mutation_matrix(
