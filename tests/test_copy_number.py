@@ -170,6 +170,7 @@ def test_segments_length_weighted_per_gene(tmp_path):
         "cnv_samples_not_in_samples_sheet": 1,
         "cnv_samples_matched_by_barcode_prefix": 3,
         "segments_on_other_contigs": 1,
+        "segments_without_copy_ratio_estimate": 0,
         "gene_bed_lines_on_other_contigs": 1,
         "gene_bed_lines_pooled_into_one_gene": 2,
         "genes_without_segments_in_any_patient": 1,
@@ -208,6 +209,72 @@ def test_gdc_segment_header(tmp_path):
     adata = segment_copy_number([seg], bed, patients=SEG_PATIENTS)
     assert adata.obs_names.tolist() == ["TCGA-AB-0001", "TCGA-AB-0003"]
     assert adata[:, ["EDGE_cn", "LAST_cn"]].X.tolist() == [[-1, 1], [-1.5, -1.5]]
+
+
+# GATK ModelSegments output for sample 4 (1-based, SAM-style header naming the sample): the second segment has
+# allele-fraction points only, so GATK gives it no copy ratio (NaN); genes count only the bases of the others.
+GATK_MODEL_FINAL = (
+    "@HD\tVN:1.6\n"
+    "@SQ\tSN:chr1\tLN:248956422\n"
+    "@SQ\tSN:chrX\tLN:156040895\n"
+    "@RG\tID:GATKCopyNumber\tSM:TCGA-AB-0004-01A\n"
+    "CONTIG\tSTART\tEND\tNUM_POINTS_COPY_RATIO\tNUM_POINTS_ALLELE_FRACTION\tLOG2_COPY_RATIO_POSTERIOR_10\t"
+    "LOG2_COPY_RATIO_POSTERIOR_50\tLOG2_COPY_RATIO_POSTERIOR_90\tMINOR_ALLELE_FRACTION_POSTERIOR_10\t"
+    "MINOR_ALLELE_FRACTION_POSTERIOR_50\tMINOR_ALLELE_FRACTION_POSTERIOR_90\n"
+    "chr1\t1\t1000\t12\t3\t0.9\t1\t1.1\t0.2\t0.3\t0.4\n"
+    "chr1\t1001\t2000\t0\t5\tNaN\tNaN\tNaN\t0.1\t0.2\t0.3\n"
+    "chr1\t2001\t4000\t30\t8\t0.4\t0.5\t0.6\t0.4\t0.45\t0.5\n"
+    "chrX\t1\t300\t10\t0\t0.7\t0.8\t0.9\tNaN\tNaN\tNaN\n"
+)
+
+
+def test_gatk_model_segments_with_a_segment_without_copy_ratio(tmp_path):
+    from multimodal.ingest.copy_number import read_segments, segment_copy_number
+
+    seg = write(tmp_path / "tumour.modelFinal.seg", GATK_MODEL_FINAL)
+    bed = write(tmp_path / "genes.bed", BED)
+    frame, kind = read_segments(seg)
+    assert kind == "GATK .seg (1-based)"
+    assert frame.index.tolist() == [6, 7, 8, 9]  # file lines: the four header lines and the column names count
+    assert frame["start"].tolist() == [0, 1000, 2000, 0]  # 1-based -> 0-based half-open
+    adata = segment_copy_number([seg], bed, patients=SEG_PATIENTS)
+    assert adata.obs_names.tolist() == ["TCGA-AB-0004"]
+    assert adata.obs["cnv_sample"].tolist() == ["TCGA-AB-0004-01A"]
+    # SPAN: 32 bases at +1, 96 in the segment without an estimate -> +1; EDGE lies only in that one -> no value
+    # (dropped); PARTIAL: 16 bases there, 1,016 at 0.5 -> 0.5; PARGENE: chrX 0.8, nothing on chrY
+    assert adata.var_names.tolist() == ["SPAN_cn", "LAST_cn", "GAP_cn", "PARTIAL_cn", "XGENE_cn", "PARGENE_cn"]
+    np.testing.assert_allclose(adata.X, [[1, 1, 0.5, 0.5, 0.8, 0.8]], rtol=0, atol=1e-7)
+    exclusions = adata.uns["ingest"]["exclusions"]
+    assert exclusions["segments_without_copy_ratio_estimate"] == 1
+    assert exclusions["genes_without_segments_in_any_patient"] == 3  # EDGE, CONST, NOWHERE (RANDOM: other contig)
+    called = (
+        "@HD\tVN:1.6\n@RG\tID:GATKCopyNumber\tSM:TCGA-AB-0004-01A\n"
+        "CONTIG\tSTART\tEND\tNUM_POINTS_COPY_RATIO\tMEAN_LOG2_COPY_RATIO\tCALL\n"
+        "1\t1\t1000\t12\t-1\t-\n1\t1001\t4000\t40\t0.25\t0\n"
+    )
+    adata = segment_copy_number([write(tmp_path / "tumour.called.seg", called)], bed, patients=SEG_PATIENTS)
+    assert adata[:, ["SPAN_cn", "EDGE_cn", "GAP_cn"]].X.tolist() == [[-0.0625, 0.25, 0.25]]  # (32 x -1 + 96 x 0.25)/128
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "chr1\t2001\t4000\t30\t8\t0.4\t0.5\t",
+            "chr1\t2001\t4000\t30\t8\t0.4\tNaN\t",
+            r"modelFinal\.seg: line 8: LOG2_COPY_RATIO_POSTERIOR_50 'NaN' is not a finite number",
+        ),
+        ("\tSM:TCGA-AB-0004-01A\n", "\n", r"modelFinal\.seg: a GATK segment file's @RG header line names its one "),
+        ("\tLOG2_COPY_RATIO_POSTERIOR_50\t", "\tLOG2_POSTERIOR_50\t", r"modelFinal\.seg: no log2 column .* a GATK"),
+    ],
+)
+def test_gatk_segment_errors_name_file_and_line(tmp_path, old, new, message):
+    from multimodal.ingest.copy_number import segment_copy_number
+
+    assert old in GATK_MODEL_FINAL
+    seg = write(tmp_path / "tumour.modelFinal.seg", GATK_MODEL_FINAL.replace(old, new, 1))
+    with pytest.raises(MultimodalError, match=message):
+        segment_copy_number([seg], write(tmp_path / "genes.bed", BED), patients=SEG_PATIENTS)
 
 
 @pytest.mark.parametrize(

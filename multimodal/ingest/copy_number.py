@@ -192,6 +192,15 @@ SEG_COLUMNS = {
 }
 #: CNVkit ``.cns`` (chromosome, start, end, gene, log2, ...): one sample per file, 0-based half-open like BED.
 CNS_COLUMNS = {"chrom": ("chromosome",), "start": ("start",), "end": ("end",), "log2": ("log2",)}
+#: GATK (4.1+) ``ModelSegments``/``CallCopyRatioSegments`` segments: ``.cr.seg`` and ``.called.seg``
+#: (MEAN_LOG2_COPY_RATIO) or ``.modelFinal.seg`` (the posterior median LOG2_COPY_RATIO_POSTERIOR_50); a SAM-style
+#: header (``@HD``, ``@SQ``, ``@RG ... SM:<sample>``) before the column names; 1-based, both ends included.
+GATK_COLUMNS = {
+    "chrom": ("contig",),
+    "start": ("start",),
+    "end": ("end",),
+    "log2": ("mean_log2_copy_ratio", "log2_copy_ratio_posterior_50"),
+}
 #: Chromosome position stride of the per-sample genome coordinate (above any chromosome's length).
 _STRIDE = 1 << 40
 _HUMAN = re.compile(r"(?i)^(?:chr)?(\d+|X|Y|M|MT)$")
@@ -283,22 +292,51 @@ def _integers(values: pd.Series, path: Path, *, column: str, hint: str = "") -> 
     return numbers.astype(np.int64)
 
 
+def _gatk_sample(path: Path) -> str | None:
+    """The sample of a GATK segment file (``SM:`` of its ``@RG`` header line); None when the file does not
+    open with a SAM-style header (not a GATK file)."""
+    samples, first = set(), True
+    with open_text(path) as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            if not line.startswith("@"):
+                break
+            if line.startswith("@RG"):
+                samples |= {f[3:].strip() for f in line.rstrip("\r\n").split("\t") if f.startswith("SM:")}
+            first = False
+    if first:
+        return None
+    if len(samples) != 1:
+        found = f"names {listing(sorted(map(repr, samples)))}" if samples else "names none"
+        raise MultimodalError(
+            f"{path}: a GATK segment file's @RG header line names its one sample with SM:<name>; this one {found}"
+        )
+    return samples.pop()
+
+
 def read_segments(path: str | Path) -> tuple[pd.DataFrame, str]:
     """One segment file as ``sample, chrom, start, end, log2`` (0-based half-open) indexed by line; its format.
 
     A ``.seg`` (DNAcopy, cBioPortal, GDC, Firehose: a sample column) is 1-based with both ends included:
     ``start - 1`` makes it half-open. A CNVkit ``.cns`` (``log2`` and no sample column) is already
-    0-based half-open; its sample is the file name before ``.call.cns``/``.cns``. ``chrom`` is harmonised
+    0-based half-open; its sample is the file name before ``.call.cns``/``.cns``. A GATK ``.cr.seg``,
+    ``.called.seg`` or ``.modelFinal.seg`` (:data:`GATK_COLUMNS`) is 1-based; its sample is the ``SM:`` of its
+    ``@RG`` header line; a segment GATK gives no copy-ratio estimate (``NaN`` with ``NUM_POINTS_COPY_RATIO``
+    0: allele-fraction points only) keeps ``log2`` NaN, for the caller to count. ``chrom`` is harmonised
     (:func:`harmonise_chromosomes`); segments on other contigs have ``chrom == ""``. A start after the end
-    (for ``.seg``, a start below 1), a non-whole position and a log2 ratio that is not a finite number
-    stop the run naming every line (ten, and a count).
+    (for 1-based files, a start below 1), a non-whole position and any other log2 ratio that is not a finite
+    number stop the run naming every line (ten, and a count).
     """
     path = Path(path)
     what = "copy-number segment file"
-    frame = read_table(path, what=what)
+    if not path.is_file():
+        raise MultimodalError(f"{path}: {what} not found")
+    gatk_sample = _gatk_sample(path)
+    frame = read_table(path, what=what, skip_leading="@" if gatk_sample is not None else None)
     lower = {c.lower(): c for c in frame.columns}
-    cns = "log2" in lower and not any(a in lower for a in SEG_COLUMNS["sample"])
-    aliases = CNS_COLUMNS if cns else SEG_COLUMNS
+    cns = gatk_sample is None and "log2" in lower and not any(a in lower for a in SEG_COLUMNS["sample"])
+    aliases = GATK_COLUMNS if gatk_sample is not None else CNS_COLUMNS if cns else SEG_COLUMNS
     found = {key: next((lower[a] for a in names if a in lower), None) for key, names in aliases.items()}
     missing = [key for key, column in found.items() if column is None]
     if missing:
@@ -306,10 +344,13 @@ def read_segments(path: str | Path) -> tuple[pd.DataFrame, str]:
         raise MultimodalError(
             f"{path}: no {', '.join(missing)} column in the {what}; a .seg has ID (or Sample, GDC_Aliquot), chrom "
             f"(or Chromosome), loc.start (or Start), loc.end (or End), seg.mean (or Segment_Mean); a CNVkit .cns "
-            f"has chromosome, start, end, log2 (found {', '.join(map(repr, frame.columns[:6]))})"
+            f"has chromosome, start, end, log2; a GATK .seg has CONTIG, START, END and MEAN_LOG2_COPY_RATIO (or "
+            f"LOG2_COPY_RATIO_POSTERIOR_50) (found {', '.join(map(repr, frame.columns[:6]))})"
         )
     check_rows(frame, path, what=what)
-    if cns:
+    if gatk_sample is not None:
+        samples = pd.Series(gatk_sample, index=frame.index)
+    elif cns:
         name = path.name
         sample = name[: -len(".call.cns")] if name.endswith(".call.cns") else name.split(".cns")[0]
         samples = pd.Series(sample, index=frame.index)
@@ -333,10 +374,14 @@ def read_segments(path: str | Path) -> tuple[pd.DataFrame, str]:
         ),
     )
     log2 = pd.to_numeric(frame[found["log2"]].str.strip(), errors="coerce")
+    no_estimate = pd.Series(False, index=frame.index)
+    if gatk_sample is not None and "num_points_copy_ratio" in lower:
+        points = frame[lower["num_points_copy_ratio"]].str.strip()
+        no_estimate = (points == "0") & (frame[found["log2"]].str.strip().str.lower() == "nan")
     raise_problems(
         path,
         line_problem(
-            frame[found["log2"]][~np.isfinite(log2)],
+            frame[found["log2"]][~np.isfinite(log2) & ~no_estimate],
             one=found["log2"],
             many=f"{found['log2']} values",
             problem="is not a finite number (the segment's mean log2 ratio)",
@@ -344,7 +389,8 @@ def read_segments(path: str | Path) -> tuple[pd.DataFrame, str]:
     )
     chrom = harmonise_chromosomes(frame[found["chrom"]], path, what=what)
     segments = pd.DataFrame({"sample": samples, "chrom": chrom, "start": start, "end": end, "log2": log2})
-    return segments, "CNVkit .cns (0-based)" if cns else ".seg (1-based)"
+    kind = "GATK .seg (1-based)" if gatk_sample is not None else "CNVkit .cns (0-based)" if cns else ".seg (1-based)"
+    return segments, kind
 
 
 def read_gene_bed(path: str | Path) -> pd.DataFrame:
@@ -470,6 +516,8 @@ def segment_copy_number(
             owner[sample] = file
         parts.append(frame.assign(file=str(file), line=frame.index))
     table = pd.concat(parts, ignore_index=True)
+    no_estimate = table["log2"].isna()  # GATK segments with allele-fraction points only (read_segments)
+    table = table[~no_estimate]
     other_segments = int((table["chrom"] == "").sum())
     other_genes = genes["chrom"] == ""
     table = table[table["chrom"] != ""]
@@ -555,6 +603,7 @@ def segment_copy_number(
             "cnv_samples_not_in_samples_sheet": int(len(sample_ids) - len(kept_samples)),
             "cnv_samples_matched_by_barcode_prefix": n_by_prefix,
             "segments_on_other_contigs": other_segments,
+            "segments_without_copy_ratio_estimate": int(no_estimate.sum()),
             "gene_bed_lines_on_other_contigs": int(other_genes.sum()),
             "gene_bed_lines_pooled_into_one_gene": int((lines_per_gene[lines_per_gene > 1]).sum()),
             "genes_without_segments_in_any_patient": int(no_value.sum()),

@@ -232,11 +232,13 @@ def _first_non_utf8_line(path: Path, gz: bool) -> tuple[int, int] | None:
     return None
 
 
-def read_table(path: str | Path, *, what: str) -> pd.DataFrame:
+def read_table(path: str | Path, *, what: str, skip_leading: str | None = None) -> pd.DataFrame:
     """Read a TSV/CSV (``.csv``/``.csv.gz`` comma-separated, else tab; gzip allowed) as strings.
 
     The index is each row's line number in the file (the header is line 1), so messages can name
     it; blank lines are skipped, and a row with more or fewer fields than the header is an error.
+    Lines before the header that start with ``skip_leading`` (e.g. ``@`` for GATK's SAM-style header)
+    are skipped; line numbers still count them.
     """
     import csv
 
@@ -253,6 +255,8 @@ def read_table(path: str | Path, *, what: str) -> pd.DataFrame:
             for fields in reader:
                 line, start = start, reader.line_num + 1
                 if not any(f.strip() for f in fields):
+                    continue
+                if header is None and skip_leading and fields[0].startswith(skip_leading):
                     continue
                 if header is None:
                     header = [f.strip() for f in fields]
