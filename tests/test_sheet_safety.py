@@ -80,6 +80,41 @@ def test_a_link_within_the_roots_is_fine(project):
     assert read_samples(sheet(project, "P1\tdata/alias.vcf")).loc["P1", "vcf"] == "data/alias.vcf"
 
 
+def test_a_directory_link_pointing_out_is_refused_for_every_file_under_it(project, tmp_path_factory):
+    """The resolved directory is remembered per directory name: a file under a linked directory resolves
+    through the link, a second file of the same directory too, and a root's sibling with the root's name as a
+    prefix (data_other/ for root data/) is outside."""
+    from multimodal.ingest.samples import DataRoots
+
+    outside = tmp_path_factory.mktemp("outside")
+    for name in ("b.vcf", "c.vcf"):
+        (outside / name).write_text("x")
+    os.symlink(outside, project / "data/linked")
+    (project / "data_other").mkdir()
+    roots = DataRoots([project / "data"])
+    tricky = [
+        "data/linked/b.vcf",
+        "data/linked/c.vcf",
+        "data/linked/missing.vcf",
+        "data/../data/a.vcf",
+        "data/./a.vcf",
+        "data/nowhere/x.vcf",
+        "data_other/x.vcf",
+        "data",
+        "data/",
+        str(project / "data/linked/../a.vcf"),
+    ]
+    for path in tricky:  # what os.path.realpath says, the directory cache notwithstanding
+        assert roots.resolve(path) == os.path.realpath(path), path
+    assert roots.outside("data/linked/c.vcf") == Path(outside / "c.vcf")
+    assert roots.outside("data_other/x.vcf") == project / "data_other/x.vcf"
+    assert roots.outside("data/./a.vcf") is None and roots.outside("data") is None
+    with pytest.raises(
+        MultimodalError, match=r"line 3: column vcf: data/linked/c\.vcf \(resolves to .*c\.vcf\) is outside"
+    ):
+        read_samples(sheet(project, "P1\tdata/a.vcf", "P2\tdata/linked/c.vcf"), data_roots=[project / "data"])
+
+
 def test_configured_roots_replace_the_defaults(project):
     path = sheet(project, "P1\tdata/a.vcf")
     with pytest.raises(MultimodalError, match="outside the data roots"):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -57,19 +58,55 @@ def default_data_roots(sheet: str | Path) -> list[Path]:
     return [Path(sheet).resolve().parent, Path.cwd().resolve()]
 
 
-def outside_data_roots(path: str | Path, roots: Sequence[str | Path]) -> Path | None:
+class DataRoots:
+    """The data roots resolved once, and each directory of the paths checked against them resolved once.
+
+    A sheet of 100,000 patients is checked by every ingest job of the workflow: ``os.path.realpath`` per
+    path (a system call per component) and per root per path made that ~20 s; a path that is not itself
+    a symbolic link resolves to its resolved directory plus its name, so one ``lstat`` per path does.
+    """
+
+    def __init__(self, roots: Sequence[str | Path]) -> None:
+        self.roots = list(roots)
+        resolved = [os.path.realpath(root) for root in self.roots]
+        # a path is inside a root when it is the root or starts with the root and a separator (strings: Path
+        # objects and is_relative_to cost more than the file system calls here)
+        self._prefixes = [(root, root if root.endswith(os.sep) else root + os.sep) for root in resolved]
+        self._directories: dict[str, str] = {}
+
+    def resolve(self, path: str | Path) -> str:
+        """``path`` with every symbolic link followed, as ``os.path.realpath`` gives it."""
+        path = os.fspath(path)
+        head, tail = os.path.split(path)
+        if tail in ("", ".", ".."):
+            return os.path.realpath(path)
+        try:
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                return os.path.realpath(path)
+        except OSError:
+            pass  # missing: realpath resolves the directory and keeps the name, as below
+        directory = self._directories.get(head)
+        if directory is None:
+            directory = self._directories[head] = os.path.realpath(head or os.curdir)
+        return os.path.join(directory, tail)
+
+    def outside(self, path: str | Path) -> Path | None:
+        """The resolved ``path`` when it lies outside every root, else None."""
+        resolved = self.resolve(path)
+        inside = any(resolved == root or resolved.startswith(prefix) for root, prefix in self._prefixes)
+        return None if inside else Path(resolved)
+
+
+def outside_data_roots(path: str | Path, roots: Sequence[str | Path] | DataRoots) -> Path | None:
     """The resolved ``path`` (links followed) when it lies outside every root, else None."""
-    resolved = Path(os.path.realpath(path))
-    for root in roots:
-        if resolved.is_relative_to(Path(os.path.realpath(root))):
-            return None
-    return resolved
+    return (roots if isinstance(roots, DataRoots) else DataRoots(roots)).outside(path)
 
 
-def check_data_roots(path: str | Path, roots: Sequence[str | Path], *, where: str) -> None:
+def check_data_roots(path: str | Path, roots: Sequence[str | Path] | DataRoots, *, where: str) -> None:
     """Raise naming ``where`` (the sheet line and column, or the config key) when ``path`` escapes the roots."""
     escaped = outside_data_roots(path, roots)
     if escaped is not None:
+        roots = roots.roots if isinstance(roots, DataRoots) else roots
         shown = "" if str(escaped) == str(path) else f" (resolves to {escaped})"
         raise MultimodalError(
             f"{where}: {path}{shown} is outside the data roots ({', '.join(str(r) for r in roots)}); "
@@ -161,43 +198,55 @@ def read_samples(
     raise_problems(Path(path), problems)
     check_cells(frame, path=path)
     if check_files:
-        roots = list(data_roots) if data_roots else default_data_roots(path)
-        for row, record in frame.iterrows():  # confinement first, for every row: no file is touched before
-            for column in FILE_COLUMNS:
-                if record[column]:
-                    where = f"{path}: line {row}: column {column}"
-                    check_data_roots(record[column], roots, where=where)
-                    if column == "image" and Path(record[column]).is_dir():  # a DICOM series: each file it holds
-                        for entry in Path(record[column]).iterdir():
-                            check_data_roots(entry, roots, where=where)
-        for row, record in frame.iterrows():
-            for column in FILE_COLUMNS:
-                value = record[column]
-                if value and column == "image" and Path(value).is_dir():
-                    continue  # a DICOM series, read by multimodal.ingest.medical_images
-                if value and Path(value).is_dir():
-                    hint = {
-                        "vcf": "give the VCF/BCF file",
-                        "rna_file": "give the quant.sf, 10x .h5, .h5ad or counts file",
-                    }.get(column, "a mask is a file: NIfTI, NRRD, DICOM SEG or RTSTRUCT")
-                    raise MultimodalError(
-                        f"{path}: line {row}: {column} {value} of patient {record['patient_id']} is a directory; {hint}"
-                    )
-                if value and not Path(value).is_file():
-                    where = "" if Path(value).is_absolute() else f" (relative to the working directory {Path.cwd()})"
-                    raise MultimodalError(
-                        f"{path}: line {row}: {column} file {value} for patient {record['patient_id']} does not exist"
-                        + where
-                    )
-            if bool(record["image"]) != bool(record["mask"]):
-                raise MultimodalError(
-                    f"{path}: line {row}: patient {record['patient_id']} has an image "
-                    "without a mask or a mask without an image"
-                )
+        _check_sheet_files(frame, path, DataRoots(list(data_roots) if data_roots else default_data_roots(path)))
     frame["sheet_line"] = frame.index
     if several:
         frame = _one_row_per_patient(frame, path)
     return frame.set_index("patient_id")
+
+
+def _check_sheet_files(frame: pd.DataFrame, path: str | Path, roots: DataRoots) -> None:
+    """Every file of the sheet inside the data roots (every row checked before any file is looked at), then each
+    one present and of the right kind; the first problem in sheet order raises, naming line and column."""
+    lines = frame.index.tolist()
+    cells = list(zip(*(frame[column].tolist() for column in FILE_COLUMNS), strict=True))
+    for line, values in zip(lines, cells, strict=True):  # confinement first, for every row
+        for column, value in zip(FILE_COLUMNS, values, strict=True):
+            if value:
+                where = f"{path}: line {line}: column {column}"
+                check_data_roots(value, roots, where=where)
+                if column == "image" and os.path.isdir(value):  # a DICOM series: each file it holds
+                    for entry in Path(value).iterdir():
+                        check_data_roots(entry, roots, where=where)
+    patients = frame["patient_id"].tolist()
+    for line, patient, values in zip(lines, patients, cells, strict=True):
+        for column, value in zip(FILE_COLUMNS, values, strict=True):
+            if not value:
+                continue
+            try:
+                mode = os.stat(value).st_mode
+            except OSError:
+                mode = None
+            if mode is not None and stat.S_ISDIR(mode):
+                if column == "image":
+                    continue  # a DICOM series, read by multimodal.ingest.medical_images
+                hint = {
+                    "vcf": "give the VCF/BCF file",
+                    "rna_file": "give the quant.sf, 10x .h5, .h5ad or counts file",
+                }.get(column, "a mask is a file: NIfTI, NRRD, DICOM SEG or RTSTRUCT")
+                raise MultimodalError(
+                    f"{path}: line {line}: {column} {value} of patient {patient} is a directory; {hint}"
+                )
+            if mode is None or not stat.S_ISREG(mode):
+                where = "" if Path(value).is_absolute() else f" (relative to the working directory {Path.cwd()})"
+                raise MultimodalError(
+                    f"{path}: line {line}: {column} file {value} for patient {patient} does not exist" + where
+                )
+        image, mask = values[FILE_COLUMNS.index("image")], values[FILE_COLUMNS.index("mask")]
+        if bool(image) != bool(mask):
+            raise MultimodalError(
+                f"{path}: line {line}: patient {patient} has an image without a mask or a mask without an image"
+            )
 
 
 def _imaging_key(frame: pd.DataFrame, path: str | Path) -> pd.Series:
