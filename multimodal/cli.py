@@ -211,7 +211,13 @@ def cmd_ingest_cohort_vcf(args: argparse.Namespace) -> None:
     from multimodal.ingest.samples import read_samples
     from multimodal.ingest.variants import VariantFilters
 
-    filters = VariantFilters.from_settings(filter=args.filter, genes=args.gene_list, transcripts=args.transcripts)
+    filters = VariantFilters.from_settings(
+        filter=args.filter,
+        min_depth=args.min_depth,
+        min_vaf=args.min_vaf,
+        genes=args.gene_list,
+        transcripts=args.transcripts,
+    )
     samples = read_samples(args.samples, data_roots=_data_roots(args))
     if args.vcf is not None:
         vcf_to_zarr(
@@ -546,6 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", nargs="+", metavar="VALUE", help="FILTER values accepted (default PASS)")
     p.add_argument("--gene-list", type=_existing_file, help="gene allow-list, one symbol per line")
     p.add_argument("--transcripts", choices=("any", "canonical"), default="any", help="transcript rule")
+    for flag in ("--min-depth", "--min-vaf"):
+        p.add_argument(
+            flag,
+            type=float if flag == "--min-vaf" else int,
+            help="recorded and warned of as not applied: a cohort VCF's calls are not filtered by depth or VAF",
+        )
     p.set_defaults(func=cmd_ingest_cohort_vcf)
     p = kinds.add_parser(
         "copy-number",

@@ -72,6 +72,10 @@ def check_inputs(config_path: Path) -> dict:
     named = {"samples": config.get("samples"), "clinical": config.get("clinical")}
     named |= {"expression": config.get("expression"), "maf": config.get("maf")}
     named |= {f"tables.{k}": v for k, v in (config.get("tables") or {}).items()}
+    named["cohort_vcf"] = config.get("cohort_vcf")
+    ingest = config.get("ingest") or {}
+    named["ingest.tx2gene"] = ingest.get("tx2gene")
+    named["ingest.variant_filters.genes"] = (ingest.get("variant_filters") or {}).get("genes")
     cnv = copy_number_source(config.get("copy_number"))
     if cnv and cnv.table:
         named["copy_number"] = cnv.table

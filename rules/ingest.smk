@@ -141,15 +141,7 @@ rule ingest_cohort_vcf:
             if config["ingest"].get("dask_scheduler")
             else ""
         ),
-        filters=variant_filter_options(
-            {
-                "variant_filters": {
-                    **(config["ingest"].get("variant_filters") or {}),
-                    "min_depth": 0,
-                    "min_vaf": 0,
-                }
-            }
-        ),
+        filters=variant_filter_options(config["ingest"]),  # depth/VAF: recorded as not applied
         annotation_field=config["ingest"]["annotation_field"] or "CSQ",
         config=CONFIG_OPTION,  # for data_roots
     shell:

@@ -117,6 +117,17 @@ def test_carrier_counts_are_exact(cohort_zarr):
     assert set(adata.var["feature_class"]) == {"gene_carrier"}
 
 
+def test_depth_and_vaf_thresholds_are_recorded_as_not_applied(cohort_zarr, caplog):
+    patients = pd.Index(["S1", "S2", "S3", "S4", "S5"])
+    plain = carrier_matrix(cohort_zarr, patients=patients)
+    assert plain.uns["ingest"]["params"]["variant_filters_not_applied"] == []
+    with caplog.at_level("WARNING", logger="multimodal.ingest.cohort_vcf"):
+        filtered = carrier_matrix(cohort_zarr, patients=patients, filters=VariantFilters(min_depth=10, min_vaf=0.1))
+    np.testing.assert_array_equal(filtered.X, plain.X)  # the calls are counted as they are
+    assert filtered.uns["ingest"]["params"]["variant_filters_not_applied"] == ["min_depth", "min_vaf"]
+    assert "min_depth=10, min_vaf=0.1 not applied" in caplog.text
+
+
 def test_canonical_rule_and_allow_list(cohort_zarr, tmp_path):
     patients = pd.Index(["S1", "S2", "S3", "S4", "S5"])
     canonical = carrier_matrix(cohort_zarr, patients=patients, filters=VariantFilters(transcripts="canonical"))
@@ -269,3 +280,42 @@ def test_undeclared_filter_is_a_one_line_error(tmp_path):
     vcf = Path(pysam.tabix_index(str(text), preset="vcf", force=True))
     with pytest.raises(MultimodalError, match=r"undeclared\.vcf\.gz: record 1 \(chr1:100\): FILTER 'q10' is not"):
         vcf_to_zarr(vcf, tmp_path / "u.vcz")
+
+
+def test_the_workflow_passes_depth_and_vaf_to_the_verb_which_records_them(tmp_path):
+    """The rule's command carries the config's variant filters (a Snakemake dry run); the verb, run as that
+    command runs it, accepts them and records depth and VAF as not applied."""
+    import subprocess
+    import sys
+
+    import anndata as ad
+    import yaml
+
+    vcf = write_cohort_vcf(tmp_path / "cohort.vcf.gz")
+    (tmp_path / "samples.tsv").write_text("patient_id\nS1\nS2\nS3\n")
+    (tmp_path / "clinical.tsv").write_text("patient_id\tos_time\tos_event\nS1\t1\t0\nS2\t2\t1\nS3\t3\t1\n")
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "config/config.yaml").read_text())
+    config |= {"samples": str(tmp_path / "samples.tsv"), "clinical": str(tmp_path / "clinical.tsv")}
+    config |= {"expression": None, "outdir": str(tmp_path / "out"), "data_roots": [str(tmp_path)]}
+    config |= {"cohort_vcf": str(vcf)}
+    config["simulate"]["enabled"] = False
+    config["ingest"]["variant_filters"] |= {"min_depth": 10, "min_vaf": 0.05, "filter": ["PASS", "LowQual"]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"), "--directory", str(repo)]
+    command += ["--configfile", str(tmp_path / "c.yaml"), "--cores", "1", "--nolock", "--dry-run"]
+    command += ["--printshellcmds", f"{tmp_path}/out/interim/cohort_variants/cohort_variants.h5ad"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shell = next(line for line in done.stdout.splitlines() if "multimodal ingest cohort-vcf" in line)
+    assert "--filter PASS LowQual --min-depth 10 --min-vaf 0.05" in shell
+    out = tmp_path / "carriers.h5ad"
+    entry_point = str(Path(sys.executable).parent / "multimodal")  # as the rule's shell runs it
+    cli = [entry_point, "ingest", "cohort-vcf", "-q", "--samples", str(tmp_path / "samples.tsv")]
+    cli += ["--vcf", str(vcf), "--zarr", str(tmp_path / "c.vcz"), "--filter", "PASS", "LowQual"]
+    cli += ["--min-depth", "10", "--min-vaf", "0.05", "--out", str(out)]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "min_depth=10, min_vaf=0.05 not applied" in done.stderr
+    params = ad.read_h5ad(out).uns["ingest"]["params"]
+    assert list(params["variant_filters_not_applied"]) == ["min_depth", "min_vaf"]

@@ -173,7 +173,8 @@ def test_a_failure_before_any_rule_gives_snakemakes_reason():
 
 
 def test_config_paths_are_confined_too(project):
-    """The config's files (clinical, expression, maf, tables, model.splits) are checked before any is opened."""
+    """The config's files (clinical, expression, maf, tables, cohort_vcf, tx2gene, the gene allow-list,
+    model.splits) are checked before any is opened."""
     import yaml
 
     from multimodal.workflow import check_inputs
@@ -185,6 +186,9 @@ def test_config_paths_are_confined_too(project):
         ("clinical", "/etc/passwd", "clinical"),
         ("tables", {"cnv": "../../../../../../etc/passwd"}, "tables.cnv"),
         ("model", {"splits": "/etc"}, "model.splits"),
+        ("cohort_vcf", "/etc/passwd", "cohort_vcf"),
+        ("ingest", {"tx2gene": "/etc/passwd"}, "ingest.tx2gene"),
+        ("ingest", {"variant_filters": {"genes": "../../../../../../etc/passwd"}}, "ingest.variant_filters.genes"),
     ]:
         (project / "c.yaml").write_text(yaml.safe_dump({**base, key: value}))
         with pytest.raises(MultimodalError, match=rf"c\.yaml: {re.escape(where)}: .* is outside the data roots"):

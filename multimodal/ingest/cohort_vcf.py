@@ -633,7 +633,9 @@ def carrier_matrix(
 
     ``patients``: the samples sheet's; VCF samples are matched by ID or unique barcode prefix, the others
     counted. ``scheduler``: a Dask ``distributed`` scheduler address (``tcp://host:8786``); None computes
-    on local threads.
+    on local threads. ``filters``: the FILTER set, the transcript rule and the gene allow-list apply; the
+    tumour depth and VAF thresholds filter per-patient VCFs and the MAF and are not applied to a cohort
+    VCF's calls (FORMAT DP/AD are not converted): when set they are recorded as not applied and warned of.
     """
     import anndata as ad
     import dask
@@ -643,6 +645,13 @@ def carrier_matrix(
     from multimodal.ingest.samples import resolve_barcodes
 
     filters = filters or VariantFilters()
+    not_applied = {k: v for k, v in (("min_depth", filters.min_depth), ("min_vaf", filters.min_vaf)) if v}
+    if not_applied:
+        log.warning(
+            "cohort VCF: ingest.variant_filters %s not applied: a cohort VCF's genotype calls are counted "
+            "whatever their depth and allele fraction (those filters apply to per-patient VCFs and the MAF)",
+            ", ".join(f"{k}={v}" for k, v in not_applied.items()),
+        )
     path = Path(zarr_path)
     try:
         store = zarr.open_group(str(path), mode="r")
@@ -706,6 +715,7 @@ def carrier_matrix(
             "vcf_zarr": str(path),
             "annotation_field": annotation_field,
             "variant_filters": filters.params(),
+            "variant_filters_not_applied": sorted(not_applied),
             "rule": "a patient counts once per record and gene when a call carries a protein-altering ALT allele",
             "scheduler": scheduler or "local threads",
         },
