@@ -6,12 +6,13 @@
    files, both with ``--jobs`` processes at a time.
 2. ``cohort``: one multi-sample VCF (samples x variants), ``multimodal ingest cohort-vcf`` (VCF -> VCF Zarr ->
    gene carrier matrix) ÷ ``bcftools query -f '[%GT]'`` over the same file; also the peak memory of ours.
-3. ``expression``: a genes x samples counts table to the written cohort store, as the workflow runs it
+3. ``expression``: a genes x samples counts table (or, ``--expr-format h5ad``/``h5ad-csr``, a bulk .h5ad, X dense
+   or CSR) to the written cohort store, as the workflow runs it
    (`multimodal ingest expression`, then `multimodal assemble`, one process each): the larger of the two peak
    memories above the interpreter's after its imports ÷ the size of the dense float32 matrix.
 
 Usage: python benchmarks/vcf_benchmark.py [--quick] [--patients 500] [--samples 1000] [--variants 20000]
-       [--expr-samples 2000] [--expr-genes 20000] [--jobs 2] [--workdir DIR]
+       [--expr-samples 2000] [--expr-genes 20000] [--expr-format table|h5ad|h5ad-csr] [--jobs 2] [--workdir DIR]
 ``--quick`` shrinks every size (CI). bcftools must be on PATH (Debian: apt-get install bcftools).
 """
 
@@ -237,22 +238,53 @@ def bench_cohort(args: argparse.Namespace, workdir: Path, multimodal: list[str])
     )
 
 
-def bench_expression(args: argparse.Namespace, workdir: Path) -> None:
-    """Peak memory of a counts table -> the written cohort store, as the workflow runs it, vs the dense float32 matrix.
+#: Writes a bulk .h5ad of negative-binomial counts: argv path, samples, genes, format (h5ad: X dense; h5ad-csr).
+H5AD_WRITER = """
+import sys
+import anndata as ad, numpy as np, pandas as pd, scipy.sparse as sp
+path, n, genes, kind = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rng = np.random.default_rng(3)
+step = max(1, (1 << 24) // genes)  # rows drawn at a time (the int64 draws of ~16M cells)
+blocks = []
+for start in range(0, n, step):
+    values = rng.negative_binomial(5, 0.01, (min(step, n - start), genes)).astype(np.float32)
+    if kind == "h5ad-csr":
+        values[rng.random(values.shape) < 0.4] = 0  # zeros, as a sparse file has them
+        values = sp.csr_matrix(values)
+    blocks.append(values)
+matrix = sp.vstack(blocks, format="csr") if kind == "h5ad-csr" else np.concatenate(blocks)
+del blocks
+obs = pd.DataFrame(index=[f"S{i}" for i in range(n)])
+var = pd.DataFrame(index=[f"ENSG{g:011d}.1" for g in range(genes)])
+ad.AnnData(X=matrix, obs=obs, var=var).write_h5ad(path)
+"""
 
-    Two processes, as the workflow's two rules: `multimodal ingest expression` (table -> expression.h5ad) and
-    `multimodal assemble` (-> cohort.zarr). Each reports its peak RSS above its own after the imports.
+
+def bench_expression(args: argparse.Namespace, workdir: Path) -> None:
+    """Peak memory of a counts input -> the written cohort store, as the workflow runs it, vs the dense float32 matrix.
+
+    Two processes, as the workflow's two rules: `multimodal ingest expression` (input -> expression.h5ad) and
+    `multimodal assemble` (-> cohort.zarr). Each reports its peak RSS above its own after the imports. The input
+    (``--expr-format``): a genes x samples counts table (``table``), or a bulk .h5ad written by anndata, samples
+    as obs and genes as var, with float32 counts in X, dense (``h5ad``) or CSR with ~40 % zeros (``h5ad-csr``).
     """
-    counts = workdir / "expression.tsv"
     rng = np.random.default_rng(3)
     n, genes = args.expr_samples, args.expr_genes
-    text = np.array([str(v).encode() for v in range(4096)], dtype=object)  # each count's text, looked up
-    with open(counts, "wb") as handle:
-        handle.write(("gene\t" + "\t".join(f"S{i}" for i in range(n)) + "\n").encode())
-        for start in range(0, genes, 500):  # 500 rows at a time
-            values = np.minimum(rng.negative_binomial(5, 0.01, (min(500, genes - start), n)), len(text) - 1)
-            rows = [b"ENSG%011d.1\t" % (start + k) + b"\t".join(text[row]) for k, row in enumerate(values)]
-            handle.write(b"\n".join(rows) + b"\n")
+    if args.expr_format == "table":
+        counts = workdir / "expression.tsv"
+        text = np.array([str(v).encode() for v in range(4096)], dtype=object)  # each count's text, looked up
+        with open(counts, "wb") as handle:
+            handle.write(("gene\t" + "\t".join(f"S{i}" for i in range(n)) + "\n").encode())
+            for start in range(0, genes, 500):  # 500 rows at a time
+                values = np.minimum(rng.negative_binomial(5, 0.01, (min(500, genes - start), n)), len(text) - 1)
+                rows = [b"ENSG%011d.1\t" % (start + k) + b"\t".join(text[row]) for k, row in enumerate(values)]
+                handle.write(b"\n".join(rows) + b"\n")
+    else:  # written by a process of its own: a child's peak RSS counts its parent's at the fork (Linux keeps
+        # the high-water mark across exec), so the matrix must never have been in this process
+        counts = workdir / "expression_input.h5ad"
+        subprocess.run(
+            [sys.executable, "-c", H5AD_WRITER, str(counts), str(n), str(genes), args.expr_format], check=True
+        )
     ids = [f"P{i}" for i in range(n)]
     samples = workdir / "expression_samples.tsv"
     samples.write_text("patient_id\trna_sample\n" + "".join(f"{p}\tS{i}\n" for i, p in enumerate(ids)))
@@ -294,7 +326,8 @@ def bench_expression(args: argparse.Namespace, workdir: Path) -> None:
         )
     worst = max(above, key=above.get)
     print(
-        f"expression: {n} samples x {genes} genes (table {counts.stat().st_size / 2**30:.2f} GiB) -> store: "
+        f"expression: {n} samples x {genes} genes ({args.expr_format} {counts.stat().st_size / 2**30:.2f} GiB) -> "
+        "store: "
         f"peak {above[worst]:.0f} MiB above the imports ({worst}) | dense float32 {dense:.0f} MiB | "
         f"ratio {above[worst] / dense:.2f}"
     )
@@ -309,6 +342,9 @@ def main() -> None:
     parser.add_argument("--variants", type=int, default=20000)
     parser.add_argument("--expr-samples", type=int, default=2000)
     parser.add_argument("--expr-genes", type=int, default=20000)
+    parser.add_argument(
+        "--expr-format", choices=["table", "h5ad", "h5ad-csr"], default="table", help="the expression input's format"
+    )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument(

@@ -235,7 +235,7 @@ def test_bulk_h5ad_read_in_blocks_equals_the_frame_path(tmp_path, kind, fraction
     assert blocked.uns["ingest"]["params"]["integer_counts"] is not fraction
 
 
-@pytest.mark.parametrize("kind", ["dense", "csr"])
+@pytest.mark.parametrize("kind", ["dense", "csr", "csc"])
 def test_bad_cells_of_a_bulk_h5ad_are_named_as_the_frame_path_names_them(tmp_path, kind):
     counts = BULK_COUNTS.copy()
     counts[0, 1], counts[3, 4], counts[4, 6] = np.nan, -3, np.inf

@@ -12,7 +12,9 @@ what it left out in ``frame.attrs``. Gene IDs are harmonised by :func:`strip_ver
 - **featureCounts** output is a counts table (``read_counts_table`` reads its ``#`` line and annotation
   columns), cohort-wide or one per sample.
 - **bulk** ``.h5ad``: rows are samples (``obs_names`` named by ``rna_sample``), columns genes; raw counts
-  from ``layers['counts']`` when present, else ``X``.
+  from ``layers['counts']`` when present, else ``X``. On its way to the store (:func:`bulk_h5ad_modality`)
+  only the cohort's rows are read, in blocks (dense, CSR or CSC), into the block path the counts tables
+  take: the same modality as the frame path in about two matrices of memory.
 - **single-cell** ``.h5ad`` (its ``obs`` has the ``sample_key`` column): cells summed per sample with
   ``scanpy.get.aggregate`` (a pseudobulk profile per patient); with ``cell_type_key``, per sample and cell
   type, each cell type's genes becoming features of their own (``<cell type>:<gene>``).
@@ -322,41 +324,48 @@ def bulk_h5ad_modality(
         stage64 = False
         always_exact = np.dtype(matrix.dtype) in (np.float32, np.float16, np.int8, np.uint8, np.int16, np.uint16)
 
-        def read_rows() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            """Positions and float64 values (rows x genes) of the cohort's rows, a block at a time."""
+        by_gene = isinstance(matrix, CSCDataset)  # anndata reads a CSC's rows by loading it whole: read its columns
+        gene_step = max(1, block_cells // max(1, len(rows)))
+        starts = range(0, n_genes, gene_step)
+
+        def read_pieces(genes: np.ndarray | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+            """(first of the cohort's rows, first gene, float64 values) of each piece read: blocks of the cohort's
+            rows over all genes (or ``genes``), or of a CSC's columns (``gene_step`` of them, or ``genes``) over
+            the cohort's rows."""
+            if by_gene:
+                for g in [0] if genes is not None else starts:
+                    part = matrix[:, genes if genes is not None else slice(g, g + gene_step)][rows]
+                    yield 0, g, part.toarray().astype(np.float64, copy=False)
+                return
             for start in range(0, len(rows), row_step):
                 here = rows[start : start + row_step]
                 wanted = slice(here[0], here[-1] + 1) if here[-1] - here[0] == len(here) - 1 else here
                 part = matrix[wanted]
                 part = part.toarray() if hasattr(part, "toarray") else np.asarray(part)
-                yield here, part.astype(np.float64, copy=False)
+                yield start, 0, (part if genes is None else part[:, genes]).astype(np.float64, copy=False)
 
-        gene_step = max(1, block_cells // max(1, len(rows)))
-        starts = range(0, n_genes, gene_step)
         staged = [np.empty((min(gene_step, n_genes - g), len(rows)), dtype=np.float32) for g in starts]
-        bad_obs: list[str] = []
-        bad_var: list[str] = []
-        bad_cells: list[float] = []
-        n_bad = done = 0
-        for here, part in read_rows():
+        first_bad = np.zeros((3, 0))  # (row among the cohort's, gene, value) of the first bad cells in row-major order
+        n_bad = 0
+        for row0, gene0, part in read_pieces():
             bad = ~np.isfinite(part) | (part < 0)
             if bad.any():
-                r, c = np.nonzero(bad)
+                r, c = np.nonzero(bad)  # row-major: the piece's first cells first
                 n_bad += len(r)
-                keep = max(0, MAX_LINES_NAMED - len(bad_cells))
-                bad_obs += list(obs_names[here[r[:keep]]])
-                bad_var += list(var.index[c[:keep]].astype(str))
-                bad_cells += list(part[r[:keep], c[:keep]])
+                r, c = r[:MAX_LINES_NAMED], c[:MAX_LINES_NAMED]
+                found = np.concatenate([first_bad, [r + row0, c + gene0, part[r, c]]], axis=1)
+                first_bad = found[:, np.lexsort((found[1], found[0]))[:MAX_LINES_NAMED]]
             if not (always_exact or stage64 or n_bad or (part.astype(np.float32) == part).all()):
                 stage64 = True  # from now on every staged block is float64, so the values stay exact
                 for k, block in enumerate(staged):  # one block at a time: a block more at the peak, not a matrix
                     staged[k] = block.astype(np.float64)
-            for block, g in zip(staged, starts, strict=True):
-                block[:, done : done + len(here)] = part[:, g : g + len(block)].T
-            done += len(here)
+            for k in range(gene0 // gene_step, (gene0 + part.shape[1] - 1) // gene_step + 1):
+                block, g = staged[k], starts[k]
+                block[:, row0 : row0 + len(part)] = part[:, g - gene0 : g - gene0 + len(block)].T
             del part, bad
         if n_bad:
-            raise _bad_counts_error(path, layer, bad_obs, bad_var, np.asarray(bad_cells), n_bad)
+            at_row, at_gene = first_bad[0].astype(int), first_bad[1].astype(int)
+            raise _bad_counts_error(path, layer, obs_names[rows[at_row]], var.index[at_gene], first_bad[2], n_bad)
 
         # IDs stripped here, as the frame path strips them before it keys symbols by ID (the last row's symbol wins)
         ids = np.asarray(strip_version(pd.Index(var.index.astype(str))), dtype=object)
@@ -382,10 +391,8 @@ def bulk_h5ad_modality(
         def rows_again(genes: np.ndarray) -> np.ndarray:
             """Those genes (var positions) as float64 over the cohort's patients: a second pass over the rows."""
             out = np.empty((len(genes), len(rows)))
-            seen = 0
-            for here, part in read_rows():
-                out[:, seen : seen + len(here)] = part[:, genes].T
-                seen += len(here)
+            for row0, _, part in read_pieces(genes):
+                out[:, row0 : row0 + len(part)] = part.T
             return out[:, take]
 
         return modality_from_row_blocks(
