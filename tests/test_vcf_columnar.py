@@ -245,6 +245,10 @@ def test_a_file_the_columnar_reader_does_not_check_is_read_by_pysam(tmp_path):
     crlf = write_vcf(tmp_path / "c.vcf", compress=False)
     crlf.write_bytes(crlf.read_bytes().replace(b"\n", b"\r\n"))
     assert error(crlf) == error(crlf, columnar=False) if _fails(crlf) else both(crlf, reader="pysam")
+    # bytes that are not UTF-8 (a Latin-1 gene name)
+    latin = write_vcf(tmp_path / "e.vcf", compress=False)
+    latin.write_bytes(latin.read_bytes().replace(b"|KRAS|", b"|KRAS\xe9|"))
+    assert error(latin) == error(latin, columnar=False) if _fails(latin) else both(latin, reader="pysam")
     # a VCF without records
     empty = tmp_path / "d.vcf"
     empty.write_text(HEADER)
@@ -269,3 +273,17 @@ def _fails(path: Path) -> bool:
     except MultimodalError:
         return True
     return False
+
+
+def test_an_annotation_whose_first_field_is_read_gives_the_same_counts(tmp_path):
+    # SYMBOL first: its values are read without the 'CSQ=' the first entry's first field starts with
+    order = [3, 1, 2, 0, 4]  # SYMBOL|Consequence|IMPACT|Allele|Gene
+    header = HEADER.replace("Allele|Consequence|IMPACT|SYMBOL|Gene", "SYMBOL|Consequence|IMPACT|Allele|Gene")
+    records = [
+        (c, p, f, ",".join("|".join(e.split("|")[k] for k in order) for e in csq.split(",")))
+        for c, p, f, csq in RECORDS
+    ]
+    first = both(write_vcf(tmp_path / "s.vcf.gz", records=records, header=header))
+    usual = both(write_vcf(tmp_path / "a.vcf.gz"))
+    assert dict(first.gene_counts) == dict(usual.gene_counts) == {"TP53": 2, "EGFR": 1, "BRAF": 1}
+    assert list(first.table["gene"]) == list(usual.table["gene"])

@@ -89,6 +89,19 @@ def _body(data: bytes) -> memoryview:
     return memoryview(data)[len(data) if end < 0 else end + 1 :]
 
 
+def _one_string(data: memoryview) -> pa.Array:
+    """``data`` as an Arrow array of one string, not copied; :class:`Declined` unless it is UTF-8."""
+    import pyarrow as pa
+
+    offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int32))
+    array = pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(data)])
+    try:
+        array.validate(full=True)  # checks the bytes are UTF-8
+    except pa.ArrowInvalid as exc:
+        raise Declined("not UTF-8") from exc
+    return array
+
+
 def _all(mask: pa.Array | pa.ChunkedArray) -> bool:
     import pyarrow.compute as pc
 
@@ -109,8 +122,10 @@ def _check_values(values: pa.Array, kind: str, what: str) -> None:
         _require(_all(pc.match_substring_regex(values, pattern)), f"{what}: a value that is not a plain {kind}")
 
 
-def _check_info(info: pa.Array, header, key: str) -> tuple[np.ndarray, pa.Array]:
-    """Check every INFO item against the header's declaration; return (records, values) of the annotation key."""
+def _check_info(info: pa.Array, header, key: str, *, keep_prefix: bool = False) -> tuple[np.ndarray, pa.Array, int]:
+    """Check every INFO item against the header's declaration; return (records, values, prefix) of the annotation
+    key. ``prefix``: how many bytes of ``key=`` each value still starts with (0, or with ``keep_prefix`` when every
+    INFO holds the key alone, ``len(key) + 1``: the value's first field then carries it, and is not read)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -122,9 +137,11 @@ def _check_info(info: pa.Array, header, key: str) -> tuple[np.ndarray, pa.Array]
         and bool((n_items == 1).all())
         and _all(pc.starts_with(info, f"{key}="))
     ):  # every INFO holds the annotation key alone (a VEP-only INFO): its values without splitting items
-        values = pc.utf8_slice_codeunits(info, len(key) + 1)
-        _require(_all(pc.greater(pc.binary_length(values), 0)), f"INFO/{key} with an empty value")
-        return np.arange(len(info)), values
+        prefix = len(key) + 1
+        _require(_all(pc.greater(pc.binary_length(info), prefix)), f"INFO/{key} with an empty value")
+        if keep_prefix:  # slicing every value copies the column
+            return np.arange(len(info)), info, prefix
+        return np.arange(len(info)), pc.utf8_slice_codeunits(info, prefix), 0
     parent = pc.list_parent_indices(lists).to_numpy()
     pairs = pc.split_pattern(pc.list_flatten(lists), "=", max_splits=1)
     has_value = pc.list_value_length(pairs).to_numpy() == 2
@@ -134,7 +151,7 @@ def _check_info(info: pa.Array, header, key: str) -> tuple[np.ndarray, pa.Array]
     values = pc.list_flatten(pc.list_slice(pairs, 1, 2))  # the values of the items in ``valued``, in order
     value_code = name_code[valued]
     declared = header.info
-    found = (np.zeros(0, dtype=np.int64), pa.array([], pa.string()))
+    found = (np.zeros(0, dtype=np.int64), pa.array([], pa.string()), 0)
     for code, name in enumerate(names.dictionary.to_pylist()):
         if name == ".":  # INFO '.': no items (alone in its column, else htslib refuses the record)
             mine = name_code == code
@@ -157,7 +174,7 @@ def _check_info(info: pa.Array, header, key: str) -> tuple[np.ndarray, pa.Array]
         if name == key:
             records = parent[valued[value_code == code]]
             _require(len(records) < 2 or bool((np.diff(records) > 0).all()), f"INFO/{key} given twice")
-            found = (records, mine_values)
+            found = (records, mine_values, 0)
     return found
 
 
@@ -294,11 +311,7 @@ def count_columnar(
     # The lines split by Arrow's string kernels in this thread (its CSV reader hands the work to a thread
     # pool: ~2 ms of latency per file on a busy machine, more than the parsing of a 1,000-record VCF).
     _require(not body or body[-1:] == b"\n", "no final line end")
-    try:
-        text = str(body, "utf-8")
-    except UnicodeDecodeError as exc:
-        raise Declined("not UTF-8") from exc
-    lines = pc.list_flatten(pc.split_pattern(pa.array([text[:-1]] if text else [], pa.string()), "\n"))
+    lines = pc.list_flatten(pc.split_pattern(_one_string(body[:-1]) if body else pa.array([], pa.string()), "\n"))
     fields = pc.split_pattern(lines, "\t")
     n = len(lines)
     _require(not n or _all(pc.equal(pc.list_value_length(fields), len(names))), "a line of another column count")
@@ -336,7 +349,12 @@ def count_columnar(
     filter_index = filter_codes.indices.to_numpy()
     passed = np.array(filter_ok, dtype=bool)[filter_index] if n else np.zeros(0, bool)
 
-    records_with, values = _check_info(column["INFO"], header, layout.key)
+    canonical_at = _field_at(layout, "CANONICAL")
+    mane_at = _field_at(layout, "MANE_SELECT", "MANE")
+    feature_at = _field_at(layout, "Feature", "Feature_ID")
+    hgvsp_at = _field_at(layout, "HGVSp", "HGVS.p")
+    read_at = (layout.consequence_at, layout.symbol_at, layout.gene_id_at, canonical_at, mane_at, feature_at, hgvsp_at)
+    records_with, values, prefix = _check_info(column["INFO"], header, layout.key, keep_prefix=0 not in read_at)
     if n_samples:
         _require(tumour is not None, "sample columns without a tumour")
         depth, vaf = _tumour_depth_vaf(column, header, tumour, n, n_samples)
@@ -345,7 +363,8 @@ def count_columnar(
     _require(bool(((vaf[~np.isnan(vaf)] >= 0) & (vaf[~np.isnan(vaf)] <= 1)).all()), "a VAF outside 0..1")
 
     # --- annotation entries: one row per entry, its fields by position
-    _require(not len(values) or not pc.any(pc.equal(values, ".")).as_py(), f"INFO/{layout.key}=.")
+    dot = f"{layout.key}=." if prefix else "."
+    _require(not len(values) or not pc.any(pc.equal(values, dot)).as_py(), f"INFO/{layout.key}=.")
     entry_parent, entries = _split_lists(values, ",")
     entry_record = records_with[entry_parent]
     parts = pc.split_pattern(entries, "|")
@@ -355,8 +374,12 @@ def count_columnar(
     n_entries = len(entries)
     base = np.arange(n_entries, dtype=np.int64) * n_fields
 
+    taken: dict[int, pa.Array] = {}
+
     def field(at: int) -> pa.Array:
-        return flat.take(pa.array(base + at)) if at >= 0 else pa.array([""] * n_entries, pa.string())
+        if at not in taken:
+            taken[at] = flat.take(pa.array(base + at)) if at >= 0 else pa.array([""] * n_entries, pa.string())
+        return taken[at]
 
     consequence = pc.dictionary_encode(field(layout.consequence_at))
     joined, altering_kind = [], []
@@ -394,11 +417,6 @@ def count_columnar(
         raw = pc.utf8_trim_whitespace(field(at))
         flag = pc.and_(pc.not_equal(raw, ""), pc.not_equal(raw, "NO"))
         return flag.to_numpy(zero_copy_only=False)[entry_at]
-
-    canonical_at = _field_at(layout, "CANONICAL")
-    mane_at = _field_at(layout, "MANE_SELECT", "MANE")
-    feature_at = _field_at(layout, "Feature", "Feature_ID")
-    hgvsp_at = _field_at(layout, "HGVSp", "HGVS.p")
 
     def any_in_group(mask: np.ndarray) -> np.ndarray:
         return np.bincount(group, weights=mask, minlength=n_groups) > 0
