@@ -229,6 +229,7 @@ def cmd_ingest_cohort_vcf(args: argparse.Namespace) -> None:
             fields="all"
             if args.fields == ["all"]
             else list(dict.fromkeys([args.annotation_field, *(args.fields or ())])),
+            format_fields=("DP", "AD") if filters.min_depth or filters.min_vaf else (),
         )
     adata = carrier_matrix(
         args.zarr,
@@ -556,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             flag,
             type=float if flag == "--min-vaf" else int,
-            help="recorded and warned of as not applied: a cohort VCF's calls are not filtered by depth or VAF",
+            help="per call: depth (FORMAT DP, else the sum of AD) / the carried allele's AD fraction (default off)",
         )
     p.set_defaults(func=cmd_ingest_cohort_vcf)
     p = kinds.add_parser(

@@ -141,7 +141,7 @@ rule ingest_cohort_vcf:
             if config["ingest"].get("dask_scheduler")
             else ""
         ),
-        filters=variant_filter_options(config["ingest"]),  # depth/VAF: recorded as not applied
+        filters=variant_filter_options(config["ingest"]),
         annotation_field=config["ingest"]["annotation_field"] or "CSQ",
         config=CONFIG_OPTION,  # for data_roots
     shell:

@@ -117,17 +117,6 @@ def test_carrier_counts_are_exact(cohort_zarr):
     assert set(adata.var["feature_class"]) == {"gene_carrier"}
 
 
-def test_depth_and_vaf_thresholds_are_recorded_as_not_applied(cohort_zarr, caplog):
-    patients = pd.Index(["S1", "S2", "S3", "S4", "S5"])
-    plain = carrier_matrix(cohort_zarr, patients=patients)
-    assert plain.uns["ingest"]["params"]["variant_filters_not_applied"] == []
-    with caplog.at_level("WARNING", logger="multimodal.ingest.cohort_vcf"):
-        filtered = carrier_matrix(cohort_zarr, patients=patients, filters=VariantFilters(min_depth=10, min_vaf=0.1))
-    np.testing.assert_array_equal(filtered.X, plain.X)  # the calls are counted as they are
-    assert filtered.uns["ingest"]["params"]["variant_filters_not_applied"] == ["min_depth", "min_vaf"]
-    assert "min_depth=10, min_vaf=0.1 not applied" in caplog.text
-
-
 def test_canonical_rule_and_allow_list(cohort_zarr, tmp_path):
     patients = pd.Index(["S1", "S2", "S3", "S4", "S5"])
     canonical = carrier_matrix(cohort_zarr, patients=patients, filters=VariantFilters(transcripts="canonical"))
@@ -282,25 +271,115 @@ def test_undeclared_filter_is_a_one_line_error(tmp_path):
         vcf_to_zarr(vcf, tmp_path / "u.vcz")
 
 
-def test_the_workflow_passes_depth_and_vaf_to_the_verb_which_records_them(tmp_path):
-    """The rule's command carries the config's variant filters (a Snakemake dry run); the verb, run as that
-    command runs it, accepts them and records depth and VAF as not applied."""
+# Calls with FORMAT DP and AD for the per-call depth and allele-fraction filters (min_depth 10, min_vaf 0.2),
+# what each call gives worked out by hand in the comments.
+DEPTH_HEADER = HEADER.replace(
+    "##FORMAT=<ID=GT",
+    '##FORMAT=<ID=DP,Number=1,Type=Integer,Description="Read depth">\n'
+    '##FORMAT=<ID=AD,Number=R,Type=Integer,Description="Allelic depths">\n##FORMAT=<ID=GT',
+)
+DEPTH_RECORDS = [
+    # TP53 missense is G (allele 2); T synonymous. S1: G 10/30 kept. S2: depth 5 < 10. S3: G 5/40 = 0.125 < 0.2
+    # (its T does not count). S4: no DP, depth from AD 12, G 4/12 kept. S5: no DP, no AD: missing depth.
+    (
+        "100",
+        "A",
+        "T,G",
+        "T|synonymous_variant|LOW|TP53|G1|E1|YES,G|missense_variant|MODERATE|TP53|G1|E1|YES",
+        ["0/2:30:20,0,10", "0/2:5:3,0,2", "1/2:40:10,25,5", "0/2:.:8,0,4", "2/2:.:."],
+    ),
+    # KRAS missense. S1: 5/20 kept. S2: depth 20, no AD: missing VAF. S4: 2/20 = 0.1 < 0.2.
+    (
+        "200",
+        "G",
+        "C",
+        "C|missense_variant|MODERATE|KRAS|G2|E2|YES",
+        ["0/1:20:15,5", "0/1:20:.", "0/0:20:20,0", "0/1:20:18,2", "0/0:30:30,0"],
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def depth_vcf(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("depth_vcf")
+    lines = [DEPTH_HEADER] + [
+        f"chr1\t{pos}\t.\t{ref}\t{alt}\t50\tPASS\tCSQ={csq}\tGT:DP:AD\t" + "\t".join(calls) + "\n"
+        for pos, ref, alt, csq, calls in DEPTH_RECORDS
+    ]
+    return bgzipped_through_pysam(lines, root / "depth.vcf.gz")
+
+
+def carriers(adata) -> dict[str, dict[str, float]]:
+    table = pd.DataFrame(adata.X, index=adata.obs_names, columns=adata.var["gene_symbol"])
+    return {p: {g: float(n) for g, n in row.items() if n} for p, row in table.iterrows()}
+
+
+def test_per_call_depth_and_vaf_thresholds(depth_vcf, tmp_path):
+    import zarr
+
+    patients = pd.Index(["S1", "S2", "S3", "S4", "S5"])
+    store = vcf_to_zarr(
+        depth_vcf, tmp_path / "d.vcz", variants_chunk_size=1, samples_chunk_size=2, format_fields=("DP", "AD")
+    )
+    group = zarr.open_group(str(store), mode="r")
+    assert group["call_DP"][:].tolist() == [[30, 5, 40, -1, -1], [20, 20, 20, 20, 30]]  # -1: missing
+    assert group["call_AD"][0].tolist() == [[20, 0, 10], [3, 0, 2], [10, 25, 5], [8, 0, 4], [-1, -2, -2]]
+    assert group["call_AD"][1, 1].tolist() == [-1, -2, -2]  # '.' then the fill of the wider record's width
+    everyone = carriers(carrier_matrix(store, patients=patients))
+    assert everyone == {
+        "S1": {"TP53": 1, "KRAS": 1},
+        "S2": {"TP53": 1, "KRAS": 1},
+        "S3": {"TP53": 1},
+        "S4": {"TP53": 1, "KRAS": 1},
+        "S5": {"TP53": 1},
+    }
+    both = carrier_matrix(store, patients=patients, filters=VariantFilters(min_depth=10, min_vaf=0.2))
+    assert carriers(both) == {"S1": {"TP53": 1, "KRAS": 1}, "S2": {}, "S3": {}, "S4": {"TP53": 1}, "S5": {}}
+    exclusions = both.uns["ingest"]["exclusions"]
+    assert {k: v for k, v in exclusions.items() if k.startswith("carrier_calls")} == {
+        "carrier_calls_missing_depth": 1,  # S5 at TP53
+        "carrier_calls_below_min_depth": 1,  # S2 at TP53
+        "carrier_calls_missing_vaf": 1,  # S2 at KRAS
+        "carrier_calls_below_min_vaf": 2,  # S3 at TP53, S4 at KRAS
+    }
+    depth_only = carrier_matrix(store, patients=patients, filters=VariantFilters(min_depth=10))
+    assert carriers(depth_only) == {
+        "S1": {"TP53": 1, "KRAS": 1},
+        "S2": {"KRAS": 1},
+        "S3": {"TP53": 1},
+        "S4": {"TP53": 1, "KRAS": 1},
+        "S5": {},
+    }
+    plain = vcf_to_zarr(depth_vcf, tmp_path / "plain.vcz")  # converted without DP/AD
+    with pytest.raises(MultimodalError, match=r"plain\.vcz: ingest\.variant_filters\.min_vaf is set but .* no call_AD"):
+        carrier_matrix(plain, patients=patients, filters=VariantFilters(min_vaf=0.2))
+    # the same arrays as bio2zarr's converter keeps for DP and AD
+    reference = zarr.open_group(str(vcf_to_zarr(depth_vcf, tmp_path / "b2z.vcz", fields="all")), mode="r")
+    for name in ("call_DP", "call_AD"):
+        np.testing.assert_array_equal(group[name][:], reference[name][:], err_msg=name)
+    assert carriers(
+        carrier_matrix(reference.store.root, patients=patients, filters=VariantFilters(min_depth=10, min_vaf=0.2))
+    ) == carriers(both)
+
+
+def test_the_workflow_passes_depth_and_vaf_to_the_verb(depth_vcf, tmp_path):
+    """The rule's command carries the config's variant filters (a Snakemake dry run), and the verb, run as that
+    command runs it, converts DP and AD and applies them."""
     import subprocess
     import sys
 
     import anndata as ad
     import yaml
 
-    vcf = write_cohort_vcf(tmp_path / "cohort.vcf.gz")
     (tmp_path / "samples.tsv").write_text("patient_id\nS1\nS2\nS3\n")
     (tmp_path / "clinical.tsv").write_text("patient_id\tos_time\tos_event\nS1\t1\t0\nS2\t2\t1\nS3\t3\t1\n")
     repo = Path(__file__).resolve().parents[1]
     config = yaml.safe_load((repo / "config/config.yaml").read_text())
     config |= {"samples": str(tmp_path / "samples.tsv"), "clinical": str(tmp_path / "clinical.tsv")}
-    config |= {"expression": None, "outdir": str(tmp_path / "out"), "data_roots": [str(tmp_path)]}
-    config |= {"cohort_vcf": str(vcf)}
+    config |= {"expression": None, "outdir": str(tmp_path / "out"), "data_roots": [str(depth_vcf.parent)]}
+    config |= {"cohort_vcf": str(depth_vcf)}
     config["simulate"]["enabled"] = False
-    config["ingest"]["variant_filters"] |= {"min_depth": 10, "min_vaf": 0.05, "filter": ["PASS", "LowQual"]}
+    config["ingest"]["variant_filters"] |= {"min_depth": 10, "min_vaf": 0.2, "filter": ["PASS", "LowQual"]}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"), "--directory", str(repo)]
     command += ["--configfile", str(tmp_path / "c.yaml"), "--cores", "1", "--nolock", "--dry-run"]
@@ -308,14 +387,12 @@ def test_the_workflow_passes_depth_and_vaf_to_the_verb_which_records_them(tmp_pa
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     shell = next(line for line in done.stdout.splitlines() if "multimodal ingest cohort-vcf" in line)
-    assert "--filter PASS LowQual --min-depth 10 --min-vaf 0.05" in shell
+    assert "--filter PASS LowQual --min-depth 10 --min-vaf 0.2" in shell
     out = tmp_path / "carriers.h5ad"
     entry_point = str(Path(sys.executable).parent / "multimodal")  # as the rule's shell runs it
     cli = [entry_point, "ingest", "cohort-vcf", "-q", "--samples", str(tmp_path / "samples.tsv")]
-    cli += ["--vcf", str(vcf), "--zarr", str(tmp_path / "c.vcz"), "--filter", "PASS", "LowQual"]
-    cli += ["--min-depth", "10", "--min-vaf", "0.05", "--out", str(out)]
+    cli += ["--vcf", str(depth_vcf), "--zarr", str(tmp_path / "c.vcz"), "--data-root", str(depth_vcf.parent)]
+    cli += ["--data-root", str(tmp_path), "--min-depth", "10", "--min-vaf", "0.2", "--out", str(out)]
     done = subprocess.run(cli, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "min_depth=10, min_vaf=0.05 not applied" in done.stderr
-    params = ad.read_h5ad(out).uns["ingest"]["params"]
-    assert list(params["variant_filters_not_applied"]) == ["min_depth", "min_vaf"]
+    assert carriers(ad.read_h5ad(out)) == {"S1": {"TP53": 1, "KRAS": 1}, "S2": {}, "S3": {}}

@@ -44,6 +44,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CARRIER_SUFFIX = "_carrier"
+#: FORMAT keys the one-pass writer can keep per call (Integer): the depth and allele-fraction filters' sources.
+PER_CALL_FIELDS = ("DP", "AD")
+#: The carrier calls the depth and VAF thresholds leave out, by reason (uns['ingest']['exclusions']).
+_CALL_EXCLUSIONS = (
+    "carrier_calls_missing_depth",
+    "carrier_calls_below_min_depth",
+    "carrier_calls_missing_vaf",
+    "carrier_calls_below_min_vaf",
+)
+#: htslib's missing and end-of-vector integers, as cyvcf2 returns them.
+_INT32_MISSING, _INT32_VECTOR_END = -(2**31), -(2**31) + 1
 
 
 def vcf_to_zarr(
@@ -54,13 +65,16 @@ def vcf_to_zarr(
     samples_chunk_size: int = 1_000,
     workers: int = 0,
     fields: str | Sequence[str] = ("CSQ",),
+    format_fields: Sequence[str] = (),
 ) -> Path:
     """Convert a cohort VCF/BCF (bgzipped and indexed) to VCF Zarr, Zarr format 3, atomically.
 
     ``fields``: the INFO keys kept beside the fixed fields and GT (default the consequence annotation):
     written in one pass by :func:`_write_vcf_zarr`. ``"all"`` keeps every INFO and FORMAT field through
     ``bio2zarr.vcf.convert`` (``workers`` processes), many times slower (see benchmarks/README.md).
-    ``workers`` is otherwise htslib's BGZF decompression threads (at least 1).
+    ``workers`` is otherwise htslib's BGZF decompression threads (at least 1). ``format_fields``: per-call
+    FORMAT keys kept as ``call_<KEY>`` where the header declares them (:data:`PER_CALL_FIELDS`: ``DP``, ``AD``, for
+    the depth and allele-fraction filters of :func:`carrier_matrix`).
     """
     from multimodal.fileio import atomic_path
     from multimodal.ingest.variants import check_variant_file_complete
@@ -92,6 +106,7 @@ def vcf_to_zarr(
                 vcf,
                 tmp,
                 info_fields=[fields] if isinstance(fields, str) else list(fields),
+                format_fields=list(format_fields),
                 variants_chunk_size=variants_chunk_size,
                 samples_chunk_size=samples_chunk_size,
                 threads=max(1, workers),
@@ -153,6 +168,7 @@ def _write_vcf_zarr(
     variants_chunk_size: int,
     samples_chunk_size: int,
     threads: int = 1,
+    format_fields: list[str] | None = None,
 ) -> None:
     """One pass over the VCF with cyvcf2 (htslib), writing the VCF Zarr arrays a chunk of variants at a time.
 
@@ -190,6 +206,16 @@ def _write_vcf_zarr(
                 f"{vcf}: INFO/{key} is Type={info[key].get('Type')}; only String INFO fields are kept by the fast "
                 "converter (cohort_vcf fields: all keeps every field through bio2zarr)"
             )
+    declared = {h["ID"]: h for h in _header_lines(reader, "FORMAT")}
+    unknown = sorted(set(format_fields or ()) - set(PER_CALL_FIELDS))
+    if unknown:
+        raise MultimodalError(
+            f"FORMAT fields {unknown} cannot be kept by the fast converter (it keeps {', '.join(PER_CALL_FIELDS)})"
+        )
+    per_call = [key for key in PER_CALL_FIELDS if key in (format_fields or ()) and key in declared]
+    for key in per_call:
+        if declared[key].get("Type") != "Integer":
+            raise MultimodalError(f"{vcf}: FORMAT/{key} is Type={declared[key].get('Type')}, expected Integer")
     samples = list(reader.samples)
     contigs = list(reader.seqnames)
     try:
@@ -283,6 +309,11 @@ def _write_vcf_zarr(
     columns["call_genotype_phased"] = column(
         "call_genotype_phased", bool, ("variants", "samples"), (n_samples,), False, **calls_boolean
     )
+    for key in per_call:  # bio2zarr's names and missing (-1) / fill (-2) values; AD has one value per allele
+        dims = ("variants", "samples") if key == "DP" else ("variants", "samples", "alleles")
+        shape = (n_samples,) if key == "DP" else (n_samples, 2)
+        columns[f"call_{key}"] = column(f"call_{key}", np.int32, dims, shape, -2, **genotypes)
+        columns[f"call_{key}"].array.attrs["description"] = declared[key].get("Description", "").strip('"')
 
     def flush(start: int, block: dict[str, np.ndarray]) -> None:
         calls = block.pop("calls")  # cyvcf2's int16 layout, converted here, beside the reading thread
@@ -301,7 +332,16 @@ def _write_vcf_zarr(
         with ThreadPoolExecutor(max_workers=1) as writer:
             for turn in itertools.count():
                 block, buffers[turn % 2] = _read_chunk(
-                    records, buffers[turn % 2], vchunk, n_samples, info_fields, contig_at, filter_at, vcf, start
+                    records,
+                    buffers[turn % 2],
+                    vchunk,
+                    n_samples,
+                    info_fields,
+                    contig_at,
+                    filter_at,
+                    vcf,
+                    start,
+                    per_call=per_call,
                 )
                 if block is None:
                     break
@@ -326,9 +366,12 @@ def _read_chunk(
     filter_at: dict,
     vcf: Path,
     first: int,
+    *,
+    per_call: Sequence[str] = (),
 ) -> tuple[dict[str, np.ndarray] | None, np.ndarray]:
     """The next ``size`` records as VCF Zarr column blocks (None at the end of the file), the calls read into
-    ``calls`` (size x samples x ploidy + 1, int16, reused between chunks; grown for a higher ploidy)."""
+    ``calls`` (size x samples x ploidy + 1, int16, reused between chunks; grown for a higher ploidy); the
+    ``per_call`` FORMAT keys (Integer) as ``call_<KEY>`` blocks, -1 missing, -2 fill."""
     from bio2zarr import constants
 
     contig = np.zeros(size, dtype=np.int32)
@@ -339,6 +382,7 @@ def _read_chunk(
     alleles: list[list[str]] = []
     filters = np.zeros((size, len(filter_at)), dtype=bool)
     info: dict[str, list] = {key: [] for key in info_fields}
+    call_values: dict[str, list] = {key: [] for key in per_call}
     if calls is None:
         calls = np.empty((size, n_samples, 3), dtype=np.int16)  # cyvcf2's layout: the alleles, then phased
     ploidy = calls.shape[2] - 1
@@ -368,6 +412,8 @@ def _read_chunk(
         for key in info_fields:
             value = record.INFO.get(key)
             info[key].append(None if value is None else str(value).split(","))
+        for key in per_call:
+            call_values[key].append(record.format(key) if n_samples else None)  # samples x values, or None
         genotype = record.genotype if n_samples else None
         if genotype is not None:
             row = genotype.array()
@@ -407,6 +453,16 @@ def _read_chunk(
         for k, v in enumerate(values):
             values_block[k, : len(v) if v is not None else width] = v if v is not None else "."
         block[f"variant_{key}"] = values_block
+    for key, values in call_values.items():
+        width = 1 if key == "DP" else max((v.shape[1] for v in values if v is not None), default=2)
+        values_block = np.full((n, n_samples, width), -1, dtype=np.int32)  # a record without the key: missing
+        for k, v in enumerate(values):
+            if v is not None:
+                values_block[k, :, : v.shape[1]] = v[:, :width]
+                values_block[k, :, v.shape[1] :] = -2
+        values_block[values_block == _INT32_MISSING] = -1
+        values_block[values_block == _INT32_VECTOR_END] = -2
+        block[f"call_{key}"] = values_block[:, :, 0] if key == "DP" else values_block
     block["calls"] = calls[:n]
     return block, calls
 
@@ -580,15 +636,31 @@ def _pairs(
 
 
 def _chunk_carriers(
-    gt: np.ndarray, start: int, pair_variant: np.ndarray, pair_gene: np.ndarray, lookup: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, int]:
+    gt: np.ndarray,
+    start: int,
+    pair_variant: np.ndarray,
+    pair_gene: np.ndarray,
+    lookup: np.ndarray,
+    depth: np.ndarray | None = None,
+    allele_depth: np.ndarray | None = None,
+    min_depth: int = 0,
+    min_vaf: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, int, Counter]:
     """For one chunk of calls (variants x samples x ploidy): the genes it touches, per gene x sample the carried
-    records, and the missing calls at counted records."""
+    records, the missing calls at counted records, and the carrier calls the depth and VAF thresholds left out.
+
+    ``depth`` (variants x samples, FORMAT DP) and ``allele_depth`` (variants x samples x alleles, FORMAT AD),
+    -1 missing: a call carries an allele only where its depth (DP, else the sum of AD) is at least
+    ``min_depth`` and that allele's fraction of the AD sum at least ``min_vaf``; a carrier call without a
+    depth (or, for the VAF, without AD) is left out too. Each left-out carrier call is counted once per record,
+    gene and sample, by its first reason (missing depth, below depth, missing VAF, below VAF).
+    """
     import scipy.sparse
 
+    excluded: Counter = Counter()
     lo, hi = np.searchsorted(pair_variant, [start, start + gt.shape[0]])
     if hi == lo:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, gt.shape[1]), dtype=np.int32), 0
+        return np.zeros(0, dtype=np.int64), np.zeros((0, gt.shape[1]), dtype=np.int32), 0, excluded
     rows = pair_variant[lo:hi] - start  # each pair's record in the chunk
     lookup = lookup[lo:hi]
     ploidy = gt.shape[2]
@@ -601,14 +673,51 @@ def _chunk_carriers(
             return test.view(whole)[:, :, 0] != 0
         return test.any(axis=2)
 
+    filtering = bool(min_depth or min_vaf)
+    if filtering:
+        reads = np.where(allele_depth >= 0, allele_depth, 0).sum(axis=2) if allele_depth is not None else None
+        has_ad = (allele_depth >= 0).any(axis=2) if allele_depth is not None else None
+        call_depth = np.full(gt.shape[:2], -1, dtype=np.int64)
+        if allele_depth is not None:
+            call_depth = np.where(has_ad, reads, call_depth)
+        if depth is not None:
+            call_depth = np.where(depth >= 0, depth, call_depth)
+        reason_depth = np.where(call_depth < 0, 1, np.where(call_depth < min_depth, 2, 0)) if min_depth else None
+        unfiltered = np.zeros((hi - lo, gt.shape[1]), dtype=bool)
+        first_reason = np.zeros((hi - lo, gt.shape[1]), dtype=np.int8)  # per pair call: 0 kept, 1..4 reasons
     carried = np.zeros((hi - lo, gt.shape[1]), dtype=bool)
     for allele in np.flatnonzero(lookup[:, 2:].any(axis=0)) + 1:  # each ALT some pair counts
         counts_it = lookup[:, allele + 1]
         has = any_slot(gt == allele)  # (records, samples)
-        if counts_it.all():  # every pair counts this ALT (the bi-allelic case)
+        if filtering:
+            reason = np.zeros(gt.shape[:2], dtype=np.int8)
+            if min_vaf:
+                if allele_depth is None or allele >= allele_depth.shape[2]:
+                    fraction = np.full(gt.shape[:2], np.nan)
+                else:
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        fraction = np.where(
+                            has_ad & (reads > 0) & (allele_depth[:, :, allele] >= 0),
+                            allele_depth[:, :, allele] / reads,
+                            np.nan,
+                        )
+                reason = np.where(np.isnan(fraction), 3, np.where(fraction < min_vaf, 4, 0)).astype(np.int8)
+            if reason_depth is not None:
+                reason = np.where(reason_depth > 0, reason_depth, reason).astype(np.int8)
+            candidate = has[rows] if counts_it.all() else np.where(counts_it[:, None], has[rows], False)
+            unfiltered |= candidate
+            passing = candidate & (reason[rows] == 0)
+            # a call kept by one allele is kept; otherwise the first allele's reason is remembered
+            first_reason = np.where(candidate & ~passing & (first_reason == 0), reason[rows], first_reason)
+            carried |= passing
+        elif counts_it.all():  # every pair counts this ALT (the bi-allelic case)
             carried |= has[rows]
         else:
             carried[counts_it] |= has[rows[counts_it]]
+    if filtering:
+        dropped = first_reason[unfiltered & ~carried]
+        codes, n_calls = np.unique(dropped, return_counts=True)
+        excluded.update({_CALL_EXCLUSIONS[int(code) - 1]: int(n) for code, n in zip(codes, n_calls, strict=True)})
     missing_call = ~any_slot(gt >= 0)  # every slot missing (-1) or fill (-2)
     missing = int(missing_call[rows].sum())
     genes, inverse = np.unique(pair_gene[lo:hi], return_inverse=True)
@@ -617,7 +726,7 @@ def _chunk_carriers(
         (np.ones(hi - lo, dtype=np.int32), (inverse, np.arange(hi - lo))), shape=(len(genes), hi - lo)
     )
     counts = incidence @ carried.view(np.uint8)
-    return genes, counts, missing
+    return genes, counts, missing, excluded
 
 
 def carrier_matrix(
@@ -633,9 +742,9 @@ def carrier_matrix(
 
     ``patients``: the samples sheet's; VCF samples are matched by ID or unique barcode prefix, the others
     counted. ``scheduler``: a Dask ``distributed`` scheduler address (``tcp://host:8786``); None computes
-    on local threads. ``filters``: the FILTER set, the transcript rule and the gene allow-list apply; the
-    tumour depth and VAF thresholds filter per-patient VCFs and the MAF and are not applied to a cohort
-    VCF's calls (FORMAT DP/AD are not converted): when set they are recorded as not applied and warned of.
+    on local threads. ``filters``: the FILTER set, the transcript rule and the gene allow-list, and per call
+    the depth and allele-fraction thresholds (:func:`_chunk_carriers`), from ``call_DP``/``call_AD``, which the
+    VCF Zarr must then hold (``vcf_to_zarr(format_fields=("DP", "AD"))``).
     """
     import anndata as ad
     import dask
@@ -645,13 +754,6 @@ def carrier_matrix(
     from multimodal.ingest.samples import resolve_barcodes
 
     filters = filters or VariantFilters()
-    not_applied = {k: v for k, v in (("min_depth", filters.min_depth), ("min_vaf", filters.min_vaf)) if v}
-    if not_applied:
-        log.warning(
-            "cohort VCF: ingest.variant_filters %s not applied: a cohort VCF's genotype calls are counted "
-            "whatever their depth and allele fraction (those filters apply to per-patient VCFs and the MAF)",
-            ", ".join(f"{k}={v}" for k, v in not_applied.items()),
-        )
     path = Path(zarr_path)
     try:
         store = zarr.open_group(str(path), mode="r")
@@ -666,8 +768,25 @@ def carrier_matrix(
             f"(VCF: {samples[0] if samples else 'none'!r}; sheet: {str(patients[0]) if len(patients) else 'empty'!r})"
         )
     gt = da.from_zarr(str(path), component="call_genotype")
+    per_call = {"depth": None, "allele_depth": None}
+    needs = {"call_DP": bool(filters.min_depth), "call_AD": bool(filters.min_vaf or filters.min_depth)}
+    for name, key in (("call_DP", "depth"), ("call_AD", "allele_depth")):
+        if needs[name] and name in store:  # the same chunks as the genotypes along variants and samples
+            values = da.from_zarr(str(path), component=name)
+            per_call[key] = values.rechunk(gt.chunks[:2] + (((values.shape[2],),) if values.ndim == 3 else ()))
+    if filters.min_depth and per_call["depth"] is None and per_call["allele_depth"] is None:
+        raise MultimodalError(
+            f"{path}: ingest.variant_filters.min_depth is set but the VCF Zarr has neither call_DP nor call_AD "
+            "(the cohort VCF declares neither FORMAT DP nor AD, or it was converted without them)"
+        )
+    if filters.min_vaf and per_call["allele_depth"] is None:
+        raise MultimodalError(
+            f"{path}: ingest.variant_filters.min_vaf is set but the VCF Zarr has no call_AD (the cohort VCF declares "
+            "no FORMAT AD, or it was converted without it); a cohort VCF's allele fractions come from AD"
+        )
     counts = np.zeros((len(genes), len(samples)), dtype=np.int32)
     missing = 0
+    excluded: Counter = Counter()
     client = None
     if scheduler:
         from distributed import Client
@@ -681,19 +800,37 @@ def carrier_matrix(
     try:
         starts = np.cumsum((0, *gt.chunks[0]))
         sample_starts = np.cumsum((0, *gt.chunks[1]))
+
+        def block(values, k: int, j: int):
+            return None if values is None else values.blocks[(k, j, 0)[: values.ndim]]
+
+        thresholds = {"min_depth": filters.min_depth, "min_vaf": filters.min_vaf}
         tasks = [  # one task per (variants, samples) chunk holding a counted record: memory bounded by one chunk
-            (j, dask.delayed(_chunk_carriers)(gt.blocks[k, j], int(starts[k]), pair_variant, pair_gene, lookup))
+            (
+                j,
+                dask.delayed(_chunk_carriers)(
+                    gt.blocks[k, j],
+                    int(starts[k]),
+                    pair_variant,
+                    pair_gene,
+                    lookup,
+                    block(per_call["depth"], k, j),
+                    block(per_call["allele_depth"], k, j),
+                    **thresholds,
+                ),
+            )
             for k in range(len(gt.chunks[0]))
             if np.searchsorted(pair_variant, starts[k]) < np.searchsorted(pair_variant, starts[k + 1])
             for j in range(len(gt.chunks[1]))
         ]
         for first in range(0, len(tasks), batch_chunks):  # a batch at a time on the scheduler
             batch = tasks[first : first + batch_chunks]
-            for (j, _), (chunk_genes, chunk_counts, chunk_missing) in zip(
+            for (j, _), (chunk_genes, chunk_counts, chunk_missing, chunk_excluded) in zip(
                 batch, dask.compute(*[task for _, task in batch]), strict=True
             ):
                 counts[chunk_genes, sample_starts[j] : sample_starts[j + 1]] += chunk_counts
                 missing += chunk_missing
+                excluded.update(chunk_excluded)
     finally:
         if client is not None:
             client.close()
@@ -715,7 +852,6 @@ def carrier_matrix(
             "vcf_zarr": str(path),
             "annotation_field": annotation_field,
             "variant_filters": filters.params(),
-            "variant_filters_not_applied": sorted(not_applied),
             "rule": "a patient counts once per record and gene when a call carries a protein-altering ALT allele",
             "scheduler": scheduler or "local threads",
         },
@@ -724,6 +860,7 @@ def carrier_matrix(
             "patients_without_vcf_sample": int(len(patients) - len(kept)),
             "vcf_samples_not_in_samples_sheet": int(len(samples) - len(kept)),
             "missing_calls_at_counted_records": int(missing),
+            **{k: int(excluded.get(k, 0)) for k in _CALL_EXCLUSIONS if filters.min_depth or filters.min_vaf},
             **{f"records_{k}": int(v) for k, v in sorted(tallies.items())},
         },
     }
