@@ -767,3 +767,76 @@ def test_sheet_tumour_sample_column_reaches_the_cli(tmp_path):
     adata = ad.read_h5ad(out)
     assert sorted(adata.var["gene_symbol"]) == ["BRAF", "NRAS", "PIK3CA", "TP53"]
     assert adata.uns["ingest"]["exclusions"]["records_below_min_vaf"] == 1
+
+
+# Callers that keep allele depths in FORMAT fields of their own (no AF, no per-allele AD), as their VCF headers
+# declare them; TUMOR's VAF and depth worked out by hand per record.
+CALLER_FORMATS = {
+    "strelka2": (
+        '##FORMAT=<ID=DP,Number=1,Type=Integer,Description="Read depth for tier1">\n'
+        + "".join(
+            f'##FORMAT=<ID={b}U,Number=2,Type=Integer,Description="Number of {b[0]} alleles used in tiers 1,2">\n'
+            for b in "ACGT"
+        )
+        + '##FORMAT=<ID=TAR,Number=2,Type=Integer,Description="Reads strongly supporting alternate allele">\n'
+        '##FORMAT=<ID=TIR,Number=2,Type=Integer,Description="Reads strongly supporting indel allele">\n'
+    ),
+    "varscan2": (
+        '##FORMAT=<ID=DP,Number=1,Type=Integer,Description="Read Depth">\n'
+        '##FORMAT=<ID=RD,Number=1,Type=Integer,Description="Depth of reference-supporting bases">\n'
+        '##FORMAT=<ID=AD,Number=1,Type=Integer,Description="Depth of variant-supporting bases">\n'
+        '##FORMAT=<ID=FREQ,Number=1,Type=String,Description="Variant allele frequency">\n'
+    ),
+    "freebayes": (
+        '##FORMAT=<ID=DP,Number=1,Type=Integer,Description="Read Depth">\n'
+        '##FORMAT=<ID=RO,Number=1,Type=Integer,Description="Reference allele observation count">\n'
+        '##FORMAT=<ID=AO,Number=A,Type=Integer,Description="Alternate allele observation count">\n'
+    ),
+}
+CALLER_RECORDS = {
+    # (pos, REF, ALT, FORMAT, NORMAL, TUMOR, tumour depth, tumour VAF)
+    "strelka2": [
+        # SNV A>T: tier-1 AU 30 (ref), TU 10 (alt) -> 10/40; DP 42 wins as the depth
+        (100, "A", "T", "DP:AU:CU:GU:TU", "40:40,41:0,0:0,0:0,0", "42:30,31:0,0:0,0:10,12", 42, 0.25),
+        # SNV C>G, alt 2 of 40 -> 0.05, below 0.1
+        (200, "C", "G", "DP:AU:CU:GU:TU", "40:0,0:40,40:0,0:0,0", "40:0,0:38,39:2,2:0,0", 40, 0.05),
+        # indel: TAR 36, TIR 12 (tier 1) -> 12/48; DP 50
+        (300, "AT", "A", "DP:TAR:TIR", "45:45,46:0,0", "50:36,38:12,13", 50, 0.25),
+    ],
+    "varscan2": [
+        (100, "A", "T", "DP:RD:AD:FREQ", "40:40:0:0%", "42:30:10:25%", 42, 0.25),
+        (200, "C", "G", "DP:RD:AD:FREQ", "40:40:0:0%", "40:38:2:5%", 40, 0.05),
+        (300, "AT", "A", "DP:RD:AD:FREQ", "45:45:0:0%", "48:36:12:25%", 48, 0.25),
+    ],
+    "freebayes": [
+        (100, "A", "T", "DP:RO:AO", "40:40:0", "42:30:10", 42, 0.25),
+        (200, "C", "G", "DP:RO:AO", "40:40:0", "40:38:2", 40, 0.05),
+        # multi-allelic: AO 6 and 18 of 60 -> the larger, 0.3; no DP -> RO + AO = 60
+        (300, "A", "T,G", "RO:AO", "45:0,0", "36:6,18", 60, 0.3),
+    ],
+}
+
+
+@pytest.mark.parametrize("caller", sorted(CALLER_RECORDS))
+def test_callers_own_allele_depth_fields_give_depth_and_vaf(tmp_path, caller):
+    from multimodal.ingest.variants import VariantFilters, caller_allele_depths
+
+    header = TN_HEADER.split("##FORMAT=<ID=AD,")[0] + CALLER_FORMATS[caller] + TN_HEADER.split("\n")[-2] + "\n"
+    csq = "|missense_variant|MODERATE|TP53|G1|E1|p.X|YES|"
+    lines = [header] + [
+        f"chr1\t{pos}\t.\t{ref}\t{alt}\t50\tPASS\tCSQ={','.join(a + csq for a in alt.split(','))}\t{fmt}\t{n}\t{t}\n"
+        for pos, ref, alt, fmt, n, t, _, _ in CALLER_RECORDS[caller]
+    ]
+    path = tmp_path / f"{caller}.vcf"
+    path.write_text("".join(lines))
+    with pysam.VariantFile(str(path)) as vcf:
+        assert caller_allele_depths(vcf.header.formats) == caller
+    samples = pd.DataFrame({"vcf": [str(path)], "tumour_sample": ["TUMOR"]}, index=pd.Index(["P1"], name="patient_id"))
+    adata = mutation_matrix(samples, filters=VariantFilters(min_depth=41, min_vaf=0.1), progress=False)
+    table = adata.uns["variant_table"].set_index("pos")
+    for pos, *_, depth, vaf in CALLER_RECORDS[caller]:
+        assert table.loc[pos, "depth"] == depth, (caller, pos)
+        assert table.loc[pos, "vaf"] == pytest.approx(vaf), (caller, pos)
+    assert table["outcome"].tolist() == ["counted", "below_min_depth", "counted"]
+    with_vaf_only = read_patient_variants(path, tumour_sample="TUMOR", filters=VariantFilters(min_vaf=0.1))
+    assert with_vaf_only.excluded == {"below_min_vaf": 1} and with_vaf_only.gene_counts["TP53"] == 2

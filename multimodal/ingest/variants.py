@@ -649,18 +649,70 @@ def _tumour_column(header, path: Path, tumour_sample: str | None) -> str | None:
     return names[0] if names else None
 
 
+#: Tier-1 base counts of a Strelka2 somatic SNV VCF (FORMAT AU/CU/GU/TU), and its indel counts (TAR/TIR).
+STRELKA_BASE_COUNTS = ("AU", "CU", "GU", "TU")
+
+
+def caller_allele_depths(formats) -> str | None:
+    """The caller whose own FORMAT fields hold a VCF's allele depths, where it has neither FORMAT AF nor a
+    per-allele AD (Number=R or .): ``strelka2`` (somatic: AU/CU/GU/TU tier-1 base counts for SNVs, TAR/TIR for
+    indels), ``varscan2`` (RD reference and AD alternate depth, Number=1 each), ``freebayes`` (RO, AO); else None.
+    """
+    keys = set(formats.keys())
+    if "AF" in keys or ("AD" in keys and str(formats["AD"].number) in ("R", ".")):
+        return None
+    if set(STRELKA_BASE_COUNTS) <= keys or {"TAR", "TIR"} <= keys:
+        return "strelka2"
+    if {"RD", "AD"} <= keys:
+        return "varscan2"
+    if {"RO", "AO"} <= keys:
+        return "freebayes"
+    return None
+
+
+def _first(value) -> float | None:
+    """A FORMAT value's first number (Strelka2's tier 1 of two), None when missing."""
+    if isinstance(value, tuple):
+        value = value[0] if value else None
+    return None if value is None else float(value)
+
+
+def _caller_depths(caller: str, record, sample) -> tuple[float | None, list[float]]:
+    """(reference depth, each ALT allele's depth) of one sample from the caller's own fields (None/[] missing)."""
+    if caller == "strelka2":
+        alts = list(record.alts or ())
+        snv = len(record.ref) == 1 and alts and all(len(a) == 1 for a in alts)
+        if snv and f"{record.ref.upper()}U" in sample:
+            counts = [_first(sample.get(f"{base.upper()}U")) if base.upper() in "ACGT" else None for base in alts]
+            return _first(sample.get(f"{record.ref.upper()}U")), [c for c in counts if c is not None]
+        if "TAR" in sample and "TIR" in sample:
+            alt = _first(sample.get("TIR"))
+            return _first(sample.get("TAR")), [] if alt is None else [alt]
+        return None, []
+    if caller == "varscan2":
+        alt = _first(sample.get("AD"))
+        return _first(sample.get("RD")), [] if alt is None else [alt]
+    alts = sample.get("AO")  # freebayes: one count per ALT
+    alts = [float(a) for a in (alts if isinstance(alts, tuple) else (alts,)) if a is not None]
+    return _first(sample.get("RO")), alts
+
+
 def _format_reader(header, path: Path, tumour: str | None, filters: VariantFilters):
     """A function giving (depth, VAF) of the tumour sample of a record (None where not given).
 
     Depth: FORMAT DP, else the sum of AD. VAF: FORMAT AF (the largest over ALT alleles), else the largest
-    AD alt / sum(AD). A depth or VAF filter on a VCF whose header declares neither source is refused.
+    AD alt / sum(AD). A VCF with neither AF nor a per-allele AD whose caller keeps allele depths in fields of
+    its own (:func:`caller_allele_depths`: Strelka2, VarScan2, FreeBayes) gives the largest ALT depth over the
+    reference plus ALT depths, and that sum as the depth where there is no DP. A depth or VAF filter on a VCF
+    whose header declares no source of it is refused.
     """
     formats = header.formats
     has = {key: key in formats for key in ("DP", "AD", "AF")}
-    if filters.min_depth and (tumour is None or not (has["DP"] or has["AD"])):
+    caller = caller_allele_depths(formats)
+    if filters.min_depth and (tumour is None or not (has["DP"] or has["AD"] or caller)):
         why = "has no sample columns" if tumour is None else "declares neither FORMAT DP nor FORMAT AD"
         raise MultimodalError(f"{path}: ingest.variant_filters.min_depth is set but the VCF {why}")
-    if filters.min_vaf and (tumour is None or not (has["AF"] or has["AD"])):
+    if filters.min_vaf and (tumour is None or not (has["AF"] or has["AD"] or caller)):
         why = "has no sample columns" if tumour is None else "declares neither FORMAT AF nor FORMAT AD"
         raise MultimodalError(f"{path}: ingest.variant_filters.min_vaf is set but the VCF {why}")
     if tumour is None:
@@ -668,9 +720,15 @@ def _format_reader(header, path: Path, tumour: str | None, filters: VariantFilte
 
     def values(record) -> tuple[float | None, float | None]:
         sample = record.samples[tumour]
+        depth = sample.get("DP") if has["DP"] else None
+        if caller is not None:
+            ref, alts = _caller_depths(caller, record, sample)
+            total = (ref or 0.0) + sum(alts) if ref is not None or alts else None
+            if depth is None and total is not None:
+                depth = total
+            return depth, (max(alts) / total if alts and total else None)
         ad = sample.get("AD") if has["AD"] else None
         ad = [a for a in ad if a is not None] if isinstance(ad, tuple) else []
-        depth = sample.get("DP") if has["DP"] else None
         if depth is None and ad:
             depth = sum(ad)
         vaf = None

@@ -227,7 +227,10 @@ def _tumour_depth_vaf(
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from multimodal.ingest.variants import caller_allele_depths
+
     formats = header.formats
+    _require(caller_allele_depths(formats) is None, "allele depths in a caller's own FORMAT fields")
     want = {"DP": ("Integer", {"1"}), "AD": ("Integer", {"R", "."}), "AF": ("Float", {"A", "1", "."})}
     for name, (kind, numbers) in want.items():
         if name in formats:
