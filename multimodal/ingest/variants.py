@@ -1357,7 +1357,8 @@ def mutation_matrix(
     ``filters``: FILTER set, tumour depth/VAF and gene allow-list (:class:`VariantFilters`); a
     tumour/normal VCF's tumour column is named by the sheet's ``tumour_sample`` column.
     ``uns['variant_table']``: every record (by gene) of the patients, with its outcome
-    (:data:`VARIANT_TABLE_COLUMNS`; ``counted`` or the exclusion reason).
+    (:data:`VARIANT_TABLE_COLUMNS`; ``counted`` or the exclusion reason); its string columns are categoricals,
+    ``pos``, ``depth`` and ``vaf`` float64.
 
     ``samples``: index patient_id, column ``vcf`` (a per-patient VCF/BCF) and, with a cohort ``maf``,
     column ``maf_sample`` (the patient's Tumor_Sample_Barcode). A patient with neither has no variant
