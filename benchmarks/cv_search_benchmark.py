@@ -8,13 +8,16 @@ of them plus one product of two, with age; ~30% censored). The table goes throug
 
 1. one plain 5-fold cross-validation with the shipped model settings (search off), and
 2. the same folds with ``model.search`` on (grid over fusion, width, dropout, feature budget and neural weight,
-   ``--trials`` candidates, 3 inner folds stratified by event),
+   ``--trials`` candidates, 3 inner folds stratified by event), once per ``--select`` rule (``one_se`` with the
+   run's settings as candidate 0, the default; ``best``: the plain best of the space's candidates, as before
+   2026-12-02 evening),
 
 both on ``--cores`` torch threads. Prints the wall time of each, the fusion model's and the elastic-net Cox
 reference's mean C over the same folds for each, the settings chosen per fold and the ratio of search time to
 one plain CV (the reference measured in the same run).
 
-Usage: python benchmarks/cv_search_benchmark.py [--quick] [--cores 2] [--trials 4] [--linear] [--workdir DIR] [--keep]
+Usage: python benchmarks/cv_search_benchmark.py [--quick] [--cores 2] [--trials 4] [--linear] [--select one_se best]
+[--workdir DIR] [--keep]
 ``--quick``: 150 patients x 500 features, 3 folds, 30 epochs, 3 candidates (a smoke run of the same path).
 """
 
@@ -109,6 +112,13 @@ def main() -> int:
     parser.add_argument(
         "--linear", action="store_true", help="model.linear on (wide and deep) in both runs; search tries it off"
     )
+    parser.add_argument(
+        "--select",
+        nargs="+",
+        choices=("one_se", "best"),
+        default=["one_se"],
+        help="selection rules to run (one search each): one_se (run's settings first; default), best (space only)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -143,21 +153,27 @@ def main() -> int:
             base["linear"] = True
             space["linear"] = [True, False]
         plain, plain_s = run(mdata, workdir / "plain", TrainParams(**base))
-        search = {"enabled": True, "method": "grid", "trials": trials, "inner_folds": 3, "space": space}
-        searched, search_s = run(mdata, workdir / "search", TrainParams(**base, search=search))
-        print(f"{'run':<22} {'wall s':>8} {'model C':>16} {'elastic-net C':>14}")
-        for name, metrics, seconds in (("plain CV", plain, plain_s), ("CV with inner search", searched, search_s)):
+        runs = [("plain CV", plain, plain_s)]
+        for select in args.select:
+            search = {"enabled": True, "method": "grid", "trials": trials, "inner_folds": 3, "space": space}
+            search |= {"select": select, "incumbent": select == "one_se"}
+            searched, search_s = run(mdata, workdir / f"search_{select}", TrainParams(**base, search=search))
+            runs.append((f"CV with search, {select}", searched, search_s))
+        print(f"{'run':<26} {'wall s':>8} {'model C':>16} {'elastic-net C':>14}")
+        for name, metrics, seconds in runs:
             reference = metrics["baseline"]["penalised_cox"]
             print(
-                f"{name:<22} {seconds:8.1f} {fmt(metrics['mean']['c_index']):>8} ± {fmt(metrics['sd']['c_index'])}"
+                f"{name:<26} {seconds:8.1f} {fmt(metrics['mean']['c_index']):>8} ± {fmt(metrics['sd']['c_index'])}"
                 f" {fmt(reference['mean_c_index']):>14}"
             )
-        for entry in searched["search"]["per_fold"]:
-            print(
-                f"  fold {entry['fold']}: chose {json.dumps(entry['chosen'])}, {entry['epochs']} epochs, "
-                f"inner C {fmt(entry['inner_c_index'])}"
-            )
-        print(f"search time / plain CV time: {search_s / plain_s:.1f} ({trials} candidates x 3 inner folds + refit)")
+        for name, metrics, seconds in runs[1:]:
+            print(f"{name}: search time / plain CV time {seconds / plain_s:.1f}")
+            for entry in metrics["search"]["per_fold"]:
+                chosen = json.dumps(entry["chosen"]) if entry["chosen"] else "the run's settings"
+                print(
+                    f"  fold {entry['fold']}: chose {chosen}, {entry['epochs']} epochs, "
+                    f"inner C {fmt(entry['inner_c_index'])}"
+                )
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -54,8 +54,9 @@ def test_the_outer_test_rows_never_enter_the_search(tmp_path):
     spec = SearchSpec(**params.search)
     budget = {name: params.max_features.get(name, params.default_max_features) for name in arrays.modalities}
     found = search_fold(arrays, train_rows, params, spec, budget, seed=params.seed)
-    # every inner fit (2 inner folds x 3 candidates) trained and was scored on outer training patients only
-    assert len(found.seen) == 2 * 3
+    # every inner fit (2 inner folds x the run's own settings and 3 candidates) trained and was scored on outer
+    # training patients only
+    assert len(found.seen) == 2 * 4
     for fit in found.seen:
         assert not set(fit["train"]) & set(held_out) and not set(fit["val"]) & set(held_out)
         assert not set(fit["train"]) & set(fit["val"])
@@ -65,7 +66,7 @@ def test_the_outer_test_rows_never_enter_the_search(tmp_path):
     fold0 = np.load(tmp_path / "model" / "fold_0" / "preprocessing.npz")
     assert "E0" not in [str(f) for f in fold0["expression/features"]]  # the refit on the outer training rows
     table = pd.read_csv(tmp_path / "model" / "search.tsv", sep="\t")
-    assert list(table.groupby("fold").size()) == [3, 3] and table.groupby("fold")["chosen"].sum().tolist() == [1, 1]
+    assert list(table.groupby("fold").size()) == [4, 4] and table.groupby("fold")["chosen"].sum().tolist() == [1, 1]
     assert set(table.columns) >= {"repeat", "fold", "candidate", "hidden_dim", "max_features", "inner_c_index"}
     per_fold = metrics["search"]["per_fold"]
     assert [f["fold"] for f in per_fold] == [0, 1]
@@ -87,7 +88,7 @@ def test_the_choice_is_deterministic_for_a_seed_and_keeps_the_budget(tmp_path):
     arrays = cohort_arrays(mdata)
     space = {"fusion": ["sum", "attention"], "dropout": [0.0, 0.2, 0.4]}
     params = TrainParams(epochs=5, max_features={"expression": 6, "variants": 4}, search=SEARCH | {"space": space})
-    spec = SearchSpec(**params.search)
+    spec = SearchSpec(**(params.search | {"select": "best", "incumbent": False}))
     assert len(spec.candidates(1)) == 3 and spec.candidates(1) == spec.candidates(1)  # 3 of the 6-candidate grid
     assert len(SearchSpec(**(params.search | {"trials": 10})).candidates(1)) == 6  # the whole grid within budget
     rows = np.arange(30)
@@ -101,6 +102,37 @@ def test_the_choice_is_deterministic_for_a_seed_and_keeps_the_budget(tmp_path):
     assert first.rows[first.chosen_index]["inner_c_index"] == best
     # ties go to the earlier candidate
     assert first.chosen_index == min(i for i, r in enumerate(first.rows) if r["inner_c_index"] == best)
+    # the defaults: the run's own settings as candidate 0, then the first candidate within one standard error
+    # (of the best candidate's three inner C's) of the best score
+    default = search_fold(arrays, rows, params, SearchSpec(**params.search), budget, seed=11)
+    assert default.rows[0]["settings"] == {} and [r["settings"] for r in default.rows[1:]] == spec.candidates(11)
+    assert [r["inner_c_index"] for r in default.rows[1:]] == [r["inner_c_index"] for r in first.rows]
+    scores = [r["inner_c_index"] for r in default.rows]
+    top = int(np.argmax(scores))
+    per_fold = default.rows[top]["inner_c_per_fold"]
+    se = np.std(per_fold, ddof=1) / np.sqrt(len(per_fold))
+    assert default.chosen_index == min(i for i, c in enumerate(scores) if c >= scores[top] - se - 1e-12)
+    assert default.rows[default.chosen_index]["chosen"] and sum(r["chosen"] for r in default.rows) == 1
+
+
+def test_one_standard_error_rule_keeps_the_earlier_candidate_within_the_noise():
+    """Scores by hand: candidate 2 is best (0.70; inner C's 0.60, 0.70, 0.80: SE 0.1 / sqrt(3) = 0.0577);
+    candidate 1 (0.66) is within one SE of it and listed earlier, candidate 0 (0.60) is not: one_se takes 1,
+    best takes 2; a skipped candidate is never taken."""
+    from multimodal.model.search import chosen_candidate
+
+    rows = [
+        {"inner_c_index": 0.60, "inner_c_per_fold": [0.6, 0.6, 0.6], "skipped": ""},
+        {"inner_c_index": 0.66, "inner_c_per_fold": [0.66, 0.66, 0.66], "skipped": ""},
+        {"inner_c_index": 0.70, "inner_c_per_fold": [0.6, 0.7, 0.8], "skipped": ""},
+    ]
+    assert chosen_candidate(rows, "one_se") == 1
+    assert chosen_candidate(rows, "best") == 2
+    rows[2]["inner_c_per_fold"] = [0.69, 0.70, 0.71]  # SE 0.0058: nothing else is within it
+    assert chosen_candidate(rows, "one_se") == 2
+    rows[1] |= {"skipped": "late fusion has no interaction head", "inner_c_index": float("nan")}
+    rows[2]["inner_c_per_fold"] = [0.5, 0.7, 0.9]  # SE 0.115: candidate 0 is within it
+    assert chosen_candidate(rows, "one_se") == 0
 
 
 def test_optuna_search_is_seeded_and_keeps_the_budget(tmp_path):
@@ -117,7 +149,8 @@ def test_optuna_search_is_seeded_and_keeps_the_budget(tmp_path):
     budget = {name: 6 for name in arrays.modalities}
     first = search_fold(arrays, np.arange(30), params, spec, budget, seed=3)
     second = search_fold(arrays, np.arange(30), params, spec, budget, seed=3)
-    assert 1 <= len(first.rows) <= 3  # the budget; repeated proposals are not refitted
+    assert first.rows[0]["settings"] == {}  # the run's own settings first
+    assert 1 <= len(first.rows) - 1 <= 3  # the budget; repeated proposals are not refitted
     assert [r["settings"] for r in first.rows] == [r["settings"] for r in second.rows]
     assert first.chosen == second.chosen
 
@@ -132,6 +165,8 @@ def test_optuna_search_is_seeded_and_keeps_the_budget(tmp_path):
         ({"space": {"depth": [1, 2]}}, "model.search.space.depth: not a searchable setting"),
         ({"method": "bayes", "space": {"hidden_dim": [8]}}, "model.search.method must be one of grid, optuna"),
         ({"trials": 0, "space": {"hidden_dim": [8]}}, "model.search.trials must be a whole number of at least 1"),
+        ({"select": "max", "space": {"hidden_dim": [8]}}, "model.search.select must be one of one_se, best"),
+        ({"incumbent": "yes", "space": {"hidden_dim": [8]}}, "model.search.incumbent must be true or false"),
         ({"inner_folds": 1, "space": {"hidden_dim": [8]}}, "model.search.inner_folds must be a whole number"),
         ({"enabled": True}, "model.search.space is empty"),
         ({"budget": 3}, r"model.search: unknown setting\(s\) \['budget'\]"),

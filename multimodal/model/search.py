@@ -11,8 +11,13 @@ hidden_dim: [8, 16], ...}}``. For each outer fold (of each repeat) :func:`search
    ``model.treatment``) on each inner training part, trains one model there and scores Harrell's C on the
    inner held-out part every few epochs;
 3. scores a candidate by the best over epochs of its mean inner C (the epoch count at that best is the early
-   stopping point found on the inner validation splits) and chooses the best candidate; ties go to the earlier
-   candidate (list the simpler values first) and, within a candidate, to the fewer epochs.
+   stopping point found on the inner validation splits). With ``incumbent: true`` (the default) the run's own
+   settings are candidate 0, before the space's. ``select: one_se`` (the default) chooses the first candidate
+   whose score is within one standard error (of the best candidate's per-inner-fold C) of the best score, so
+   the run's settings, then the simpler values listed first, are kept unless a candidate beats them by more
+   than the inner folds' noise (a few hundred patients give inner C's a spread of several points: picking the
+   plain best chased it, measured in benchmarks/README.md); ``select: best`` chooses the best score. Ties go to
+   the earlier candidate and, within a candidate, to the fewer epochs.
 
 cross_validate then refits the chosen settings, for the chosen number of epochs, on the whole outer training
 part and predicts the outer test rows once. It writes ``search.tsv`` (one row per candidate and fold) and
@@ -48,6 +53,7 @@ SPACE_KEYS = (
     "effect_modifiers",
 )
 METHODS = ("grid", "optuna")
+SELECTIONS = ("one_se", "best")
 #: inner held-out C is computed every this many epochs (and at the last)
 EVAL_EVERY = 10
 
@@ -62,6 +68,8 @@ class SearchSpec:
     trials: int = 8
     inner_folds: int = 3
     space: dict = field(default_factory=dict)
+    select: str = "one_se"
+    incumbent: bool = True
 
     @classmethod
     def from_config(cls, section, params=None) -> SearchSpec:
@@ -71,7 +79,7 @@ class SearchSpec:
             return cls()
         if not hasattr(section, "items"):
             raise MultimodalError(f"model.search must be a mapping like {{enabled: true, space: ...}}, got {section!r}")
-        known = {"enabled", "method", "trials", "inner_folds", "space"}
+        known = {"enabled", "method", "trials", "inner_folds", "space", "select", "incumbent"}
         unknown = sorted(set(section) - known)
         if unknown:
             raise MultimodalError(f"model.search: unknown setting(s) {unknown}; known: {sorted(known)}")
@@ -81,6 +89,12 @@ class SearchSpec:
         method = section.get("method", "grid")
         if method not in METHODS:
             raise MultimodalError(f"model.search.method must be one of {', '.join(METHODS)}, got {method!r}")
+        select = section.get("select", "one_se")
+        if select not in SELECTIONS:
+            raise MultimodalError(f"model.search.select must be one of {', '.join(SELECTIONS)}, got {select!r}")
+        incumbent = section.get("incumbent", True)
+        if not isinstance(incumbent, bool | np.bool_):
+            raise MultimodalError(f"model.search.incumbent must be true or false, got {incumbent!r}")
         whole = {}
         for key, default, minimum in (("trials", 8, 1), ("inner_folds", 3, 2)):
             value = section.get(key, default)
@@ -103,7 +117,7 @@ class SearchSpec:
             clean[str(key)] = list(values)
         if enabled and not clean:
             raise MultimodalError("model.search.space is empty: list at least one setting and the values to try")
-        return cls(enabled=bool(enabled), method=method, space=clean, **whole)
+        return cls(enabled=bool(enabled), method=method, space=clean, select=select, incumbent=bool(incumbent), **whole)
 
     def candidates(self, seed: int) -> list[dict]:
         """Grid candidates in order (first key slowest); ``trials`` of them at random when the grid is larger."""
@@ -247,8 +261,24 @@ def search_fold(
         return float(mean[best]), int(epochs[best]), [float(c.get(epochs[best], np.nan)) for c in curves], ""
 
     table: list[dict] = []
+    if spec.incumbent:  # the run's own settings, candidate 0
+        score, epochs, per_inner, skipped = evaluate({})
+        table.append(
+            {
+                "candidate": 0,
+                "settings": {},
+                "inner_c_index": score,
+                "epochs": epochs,
+                "inner_c_per_fold": per_inner,
+                "skipped": skipped,
+            }
+        )
+    first = len(table)
     if spec.method == "optuna":
-        table = _optuna_search(spec, evaluate, seed=seed, progress=progress, label=label)
+        table += [
+            row | {"candidate": row["candidate"] + first}
+            for row in _optuna_search(spec, evaluate, seed=seed, progress=progress, label=label)
+        ]
     else:
         from tqdm.auto import tqdm
 
@@ -258,7 +288,7 @@ def search_fold(
             score, epochs, per_inner, skipped = evaluate(candidate)
             table.append(
                 {
-                    "candidate": i,
+                    "candidate": first + i,
                     "settings": candidate,
                     "inner_c_index": score,
                     "epochs": epochs,
@@ -266,12 +296,13 @@ def search_fold(
                     "skipped": skipped,
                 }
             )
-    valid = [i for i, row in enumerate(table) if not row["skipped"]]
-    if not valid:
+    space_rows = table[first:]
+    if not any(not row["skipped"] for row in space_rows):
         raise MultimodalError(
-            f"model.search.space: no candidate is a valid model setting ({table[0]['skipped'] if table else 'none'})"
+            "model.search.space: no candidate is a valid model setting "
+            f"({space_rows[0]['skipped'] if space_rows else 'none'})"
         )
-    best = max(valid, key=lambda i: (round(table[i]["inner_c_index"], 12), -i))
+    best = chosen_candidate(table, spec.select)
     for i, row in enumerate(table):
         row["chosen"] = i == best
     return FoldSearch(
@@ -282,6 +313,20 @@ def search_fold(
         rows=table,
         seen=seen,
     )
+
+
+def chosen_candidate(rows: list[dict], select: str) -> int:
+    """The index of the chosen row (``inner_c_index``, ``inner_c_per_fold``, ``skipped``) of a fold's candidates:
+    ``best``, the highest mean inner C (ties: the earlier); ``one_se``, the first whose mean is within one
+    standard error of the best's per-inner-fold C's (sd / sqrt(folds)) of the highest. Skipped rows never."""
+    valid = [i for i, row in enumerate(rows) if not row["skipped"]]
+    best = max(valid, key=lambda i: (round(rows[i]["inner_c_index"], 12), -i))
+    if select == "best":
+        return best
+    per_inner = np.array([c for c in rows[best]["inner_c_per_fold"] if np.isfinite(c)])
+    se = float(per_inner.std(ddof=1) / np.sqrt(len(per_inner))) if len(per_inner) > 1 else 0.0
+    threshold = round(rows[best]["inner_c_index"] - se, 12)
+    return min(i for i in valid if round(rows[i]["inner_c_index"], 12) >= threshold)
 
 
 def _optuna_search(spec: SearchSpec, evaluate, *, seed: int, progress: bool, label: str) -> list[dict]:
@@ -422,7 +467,7 @@ def fold_settings(
     logging.getLogger(__name__).info(
         "%s: search chose %s, %d epochs (mean inner C %.3f over %d candidates)",
         label,
-        json.dumps(found.chosen),
+        json.dumps(found.chosen) if found.chosen else "the run's own settings",
         found.epochs,
         found.inner_c,
         len(found.rows),
@@ -434,12 +479,17 @@ def search_summary(spec: SearchSpec, records: list[tuple[int, int, FoldSearch]])
     """metrics.json's ``search``: how the search ran, and per fold the chosen settings (``per_fold``)."""
     return {
         "method": spec.method,
+        "select": spec.select,
+        "incumbent": spec.incumbent,
         "trials": spec.trials,
         "inner_folds": spec.inner_folds,
         "space": spec.space,
         "how": "per outer fold: inner cross-validation stratified by event on its training rows only (preprocessing "
-        "refitted in each inner fold), candidates scored by mean inner Harrell's C at their best epoch count "
-        f"(checked every {EVAL_EVERY} epochs); the best (ties: the earlier candidate, the fewer epochs) refitted on "
-        "the whole outer training part for that many epochs; the outer test rows are predicted once",
+        "refitted in each inner fold), candidates "
+        + ("(the run's own settings first) " if spec.incumbent else "")
+        + f"scored by mean inner Harrell's C at their best epoch count (checked every {EVAL_EVERY} epochs); "
+        + ("the first candidate within one standard error of the best score" if spec.select == "one_se" else "the best")
+        + " (ties: the earlier candidate, the fewer epochs) refitted on the whole outer training part for that "
+        "many epochs; the outer test rows are predicted once",
         "per_fold": [{"repeat": r, "fold": k} | found.summary() for r, k, found in records],
     }
