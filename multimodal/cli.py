@@ -125,17 +125,24 @@ def _samples_chunk(args: argparse.Namespace, samples=None):
     return chunk(samples, index=args.chunk, n_chunks=args.n_chunks) if args.n_chunks > 1 else samples
 
 
-def cmd_ingest_variants(args: argparse.Namespace) -> None:
-    from multimodal.ingest.samples import read_samples
-    from multimodal.ingest.variants import VariantFilters, mutation_matrix
+def _variant_filters(args: argparse.Namespace):
+    """``ingest.variant_filters`` from the variants and cohort-vcf verbs' flags."""
+    from multimodal.ingest.variants import VariantFilters
 
-    filters = VariantFilters.from_settings(
+    return VariantFilters.from_settings(
         filter=args.filter,
         min_depth=args.min_depth,
         min_vaf=args.min_vaf,
         genes=args.gene_list,
         transcripts=args.transcripts,
     )
+
+
+def cmd_ingest_variants(args: argparse.Namespace) -> None:
+    from multimodal.ingest.samples import read_samples
+    from multimodal.ingest.variants import mutation_matrix
+
+    filters = _variant_filters(args)
     sheet = read_samples(args.samples, data_roots=_data_roots(args))
     barcodes = [b for b in sheet["maf_sample"] if b] if args.chunk == 0 else []  # unclaimed counted once
     rows = _samples_chunk(args, sheet)
@@ -209,15 +216,8 @@ def cmd_ingest_table(args: argparse.Namespace) -> None:
 def cmd_ingest_cohort_vcf(args: argparse.Namespace) -> None:
     from multimodal.ingest.cohort_vcf import carrier_matrix, vcf_to_zarr
     from multimodal.ingest.samples import read_samples
-    from multimodal.ingest.variants import VariantFilters
 
-    filters = VariantFilters.from_settings(
-        filter=args.filter,
-        min_depth=args.min_depth,
-        min_vaf=args.min_vaf,
-        genes=args.gene_list,
-        transcripts=args.transcripts,
-    )
+    filters = _variant_filters(args)
     samples = read_samples(args.samples, data_roots=_data_roots(args))
     if args.vcf is not None:
         vcf_to_zarr(
