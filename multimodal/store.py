@@ -101,6 +101,8 @@ def read_chunks(paths: list[str | Path]) -> anndata.AnnData | None:
     for part in parts:
         exclusions.update({k: int(v) for k, v in part.uns.get("ingest", {}).get("exclusions", {}).items()})
         n_in += int(part.uns.get("ingest", {}).get("n_patients_in", part.n_obs))
+    # the variant tables, taken before a single part's uns is cleared below
+    tables = [p.uns["variant_table"] for p in parts if "variant_table" in p.uns]
     if len(parts) == 1:  # one file (expression, a cohort table): as concat would give it, without copying its matrices
         merged = parts[0]
         merged.uns = {}
@@ -109,7 +111,6 @@ def read_chunks(paths: list[str | Path]) -> anndata.AnnData | None:
     if merged.obs_names.has_duplicates:
         raise MultimodalError(f"patient {merged.obs_names[merged.obs_names.duplicated()][0]} occurs in two chunks")
     merged.var = pd.concat([p.var for p in parts]).groupby(level=0).first().reindex(merged.var_names)
-    tables = [p.uns["variant_table"] for p in parts if "variant_table" in p.uns]
     if tables:  # the variant-level table of each chunk's patients (multimodal.ingest.variants)
         table = pd.concat(tables, ignore_index=True)
         # chunks write their string columns as categoricals; the store keeps plain string columns

@@ -767,6 +767,12 @@ def test_sheet_tumour_sample_column_reaches_the_cli(tmp_path):
     adata = ad.read_h5ad(out)
     assert sorted(adata.var["gene_symbol"]) == ["BRAF", "NRAS", "PIK3CA", "TP53"]
     assert adata.uns["ingest"]["exclusions"]["records_below_min_vaf"] == 1
+    # a cohort in one chunk keeps its variant table on the way to the store, as plain strings
+    from multimodal.store import read_chunks
+
+    table = read_chunks([out]).uns["variant_table"]
+    assert len(table) == 8 and table["gene"].dtype == object
+    assert table.set_index("pos").loc[100, ["gene", "outcome"]].tolist() == ["TP53", "counted"]
 
 
 # Callers that keep allele depths in FORMAT fields of their own (no AF, no per-allele AD), as their VCF headers
