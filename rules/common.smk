@@ -23,8 +23,17 @@ SAMPLES = SAMPLES.drop_duplicates("patient_id").set_index("patient_id", drop=Fal
 
 OUT = config["outdir"]
 LOGS = f"{OUT}/logs"
-N_CHUNKS = max(1, math.ceil(len(SAMPLES) / config["ingest"]["chunk_size"]))
-CHUNKS = list(range(N_CHUNKS))
+N_CHUNKS = {  # chunks of patients: variants by ingest.variant_chunk_size (null: chunk_size), imaging by chunk_size
+    name: max(1, math.ceil(len(SAMPLES) / size))
+    for name, size in (
+        (
+            "variants",
+            config["ingest"].get("variant_chunk_size")
+            or config["ingest"]["chunk_size"],
+        ),
+        ("imaging", config["ingest"]["chunk_size"]),
+    )
+}
 MAF = config.get("maf") or None
 _FROM_SHEET = sheet_modalities(
     SAMPLES, config
@@ -40,9 +49,9 @@ wildcard_constraints:
     chunk=r"\d+",
 
 
-def chunk_files(chunk, columns):
-    """Input files of the patients in one chunk."""
-    rows = _chunk(SAMPLES, index=int(chunk), n_chunks=N_CHUNKS)
+def chunk_files(name, chunk, columns):
+    """Input files of the patients in one chunk of modality ``name``."""
+    rows = _chunk(SAMPLES, index=int(chunk), n_chunks=N_CHUNKS[name])
     rows = SAMPLE_ROWS[
         SAMPLE_ROWS["patient_id"].isin(rows.index)
     ]  # every imaging row of those patients
@@ -64,7 +73,10 @@ def simulated_files():
 def modality_chunks(name):
     present = {"variants": HAS_VARIANTS, "imaging": HAS_IMAGING}[name]
     return (
-        expand(f"{OUT}/interim/{name}/chunk_{{chunk}}.h5ad", chunk=CHUNKS)
+        expand(
+            f"{OUT}/interim/{name}/chunk_{{chunk}}.h5ad",
+            chunk=range(N_CHUNKS[name]),
+        )
         if present
         else []
     )

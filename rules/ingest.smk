@@ -1,11 +1,11 @@
-# Per-modality ingest. Variants and imaging run in chunks of patients (ingest.chunk_size), not one job
-# per patient; expression is one cohort-level table.
+# Per-modality ingest. Variants and imaging run in chunks of patients (ingest.variant_chunk_size, else
+# ingest.chunk_size), not one job per patient; expression is one cohort-level table.
 
 
 rule ingest_variants:
     input:
         samples=config["samples"],
-        calls=lambda wc: chunk_files(wc.chunk, ["vcf"]),
+        calls=lambda wc: chunk_files("variants", wc.chunk, ["vcf"]),
         maf=MAF or [],
         genes=(config["ingest"].get("variant_filters") or {}).get("genes") or [],
     output:
@@ -22,7 +22,7 @@ rule ingest_variants:
         runtime=60,
     params:
         maf=lambda wc, input: option("--maf", input.maf),
-        n_chunks=N_CHUNKS,
+        n_chunks=N_CHUNKS["variants"],
         territory_mb=config["ingest"]["territory_mb"],
         config=CONFIG_OPTION,  # for data_roots
         privacy=config["privacy"],  # reruns when pseudonymisation is turned on or off
@@ -75,7 +75,7 @@ rule ingest_expression:
 rule ingest_imaging:
     input:
         samples=config["samples"],
-        images=lambda wc: chunk_files(wc.chunk, ["image", "mask"]),
+        images=lambda wc: chunk_files("imaging", wc.chunk, ["image", "mask"]),
     output:
         f"{OUT}/interim/imaging/chunk_{{chunk}}.h5ad",
     log:
@@ -89,7 +89,7 @@ rule ingest_imaging:
         mem_mb=4000,
         runtime=120,
     params:
-        n_chunks=N_CHUNKS,
+        n_chunks=N_CHUNKS["imaging"],
         bin_count=config["ingest"]["bin_count"],
         bin_width=(
             option("--bin-width", [str(config["ingest"]["bin_width"])])

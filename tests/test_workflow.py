@@ -218,3 +218,33 @@ def test_expression_jobs_ask_for_memory_by_the_size_of_the_counts_table(tmp_path
     done = subprocess.run([*command, "--cores", "1", "--dry-run"], capture_output=True, text=True, timeout=300)
     small = dict(re.findall(r"rule (\w+):\n(?:    .*\n)*?    resources: .*?mem_mb=(\d+)", done.stdout + done.stderr))
     assert small["ingest_expression"] == small["assemble"] == "4000"
+
+
+def test_variant_jobs_take_their_own_chunk_size(tmp_path):
+    """ingest.variant_chunk_size sets the patients per ingest_variants job (start-up amortised over more VCFs);
+    imaging keeps ingest.chunk_size; every patient is in exactly one job of each (the demo sheet's 300)."""
+    import re
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["outdir"] = str(tmp_path / "out")
+    config["ingest"] |= {"chunk_size": 100, "variant_chunk_size": 150}
+    mine = tmp_path / "my_cohort.yaml"
+    mine.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(REPO)]
+    command += ["--configfile", str(mine), "--cores", "1", "--nolock", "--dry-run", "--printshellcmds"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = done.stdout + done.stderr
+    variants = re.findall(r"multimodal ingest variants .*?--chunk (\d+) --n-chunks (\d+)", text)
+    imaging = re.findall(r"multimodal ingest imaging .*?--chunk (\d+) --n-chunks (\d+)", text)
+    assert sorted(variants) == [("0", "2"), ("1", "2")]  # 300 patients / 150 -> 2 jobs
+    assert sorted(imaging) == [("0", "3"), ("1", "3"), ("2", "3")]  # 300 / 100 -> 3
+    config["ingest"]["variant_chunk_size"] = 300
+    mine.write_text(yaml.safe_dump(config))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    variants = re.findall(r"multimodal ingest variants .*?--chunk (\d+) --n-chunks (\d+)", done.stdout + done.stderr)
+    assert variants == [("0", "1")]
