@@ -106,6 +106,7 @@ def test_the_choice_is_deterministic_for_a_seed_and_keeps_the_budget(tmp_path):
     # (of the best candidate's three inner C's) of the best score
     default = search_fold(arrays, rows, params, SearchSpec(**params.search), budget, seed=11)
     assert default.rows[0]["settings"] == {} and [r["settings"] for r in default.rows[1:]] == spec.candidates(11)
+    assert default.rows[0]["epochs"] == params.epochs  # as configured: scored at its last epoch, no early stopping
     assert [r["inner_c_index"] for r in default.rows[1:]] == [r["inner_c_index"] for r in first.rows]
     scores = [r["inner_c_index"] for r in default.rows]
     top = int(np.argmax(scores))

@@ -12,7 +12,8 @@ hidden_dim: [8, 16], ...}}``. For each outer fold (of each repeat) :func:`search
    inner held-out part every few epochs;
 3. scores a candidate by the best over epochs of its mean inner C (the epoch count at that best is the early
    stopping point found on the inner validation splits). With ``incumbent: true`` (the default) the run's own
-   settings are candidate 0, before the space's. ``select: one_se`` (the default) chooses the first candidate
+   settings as configured are candidate 0, before the space's, scored at their configured epoch count (no
+   early stopping: inner curves are as noisy as the candidates' scores, measured). ``select: one_se`` (the default) chooses the first candidate
    whose score is within one standard error (of the best candidate's per-inner-fold C) of the best score, so
    the run's settings, then the simpler values listed first, are kept unless a candidate beats them by more
    than the inner folds' noise (a few hundred patients give inner C's a spread of several points: picking the
@@ -237,7 +238,7 @@ def search_fold(
     inner = [(rows[a], rows[b]) for a, b in splitter.split(np.zeros(len(rows)), event)]
     seen: list[dict] = []
 
-    def evaluate(candidate: dict) -> tuple[float, int, list[float], str]:
+    def evaluate(candidate: dict, *, as_configured: bool = False) -> tuple[float, int, list[float], str]:
         try:  # values valid one by one may clash together (fusion late with head interaction): skipped, said
             cand_params = candidate_params(params, candidate)
         except MultimodalError as exc:
@@ -257,12 +258,13 @@ def search_fold(
         epochs = sorted(set().union(*(c.keys() for c in curves)))
         mean = np.array([np.nanmean([c.get(e, np.nan) for c in curves]) for e in epochs])
         mean = np.where(np.isfinite(mean), mean, 0.5)
-        best = int(np.argmax(mean))  # first maximum: the fewer epochs
+        # first maximum: the fewer epochs; the run's own settings as configured: their last epoch
+        best = len(epochs) - 1 if as_configured else int(np.argmax(mean))
         return float(mean[best]), int(epochs[best]), [float(c.get(epochs[best], np.nan)) for c in curves], ""
 
     table: list[dict] = []
-    if spec.incumbent:  # the run's own settings, candidate 0
-        score, epochs, per_inner, skipped = evaluate({})
+    if spec.incumbent:  # the run's own settings as configured (epochs too), candidate 0
+        score, epochs, per_inner, skipped = evaluate({}, as_configured=True)
         table.append(
             {
                 "candidate": 0,
