@@ -671,12 +671,21 @@ def test_tasks_and_search_from_metrics_are_rendered(tiny_run, tmp_path) -> None:
             "folds": [{"fold": 0, "auroc": 0.7, "n": 20}, {"fold": 1, "auroc": 0.72, "n": 20}],
         }
     }
-    metrics["search"] = [{"fold": 0, "dropout": 0.1, "lr": 0.001}, {"fold": 1, "dropout": 0.3, "lr": 0.01}]
+    from multimodal.model.search import FoldSearch, SearchSpec, search_summary
+
+    spec = SearchSpec(enabled=True, space={"dropout": [0.1, 0.3], "learning_rate": [0.001, 0.01]})
+    chosen = [({}, 0, 100, 0.61), ({"dropout": 0.3, "learning_rate": 0.01}, 3, 40, 0.6349)]
+    records = [(0, k, FoldSearch(c, i, e, inner, rows=[])) for k, (c, i, e, inner) in enumerate(chosen)]
+    metrics["search"] = search_summary(spec, records)  # as cross_validate writes it
     (model / "metrics.json").write_text(json.dumps(metrics))
     _, _, page = _build(tmp_path, tiny_run["store"], model, tiny_run["explain_dir"])
     assert page.tables["task-fatigue"][0] == ["fold", "auroc", "n"]
     assert page.body_rows("task-fatigue")[-1] == ["pooled", "0.710 (0.600 to 0.800)", "60"]
-    assert page.body_rows("search-choices")[1] == ["1", '{"dropout": 0.3, "lr": 0.01}']
+    assert page.tables["search-choices"][0] == ["fold", "chosen settings", "epochs", "mean inner C"]
+    assert page.body_rows("search-choices") == [
+        ["0", "the run's own settings", "100", "0.610"],
+        ["1", '{"dropout": 0.3, "learning_rate": 0.01}', "40", "0.635"],
+    ]
 
 
 def test_attributions_without_the_new_files_still_render(tiny_run, tmp_path) -> None:

@@ -1480,25 +1480,26 @@ def _tasks_blocks(metrics: dict) -> list[Block]:
 
 
 def _search_blocks(metrics: dict) -> list[Block]:
-    """metrics.json ``search``: the settings each fold's inner search chose."""
+    """metrics.json ``search`` (:func:`multimodal.model.search.search_summary`): the settings each fold's inner
+    search chose, with its epochs and mean inner C."""
     search = metrics.get("search")
-    if not search:
+    if not isinstance(search, dict) or not isinstance(search.get("per_fold"), list):
         return []
-    entries = search if isinstance(search, list) else search.get("folds") if isinstance(search, dict) else None
-    if isinstance(search, dict) and entries is None:
-        entries = [{"fold": k, **v} if isinstance(v, dict) else {"fold": k, "chosen": v} for k, v in search.items()]
     rows = []
-    for entry in entries or []:
-        if isinstance(entry, dict):
-            fold = entry.get("fold", "")
-            rest = {k: v for k, v in entry.items() if k != "fold"}
-            rows.append([_count(fold) if fold != "" else "", json.dumps(_json_safe(rest), sort_keys=True, default=str)])
+    repeated = any(entry.get("repeat") for entry in search["per_fold"] if isinstance(entry, dict))
+    for entry in search["per_fold"]:
+        if not isinstance(entry, dict):
+            continue
+        chosen = entry.get("chosen") or {}
+        settings = json.dumps(_json_safe(chosen), sort_keys=True, default=str) if chosen else "the run's own settings"
+        fold = f"{entry.get('fold')} (repeat {entry.get('repeat')})" if repeated else _count(entry.get("fold"))
+        rows.append([fold, settings, _count(entry.get("epochs")), _num(entry.get("inner_c_index"))])
     if not rows:
         return []
     return [
         _details(
-            "Settings chosen per fold (inner search)",
-            [_table(["fold", "chosen settings"], rows, table_id="search-choices")],
+            f"Settings chosen per fold (inner search: {search.get('method', '')}, {search.get('select', 'best')})",
+            [_table(["fold", "chosen settings", "epochs", "mean inner C"], rows, table_id="search-choices")],
         )
     ]
 
