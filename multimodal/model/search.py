@@ -13,12 +13,12 @@ hidden_dim: [8, 16], ...}}``. For each outer fold (of each repeat) :func:`search
 3. scores a candidate by the best over epochs of its mean inner C (the epoch count at that best is the early
    stopping point found on the inner validation splits). With ``incumbent: true`` (the default) the run's own
    settings as configured are candidate 0, before the space's, scored at their configured epoch count (no
-   early stopping: inner curves are as noisy as the candidates' scores, measured). ``select: one_se`` (the default) chooses the first candidate
-   whose score is within one standard error (of the best candidate's per-inner-fold C) of the best score, so
-   the run's settings, then the simpler values listed first, are kept unless a candidate beats them by more
-   than the inner folds' noise (a few hundred patients give inner C's a spread of several points: picking the
-   plain best chased it, measured in benchmarks/README.md); ``select: best`` chooses the best score. Ties go to
-   the earlier candidate and, within a candidate, to the fewer epochs.
+   early stopping: inner curves are as noisy as the candidates' scores, measured). ``select: one_se`` (the
+   default) chooses the first candidate whose score is within one standard error (of the best candidate's
+   per-inner-fold C) of the best score, so the run's settings, then the simpler values listed first, are kept
+   unless a candidate beats them by more than the inner folds' noise (a few hundred patients give inner C's a
+   spread of several points: picking the plain best chased it, measured in benchmarks/README.md); ``select:
+   best`` chooses the best score. Ties go to the earlier candidate and, within a candidate, to the fewer epochs.
 
 cross_validate then refits the chosen settings, for the chosen number of epochs, on the whole outer training
 part and predicts the outer test rows once. It writes ``search.tsv`` (one row per candidate and fold) and
