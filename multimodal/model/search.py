@@ -238,11 +238,14 @@ def search_fold(
     inner = [(rows[a], rows[b]) for a, b in splitter.split(np.zeros(len(rows)), event)]
     seen: list[dict] = []
 
-    def evaluate(candidate: dict, *, as_configured: bool = False) -> tuple[float, int, list[float], str]:
+    def evaluate(candidate: dict, *, as_configured: bool = False) -> dict:
+        """A row of the fold's table (all but ``candidate``): settings, mean inner C, its epochs, the C per inner
+        fold, and why it was skipped ("" when it was not)."""
+        row = {"settings": candidate, "inner_c_index": float("nan"), "epochs": 0, "inner_c_per_fold": [], "skipped": ""}
         try:  # values valid one by one may clash together (fusion late with head interaction): skipped, said
             cand_params = candidate_params(params, candidate)
         except MultimodalError as exc:
-            return float("nan"), 0, [], str(exc)
+            return row | {"skipped": str(exc)}
         cand_budget = (
             budget_for(candidate["max_features"], params, arrays.modalities, budget)
             if ("max_features" in candidate)
@@ -260,21 +263,12 @@ def search_fold(
         mean = np.where(np.isfinite(mean), mean, 0.5)
         # first maximum: the fewer epochs; the run's own settings as configured: their last epoch
         best = len(epochs) - 1 if as_configured else int(np.argmax(mean))
-        return float(mean[best]), int(epochs[best]), [float(c.get(epochs[best], np.nan)) for c in curves], ""
+        per_inner = [float(c.get(epochs[best], np.nan)) for c in curves]
+        return row | {"inner_c_index": float(mean[best]), "epochs": int(epochs[best]), "inner_c_per_fold": per_inner}
 
     table: list[dict] = []
     if spec.incumbent:  # the run's own settings as configured (epochs too), candidate 0
-        score, epochs, per_inner, skipped = evaluate({}, as_configured=True)
-        table.append(
-            {
-                "candidate": 0,
-                "settings": {},
-                "inner_c_index": score,
-                "epochs": epochs,
-                "inner_c_per_fold": per_inner,
-                "skipped": skipped,
-            }
-        )
+        table.append({"candidate": 0, **evaluate({}, as_configured=True)})
     first = len(table)
     if spec.method == "optuna":
         table += [
@@ -287,17 +281,7 @@ def search_fold(
         for i, candidate in enumerate(
             tqdm(spec.candidates(seed), desc=f"search {label}".strip(), disable=not progress, leave=False)
         ):
-            score, epochs, per_inner, skipped = evaluate(candidate)
-            table.append(
-                {
-                    "candidate": first + i,
-                    "settings": candidate,
-                    "inner_c_index": score,
-                    "epochs": epochs,
-                    "inner_c_per_fold": per_inner,
-                    "skipped": skipped,
-                }
-            )
+            table.append({"candidate": first + i, **evaluate(candidate)})
     space_rows = table[first:]
     if not any(not row["skipped"] for row in space_rows):
         raise MultimodalError(
@@ -354,19 +338,10 @@ def _optuna_search(spec: SearchSpec, evaluate, *, seed: int, progress: bool, lab
             known = table[tried[key]]
             study.tell(trial, 0.0 if known["skipped"] else known["inner_c_index"])
         else:
-            score, epochs, per_inner, skipped = evaluate(candidate)
+            row = evaluate(candidate)
             tried[key] = len(table)
-            table.append(
-                {
-                    "candidate": len(table),
-                    "settings": candidate,
-                    "inner_c_index": score,
-                    "epochs": epochs,
-                    "inner_c_per_fold": per_inner,
-                    "skipped": skipped,
-                }
-            )
-            study.tell(trial, 0.0 if skipped else score)
+            table.append({"candidate": len(table), **row})
+            study.tell(trial, 0.0 if row["skipped"] else row["inner_c_index"])
         bar.update()
     bar.close()
     return table
