@@ -463,8 +463,9 @@ def search_summary(spec: SearchSpec, records: list[tuple[int, int, FoldSearch]])
         "space": spec.space,
         "how": "per outer fold: inner cross-validation stratified by event on its training rows only (preprocessing "
         "refitted in each inner fold), candidates "
-        + ("(the run's own settings first) " if spec.incumbent else "")
-        + f"scored by mean inner Harrell's C at their best epoch count (checked every {EVAL_EVERY} epochs); "
+        + f"scored by mean inner Harrell's C at their best epoch count (checked every {EVAL_EVERY} epochs"
+        + ("; the run's own settings first, at their configured epochs" if spec.incumbent else "")
+        + "); "
         + ("the first candidate within one standard error of the best score" if spec.select == "one_se" else "the best")
         + " (ties: the earlier candidate, the fewer epochs) refitted on the whole outer training part for that "
         "many epochs; the outer test rows are predicted once",
