@@ -408,7 +408,7 @@ def bulk_h5ad_modality(
             min_samples=min_samples,
             n_unclaimed=n_unclaimed,
             n_by_prefix=n_by_prefix,
-            gene_order=isinstance(matrix, CSCDataset),  # the frame path's CSC toarray() is Fortran-ordered
+            gene_order=by_gene,  # a CSC: the frame path's toarray() of it is Fortran-ordered
         )
 
 
