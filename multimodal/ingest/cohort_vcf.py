@@ -704,7 +704,7 @@ def _chunk_carriers(
                 reason = np.where(np.isnan(fraction), 3, np.where(fraction < min_vaf, 4, 0)).astype(np.int8)
             if reason_depth is not None:
                 reason = np.where(reason_depth > 0, reason_depth, reason).astype(np.int8)
-            candidate = has[rows] if counts_it.all() else np.where(counts_it[:, None], has[rows], False)
+            candidate = has[rows] & counts_it[:, None]  # the pairs that count this ALT, where the call has it
             unfiltered |= candidate
             passing = candidate & (reason[rows] == 0)
             # a call kept by one allele is kept; otherwise the first allele's reason is remembered
