@@ -167,10 +167,15 @@ def epoch_ratio(n: int, features: int, *, epochs: int) -> dict[str, float]:
     """(b): seconds per epoch of Lightning (bare; with CSV curves and per-epoch last checkpoints) and of a
     hand-written loop, on the same model, data module and optimiser."""
     import lightning as L
-    from lightning.pytorch.loggers import CSVLogger
 
     from multimodal.model.data import DeviceBatches
-    from multimodal.model.train import TrainParams, _rng_state_callback, build_trainer, last_checkpoint_callback
+    from multimodal.model.train import (
+        TrainParams,
+        _rng_state_callback,
+        build_trainer,
+        last_checkpoint_callback,
+        training_curves_callback,
+    )
 
     dims, batch = synthetic(n, features)
 
@@ -185,8 +190,11 @@ def epoch_ratio(n: int, features: int, *, epochs: int) -> dict[str, float]:
             "lightning": lambda: build_trainer(params),
             "lightning_with_checkpoints": lambda: build_trainer(
                 params,
-                logger=CSVLogger(scratch, name="", version="log"),
-                callbacks=[_rng_state_callback(), last_checkpoint_callback(Path(scratch))],
+                callbacks=[
+                    _rng_state_callback(),
+                    training_curves_callback(Path(scratch) / "log"),
+                    last_checkpoint_callback(Path(scratch)),
+                ],
             ),
         }
         for name, make in variants.items():

@@ -104,6 +104,14 @@ def test_killed_training_resumes_to_the_uninterrupted_result(small_store, tmp_pa
     pd.testing.assert_frame_equal(
         pd.read_csv(out / "predictions.tsv", sep="\t"), pd.read_csv(tmp_path / "whole" / "predictions.tsv", sep="\t")
     )
+    # and its training curves, every epoch of the resumed member included (rows travel with the checkpoint)
+    curves = sorted(p.relative_to(out) for p in out.glob("fold_*/log_*/*"))
+    assert curves == sorted(p.relative_to(tmp_path / "whole") for p in (tmp_path / "whole").glob("fold_*/log_*/*"))
+    assert len(curves) == 6 and {c.name for c in curves} == {"metrics.csv", "hparams.yaml"}
+    for curve in curves:
+        assert (out / curve).read_text() == (tmp_path / "whole" / curve).read_text(), curve
+    resumed = pd.read_csv(out / "fold_1" / "log_0" / "metrics.csv")
+    assert list(resumed["epoch"]) == list(range(40)) and resumed["train_loss"].notna().all()
     for ckpt in sorted(out.glob("fold_*/model_*.ckpt")):
         state = torch.load(ckpt, map_location="cpu", weights_only=True)  # no pickled objects needed
         assert state["epoch"] == 40 and "state_dict" in state

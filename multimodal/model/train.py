@@ -667,7 +667,6 @@ def _train_member(
     import shutil
 
     import torch
-    from lightning.pytorch.loggers import CSVLogger
 
     from multimodal.model.fusion import FusionSurvivalModel
 
@@ -683,7 +682,7 @@ def _train_member(
         _copy_logs(work / "log", logs)
         log.info("%s was trained before the interruption: loaded from its checkpoint", who)
         return model
-    callbacks, ckpt_path = [_rng_state_callback()], None
+    callbacks, ckpt_path = [_rng_state_callback(), training_curves_callback(work / "log" if work else logs)], None
     if work is not None:
         last = work / "checkpoints" / "last.ckpt"
         if last.is_file():
@@ -696,12 +695,7 @@ def _train_member(
                 log.info("resumed %s from epoch %d", who, epochs_done)
                 ckpt_path = str(last)
         callbacks.append(last_checkpoint_callback(work / "checkpoints"))
-    logger = (
-        CSVLogger(str(work), name="", version="log")
-        if work is not None
-        else CSVLogger(str(out), name=f"fold_{fold}", version=f"log_{member}")
-    )
-    trainer = build_trainer(params, logger=logger, callbacks=callbacks, progress=progress)
+    trainer = build_trainer(params, callbacks=callbacks, progress=progress)
     if fold == 0 and member == 0 and not repeat:
         log.info(
             "training on %s (accelerator=%s, precision=%s, devices=%s, nodes=%s, strategy=%s)",
@@ -741,8 +735,56 @@ def last_checkpoint_callback(directory: Path):
     )
 
 
+def training_curves_callback(directory: Path):
+    """A Lightning callback writing a member's training curves to ``directory/metrics.csv`` after every epoch:
+    one row per epoch with ``epoch``, ``step`` and each metric the model logs, columns sorted (the layout of
+    Lightning's ``CSVLogger``, with its ``hparams.yaml``), and keeping the rows in every checkpoint. Written
+    by hand because CSVLogger starts an empty file when a run resumes (and flushes every 100 steps), so a
+    resumed member's curves lost the epochs before the interruption; here the rows travel with the checkpoint
+    the run resumes from. Its ``on_train_epoch_end`` runs before ``ModelCheckpoint``'s (Lightning orders
+    checkpoint callbacks last), so an epoch's checkpoint holds that epoch's row."""
+    import csv
+    import os
+
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.core.saving import save_hparams_to_yaml
+
+    class TrainingCurves(Callback):
+        def __init__(self) -> None:
+            self.rows: list[dict] = []
+
+        def on_fit_start(self, trainer, pl_module) -> None:
+            if trainer.is_global_zero:  # the model's settings beside its curves, as CSVLogger kept them
+                directory.mkdir(parents=True, exist_ok=True)
+                save_hparams_to_yaml(directory / "hparams.yaml", pl_module.hparams)
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+            self.rows.append({"epoch": trainer.current_epoch, "step": trainer.global_step - 1} | metrics)
+            if trainer.is_global_zero:
+                self.write()
+
+        def write(self) -> None:
+            directory.mkdir(parents=True, exist_ok=True)
+            partial = directory / f"metrics.csv.{os.getpid()}.partial"
+            with open(partial, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=sorted(set().union(*self.rows)))
+                writer.writeheader()
+                writer.writerows(self.rows)
+            partial.replace(directory / "metrics.csv")
+
+        def state_dict(self) -> dict:
+            return {"rows": [dict(row) for row in self.rows]}
+
+        def load_state_dict(self, state_dict: dict) -> None:
+            self.rows = [dict(row) for row in state_dict["rows"]]
+
+    return TrainingCurves()
+
+
 def _copy_logs(source: Path, target: Path) -> None:
-    """A member's training curves (CSVLogger's directory), from the work directory into the model directory."""
+    """A member's training curves (:func:`training_curves_callback`'s directory), from the work directory into
+    the model directory."""
     import shutil
 
     if source.is_dir():
