@@ -214,11 +214,25 @@ def cmd_ingest_table(args: argparse.Namespace) -> None:
 
 
 def cmd_ingest_cohort_vcf(args: argparse.Namespace) -> None:
-    from multimodal.ingest.cohort_vcf import carrier_matrix, vcf_to_zarr
+    from multimodal.ingest.cohort_vcf import carrier_matrix, cohort_vcf_carriers, vcf_to_zarr
     from multimodal.ingest.samples import read_samples
 
     filters = _variant_filters(args)
     samples = read_samples(args.samples, data_roots=_data_roots(args))
+    if args.vcf is not None and args.fields != ["all"] and not args.scheduler:  # one pass: convert and reduce
+        adata = cohort_vcf_carriers(
+            args.vcf,
+            args.zarr,
+            patients=samples.index,
+            filters=filters,
+            annotation_field=args.annotation_field,
+            fields=args.fields or (),
+            variants_chunk_size=args.variants_chunk,
+            samples_chunk_size=args.samples_chunk,
+            workers=args.threads,
+        )
+        _write_h5ad(adata, args.out)
+        return
     if args.vcf is not None:
         vcf_to_zarr(
             args.vcf,

@@ -396,3 +396,73 @@ def test_the_workflow_passes_depth_and_vaf_to_the_verb(depth_vcf, tmp_path):
     done = subprocess.run(cli, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert carriers(ad.read_h5ad(out)) == {"S1": {"TP53": 1, "KRAS": 1}, "S2": {}, "S3": {}}
+
+
+def _same_matrix(one_pass, two_step) -> None:
+    assert list(one_pass.obs_names) == list(two_step.obs_names)
+    pd.testing.assert_frame_equal(one_pass.var, two_step.var)
+    np.testing.assert_array_equal(one_pass.X, two_step.X)
+    np.testing.assert_array_equal(one_pass.layers["counts"], two_step.layers["counts"])
+    ours, theirs = dict(one_pass.uns["ingest"]), dict(two_step.uns["ingest"])
+    assert ours["exclusions"] == theirs["exclusions"]
+    assert {k: v for k, v in ours["params"].items() if k != "vcf_zarr"} == {
+        k: v for k, v in theirs["params"].items() if k != "vcf_zarr"
+    }
+
+
+@pytest.mark.parametrize(
+    "fixture, filters, chunks",
+    [
+        ("cohort", VariantFilters(), (2, 2)),
+        ("cohort", VariantFilters(transcripts="canonical"), (4, 3)),
+        ("cohort", VariantFilters(filter=("PASS", "LowQual")), (1, 5)),
+        ("x", VariantFilters(), (2, 3)),  # haploid, tri-allelic, widening alleles and ploidy across chunks
+        ("x", VariantFilters(transcripts="canonical"), (3, 2)),
+        ("depth", VariantFilters(min_depth=10, min_vaf=0.2), (1, 2)),
+        ("depth", VariantFilters(min_depth=10), (2, 5)),
+    ],
+)
+def test_one_pass_conversion_gives_the_two_step_matrix_and_store(fixture, filters, chunks, depth_vcf, tmp_path):
+    """`cohort_vcf_carriers` (the matrix reduced chunk by chunk as the VCF is converted) against converting, then
+    `carrier_matrix` on the written VCF Zarr: the same matrix, gene order, exclusions, and the same VCF Zarr."""
+    import zarr
+
+    from multimodal.ingest.cohort_vcf import cohort_vcf_carriers
+
+    vcf = {
+        "cohort": lambda: write_cohort_vcf(tmp_path / "c.vcf.gz"),
+        "x": lambda: write_x_vcf(tmp_path / "x.vcf.gz"),
+        "depth": lambda: depth_vcf,
+    }[fixture]()
+    patients = pd.Index(["S5", "S1", "S2", "S3", "S4", "S9"])  # an order of their own, one without a sample
+    format_fields = ("DP", "AD") if filters.min_depth or filters.min_vaf else ()
+    size = {"variants_chunk_size": chunks[0], "samples_chunk_size": chunks[1]}
+    store = vcf_to_zarr(vcf, tmp_path / "two.vcz", format_fields=format_fields, **size)
+    two_step = carrier_matrix(store, patients=patients, filters=filters)
+    one_pass = cohort_vcf_carriers(vcf, tmp_path / "one.vcz", patients=patients, filters=filters, **size)
+    _same_matrix(one_pass, two_step)
+    assert one_pass.X.sum() > 0 and one_pass.uns["ingest"]["params"]["vcf_zarr"] == str(tmp_path / "one.vcz")
+    ours, theirs = zarr.open_group(str(tmp_path / "one.vcz"), mode="r"), zarr.open_group(str(store), mode="r")
+    assert sorted(ours.array_keys()) == sorted(theirs.array_keys())
+    for name in theirs.array_keys():
+        np.testing.assert_array_equal(ours[name][:], theirs[name][:], err_msg=name)
+
+
+def test_one_pass_errors_name_the_vcf_and_record_and_write_nothing(tmp_path):
+    from multimodal.ingest.cohort_vcf import cohort_vcf_carriers
+
+    good = [r for r in RECORDS if r[3] == "PASS"][:3]
+    bad = write_cohort_vcf(
+        tmp_path / "bad.vcf.gz",
+        [*good, ("900", "A", "T", "PASS", "T|missense_varaint|MODERATE|TP53|G1|E1|YES", ["0/1"] * 5)],
+    )
+    # the bad record is the 4th, in the second chunk of 2: its number counts the records before the chunk
+    with pytest.raises(MultimodalError, match=r"bad\.vcf\.gz: record 4 \(position 900\): .*'missense_varaint'"):
+        cohort_vcf_carriers(bad, tmp_path / "bad.vcz", patients=pd.Index(["S1"]), variants_chunk_size=2)
+    assert not (tmp_path / "bad.vcz").exists()
+    with pytest.raises(MultimodalError, match=r"bad\.vcf\.gz: none of its 5 samples is a patient"):
+        cohort_vcf_carriers(bad, tmp_path / "none.vcz", patients=pd.Index(["P1", "P2"]))
+    assert not (tmp_path / "none.vcz").exists()
+    with pytest.raises(MultimodalError, match=r"bad\.vcf\.gz: ingest\.variant_filters\.min_vaf is set but .* call_AD"):
+        cohort_vcf_carriers(bad, tmp_path / "vaf.vcz", patients=pd.Index(["S1"]), filters=VariantFilters(min_vaf=0.2))
+    assert not (tmp_path / "vaf.vcz").exists()

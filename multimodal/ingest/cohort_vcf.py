@@ -15,7 +15,9 @@ per record and gene it carries a protein-altering ALT allele of (``0/1``, ``1/1`
 all count once; a missing call ``./.`` does not, and is counted), summed per gene by a sparse (genes x pairs)
 product. Chunks are computed a batch at a time on the Dask scheduler in use (threads by default; a
 ``distributed`` cluster when ``scheduler`` names its address), so memory is bounded by the chunk size, not the
-cohort size.
+cohort size. ``cohort_vcf_carriers`` does both in one pass: each chunk of variants is reduced by the same
+functions from the arrays just written, in the writer's thread while the next chunk is read (the default of
+``multimodal ingest cohort-vcf``; a Dask cluster or ``fields: all`` convert first, then reduce).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def vcf_to_zarr(
     workers: int = 0,
     fields: str | Sequence[str] = ("CSQ",),
     format_fields: Sequence[str] = (),
+    reducer: _CarrierReducer | None = None,
 ) -> Path:
     """Convert a cohort VCF/BCF (bgzipped and indexed) to VCF Zarr, Zarr format 3, atomically.
 
@@ -74,7 +77,7 @@ def vcf_to_zarr(
     ``bio2zarr.vcf.convert`` (``workers`` processes), many times slower (see benchmarks/README.md).
     ``workers`` is otherwise htslib's BGZF decompression threads (at least 1). ``format_fields``: per-call
     FORMAT keys kept as ``call_<KEY>`` where the header declares them (:data:`PER_CALL_FIELDS`: ``DP``, ``AD``, for
-    the depth and allele-fraction filters of :func:`carrier_matrix`).
+    the depth and allele-fraction filters of :func:`carrier_matrix`). ``reducer``: see :func:`cohort_vcf_carriers`.
     """
     from multimodal.fileio import atomic_path
     from multimodal.ingest.variants import check_variant_file_complete
@@ -87,6 +90,8 @@ def vcf_to_zarr(
         raise MultimodalError(f"{vcf}: no .tbi or .csi index beside it; index it: bcftools index {vcf.name}")
     with atomic_path(out) as tmp:
         if fields == "all":
+            if reducer is not None:
+                raise ValueError("a reducer needs the one-pass writer, not fields='all'")
             from bio2zarr import vcf as b2z
 
             try:
@@ -110,6 +115,7 @@ def vcf_to_zarr(
                 variants_chunk_size=variants_chunk_size,
                 samples_chunk_size=samples_chunk_size,
                 threads=max(1, workers),
+                reducer=reducer,
             )
     return out
 
@@ -169,8 +175,10 @@ def _write_vcf_zarr(
     samples_chunk_size: int,
     threads: int = 1,
     format_fields: list[str] | None = None,
+    reducer: _CarrierReducer | None = None,
 ) -> None:
-    """One pass over the VCF with cyvcf2 (htslib), writing the VCF Zarr arrays a chunk of variants at a time.
+    """One pass over the VCF with cyvcf2 (htslib), writing the VCF Zarr arrays a chunk of variants at a time
+    (and handing each written chunk to ``reducer``, in the writer thread).
 
     Written here rather than by ``bio2zarr.vcf.convert`` because that converter explodes every record
     into an intermediate columnar store first (a pickled Python object per value), then encodes it:
@@ -227,6 +235,13 @@ def _write_vcf_zarr(
     filter_description = {h["ID"]: h.get("Description", "").strip('"') for h in filter_lines}
     filter_at = {f: k for k, f in enumerate(filter_ids)}
     contig_at = {c: k for k, c in enumerate(contigs)}
+    if reducer is not None:
+        reducer.begin(
+            samples=samples,
+            filter_ids=filter_ids,
+            descriptions={key: info[key].get("Description", "").strip('"') for key in info_fields},
+            per_call=per_call,
+        )
     n_samples, vchunk = len(samples), variants_chunk_size
     schunk = max(1, min(samples_chunk_size, n_samples or 1))
 
@@ -323,6 +338,8 @@ def _write_vcf_zarr(
         block |= {"call_genotype": gt, "call_genotype_mask": gt < 0, "call_genotype_phased": calls[:, :, -1] != 0}
         for name, values in block.items():
             columns[name].write(start, values)
+        if reducer is not None:
+            reducer.add(start, block)
 
     try:
         pending = None
@@ -490,12 +507,22 @@ def _annotation_fields(description: str, key: str, path: Path) -> tuple:
 
 
 def _first_error(
-    path: Path, key: str, positions: np.ndarray, rec: np.ndarray, number: np.ndarray, bad: np.ndarray, what: str
+    path: Path,
+    key: str,
+    positions: np.ndarray,
+    rec: np.ndarray,
+    number: np.ndarray,
+    bad: np.ndarray,
+    what: str,
+    first: int = 0,
 ) -> MultimodalError:
-    """The one-line error for the first bad annotation entry (in record order)."""
+    """The one-line error for the first bad annotation entry (in record order); ``first``: the number of
+    records before ``positions[0]`` in the file."""
     k = int(np.flatnonzero(bad)[0])
     v = int(rec[k])
-    return MultimodalError(f"{path}: record {v + 1} (position {positions[v]}): INFO/{key} entry {number[k]}{what}")
+    return MultimodalError(
+        f"{path}: record {first + v + 1} (position {positions[v]}): INFO/{key} entry {number[k]}{what}"
+    )
 
 
 def _pairs(
@@ -508,21 +535,45 @@ def _pairs(
     rule needs, the ``&``-joined consequence terms checked against the known ones, each entry's Allele
     matched to the record's ALT alleles, the transcript rule applied per record and gene.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     name = f"variant_{key}"
     if name not in store:
         raise MultimodalError(f"{path}: no INFO/{key} consequence annotation in the cohort VCF")
-    allele_at, consequence_at, symbol_at, gene_at, (canonical_at, mane_at, feature_at, n_fields) = _annotation_fields(
-        str(store[name].attrs.get("description", "")), key, path
+    return _annotation_pairs(
+        store[name][:],
+        store["variant_allele"][:],
+        [str(f) for f in store["filter_id"][:]],
+        store["variant_filter"][:],
+        store["variant_position"][:],
+        description=str(store[name].attrs.get("description", "")),
+        filters=filters,
+        key=key,
+        path=path,
     )
-    annotations = store[name][:]
+
+
+def _annotation_pairs(
+    annotations: np.ndarray,
+    alleles: np.ndarray,
+    filter_ids: list[str],
+    variant_filter: np.ndarray,
+    positions: np.ndarray,
+    *,
+    description: str,
+    filters: VariantFilters,
+    key: str,
+    path: Path,
+    first: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], Counter]:
+    """:func:`_pairs` on the VCF Zarr arrays of consecutive records (``first`` records before them in the file,
+    for the error's record number): the whole cohort, or one chunk of variants as it is converted."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    allele_at, consequence_at, symbol_at, gene_at, (canonical_at, mane_at, feature_at, n_fields) = _annotation_fields(
+        description, key, path
+    )
     annotations = annotations if annotations.ndim == 2 else annotations[:, None]
-    alleles = store["variant_allele"][:].astype(np.dtypes.StringDType())
-    filter_ids = [str(f) for f in store["filter_id"][:]]
-    variant_filter = store["variant_filter"][:]
-    positions = store["variant_position"][:]
+    alleles = alleles.astype(np.dtypes.StringDType())
     n_records, n_alleles = alleles.shape
     accepted = np.array([f in filters.filter for f in filter_ids])
     filtered = (variant_filter & ~accepted).any(axis=1)
@@ -544,6 +595,7 @@ def _pairs(
             number,
             bad,
             f" has {found} '|'-separated fields, the header declares {n_fields}",
+            first,
         )
 
     def field(at: int) -> np.ndarray:
@@ -553,11 +605,18 @@ def _pairs(
     term_entry = pc.list_parent_indices(pc.split_pattern(pc.list_element(parts, consequence_at), "&")).to_numpy()
     known = pc.is_in(terms, value_set=pa.array(sorted(CONSEQUENCE_TERMS))).to_numpy(zero_copy_only=False)
     if not known.all():
-        first = int(np.flatnonzero(~known)[0])
+        unknown_at = int(np.flatnonzero(~known)[0])
         bad = np.zeros(len(rec), dtype=bool)
-        bad[term_entry[first]] = True
+        bad[term_entry[unknown_at]] = True
         raise _first_error(
-            path, key, positions, rec, number, bad, f": {terms[first].as_py()!r} is not a known consequence term"
+            path,
+            key,
+            positions,
+            rec,
+            number,
+            bad,
+            f": {terms[unknown_at].as_py()!r} is not a known consequence term",
+            first,
         )
     altering_term = pc.is_in(terms, value_set=pa.array(sorted(PROTEIN_ALTERING))).to_numpy(zero_copy_only=False)
     altering = np.bincount(term_entry[altering_term], minlength=len(rec)) > 0
@@ -598,8 +657,8 @@ def _pairs(
                 decided |= group_has
         if feature_at >= 0:
             feature = pd.Series(field(feature_at)[has_gene])
-            first = feature.groupby([entries["rec"], entries["gene"]], sort=False).transform("first").to_numpy()
-            chosen |= ~decided & (feature.to_numpy() == first)
+            listed = feature.groupby([entries["rec"], entries["gene"]], sort=False).transform("first").to_numpy()
+            chosen |= ~decided & (feature.to_numpy() == listed)
         else:
             chosen |= ~decided & (groups.cumcount().to_numpy() == 0)
     counted_entry = chosen & entries["altering"].to_numpy() & (entries["allele"].to_numpy() > 0)
@@ -746,12 +805,9 @@ def carrier_matrix(
     the depth and allele-fraction thresholds (:func:`_chunk_carriers`), from ``call_DP``/``call_AD``, which the
     VCF Zarr must then hold (``vcf_to_zarr(format_fields=("DP", "AD"))``).
     """
-    import anndata as ad
     import dask
     import dask.array as da
     import zarr
-
-    from multimodal.ingest.samples import resolve_barcodes
 
     filters = filters or VariantFilters()
     path = Path(zarr_path)
@@ -761,12 +817,7 @@ def carrier_matrix(
     except Exception as exc:  # zarr raises several types for a path that is not a VCF Zarr
         raise MultimodalError(f"{path}: not a VCF Zarr store: {type(exc).__name__}: {exc}") from exc
     pair_variant, pair_gene, lookup, genes, tallies = _pairs(store, path, filters, annotation_field)
-    resolved = resolve_barcodes([str(p) for p in patients], samples, what=f"sample of {path.name}")
-    if not resolved:
-        raise MultimodalError(
-            f"{path}: none of its {len(samples)} samples is a patient of the samples sheet "
-            f"(VCF: {samples[0] if samples else 'none'!r}; sheet: {str(patients[0]) if len(patients) else 'empty'!r})"
-        )
+    resolved = _matched_samples(samples, patients, path)
     gt = da.from_zarr(str(path), component="call_genotype")
     per_call = {"depth": None, "allele_depth": None}
     needs = {"call_DP": bool(filters.min_depth), "call_AD": bool(filters.min_vaf or filters.min_depth)}
@@ -774,16 +825,9 @@ def carrier_matrix(
         if needs[name] and name in store:  # the same chunks as the genotypes along variants and samples
             values = da.from_zarr(str(path), component=name)
             per_call[key] = values.rechunk(gt.chunks[:2] + (((values.shape[2],),) if values.ndim == 3 else ()))
-    if filters.min_depth and per_call["depth"] is None and per_call["allele_depth"] is None:
-        raise MultimodalError(
-            f"{path}: ingest.variant_filters.min_depth is set but the VCF Zarr has neither call_DP nor call_AD "
-            "(the cohort VCF declares neither FORMAT DP nor AD, or it was converted without them)"
-        )
-    if filters.min_vaf and per_call["allele_depth"] is None:
-        raise MultimodalError(
-            f"{path}: ingest.variant_filters.min_vaf is set but the VCF Zarr has no call_AD (the cohort VCF declares "
-            "no FORMAT AD, or it was converted without it); a cohort VCF's allele fractions come from AD"
-        )
+    _check_call_fields(
+        path, filters, has_depth=per_call["depth"] is not None, has_ad=per_call["allele_depth"] is not None
+    )
     counts = np.zeros((len(genes), len(samples)), dtype=np.int32)
     missing = 0
     excluded: Counter = Counter()
@@ -834,6 +878,181 @@ def carrier_matrix(
     finally:
         if client is not None:
             client.close()
+    return _carrier_anndata(
+        counts,
+        genes,
+        samples=samples,
+        resolved=resolved,
+        patients=patients,
+        path=path,
+        filters=filters,
+        annotation_field=annotation_field,
+        scheduler=scheduler,
+        missing=missing,
+        excluded=excluded,
+        tallies=tallies,
+    )
+
+
+def _check_call_fields(path: Path, filters: VariantFilters, *, has_depth: bool, has_ad: bool) -> None:
+    """The depth and VAF thresholds need the per-call arrays they read: a one-line error when they are absent."""
+    if filters.min_depth and not has_depth and not has_ad:
+        raise MultimodalError(
+            f"{path}: ingest.variant_filters.min_depth is set but the VCF Zarr has neither call_DP nor call_AD "
+            "(the cohort VCF declares neither FORMAT DP nor AD, or it was converted without them)"
+        )
+    if filters.min_vaf and not has_ad:
+        raise MultimodalError(
+            f"{path}: ingest.variant_filters.min_vaf is set but the VCF Zarr has no call_AD (the cohort VCF declares "
+            "no FORMAT AD, or it was converted without it); a cohort VCF's allele fractions come from AD"
+        )
+
+
+class _CarrierReducer:
+    """:func:`carrier_matrix`'s counts, reduced one chunk of variants at a time as :func:`_write_vcf_zarr`
+    converts it (in its writer thread, beside the reading), from the arrays just written: the same (record,
+    gene) pairs (:func:`_annotation_pairs` on the chunk) and the same reduction (:func:`_chunk_carriers`), so
+    the genotypes are not read back from the VCF Zarr. Genes are numbered by first appearance in record
+    order across the chunks, as :func:`_pairs` numbers them for the whole cohort."""
+
+    def __init__(
+        self, path: Path, zarr_path: Path, *, patients: pd.Index, filters: VariantFilters, annotation_field: str
+    ) -> None:
+        self.path, self.zarr_path = path, zarr_path  # the VCF (named in errors), the VCF Zarr being written
+        self.patients, self.filters, self.key = patients, filters, annotation_field
+        self.gene_index: dict[str, int] = {}
+        self.missing = 0
+        self.excluded: Counter = Counter()
+        self.tallies: Counter = Counter()
+
+    def begin(self, *, samples: list[str], filter_ids: list[str], descriptions: dict[str, str], per_call) -> None:
+        """Called once the header is read, before any record: checks what the matrix needs."""
+        if self.key not in descriptions:
+            raise MultimodalError(f"{self.path}: no INFO/{self.key} consequence annotation in the cohort VCF")
+        _annotation_fields(descriptions[self.key], self.key, self.path)  # the field list, checked up front
+        _check_call_fields(self.path, self.filters, has_depth="DP" in per_call, has_ad="AD" in per_call)
+        self.samples, self.filter_ids, self.description = samples, filter_ids, descriptions[self.key]
+        self.resolved = _matched_samples(samples, self.patients, self.path)
+        self.counts = np.zeros((0, len(samples)), dtype=np.int32)
+
+    def add(self, start: int, block: dict[str, np.ndarray]) -> None:
+        """Reduce the chunk of records ``start, start + 1, ...`` (``block``: its VCF Zarr arrays)."""
+        pair_variant, pair_gene, lookup, genes, tallies = _annotation_pairs(
+            block[f"variant_{self.key}"],
+            block["variant_allele"],
+            self.filter_ids,
+            block["variant_filter"],
+            block["variant_position"],
+            description=self.description,
+            filters=self.filters,
+            key=self.key,
+            path=self.path,
+            first=start,
+        )
+        self.tallies.update(tallies)
+        codes = np.array([self.gene_index.setdefault(g, len(self.gene_index)) for g in genes], dtype=np.int64)
+        if len(self.gene_index) > len(self.counts):
+            grown = np.zeros((len(self.gene_index), self.counts.shape[1]), dtype=np.int32)
+            grown[: len(self.counts)] = self.counts
+            self.counts = grown
+        if not len(pair_variant):
+            return
+        chunk_genes, chunk_counts, missing, excluded = _chunk_carriers(
+            block["call_genotype"],
+            start,
+            pair_variant + start,
+            codes[pair_gene],
+            lookup,
+            block.get("call_DP"),
+            block.get("call_AD"),
+            min_depth=self.filters.min_depth,
+            min_vaf=self.filters.min_vaf,
+        )
+        self.counts[chunk_genes] += chunk_counts
+        self.missing += missing
+        self.excluded.update(excluded)
+
+    def result(self) -> anndata.AnnData:
+        return _carrier_anndata(
+            self.counts,
+            list(self.gene_index),
+            samples=self.samples,
+            resolved=self.resolved,
+            patients=self.patients,
+            path=self.zarr_path,
+            filters=self.filters,
+            annotation_field=self.key,
+            scheduler=None,
+            missing=self.missing,
+            excluded=self.excluded,
+            tallies=+self.tallies,
+        )
+
+
+def cohort_vcf_carriers(
+    vcf: str | Path,
+    zarr_out: str | Path,
+    *,
+    patients: pd.Index,
+    filters: VariantFilters | None = None,
+    annotation_field: str = "CSQ",
+    fields: Sequence[str] = ("CSQ",),
+    variants_chunk_size: int = 10_000,
+    samples_chunk_size: int = 1_000,
+    workers: int = 0,
+) -> anndata.AnnData:
+    """:func:`vcf_to_zarr` and :func:`carrier_matrix` in one pass over the VCF: the same VCF Zarr (written
+    atomically, with call_DP/call_AD when the filters need them) and the same matrix as the two in turn, the
+    matrix reduced chunk by chunk while the chunk is converted (:class:`_CarrierReducer`). For every INFO
+    field (``fields="all"``, bio2zarr's converter) or a Dask cluster, convert, then :func:`carrier_matrix`."""
+    filters = filters or VariantFilters()
+    reducer = _CarrierReducer(
+        Path(vcf), Path(zarr_out), patients=patients, filters=filters, annotation_field=annotation_field
+    )
+    vcf_to_zarr(
+        vcf,
+        zarr_out,
+        variants_chunk_size=variants_chunk_size,
+        samples_chunk_size=samples_chunk_size,
+        workers=workers,
+        fields=list(dict.fromkeys([annotation_field, *fields])),
+        format_fields=("DP", "AD") if filters.min_depth or filters.min_vaf else (),
+        reducer=reducer,
+    )
+    return reducer.result()
+
+
+def _matched_samples(samples: list[str], patients: pd.Index, path: Path) -> dict[str, str]:
+    """Patient ID -> VCF sample (by ID or unique barcode prefix); an error when none matches."""
+    from multimodal.ingest.samples import resolve_barcodes
+
+    resolved = resolve_barcodes([str(p) for p in patients], samples, what=f"sample of {path.name}")
+    if not resolved:
+        raise MultimodalError(
+            f"{path}: none of its {len(samples)} samples is a patient of the samples sheet "
+            f"(VCF: {samples[0] if samples else 'none'!r}; sheet: {str(patients[0]) if len(patients) else 'empty'!r})"
+        )
+    return resolved
+
+
+def _carrier_anndata(
+    counts: np.ndarray,
+    genes: list[str],
+    *,
+    samples: list[str],
+    resolved: dict[str, str],
+    patients: pd.Index,
+    path: Path,
+    filters: VariantFilters,
+    annotation_field: str,
+    scheduler: str | None,
+    missing: int,
+    excluded: Counter,
+    tallies: Counter,
+) -> anndata.AnnData:
+    """The patients x genes AnnData of the (genes x VCF samples) carrier counts, with its exclusion tallies."""
+    import anndata as ad
+
     order = [samples.index(resolved[str(p)]) for p in patients if str(p) in resolved]
     kept = [str(p) for p in patients if str(p) in resolved]
     matrix = counts[:, order].T.astype(np.float32)
