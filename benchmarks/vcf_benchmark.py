@@ -337,7 +337,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
     parser.add_argument("--patients", type=int, default=500)
-    parser.add_argument("--chunk-size", type=int, default=100, help="patients per ingest job (ingest.chunk_size)")
+    parser.add_argument(
+        "--chunk-size", type=int, default=250, help="patients per ingest job (ingest.variant_chunk_size)"
+    )
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--variants", type=int, default=20000)
     parser.add_argument("--expr-samples", type=int, default=2000)

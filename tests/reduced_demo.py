@@ -20,7 +20,7 @@ SETTINGS = {
     "clinical": "demo/clinical.tsv",
     "expression": "demo/expression_counts.tsv",
     "outdir": "results/demo",
-    "ingest": {"chunk_size": 20},
+    "ingest": {"chunk_size": 20, "variant_chunk_size": 20},  # several jobs of each on 30-40 patients
     "model": MODEL,
     "explain": {"n_steps": 8},
 }

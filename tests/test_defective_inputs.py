@@ -83,7 +83,7 @@ def finished(tmp_path_factory):
         outdir=OUT,
     )
     config["simulate"]["enabled"] = False
-    config["ingest"]["chunk_size"] = 20
+    config["ingest"] |= {"chunk_size": 20, "variant_chunk_size": 20}
     config["model"] = {"folds": 3, "seed": 3, "epochs": 5, "max_features": {"expression": 10, "variants": 10}}
     config["explain"] = {"method": "integrated_gradients", "n_steps": 8}
     (workdir / "defects.yaml").write_text(yaml.safe_dump(config))

@@ -53,7 +53,9 @@ def test_demo_outputs_and_logs(demo_run):
     assert "patients: 300" in summary
     for log in ("simulate.log", "assemble.log", "train.log", "explain.log", "report.log"):
         assert (out / "logs" / log).is_file()
-    assert len(list((out / "interim" / "variants").glob("chunk_*.h5ad"))) == 3
+    # 300 patients: variants in jobs of ingest.variant_chunk_size (250), imaging of ingest.chunk_size (100)
+    assert len(list((out / "interim" / "variants").glob("chunk_*.h5ad"))) == 2
+    assert len(list((out / "interim" / "imaging").glob("chunk_*.h5ad"))) == 3
 
 
 @pytest.mark.slow
