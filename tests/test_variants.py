@@ -846,3 +846,33 @@ def test_callers_own_allele_depth_fields_give_depth_and_vaf(tmp_path, caller):
     assert table["outcome"].tolist() == ["counted", "below_min_depth", "counted"]
     with_vaf_only = read_patient_variants(path, tumour_sample="TUMOR", filters=VariantFilters(min_vaf=0.1))
     assert with_vaf_only.excluded == {"below_min_vaf": 1} and with_vaf_only.gene_counts["TP53"] == 2
+
+
+def test_the_store_does_not_depend_on_how_patients_are_chunked(tiny_cohort, tmp_path):
+    """ingest.variant_chunk_size only changes the job layout: one chunk and three give identical store files."""
+    import reduced_demo
+
+    from multimodal.cli import main
+    from multimodal.store import build_cohort_store
+
+    digests = []
+    for n in (1, 3):
+        chunks = []
+        for k in range(n):
+            out = tmp_path / f"chunks_{n}" / f"chunk_{k}.h5ad"
+            out.parent.mkdir(exist_ok=True)
+            argv = ["ingest", "variants", "-q", "--samples", str(tiny_cohort / "samples.tsv"), "--out", str(out)]
+            argv += ["--chunk", str(k), "--n-chunks", str(n), "--data-root", str(tiny_cohort)]
+            assert main(argv) == 0
+            chunks.append(out)
+        store = build_cohort_store(
+            tmp_path / f"store_{n}.zarr",
+            clinical_path=tiny_cohort / "clinical.tsv",
+            samples_path=tiny_cohort / "samples.tsv",
+            modality_chunks={"variants": chunks},
+            data_roots=[tiny_cohort],
+        )
+        digests.append(reduced_demo.tree_digests(store, skip=("created",)))
+    one, three = digests
+    assert len(one) > 50 and set(one) == set(three)
+    assert [name for name in one if one[name] != three[name]] == []
