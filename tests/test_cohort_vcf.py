@@ -460,6 +460,18 @@ def test_one_pass_errors_name_the_vcf_and_record_and_write_nothing(tmp_path):
     with pytest.raises(MultimodalError, match=r"bad\.vcf\.gz: record 4 \(position 900\): .*'missense_varaint'"):
         cohort_vcf_carriers(bad, tmp_path / "bad.vcz", patients=pd.Index(["S1"]), variants_chunk_size=2)
     assert not (tmp_path / "bad.vcz").exists()
+    short = write_cohort_vcf(
+        tmp_path / "short.vcf.gz",
+        [
+            *good,
+            ("900", "A", "T", "PASS", "T|missense_variant|MODERATE|TP53|G1|E1|YES,T|missense_variant", ["0/1"] * 5),
+        ],
+    )
+    with pytest.raises(
+        MultimodalError, match=r"short\.vcf\.gz: record 4 \(position 900\): INFO/CSQ entry 2 has 2 '\|'"
+    ):
+        cohort_vcf_carriers(short, tmp_path / "short.vcz", patients=pd.Index(["S1"]), variants_chunk_size=3)
+    assert not (tmp_path / "short.vcz").exists()
     with pytest.raises(MultimodalError, match=r"bad\.vcf\.gz: none of its 5 samples is a patient"):
         cohort_vcf_carriers(bad, tmp_path / "none.vcz", patients=pd.Index(["P1", "P2"]))
     assert not (tmp_path / "none.vcz").exists()

@@ -584,19 +584,14 @@ def _annotation_pairs(
     number = (np.cumsum(present, axis=1) - 1)[rec, column] + 1  # 1-based entry number within its record
     parts = pc.split_pattern(pa.array(annotations[rec, column].astype(object), type=pa.string()), "|")
     lengths = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
+
+    def error(bad: np.ndarray, what: str) -> MultimodalError:
+        return _first_error(path, key, positions, rec, number, bad, what, first)
+
     if (lengths != n_fields).any():
         bad = lengths != n_fields
         found = int(lengths[np.flatnonzero(bad)[0]])
-        raise _first_error(
-            path,
-            key,
-            positions,
-            rec,
-            number,
-            bad,
-            f" has {found} '|'-separated fields, the header declares {n_fields}",
-            first,
-        )
+        raise error(bad, f" has {found} '|'-separated fields, the header declares {n_fields}")
 
     def field(at: int) -> np.ndarray:
         return pc.utf8_trim_whitespace(pc.list_element(parts, at)).to_numpy(zero_copy_only=False).astype(str)
@@ -608,16 +603,7 @@ def _annotation_pairs(
         unknown_at = int(np.flatnonzero(~known)[0])
         bad = np.zeros(len(rec), dtype=bool)
         bad[term_entry[unknown_at]] = True
-        raise _first_error(
-            path,
-            key,
-            positions,
-            rec,
-            number,
-            bad,
-            f": {terms[unknown_at].as_py()!r} is not a known consequence term",
-            first,
-        )
+        raise error(bad, f": {terms[unknown_at].as_py()!r} is not a known consequence term")
     altering_term = pc.is_in(terms, value_set=pa.array(sorted(PROTEIN_ALTERING))).to_numpy(zero_copy_only=False)
     altering = np.bincount(term_entry[altering_term], minlength=len(rec)) > 0
 
