@@ -83,8 +83,8 @@ def tree_digests(root: Path, *, skip: tuple[str, ...] = ()) -> dict[str, str]:
 
 
 def checkpoint_weights(path: Path) -> dict:
-    """A Lightning checkpoint's weights and hyperparameters. Its bytes also hold the callbacks' state, which
-    names the directory it was written in (a temporary one, by process ID), so bytes differ between runs."""
+    """A Lightning checkpoint's weights and hyperparameters (its bytes also hold the optimiser, loop and
+    callbacks' states)."""
     import torch
 
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)

@@ -110,6 +110,9 @@ def test_killed_training_resumes_to_the_uninterrupted_result(small_store, tmp_pa
     assert len(curves) == 6 and {c.name for c in curves} == {"metrics.csv", "hparams.yaml"}
     for curve in curves:
         assert (out / curve).read_text() == (tmp_path / "whole" / curve).read_text(), curve
+    # the checkpoints byte for byte: the resumed member's too, though the two runs wrote in other directories
+    for ckpt in sorted(out.glob("fold_*/model_*.ckpt")):
+        assert ckpt.read_bytes() == (tmp_path / "whole" / ckpt.relative_to(out)).read_bytes(), ckpt
     resumed = pd.read_csv(out / "fold_1" / "log_0" / "metrics.csv")
     assert list(resumed["epoch"]) == list(range(40)) and resumed["train_loss"].notna().all()
     for ckpt in sorted(out.glob("fold_*/model_*.ckpt")):
@@ -144,3 +147,39 @@ def test_ddp_run_on_two_gloo_processes_matches_one_process(small_store, tmp_path
     centred = [(f["risk"] - f.groupby("fold")["risk"].transform("mean")).to_numpy() for f in (one, ddp)]
     assert abs(centred[0] - centred[1]).max() < 1e-3
     assert not list(tmp_path.glob(".ddp.resume*")) and not list(tmp_path.glob(".ddp.*.partial"))
+
+
+def _torch_bytes(value) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def test_canonical_checkpoint_pickles_equal_content_to_equal_bytes_and_keeps_every_value():
+    from collections import OrderedDict
+
+    from multimodal.model.train import canonical_checkpoint
+
+    def checkpoint(shared: bool) -> dict:
+        # the same content; in one, keys are literal (shared) strings, in the other fresh copies, as read back
+        name = "train_loss" if shared else "".join(["train", "_loss"])
+        rows = [{"epoch": 0, name: 1.5}, {"epoch": 1, "train_loss": 1.25}]
+        betas = (0.9, 0.999)
+        groups = [{"betas": betas}, {"betas": betas if shared else (0.9, 0.999)}]
+        return {"rows": rows, "groups": groups, "state_dict": OrderedDict(w=torch.arange(3.0))}
+
+    plain = [_torch_bytes(checkpoint(shared)) for shared in (True, False)]
+    assert plain[0] != plain[1]  # pickle's back-references make equal content differ
+    canonical = [_torch_bytes(canonical_checkpoint(checkpoint(shared))) for shared in (True, False)]
+    assert canonical[0] == canonical[1]
+
+    tricky = {"t": (1, 1.0, True, -0.0, 0.0, None, "a"), "u": (1.0, 1, 1, 0.0, -0.0, None, "a"), "n": [(1,), (1.0,)]}
+    tricky["state_dict"] = OrderedDict(b=torch.ones(2), a=torch.zeros(1))
+    again = canonical_checkpoint(tricky)
+    for key in ("t", "u"):
+        assert [(type(v), repr(v)) for v in again[key]] == [(type(v), repr(v)) for v in tricky[key]]
+    assert [type(t[0]) for t in again["n"]] == [int, float]
+    assert type(again["state_dict"]) is OrderedDict and list(again["state_dict"]) == ["b", "a"]
+    assert again["state_dict"]["b"] is tricky["state_dict"]["b"]  # tensors are not copied

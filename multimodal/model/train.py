@@ -720,10 +720,38 @@ def last_checkpoint_callback(directory: Path):
     """Lightning's ``ModelCheckpoint`` keeping ``last.ckpt`` in ``directory`` after every training epoch.
 
     (Lightning writes ``last`` only in an epoch where it saved a top-k checkpoint: with no monitored metric,
-    top-1 is the newest epoch, kept as ``epoch.ckpt``.)"""
+    top-1 is the newest epoch, kept as ``epoch.ckpt``.) Its state in a checkpoint holds its paths relative to
+    ``directory`` (Lightning's holds them absolute), so a checkpoint's bytes do not depend on where the run
+    was: a partner's clone writes the same ``model_<j>.ckpt`` and the train manifest hashes the same."""
+    import os
+
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    return ModelCheckpoint(
+    paths = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+    class LastCheckpoint(ModelCheckpoint):
+        def state_dict(self) -> dict:
+            state = super().state_dict()
+
+            def relative(path: str) -> str:
+                return os.path.relpath(path, self.dirpath) if path else path
+
+            state |= {key: relative(state[key]) for key in paths} | {"dirpath": "."}
+            state["best_k_models"] = {relative(k): v for k, v in state["best_k_models"].items()}
+            return state
+
+        def load_state_dict(self, state_dict: dict) -> None:
+            state = dict(state_dict)
+            if state.get("dirpath") == ".":  # written by state_dict above: back to this run's directory
+
+                def absolute(path: str) -> str:
+                    return os.path.normpath(os.path.join(self.dirpath, path)) if path else path
+
+                state |= {key: absolute(state[key]) for key in paths if key in state} | {"dirpath": self.dirpath}
+                state["best_k_models"] = {absolute(k): v for k, v in state.get("best_k_models", {}).items()}
+            super().load_state_dict(state)
+
+    return LastCheckpoint(
         dirpath=directory,
         filename="epoch",
         monitor=None,
@@ -922,12 +950,13 @@ def trainer_settings(params: TrainParams) -> dict:
 def build_trainer(params: TrainParams, *, logger=False, callbacks=(), progress: bool = False):
     """The ``lightning.Trainer`` that trains one member: ``model.epochs`` and :func:`trainer_settings`."""
     import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     return L.Trainer(
         max_epochs=params.epochs,
         logger=logger,
         callbacks=list(callbacks),
-        enable_checkpointing=any(type(c).__name__ == "ModelCheckpoint" for c in callbacks),
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         enable_progress_bar=progress,
         enable_model_summary=False,
         log_every_n_steps=1,
@@ -938,7 +967,8 @@ def build_trainer(params: TrainParams, *, logger=False, callbacks=(), progress: 
 
 def _atomic_checkpoint_io():
     """Lightning's checkpoint writer, writing beside the target and renaming onto it: a run killed while it
-    saves leaves the previous last checkpoint whole, never a truncated one."""
+    saves leaves the previous last checkpoint whole, never a truncated one; and writing the checkpoint in
+    :func:`canonical_checkpoint` form, so its bytes depend only on its content."""
     import os
 
     from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -946,10 +976,41 @@ def _atomic_checkpoint_io():
     class AtomicCheckpointIO(TorchCheckpointIO):
         def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
             partial = f"{path}.{os.getpid()}.partial"
-            super().save_checkpoint(checkpoint, partial, storage_options)
+            super().save_checkpoint(canonical_checkpoint(checkpoint), partial, storage_options)
             os.replace(partial, path)
 
     return AtomicCheckpointIO()
+
+
+def canonical_checkpoint(value, _tuples: dict | None = None):
+    """``value`` (a checkpoint: nested dicts, lists, tuples, strings, numbers, tensors) rebuilt so that pickling
+    it depends only on what it holds, not on which of its objects happen to be shared.
+
+    Pickle writes an object seen before as a back-reference: a string that is one object in an uninterrupted
+    run (a literal key) is, after a resume, partly strings read back from the last checkpoint, so the same
+    checkpoint pickled to different bytes. Here every string is interned and equal tuples of plain values are
+    one object (always shared), every dict and list a new one (never shared); types (OrderedDict, Lightning's
+    AttributeDict) are kept. Written by hand: neither torch nor Lightning offers a canonical save."""
+    import copy
+    import sys
+
+    tuples = {} if _tuples is None else _tuples
+    if isinstance(value, str):
+        return sys.intern(str(value)) if type(value) is str else value
+    if isinstance(value, dict):
+        rebuilt = copy.copy(value)
+        rebuilt.clear()
+        rebuilt.update((canonical_checkpoint(k, tuples), canonical_checkpoint(v, tuples)) for k, v in value.items())
+        return rebuilt
+    if type(value) is list:
+        return [canonical_checkpoint(v, tuples) for v in value]
+    if type(value) is tuple:
+        rebuilt = tuple(canonical_checkpoint(v, tuples) for v in value)
+        if all(type(v) in (str, int, float, bool, type(None)) for v in rebuilt):
+            # keyed by type and repr: 1 == 1.0 == True and 0.0 == -0.0, but they are not the same value
+            return tuples.setdefault(tuple((type(v), repr(v)) for v in rebuilt), rebuilt)
+        return rebuilt
+    return value
 
 
 def _rng_state_callback():
