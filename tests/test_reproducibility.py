@@ -134,3 +134,22 @@ def test_a_run_killed_mid_training_resumes_without_redoing_finished_stages(first
     assert {p: p.stat().st_mtime_ns for p in finished} == finished, "a finished stage was redone"
     assert_same(outputs(first_run), outputs(results))
     assert_same_checkpoints(first_run / "model", results / "model")
+
+
+def test_a_changed_variant_chunk_size_redoes_only_the_variant_jobs_and_keeps_the_store(first_run, tmp_path):
+    """Results made with one ingest.variant_chunk_size (2 jobs of 20 patients), rerun after it changed (one job,
+    as after an upgrade to the new default): Snakemake redoes the variant jobs (their --n-chunks changed) and
+    the assembly, not the imaging jobs, and the store is the same, every patient in it, but for the config it
+    records."""
+    workdir = tmp_path / "run"
+    shutil.copytree(first_run.parent.parent, workdir, symlinks=True)
+    results = workdir / "results" / "demo"
+    assert len(list((results / "interim" / "variants").glob("chunk_*.h5ad"))) == 2
+    demo.write_config(workdir, **SETTINGS, ingest={"chunk_size": 20, "variant_chunk_size": 250})
+    done = demo.snakemake(workdir, "--cores", "2", "results/demo/cohort.zarr")
+    rerun = re.findall(r"^(?:local)?rule (\w+):", done.stdout + done.stderr, flags=re.M)
+    assert sorted(set(rerun)) == ["assemble", "ingest_variants"] and rerun.count("ingest_variants") == 1, rerun
+    # the same store but for the config it records (uns/provenance/command and config_json name the new size)
+    ours, theirs = store_content(results), store_content(first_run)
+    assert {k for k in ours if ours[k] != theirs.get(k)} == {"uns/provenance/command/c", "uns/provenance/config_json/c"}
+    assert set(ours) == set(theirs)
