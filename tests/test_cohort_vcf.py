@@ -478,3 +478,23 @@ def test_one_pass_errors_name_the_vcf_and_record_and_write_nothing(tmp_path):
     with pytest.raises(MultimodalError, match=r"bad\.vcf\.gz: ingest\.variant_filters\.min_vaf is set but .* call_AD"):
         cohort_vcf_carriers(bad, tmp_path / "vaf.vcz", patients=pd.Index(["S1"]), filters=VariantFilters(min_vaf=0.2))
     assert not (tmp_path / "vaf.vcz").exists()
+
+
+@pytest.mark.parametrize("annotation_field", ["CSQ", "BCSQ"])
+def test_a_bcftools_csq_cohort_vcf_is_named_and_refused_in_one_line(tmp_path, annotation_field):
+    from multimodal.ingest.cohort_vcf import cohort_vcf_carriers
+
+    header = HEADER.split("##INFO=<ID=CSQ")[0] + (
+        '##INFO=<ID=BCSQ,Number=.,Type=String,Description="Haplotype-aware consequence annotation from BCFtools/csq. '
+        'Format: Consequence|gene|transcript|biotype|strand|amino_acid_change|dna_change">\n'
+    )
+    header += HEADER.split("##INFO=<ID=CSQ")[1].split("\n", 1)[1]
+    line = "chr1\t100\t.\tA\tT\t50\tPASS\tBCSQ=missense|TP53|ENST1|protein_coding|+|1A>1V|100A>T\tGT\t" + "\t".join(
+        ["0/1"] * 5
+    )
+    vcf = bgzipped_through_pysam([header, line + "\n"], tmp_path / "bcsq.vcf.gz")
+    with pytest.raises(MultimodalError, match=r"bcsq\.vcf\.gz: .*INFO/BCSQ is bcftools csq's haplotype-aware"):
+        cohort_vcf_carriers(
+            vcf, tmp_path / "b.vcz", patients=pd.Index(["S1"]), annotation_field=annotation_field, fields=()
+        )
+    assert not (tmp_path / "b.vcz").exists()

@@ -876,3 +876,28 @@ def test_the_store_does_not_depend_on_how_patients_are_chunked(tiny_cohort, tmp_
     one, three = digests
     assert len(one) > 50 and set(one) == set(three)
     assert [name for name in one if one[name] != three[name]] == []
+
+
+BCSQ_HEADER = HEADER.replace(
+    '##INFO=<ID=CSQ,Number=.,Type=String,Description="Consequence annotations from Ensembl VEP. '
+    'Format: Allele|Consequence|IMPACT|SYMBOL|Gene">',
+    '##INFO=<ID=BCSQ,Number=.,Type=String,Description="Haplotype-aware consequence annotation from BCFtools/csq, '
+    "see http://samtools.github.io/bcftools/howtos/csq-calling.html for details. "
+    'Format: Consequence|gene|transcript|biotype|strand|amino_acid_change|dna_change">',
+)
+
+
+@pytest.mark.parametrize("annotation_field", [None, "BCSQ"])
+def test_bcftools_csq_annotation_is_named_and_refused_in_one_line(tmp_path, annotation_field):
+    assert BCSQ_HEADER != HEADER
+    lines = [
+        BCSQ_HEADER,
+        "chr1\t100\t.\tA\tT\t50\tPASS\tBCSQ=missense|TP53|ENST1|protein_coding|+|1A>1V|100A>T\tGT\t0/1\n",
+    ]
+    path = tmp_path / "bcsq.vcf"
+    path.write_text("".join(lines))
+    with pytest.raises(
+        MultimodalError, match=r"bcsq\.vcf: .*INFO/BCSQ is bcftools csq's haplotype-aware annotation"
+    ) as error:
+        read_patient_variants(path, annotation_field=annotation_field)
+    assert "\n" not in str(error.value) and "VEP (INFO/CSQ)" in str(error.value)

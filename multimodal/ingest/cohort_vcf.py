@@ -38,6 +38,7 @@ from multimodal.ingest.variants import (
     PROTEIN_ALTERING,
     SNPEFF_ANN_FIELDS,
     VariantFilters,
+    bcftools_csq_message,
 )
 
 if TYPE_CHECKING:
@@ -208,7 +209,11 @@ def _write_vcf_zarr(
     info = {h["ID"]: h for h in _header_lines(reader, "INFO")}
     for key in info_fields:
         if key not in info:
-            raise MultimodalError(f"{vcf}: INFO/{key} is not declared in the VCF header (kept fields: {info_fields})")
+            bcsq = next((m for k, h in info.items() if (m := bcftools_csq_message(k, h.get("Description", "")))), "")
+            raise MultimodalError(
+                f"{vcf}: INFO/{key} is not declared in the VCF header (kept fields: {info_fields})"
+                + (f"; {bcsq}" if bcsq else "")
+            )
         if info[key].get("Type") != "String":
             raise MultimodalError(
                 f"{vcf}: INFO/{key} is Type={info[key].get('Type')}; only String INFO fields are kept by the fast "
@@ -486,6 +491,8 @@ def _read_chunk(
 
 def _annotation_fields(description: str, key: str, path: Path) -> tuple:
     """Positions of Allele, Consequence, SYMBOL, Gene, CANONICAL/MANE in the annotation, from its header Description."""
+    if bcftools_csq_message(key, description):
+        raise MultimodalError(f"{path}: {bcftools_csq_message(key, description)}")
     if "Format:" in description:
         fields = [f.strip() for f in description.split("Format:", 1)[1].strip().split("|")]
     elif key == "ANN":

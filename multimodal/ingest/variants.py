@@ -360,6 +360,9 @@ def _info_keys_summary(info) -> str:
     keys = sorted(info)
     shown = ", ".join(keys[:30]) + (f", ... ({len(keys)} in all)" if len(keys) > 30 else "")
     text = f"the header declares INFO {shown}"
+    bcsq = [k for k in keys if bcftools_csq_message(k, info[k].description or "")]
+    if bcsq:
+        return f"{text}; {bcftools_csq_message(bcsq[0], info[bcsq[0]].description or '')}"
     vep_like = [k for k in keys if "Format:" in (info[k].description or "")]
     snpeff_like = [k for k in keys if _snpeff_field_list(info[k].description or "")]
     if vep_like:
@@ -373,6 +376,19 @@ def _info_keys_summary(info) -> str:
             f"(--annotation-field {snpeff_like[0]})"
         )
     return text
+
+
+def bcftools_csq_message(key: str, description: str) -> str | None:
+    """The one-line explanation when INFO/``key`` is bcftools csq's annotation (``BCSQ``), which is not read:
+    its consequence terms are bcftools' own and which sample carries which consequence is in a per-sample
+    haplotype bitmask (FORMAT/BCSQ), not per ALT allele; None for any other key."""
+    if key != "BCSQ" and "bcftools/csq" not in description.lower():
+        return None
+    return (
+        f"INFO/{key} is bcftools csq's haplotype-aware annotation, which multimodal does not read (its own "
+        "consequence terms, carriers in FORMAT/BCSQ bitmasks): annotate the calls with VEP (INFO/CSQ) or SnpEff "
+        "(INFO/ANN), or give them as a MAF"
+    )
 
 
 def _snpeff_field_list(description: str) -> list[str]:
@@ -408,6 +424,8 @@ def _annotation_layout(header, path: Path, annotation_field: str | None = None) 
                 f"{path}: INFO/{key} is declared Type={declared.type}; VEP and SnpEff annotations are Type=String"
             )
         description = declared.description or ""
+        if bcftools_csq_message(key, description):
+            raise MultimodalError(f"{path}: {bcftools_csq_message(key, description)}")
         if "Format:" in description:
             fields = [f.strip() for f in description.split("Format:", 1)[1].strip().strip("\"'").split("|")]
             for needed in ("Consequence", "SYMBOL"):
