@@ -498,3 +498,28 @@ def test_a_bcftools_csq_cohort_vcf_is_named_and_refused_in_one_line(tmp_path, an
             vcf, tmp_path / "b.vcz", patients=pd.Index(["S1"]), annotation_field=annotation_field, fields=()
         )
     assert not (tmp_path / "b.vcz").exists()
+
+
+def test_a_cohort_bcf_gives_the_matrix_of_its_vcf(tmp_path):
+    """The same cohort as BCF (written and CSI-indexed by pysam's htslib): the same store arrays and matrix."""
+    import zarr
+
+    from multimodal.ingest.cohort_vcf import cohort_vcf_carriers
+
+    vcf = write_x_vcf(tmp_path / "x.vcf.gz")
+    bcf = tmp_path / "x.bcf"
+    with pysam.VariantFile(str(vcf)) as src, pysam.VariantFile(str(bcf), "wb", header=src.header) as dst:
+        for record in src:
+            dst.write(record)
+    pysam.tabix_index(str(bcf), preset="bcf", csi=True, force=True)
+    patients = pd.Index(["S1", "S2", "S3", "S4", "S5"])
+    from_vcf = cohort_vcf_carriers(vcf, tmp_path / "v.vcz", patients=patients, variants_chunk_size=2)
+    from_bcf = cohort_vcf_carriers(bcf, tmp_path / "b.vcz", patients=patients, variants_chunk_size=2)
+    _same_matrix(from_bcf, from_vcf)
+    assert from_bcf.X.sum() == 10  # test_haploid_multiallelic_counts_are_exact: 3 + 0 + 3 + 2 + 2
+    ours, theirs = (
+        zarr.open_group(str(tmp_path / "b.vcz"), mode="r"),
+        zarr.open_group(str(tmp_path / "v.vcz"), mode="r"),
+    )
+    for name in theirs.array_keys():
+        np.testing.assert_array_equal(ours[name][:], theirs[name][:], err_msg=name)
