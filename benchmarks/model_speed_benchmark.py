@@ -189,6 +189,17 @@ def epoch_ratio(n: int, features: int, *, epochs: int) -> dict[str, float]:
         def train_dataloader(self):
             return DeviceBatches(batch)
 
+    def differenced(run_for: Callable[[int], None]) -> tuple[float, float]:
+        """(seconds per epoch, fixed seconds) of ``run_for(count)`` timed for ``epochs`` and ``2 * epochs``."""
+        seconds = {}
+        for count in (epochs, 2 * epochs):
+            L.seed_everything(3, verbose=False)
+            start = CLOCK()
+            run_for(count)
+            seconds[count] = CLOCK() - start
+        per_epoch = (seconds[2 * epochs] - seconds[epochs]) / epochs
+        return per_epoch, seconds[epochs] - epochs * per_epoch
+
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="multimodal-speed-") as scratch:
 
@@ -200,27 +211,22 @@ def epoch_ratio(n: int, features: int, *, epochs: int) -> dict[str, float]:
             return build_trainer(params, callbacks=[*callbacks, last_checkpoint_callback(Path(scratch))])
 
         for name, make in (("lightning", bare), ("lightning_with_checkpoints", with_checkpoints)):
-            seconds = {}
-            for count in (epochs, 2 * epochs):
-                L.seed_everything(3, verbose=False)
+
+            def fit(count: int, make=make) -> None:
                 model, trainer = make_model(dims), make(TrainParams(accelerator="cpu", epochs=count))
-                start = CLOCK()
                 trainer.fit(model, datamodule=Data())
-                seconds[count] = CLOCK() - start
-            out[name] = (seconds[2 * epochs] - seconds[epochs]) / epochs
-            out[f"{name}_fixed"] = seconds[epochs] - epochs * out[name]
-    seconds = {}
-    for count in (epochs, 2 * epochs):  # the same difference, so warm-up is left out on both sides
-        L.seed_everything(3, verbose=False)
+
+            out[name], out[f"{name}_fixed"] = differenced(fit)
+
+    def hand_loop(count: int) -> None:  # the same difference, so warm-up is left out on both sides
         model = make_model(dims).train()
         model.log_dict = lambda *a, **k: None
         optimiser = model.configure_optimizers()
-        start = CLOCK()
         for _ in range(count):
             for part in DeviceBatches(batch):
                 hand_step(model, optimiser, part)
-        seconds[count] = CLOCK() - start
-    out["hand_loop"] = (seconds[2 * epochs] - seconds[epochs]) / epochs
+
+    out["hand_loop"] = differenced(hand_loop)[0]
     return out
 
 
