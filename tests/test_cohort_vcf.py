@@ -79,6 +79,23 @@ def write_cohort_vcf(path: Path, records=RECORDS) -> Path:
     return bgzipped_through_pysam(lines, path)
 
 
+def same_vcf_zarr(ours: Path, theirs: Path):
+    """Assert two VCF Zarr stores hold the same arrays (names, dimension names, values; missing and fill floats
+    told apart by their bits); return the first, opened."""
+    import zarr
+
+    a, b = zarr.open_group(str(ours), mode="r"), zarr.open_group(str(theirs), mode="r")
+    assert set(a.array_keys()) == set(b.array_keys())
+    for name in a.array_keys():
+        x, y = a[name], b[name]
+        assert x.metadata.dimension_names == y.metadata.dimension_names, name
+        if x.dtype.kind == "f":  # missing / fill floats are NaNs told apart by their bits
+            np.testing.assert_array_equal(x[:].view(np.int32), y[:].view(np.int32), err_msg=name)
+        else:
+            np.testing.assert_array_equal(x[:], y[:], err_msg=name)
+    return a
+
+
 @pytest.fixture(scope="module")
 def cohort_zarr(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cohort_vcf")
@@ -239,7 +256,6 @@ def test_haploid_multiallelic_counts_are_exact(x_zarr):
 
 def test_vcf_zarr_equals_bio2zarr_and_passes_its_verify(x_zarr, tmp_path):
     """The one-pass writer's arrays hold bio2zarr's values, dimension names and missing/fill codes."""
-    import zarr
     from bio2zarr.vcz_verification import verify
 
     diploid = write_cohort_vcf(tmp_path / "diploid.vcf.gz")
@@ -247,16 +263,8 @@ def test_vcf_zarr_equals_bio2zarr_and_passes_its_verify(x_zarr, tmp_path):
     verify(str(diploid), str(vcf_to_zarr(diploid, tmp_path / "diploid.vcz", variants_chunk_size=4)))
     vcf, ours = x_zarr
     reference = vcf_to_zarr(vcf, tmp_path / "b2z.vcz", variants_chunk_size=2, samples_chunk_size=3, fields="all")
-    a, b = zarr.open_group(str(ours), mode="r"), zarr.open_group(str(reference), mode="r")
-    assert set(a.array_keys()) == set(b.array_keys())
+    a = same_vcf_zarr(ours, reference)
     assert a["call_genotype"].shape == (5, 5, 3) and a["variant_allele"].shape == (5, 4)
-    for name in a.array_keys():
-        x, y = a[name], b[name]
-        assert x.metadata.dimension_names == y.metadata.dimension_names, name
-        if x.dtype.kind == "f":  # missing / fill floats are NaNs told apart by their bits
-            np.testing.assert_array_equal(x[:].view(np.int32), y[:].view(np.int32), err_msg=name)
-        else:
-            np.testing.assert_array_equal(x[:], y[:], err_msg=name)
     assert a["call_genotype"][0, 3].tolist() == [1, -2, -2]  # a haploid call: padded with the fill value
     assert a["variant_CSQ"][2].tolist() == [".", ".", "."]  # no annotation: missing
     assert a["variant_SRC"][:].tolist() == ["caller100", ".", "caller300", "caller400", "caller500"]  # Number=1: 1-D
@@ -425,7 +433,6 @@ def _same_matrix(one_pass, two_step) -> None:
 def test_one_pass_conversion_gives_the_two_step_matrix_and_store(fixture, filters, chunks, depth_vcf, tmp_path):
     """`cohort_vcf_carriers` (the matrix reduced chunk by chunk as the VCF is converted) against converting, then
     `carrier_matrix` on the written VCF Zarr: the same matrix, gene order, exclusions, and the same VCF Zarr."""
-    import zarr
 
     from multimodal.ingest.cohort_vcf import cohort_vcf_carriers
 
@@ -442,10 +449,7 @@ def test_one_pass_conversion_gives_the_two_step_matrix_and_store(fixture, filter
     one_pass = cohort_vcf_carriers(vcf, tmp_path / "one.vcz", patients=patients, filters=filters, **size)
     _same_matrix(one_pass, two_step)
     assert one_pass.X.sum() > 0 and one_pass.uns["ingest"]["params"]["vcf_zarr"] == str(tmp_path / "one.vcz")
-    ours, theirs = zarr.open_group(str(tmp_path / "one.vcz"), mode="r"), zarr.open_group(str(store), mode="r")
-    assert sorted(ours.array_keys()) == sorted(theirs.array_keys())
-    for name in theirs.array_keys():
-        np.testing.assert_array_equal(ours[name][:], theirs[name][:], err_msg=name)
+    same_vcf_zarr(tmp_path / "one.vcz", store)
 
 
 def test_one_pass_errors_name_the_vcf_and_record_and_write_nothing(tmp_path):
@@ -502,7 +506,6 @@ def test_a_bcftools_csq_cohort_vcf_is_named_and_refused_in_one_line(tmp_path, an
 
 def test_a_cohort_bcf_gives_the_matrix_of_its_vcf(tmp_path):
     """The same cohort as BCF (written and CSI-indexed by pysam's htslib): the same store arrays and matrix."""
-    import zarr
 
     from multimodal.ingest.cohort_vcf import cohort_vcf_carriers
 
@@ -517,9 +520,4 @@ def test_a_cohort_bcf_gives_the_matrix_of_its_vcf(tmp_path):
     from_bcf = cohort_vcf_carriers(bcf, tmp_path / "b.vcz", patients=patients, variants_chunk_size=2)
     _same_matrix(from_bcf, from_vcf)
     assert from_bcf.X.sum() == 10  # test_haploid_multiallelic_counts_are_exact: 3 + 0 + 3 + 2 + 2
-    ours, theirs = (
-        zarr.open_group(str(tmp_path / "b.vcz"), mode="r"),
-        zarr.open_group(str(tmp_path / "v.vcz"), mode="r"),
-    )
-    for name in theirs.array_keys():
-        np.testing.assert_array_equal(ours[name][:], theirs[name][:], err_msg=name)
+    same_vcf_zarr(tmp_path / "b.vcz", tmp_path / "v.vcz")

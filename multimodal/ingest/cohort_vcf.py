@@ -491,8 +491,8 @@ def _read_chunk(
 
 def _annotation_fields(description: str, key: str, path: Path) -> tuple:
     """Positions of Allele, Consequence, SYMBOL, Gene, CANONICAL/MANE in the annotation, from its header Description."""
-    if bcftools_csq_message(key, description):
-        raise MultimodalError(f"{path}: {bcftools_csq_message(key, description)}")
+    if message := bcftools_csq_message(key, description):
+        raise MultimodalError(f"{path}: {message}")
     if "Format:" in description:
         fields = [f.strip() for f in description.split("Format:", 1)[1].strip().split("|")]
     elif key == "ANN":
@@ -920,8 +920,7 @@ class _CarrierReducer:
 
     def begin(self, *, samples: list[str], filter_ids: list[str], descriptions: dict[str, str], per_call) -> None:
         """Called once the header is read, before any record: checks what the matrix needs."""
-        if self.key not in descriptions:
-            raise MultimodalError(f"{self.path}: no INFO/{self.key} consequence annotation in the cohort VCF")
+        # (the key itself is among the converted fields: _write_vcf_zarr refused a header without it)
         _annotation_fields(descriptions[self.key], self.key, self.path)  # the field list, checked up front
         _check_call_fields(self.path, self.filters, has_depth="DP" in per_call, has_ad="AD" in per_call)
         self.samples, self.filter_ids, self.description = samples, filter_ids, descriptions[self.key]

@@ -360,9 +360,9 @@ def _info_keys_summary(info) -> str:
     keys = sorted(info)
     shown = ", ".join(keys[:30]) + (f", ... ({len(keys)} in all)" if len(keys) > 30 else "")
     text = f"the header declares INFO {shown}"
-    bcsq = [k for k in keys if bcftools_csq_message(k, info[k].description or "")]
+    bcsq = next((m for k in keys if (m := bcftools_csq_message(k, info[k].description or ""))), None)
     if bcsq:
-        return f"{text}; {bcftools_csq_message(bcsq[0], info[bcsq[0]].description or '')}"
+        return f"{text}; {bcsq}"
     vep_like = [k for k in keys if "Format:" in (info[k].description or "")]
     snpeff_like = [k for k in keys if _snpeff_field_list(info[k].description or "")]
     if vep_like:
@@ -424,8 +424,8 @@ def _annotation_layout(header, path: Path, annotation_field: str | None = None) 
                 f"{path}: INFO/{key} is declared Type={declared.type}; VEP and SnpEff annotations are Type=String"
             )
         description = declared.description or ""
-        if bcftools_csq_message(key, description):
-            raise MultimodalError(f"{path}: {bcftools_csq_message(key, description)}")
+        if message := bcftools_csq_message(key, description):
+            raise MultimodalError(f"{path}: {message}")
         if "Format:" in description:
             fields = [f.strip() for f in description.split("Format:", 1)[1].strip().strip("\"'").split("|")]
             for needed in ("Consequence", "SYMBOL"):

@@ -283,7 +283,7 @@ def search_fold(
         ):
             table.append({"candidate": first + i, **evaluate(candidate)})
     space_rows = table[first:]
-    if not any(not row["skipped"] for row in space_rows):
+    if all(row["skipped"] for row in space_rows):
         raise MultimodalError(
             "model.search.space: no candidate is a valid model setting "
             f"({space_rows[0]['skipped'] if space_rows else 'none'})"

@@ -792,8 +792,7 @@ def training_curves_callback(directory: Path):
             if trainer.is_global_zero:
                 self.write()
 
-        def write(self) -> None:
-            directory.mkdir(parents=True, exist_ok=True)
+        def write(self) -> None:  # the directory made by on_fit_start, which every fit runs first
             partial = directory / f"metrics.csv.{os.getpid()}.partial"
             with open(partial, "w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=sorted(set().union(*self.rows)))
@@ -947,14 +946,14 @@ def trainer_settings(params: TrainParams) -> dict:
     }
 
 
-def build_trainer(params: TrainParams, *, logger=False, callbacks=(), progress: bool = False):
+def build_trainer(params: TrainParams, *, callbacks=(), progress: bool = False):
     """The ``lightning.Trainer`` that trains one member: ``model.epochs`` and :func:`trainer_settings`."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     return L.Trainer(
         max_epochs=params.epochs,
-        logger=logger,
+        logger=False,  # training curves: training_curves_callback
         callbacks=list(callbacks),
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         enable_progress_bar=progress,
@@ -996,7 +995,7 @@ def canonical_checkpoint(value, _tuples: dict | None = None):
 
     tuples = {} if _tuples is None else _tuples
     if isinstance(value, str):
-        return sys.intern(str(value)) if type(value) is str else value
+        return sys.intern(value) if type(value) is str else value
     if isinstance(value, dict):
         rebuilt = copy.copy(value)
         rebuilt.clear()
